@@ -1,0 +1,99 @@
+"""Conditional flow matching loss, SD3 loss weightings and per-t diagnostics.
+
+Convention: t = 0 is noise, t = 1 is data; SD3 / diffusers weightings are written for the noise
+level sigma = 1 - t and are converted here.
+
+L_CFM = E_t E_{z, eps} w(t) || u_theta(x_t, t) - (alpha' z + beta' eps) ||^2, with the squared error
+averaged (not summed) over the non-batch dims so that its scale does not depend on resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["LOSS_WEIGHTINGS", "loss_weight", "CFMLoss", "cfm_loss", "TBinStats"]
+
+LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
+
+# diffusers trains on sigmas in [1/1000, 1] (1000 discrete timesteps), so flooring sigma at 1e-3
+# reproduces its weights exactly where it is defined and keeps sigma^-2 finite at t = 1.
+_SIGMA_MIN = 1e-3
+
+
+def loss_weight(t: Tensor, weighting: str) -> Tensor:
+    """Per-example loss weight (B,) for t (B,), as diffusers' `compute_loss_weighting_for_sd3`.
+
+    "none": 1. "sigma_sqrt": sigma^-2 with sigma = 1 - t floored at 1e-3 (so at most 1e6).
+    "cosmap": 2 / (pi (1 - 2 sigma + 2 sigma^2)), which is bounded on [0, 1] (<= 4 / pi).
+    """
+    if weighting == "none":
+        return torch.ones_like(t)
+    sigma = 1.0 - t
+    if weighting == "sigma_sqrt":
+        return sigma.clamp_min(_SIGMA_MIN) ** -2.0
+    if weighting == "cosmap":
+        return 2.0 / (math.pi * (1.0 - 2.0 * sigma + 2.0 * sigma**2))
+    raise ValueError(f"unknown loss weighting {weighting!r}; expected one of {list(LOSS_WEIGHTINGS)}")
+
+
+@dataclass
+class CFMLoss:
+    """loss: scalar to backprop; per_example: (B,) unweighted MSE, still in the graph (detach to log)."""
+
+    loss: Tensor
+    per_example: Tensor
+
+
+def cfm_loss(pred: Tensor, target: Tensor, t: Tensor, weighting: str = "none") -> CFMLoss:
+    """mean_b w(t_b) * mean_{non-batch dims} (pred_b - target_b)^2 for pred, target (B, ...), t (B,).
+
+    Computed in at least float32 so bf16 predictions do not lose the loss to round-off.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    if t.shape != pred.shape[:1]:
+        raise ValueError(f"t must be shaped ({pred.shape[0]},), got {tuple(t.shape)}")
+    dtype = torch.promote_types(pred.dtype, torch.float32)
+    err = (pred.to(dtype) - target.to(dtype)).pow(2)
+    per_example = err.reshape(err.shape[0], -1).mean(dim=1)  # (B,)
+    weight = loss_weight(t.to(dtype), weighting)  # (B,)
+    return CFMLoss(loss=(weight * per_example).mean(), per_example=per_example)
+
+
+class TBinStats:
+    """Running mean of a per-example quantity by t-bin (the seeds' "loss / norm per t" diagnostic).
+
+    Bins are [k/n, (k+1)/n) for k < n - 1 and the last bin also holds t = 1. Accumulates in float64
+    on the CPU, so it can be fed every step without growing or syncing more than one small copy.
+    """
+
+    def __init__(self, n_bins: int = 10) -> None:
+        if n_bins < 1:
+            raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+        self.n_bins = n_bins
+        self.edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)  # (n_bins + 1,)
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(self.n_bins, dtype=torch.float64)
+        self.counts = torch.zeros(self.n_bins, dtype=torch.long)
+
+    def update(self, values: Tensor, t: Tensor) -> None:
+        """Add values (B,) observed at times t (B,)."""
+        values = values.detach().reshape(-1).to("cpu", torch.float64)
+        t = t.detach().reshape(-1).to("cpu", torch.float64)
+        if values.shape != t.shape:
+            raise ValueError(f"values {tuple(values.shape)} and t {tuple(t.shape)} differ in shape")
+        idx = (t * self.n_bins).floor().long().clamp(0, self.n_bins - 1)
+        self.sums.index_add_(0, idx, values)
+        self.counts.index_add_(0, idx, torch.ones_like(idx))
+
+    def means(self) -> Tensor:
+        """(n_bins,) mean per bin, NaN where a bin is empty."""
+        return torch.where(
+            self.counts > 0, self.sums / self.counts.clamp_min(1), torch.full_like(self.sums, math.nan)
+        )

@@ -1,0 +1,58 @@
+"""Embedders shared by the velocity models: timestep (sinusoidal + MLP) and class labels with a null class."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale: float = 1000.0) -> Tensor:
+    """Sinusoidal features of the flow time.
+
+    t: (B,) in [0, 1]; scaled by `scale` so the frequencies span the range DiT uses for 1000 steps.
+    Returns (B, dim).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = scale * t.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class TimestepEmbedder(nn.Module):
+    """t (B,) -> (B, hidden): sinusoidal features followed by a two-layer MLP, as in DiT."""
+
+    def __init__(self, hidden: int, frequency_dim: int = 256) -> None:
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels (B,) -> (B, hidden). Index `num_classes` is the null (unconditional) label for CFG."""
+
+    def __init__(self, num_classes: int, hidden: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, hidden)
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def forward(self, labels: Tensor) -> Tensor:
+        if labels.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"class labels must be an integer tensor, got {labels.dtype}")
+        if labels.numel() and (labels.min() < 0 or labels.max() > self.num_classes):
+            raise ValueError(
+                f"class labels must lie in [0, {self.num_classes}] ({self.num_classes} is the null label), "
+                f"got values in [{int(labels.min())}, {int(labels.max())}]"
+            )
+        return self.table(labels)

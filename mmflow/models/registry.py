@@ -1,0 +1,137 @@
+"""Model registry and the on-disk model format: a folder with config.json + model.safetensors.
+
+config.json holds {"model_type": <registered name>, "config": {...dataclass fields...}} so a model
+loads without the recipe that trained it. Large models are split into shards with an index file
+(`model.safetensors.index.json`, the Hugging Face layout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmflow.config import ConfigError, from_dict, to_dict
+from mmflow.utils.fs import atomic_folder
+
+MODEL_REGISTRY: dict[str, type[nn.Module]] = {}
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+
+M = TypeVar("M", bound=type[nn.Module])
+
+
+def register_model(name: str) -> Callable[[M], M]:
+    """Class decorator: the class needs `config_class` (a dataclass) and `__init__(self, config)`."""
+
+    def wrap(cls: M) -> M:
+        if name in MODEL_REGISTRY and MODEL_REGISTRY[name] is not cls:
+            raise ValueError(f"model type {name!r} is already registered by {MODEL_REGISTRY[name].__name__}")
+        cls.model_type = name  # type: ignore[attr-defined]
+        MODEL_REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_model(model_type: str, config: dict[str, Any] | Any, source: str | None = None) -> nn.Module:
+    """Build a registered model from its type name and a config dict (validated strictly) or dataclass."""
+    if model_type not in MODEL_REGISTRY:
+        raise ConfigError(f"{source or 'model'}: unknown model type {model_type!r}; known: {sorted(MODEL_REGISTRY)}")
+    cls = MODEL_REGISTRY[model_type]
+    if isinstance(config, dict):
+        config = from_dict(cls.config_class, config, source=source)  # type: ignore[attr-defined]
+    return cls(config)
+
+
+def _contiguous_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared storage and non-contiguous views: store independent copies
+    return {k: v.detach().contiguous().clone() if v.data_ptr() else v.detach() for k, v in model.state_dict().items()}
+
+
+def save_model(model: nn.Module, folder: str | os.PathLike, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+    """Write `model` as config.json + model.safetensors (sharded above `max_shard_bytes`), atomically."""
+    model_type = getattr(model, "model_type", None)
+    if model_type is None:
+        raise TypeError(f"{type(model).__name__} is not a registered model (use @register_model)")
+    state = _contiguous_state(model)
+    folder = Path(folder)
+    with atomic_folder(folder) as tmp:
+        (tmp / CONFIG_NAME).write_text(
+            json.dumps({"model_type": model_type, "config": to_dict(model.config)}, indent=2) + "\n"
+        )
+        shards: list[dict[str, torch.Tensor]] = [{}]
+        size = 0
+        for k, v in state.items():
+            nbytes = v.numel() * v.element_size()
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][k] = v
+            size += nbytes
+        if len(shards) == 1:
+            save_file(shards[0], str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards):
+                name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, str(tmp / name), metadata={"format": "pt"})
+                weight_map.update({k: name for k in shard})
+            total = sum(v.numel() * v.element_size() for v in state.values())
+            (tmp / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    return folder
+
+
+def load_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read the (possibly sharded) safetensors weights of a model folder."""
+    folder = Path(folder)
+    if (folder / INDEX_NAME).exists():
+        index = json.loads((folder / INDEX_NAME).read_text())
+        state: dict[str, torch.Tensor] = {}
+        for name in sorted(set(index["weight_map"].values())):
+            state.update(load_file(str(folder / name)))
+        return state
+    if not (folder / WEIGHTS_NAME).exists():
+        raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME} (is this a model folder?)")
+    return load_file(str(folder / WEIGHTS_NAME))
+
+
+def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load `state` into `model`, naming every missing, unexpected or mis-shaped key."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys: {unexpected}")
+        if shapes:
+            parts.append(f"shape mismatches: {shapes}")
+        raise ValueError(f"{source}: weights do not fit the model; " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Load a model folder written by `save_model` (no recipe needed)."""
+    folder = Path(folder)
+    cfg_path = folder / CONFIG_NAME
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{folder}: no {CONFIG_NAME}; a model folder holds config.json + model.safetensors")
+    meta = json.loads(cfg_path.read_text())
+    for key in ("model_type", "config"):
+        if key not in meta:
+            raise ConfigError(f"{cfg_path}: missing key {key!r}")
+    model = build_model(meta["model_type"], meta["config"], source=str(cfg_path))
+    load_weights_strict(model, load_state_dict(folder), str(folder))
+    return model.to(map_location)

@@ -1,0 +1,72 @@
+"""Flow matching as a trainer task: the CFM loss with CFG condition dropout, for any velocity model.
+
+Subclasses say how a batch becomes (data z, condition) and what the null condition is; the model is
+called as model(x_t, t, cond) -> velocity, the same signature the samplers use.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mmflow.flow.cfg import Condition, apply_condition_dropout, condition_dropout_mask
+from mmflow.flow.loss import cfm_loss
+from mmflow.flow.paths import GaussianPath
+from mmflow.flow.schedules import get_schedule
+from mmflow.flow.time_samplers import get_time_sampler
+from mmflow.sampling.guidance import cfg_velocity
+from mmflow.sampling.run import solve
+from mmflow.sampling.solvers import SampleOutput
+from mmflow.train.random import BatchRandom
+from mmflow.train.task import LossOutput, Task
+
+VELOCITY = "velocity"  # the model name every flow task trains
+
+
+class FlowMatchingTask(Task):
+    def __init__(self, recipe: Any) -> None:
+        super().__init__(recipe)
+        self.path = GaussianPath(get_schedule(recipe.flow.schedule))
+        ts = recipe.flow.time_sampler
+        self.time_sampler = get_time_sampler(ts.name, **ts.kwargs())
+
+    @abstractmethod
+    def split_batch(self, batch: Any) -> tuple[Tensor, Condition | None]:
+        """batch -> (z (B, ...) data, condition or None)."""
+
+    @abstractmethod
+    def null_condition(self, model: nn.Module) -> Condition | None:
+        """The condition that means "unconditional" (one row, no batch dim), or None if unconditional."""
+
+    def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
+        model = models[VELOCITY]
+        z, cond = self.split_batch(batch)
+        t = rng.draw(lambda n, g: self.time_sampler.sample(n, generator=g)).to(z.dtype)  # (B,)
+        eps = rng.randn(*z.shape[1:]).to(z.dtype)  # (B, ...)
+        ps = self.path.sample(z, t, eps)
+        p_drop = self.recipe.flow.cfg_dropout
+        if cond is not None and p_drop > 0:
+            drop = rng.draw(lambda n, g: condition_dropout_mask(n, p_drop, generator=g))  # (B,) bool
+            null = self.null_condition(_unwrap(model))
+            cond = apply_condition_dropout(cond, null, drop)
+        pred = model(ps.x_t, t, cond)
+        out = cfm_loss(pred.float(), ps.target.float(), t, self.recipe.flow.loss_weighting)
+        return LossOutput(out.loss, {}, out.per_example.detach(), t.detach())
+
+    def sample(self, model: nn.Module, x0: Tensor, cond: Condition | None, sample_cfg: Any,
+               generator: torch.Generator | None = None, return_trajectory: bool = False,
+               guidance: float | None = None) -> SampleOutput:
+        """Integrate noise x0 (B, ...) to data with CFG scale `guidance` (default: the recipe's)."""
+        w = sample_cfg.guidance if guidance is None else guidance
+        if cond is None:
+            fn = lambda x, t: model(x, t, None)  # noqa: E731
+        else:
+            fn = cfg_velocity(model, cond, self.null_condition(model), w)
+        return solve(fn, x0, sample_cfg, self.path, generator=generator, return_trajectory=return_trajectory)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)  # DDP keeps the model in .module

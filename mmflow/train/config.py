@@ -1,0 +1,38 @@
+"""Training hyper-parameters shared by every task (the `train:` section of a recipe)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mmflow.config import check
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = field(default=256, metadata={"min": 1, "help": "per process; global = batch_size * processes * grad_accum"})
+    grad_accum: int = field(default=1, metadata={"min": 1, "help": "micro-batches per optimizer step"})
+    max_steps: int = field(default=1000, metadata={"min": 1, "help": "optimizer steps"})
+    lr: float = field(default=1e-3, metadata={"min": 0.0, "min_exclusive": True})
+    min_lr_ratio: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "help": "cosine decays to lr * this"})
+    warmup_steps: int = field(default=0, metadata={"min": 0})
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = field(default=1e-8, metadata={"min": 0.0, "min_exclusive": True})
+    grad_clip: float | None = field(default=1.0, metadata={"help": "max global grad norm; null = off"})
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    ema_decay: float | None = field(default=0.999, metadata={"help": "null = no EMA"})
+    ema_warmup: bool = field(default=True, metadata={"help": "decay ramps as (1+n)/(10+n) early on"})
+    num_workers: int = field(default=0, metadata={"min": 0, "help": "DataLoader worker processes per rank"})
+    log_every: int = field(default=50, metadata={"min": 1})
+    checkpoint_every: int = field(default=500, metadata={"min": 1})
+    keep_checkpoints: int = field(default=2, metadata={"min": 1, "help": "newest good checkpoints kept"})
+    validate_every: int = field(default=0, metadata={"min": 0, "help": "0 = only at the end"})
+    trackers: list[Literal["tensorboard"]] = field(default_factory=lambda: ["tensorboard"])
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def validate(self) -> None:
+        check(self.warmup_steps <= self.max_steps, "warmup_steps", f"{self.warmup_steps} exceeds max_steps {self.max_steps}")
+        check(all(0.0 <= b < 1.0 for b in self.betas), "betas", f"each beta must lie in [0, 1), got {list(self.betas)}")
+        check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"must be > 0 or null, got {self.grad_clip}")
+        check(self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "ema_decay", f"must lie in (0, 1) or be null, got {self.ema_decay}")

@@ -1,0 +1,76 @@
+"""The contract between the trainer and what it trains.
+
+A task owns its models, says which optimizer trains which models, builds its dataset and computes a
+loss for one micro-batch. The trainer owns everything distributed: devices, DDP wrapping, mixed
+precision, accumulation, clipping, EMA, checkpoints and logging. A GAN-style task (a VAE with a
+discriminator) simply declares two optimizer groups; the trainer steps them in turn.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, default_collate
+
+from mmflow.train.random import BatchRandom
+
+
+@dataclass
+class LossOutput:
+    """loss: scalar to minimise; logs: extra scalars; per_example (B,) and t (B,) feed the t-bin stats."""
+
+    loss: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+    per_example: Tensor | None = None
+    t: Tensor | None = None
+
+
+class Task(ABC):
+    """Subclasses set `name`, `data_config_class`, `model_config_class` and register in mmflow.tasks."""
+
+    name: ClassVar[str]
+    data_config_class: ClassVar[type]
+    model_config_class: ClassVar[type]
+
+    def __init__(self, recipe: Any) -> None:
+        self.recipe = recipe
+
+    @abstractmethod
+    def build_models(self) -> dict[str, nn.Module]:
+        """Fresh models by name, on CPU; the trainer moves and wraps them."""
+
+    def optimizer_groups(self, models: dict[str, nn.Module]) -> dict[str, list[str]]:
+        """Optimizer name -> names of the models it updates; groups are stepped in this order."""
+        return {"main": list(models)}
+
+    def ema_models(self, models: dict[str, nn.Module]) -> list[str]:
+        """Models that get an EMA copy (used for validation and export)."""
+        return self.optimizer_groups(models)[next(iter(self.optimizer_groups(models)))]
+
+    @abstractmethod
+    def build_dataset(self) -> Dataset:
+        """A map-style dataset; items are collated with `collate`."""
+
+    def collate(self, items: list[Any]) -> Any:
+        return default_collate(items)
+
+    @abstractmethod
+    def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
+        """Loss of one micro-batch for optimizer group `optimizer`. Draw all randomness from `rng`."""
+
+    def validate(self, models: dict[str, nn.Module], out_dir: Path, step: int, device: torch.device) -> dict[str, float]:
+        """Sample and measure with `models` (EMA weights where kept, eval mode); write files to out_dir."""
+        return {}
+
+    def pipeline_info(self) -> dict[str, Any]:
+        """What a sampler needs beside the model weights (written as pipeline.json)."""
+        return {"task": self.name}
+
+    @classmethod
+    def validate_recipe(cls, recipe: Any, source: str | None) -> None:
+        """Cross-section checks of a typed recipe (raise ConfigError naming the key)."""

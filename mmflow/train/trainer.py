@@ -1,0 +1,345 @@
+"""One trainer for every model and modality, on Hugging Face Accelerate.
+
+Launch commands (the same code runs in all of them):
+    mmflow train recipes/toy2d.yaml                                   # one process (CPU or one GPU)
+    accelerate launch --multi_gpu --num_processes 8 -m mmflow train recipes/toy2d.yaml       # DDP, one node
+    accelerate launch --multi_gpu --num_machines 2 --machine_rank 0 --num_processes 16 \\
+        --main_process_ip HOST0 --main_process_port 29500 -m mmflow train recipes/toy2d.yaml  # node 0 of 2
+On a CPU-only machine `--multi_gpu` with `train.device: cpu` (or no GPU) starts gloo processes that
+average gradients (MULTI_CPU).
+
+The trainer owns distribution, precision, accumulation, clipping, EMA, checkpoints and logging; the
+task (mmflow.train.task) owns models, data and the loss. Randomness and data order are functions of
+(seed, step), so a resumed run continues exactly and the result does not depend on how the global
+batch is split across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from mmflow.config import ConfigError, dump_yaml
+from mmflow.models.registry import load_weights_strict, save_model
+from mmflow.train import checkpoint as ckpt
+from mmflow.train.ema import EMA
+from mmflow.train.lr import lr_at
+from mmflow.train.random import BatchRandom
+from mmflow.train.sampler import StreamBatchSampler
+from mmflow.train.task import Task
+from mmflow.utils.fs import atomic_folder, write_json_atomic
+
+logger = logging.getLogger("mmflow.train")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    final_loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+
+
+class NoUsableCheckpoint(RuntimeError):
+    pass
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def make_accelerator(train_cfg: Any, run_dir: Path) -> Accelerator:
+    """Accelerator for the recipe's device and precision (validated here, before any work)."""
+    cuda = torch.cuda.is_available()
+    if train_cfg.device == "cuda" and not cuda:
+        raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available (use 'auto' or 'cpu')")
+    cpu = train_cfg.device == "cpu" or not cuda
+    if cpu and train_cfg.mixed_precision == "fp16":
+        raise ConfigError("train.mixed_precision: 'fp16' needs a CUDA device; on CPU use 'bf16' or 'no'")
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=train_cfg.mixed_precision,
+        log_with=list(train_cfg.trackers) or None,
+        project_dir=str(run_dir),
+    )
+
+
+class Trainer:
+    """Trains `task` as the recipe says, in `run_dir`. `resume`: continue from the newest good checkpoint."""
+
+    def __init__(self, recipe: Any, task: Task, run_dir: str | Path, resume: bool = False,
+                 overfit_batch: bool = False, accelerator: Accelerator | None = None) -> None:
+        self.recipe = recipe
+        self.cfg = recipe.train
+        self.task = task
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.overfit_batch = overfit_batch
+        self.accelerator = accelerator or make_accelerator(self.cfg, self.run_dir)
+        self.is_main = self.accelerator.is_main_process
+
+    # ------------------------------------------------------------------ set-up
+    def _setup_logging(self) -> None:
+        if not self.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        root = logging.getLogger("mmflow")
+        root.setLevel(logging.INFO)
+        root.propagate = False  # our own console handler below; no second copy via the root logger
+        log_path = self.run_dir / "train.log"
+        if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_path.resolve() for h in root.handlers):
+            fh = logging.FileHandler(log_path)
+            fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            root.addHandler(fh)
+        if not any(getattr(h, "_mmflow_console", False) for h in root.handlers):
+            sh = logging.StreamHandler(sys.stderr)
+            sh.setFormatter(logging.Formatter("[mmflow] %(message)s"))
+            sh._mmflow_console = True  # type: ignore[attr-defined]
+            root.addHandler(sh)
+
+    def _build(self) -> None:
+        acc = self.accelerator
+        set_seed(self.recipe.seed)  # identical initial weights on every rank
+        models = self.task.build_models()
+        self.groups = self.task.optimizer_groups(models)
+        unknown = {n for names in self.groups.values() for n in names} - set(models)
+        if unknown:
+            raise ValueError(f"task {self.task.name}: optimizer groups name unknown models {sorted(unknown)}")
+        self.model_names = list(models)
+        optimizers = {}
+        for gname, names in self.groups.items():
+            decay, no_decay = [], []
+            for n in names:
+                for p in models[n].parameters():
+                    if p.requires_grad:
+                        (decay if p.ndim >= 2 else no_decay).append(p)
+            optimizers[gname] = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps,
+            )
+        prepared = acc.prepare(*models.values(), *optimizers.values())
+        if not isinstance(prepared, (tuple, list)):
+            prepared = (prepared,)
+        self.models: dict[str, nn.Module] = dict(zip(models, prepared[: len(models)]))
+        self.optimizers = dict(zip(optimizers, prepared[len(models):]))
+        ema_names = self.task.ema_models(models) if self.cfg.ema_decay else []
+        self.emas = {n: EMA(acc.unwrap_model(self.models[n]), self.cfg.ema_decay, self.cfg.ema_warmup) for n in ema_names}
+        self.dataset = self.task.build_dataset()
+
+    def _dataloader(self, start_micro: int) -> tuple[StreamBatchSampler, Any]:
+        acc = self.accelerator
+        sampler = StreamBatchSampler(
+            len(self.dataset), self.cfg.batch_size, acc.process_index, acc.num_processes, self.recipe.seed,
+            start=start_micro, overfit_batch=self.overfit_batch,
+        )
+        loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.task.collate,
+                            num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+        return sampler, iter(loader)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _trainer_state(self, step: int) -> dict[str, Any]:
+        acc = self.accelerator
+        return {
+            "step": step,
+            "global_batch": self.cfg.batch_size * acc.num_processes,
+            "grad_accum": self.cfg.grad_accum,
+            "num_processes": acc.num_processes,
+            "ema_updates": {n: e.num_updates for n, e in self.emas.items()},
+            "overfit_batch": self.overfit_batch,
+        }
+
+    def _export_models(self, dest: Path) -> None:
+        acc = self.accelerator
+        for n in self.model_names:
+            save_model(acc.unwrap_model(self.models[n]), dest / "models" / n)
+        for n, e in self.emas.items():
+            save_model(e.shadow, dest / "models" / f"{n}_ema")
+        write_json_atomic(dest / "pipeline.json", self.task.pipeline_info())
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Save full state after `step` optimizer steps (all ranks call this; rank 0 writes the shared files)."""
+        acc = self.accelerator
+        root = self.run_dir / "checkpoints"
+        tmp = root / ckpt.tmp_dir_name(step)
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        acc.wait_for_everyone()
+        dest = root / ckpt.step_dir_name(step)
+        if self.is_main:
+            self._export_models(tmp)
+            write_json_atomic(tmp / "trainer_state.json", self._trainer_state(step))
+            dest = ckpt.finalize(tmp, root, step)
+            ckpt.prune(root, self.cfg.keep_checkpoints)
+            with atomic_folder(self.run_dir / "model") as out:  # the last good exported model
+                shutil.copytree(dest / "models", out / "models")
+                shutil.copy2(dest / "pipeline.json", out / "pipeline.json")
+            logger.info("checkpoint step %d -> %s", step, dest)
+        acc.wait_for_everyone()
+        return dest
+
+    def load_newest_checkpoint(self) -> int:
+        """Load the newest intact checkpoint; corrupt or partial ones are reported and skipped."""
+        root = self.run_dir / "checkpoints"
+        refs = ckpt.list_checkpoints(root)
+        tried = []
+        for ref in refs:
+            reason = ckpt.verify_checkpoint(ref.path)
+            if reason is None:
+                try:
+                    self._load_checkpoint(ref.path)
+                    if tried:
+                        logger.warning("skipped unusable checkpoints: %s", "; ".join(tried))
+                    logger.info("resumed from %s (step %d)", ref.path, ref.step)
+                    return ref.step
+                except Exception as e:  # a file that verifies but does not load is as bad as a missing one
+                    reason = f"failed to load: {type(e).__name__}: {e}"
+            tried.append(f"{ref.path.name}: {reason}")
+            logger.warning("checkpoint %s is unusable (%s); trying an older one", ref.path, reason)
+        detail = "; ".join(tried) if tried else "no step_* folders"
+        raise NoUsableCheckpoint(f"--resume: no usable checkpoint in {root} ({detail})")
+
+    def _load_checkpoint(self, path: Path) -> None:
+        self.accelerator.load_state(str(path))
+        state = json.loads((path / "trainer_state.json").read_text())
+        for n, e in self.emas.items():
+            load_weights_strict(e.shadow, load_file(str(path / "models" / f"{n}_ema" / "model.safetensors")), str(path))
+            e.shadow.to(self.accelerator.device)
+            e.num_updates = state["ema_updates"][n]
+        gb = self.cfg.batch_size * self.accelerator.num_processes
+        if state["global_batch"] != gb:
+            logger.warning("global batch changed from %d to %d: data order after resume differs from the original run",
+                           state["global_batch"], gb)
+
+    # ------------------------------------------------------------------ loop
+    def _eval_models(self) -> dict[str, nn.Module]:
+        acc = self.accelerator
+        out = {}
+        for n in self.model_names:
+            out[n] = self.emas[n].shadow if n in self.emas else acc.unwrap_model(self.models[n])
+        return out
+
+    def validate(self, step: int) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if self.is_main:
+            models = self._eval_models()
+            was_training = {n: m.training for n, m in models.items()}
+            for m in models.values():
+                m.eval()
+            out_dir = self.run_dir / "validation" / ckpt.step_dir_name(step)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with torch.no_grad():
+                metrics = self.task.validate(models, out_dir, step, self.accelerator.device)
+            for n, m in models.items():
+                m.train(was_training[n])
+            write_json_atomic(out_dir / "metrics.json", metrics)
+            if metrics:
+                self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
+                logger.info("validation step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        self.accelerator.wait_for_everyone()
+        return metrics
+
+    def train(self) -> TrainResult:
+        acc = self.accelerator
+        self._setup_logging()
+        self._build()
+        if self.is_main:
+            logger.info("run %s: %d process(es), device %s, precision %s, global batch %d x accum %d",
+                        self.run_dir, acc.num_processes, acc.device, self.cfg.mixed_precision,
+                        self.cfg.batch_size * acc.num_processes, self.cfg.grad_accum)
+        start = self.load_newest_checkpoint() if self.resume else 0
+        if self.cfg.trackers:
+            acc.init_trackers("tb", config={"seed": self.recipe.seed, "lr": self.cfg.lr, "batch_size": self.cfg.batch_size})
+        accum = self.cfg.grad_accum
+        _, data = self._dataloader(start * accum)
+        n_groups = len(self.groups)
+        for m in self.models.values():
+            m.train()
+        history: list[tuple[int, float]] = []
+        window: list[float] = []
+        last_loss = math.nan
+        t0 = time.time()
+        progress = tqdm(total=self.cfg.max_steps, initial=start, disable=not self.is_main, desc="train", dynamic_ncols=True)
+        for step in range(start, self.cfg.max_steps):
+            batches = [_to_device(next(data), acc.device) for _ in range(accum)]
+            lr = lr_at(step, self.cfg.lr, self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.min_lr_ratio)
+            logs: dict[str, float] = {"lr": lr}
+            for gi, (gname, names) in enumerate(self.groups.items()):
+                opt = self.optimizers[gname]
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                group_loss = 0.0
+                for mi, batch in enumerate(batches):
+                    rng = BatchRandom(self.recipe.seed, (step * accum + mi) * n_groups + gi,
+                                      acc.process_index, self.cfg.batch_size, acc.num_processes, acc.device)
+                    with ExitStack() as stack:
+                        if mi < accum - 1:  # skip the gradient all-reduce until the last micro-batch
+                            for n in names:
+                                stack.enter_context(acc.no_sync(self.models[n]))
+                        with acc.autocast():
+                            out = self.task.loss(self.models, batch, rng, gname, step)
+                        if not torch.isfinite(out.loss):
+                            raise FloatingPointError(f"step {step}: {gname} loss is {out.loss.item()} (not finite)")
+                        acc.backward(out.loss / accum)
+                    group_loss += out.loss.detach().float().item() / accum
+                    for k, v in out.logs.items():
+                        logs[f"{gname}/{k}"] = logs.get(f"{gname}/{k}", 0.0) + v / accum
+                if self.cfg.grad_clip is not None:
+                    params = [p for n in names for p in self.models[n].parameters()]
+                    norm = acc.clip_grad_norm_(params, self.cfg.grad_clip)
+                    logs[f"{gname}/grad_norm"] = float(norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                logs[f"{gname}/loss"] = group_loss
+            for n, e in self.emas.items():
+                e.update(acc.unwrap_model(self.models[n]))
+            main_loss = logs[f"{next(iter(self.groups))}/loss"]
+            window.append(main_loss)
+            done = step + 1
+            if done % self.cfg.log_every == 0 or done == self.cfg.max_steps:
+                mean = acc.reduce(torch.tensor(sum(window) / len(window), device=acc.device), "mean").item()
+                window.clear()
+                last_loss = mean
+                history.append((done, mean))
+                logs["loss_avg"] = mean
+                logs["steps_per_s"] = (done - start) / max(1e-9, time.time() - t0)
+                acc.log(logs, step=done)
+                if self.is_main:
+                    progress.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
+                    logger.info("step %d loss %.5f lr %.3e", done, mean, lr)
+            progress.update(1)
+            if done % self.cfg.checkpoint_every == 0 or done == self.cfg.max_steps:
+                self.save_checkpoint(done)
+            if self.cfg.validate_every and done % self.cfg.validate_every == 0 and done != self.cfg.max_steps:
+                self.validate(done)
+        progress.close()
+        metrics = self.validate(self.cfg.max_steps) if start < self.cfg.max_steps or not self.resume else {}
+        if self.is_main:
+            write_json_atomic(self.run_dir / "metrics.json", {"step": self.cfg.max_steps, "final_loss": last_loss, **metrics})
+        acc.end_training()
+        return TrainResult(self.run_dir, self.cfg.max_steps, last_loss, metrics, history)
