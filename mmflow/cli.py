@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 sample.steps=16")
     t.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint of the run")
     t.add_argument("--overfit-batch", type=int, metavar="N", default=None,
-                   help="debug: train on one fixed batch of N examples (N=1: one sample)")
+                   help="debug: draw every batch from the same N examples (N=1: one sample), fresh noise each step")
     t.add_argument("--run-dir", default=None, help="run folder (default: the recipe's run_dir or runs/<name>)")
     t.add_argument("--print-config", action="store_true", help="print the validated recipe and exit")
     s = sub.add_parser("sample", help="sample from a trained model", epilog=SAMPLE_EPILOG,
@@ -59,10 +59,8 @@ def _train(args: argparse.Namespace) -> int:
     from mmflow.train.trainer import Trainer, make_accelerator
 
     overrides = list(args.overrides)
-    if args.overfit_batch is not None:
-        if args.overfit_batch < 1:
-            raise ConfigError(f"--overfit-batch must be >= 1, got {args.overfit_batch}")
-        overrides.append(f"train.batch_size={args.overfit_batch}")
+    if args.overfit_batch is not None and args.overfit_batch < 1:
+        raise ConfigError(f"--overfit-batch must be >= 1, got {args.overfit_batch}")
     recipe = load_recipe(args.recipe, overrides)
     if args.print_config:
         print(json.dumps(recipe_to_dict(recipe), indent=2))
@@ -76,7 +74,7 @@ def _train(args: argparse.Namespace) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(recipe_to_dict(recipe), run_dir / "recipe.yaml")
     task = get_task_class(recipe.task)(recipe)
-    result = Trainer(recipe, task, run_dir, resume=args.resume, overfit_batch=args.overfit_batch is not None,
+    result = Trainer(recipe, task, run_dir, resume=args.resume, overfit_batch=args.overfit_batch or 0,
                      accelerator=accelerator).train()
     if accelerator.is_main_process:
         print(f"run folder: {result.run_dir}   final loss: {result.final_loss:.5f}")

@@ -33,7 +33,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Callable, Literal, TypeVar, Union
 
 import yaml
 
@@ -531,21 +531,26 @@ def _set_child(node: dict | list, part: str, value: Any, text: str, source: str)
         node[part] = value
 
 
-def load_config(cls: type[T], path: str | os.PathLike, overrides: Sequence[str] = ()) -> T:
-    """`from_dict(cls, apply_overrides(load_yaml(path), overrides))`, with errors that name the override.
+def build_with_overrides(build: Callable[[dict, str], T], path: str | os.PathLike, overrides: Sequence[str] = ()) -> T:
+    """`build(apply_overrides(load_yaml(path), overrides), str(path))`, with errors that name the override.
 
     When the offending key was set by an override the error's source is that override instead of
     the file, so `train.lrr=1` reports "command line (override 'train.lrr=1')".
     """
     data = apply_overrides(load_yaml(path), overrides)
     try:
-        return from_dict(cls, data, source=str(path))
+        return build(data, str(path))
     except ConfigError as exc:
         for text in reversed(overrides):  # the last override of a key is the one that took effect
             okey = text.split("=", 1)[0].strip()
             if exc.key and (exc.key == okey or exc.key.startswith((okey + ".", okey + "["))):
                 raise ConfigError(exc.message, exc.key, f"command line (override {text!r})") from exc
         raise
+
+
+def load_config(cls: type[T], path: str | os.PathLike, overrides: Sequence[str] = ()) -> T:
+    """Load dataclass `cls` from a YAML file with dotted overrides (see build_with_overrides)."""
+    return build_with_overrides(lambda data, source: from_dict(cls, data, source=source), path, overrides)
 
 
 # --------------------------------------------------------------------------------------------------

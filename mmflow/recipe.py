@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-from mmflow.config import ConfigError, apply_overrides, check, from_dict, load_yaml, to_dict
+from mmflow.config import ConfigError, build_with_overrides, check, from_dict, to_dict
 from mmflow.train.config import TrainConfig
 
 
@@ -78,10 +78,10 @@ def recipe_from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
     from mmflow.tasks import get_task_class
 
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source or 'recipe'}: the top level must be a mapping")
+        raise ConfigError("the top level must be a mapping", None, source)
     task_name = raw.get("task")
     if task_name is None:
-        raise ConfigError(f"{source or 'recipe'}: task: missing required key")
+        raise ConfigError("required key is missing (the task decides the data and model schema)", "task", source)
     task_cls = get_task_class(task_name, source)
     typed = dict(raw)
     typed["data"] = from_dict(task_cls.data_config_class, raw.get("data") or {}, source=source, prefix="data")
@@ -93,8 +93,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
 
 def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
     """Read, override (dotted `key=value`) and validate a recipe file."""
-    raw = apply_overrides(load_yaml(path), overrides)
-    return recipe_from_dict(raw, source=str(path))
+    return build_with_overrides(recipe_from_dict, path, overrides)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -11,8 +11,9 @@ anything. With v_k = a^2 s_k^2 + b^2 and r_k(x) the posterior of component k giv
     u_t(x) = sum_k r_k(x) (a' E[z | x, k] + b' E[eps | x, k])
 
 No division by b, so u is finite at t = 1 (needs s_k > 0); b' enters only through the product
-b b' (`Schedule.beta_d_beta`), so VP's infinite b' at t = 1 gives the right limit, not 0 * inf. Everything follows x's dtype: pass
-float64 inputs for tests that differentiate or compare to tight tolerances.
+b b' (`Schedule.beta_d_beta`), so VP's infinite b' at t = 1 gives the right limit, not 0 * inf.
+Everything follows x's dtype: pass float64 inputs for tests that differentiate or compare to tight
+tolerances.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ class GaussianMixture:
             raise ValueError(f"means must be (K, d), got {tuple(means.shape)}")
         k = means.shape[0]
         if stds.shape != (k,) or weights.shape != (k,):
-            raise ValueError(f"stds and weights must be ({k},), got {tuple(stds.shape)}, {tuple(weights.shape)}")
+            raise ValueError(
+                f"stds and weights must be ({k},), got {tuple(stds.shape)}, {tuple(weights.shape)}"
+            )
         if not bool((stds > 0).all()):
             raise ValueError("component stds must be > 0 (a point mass has no finite velocity at t = 1)")
         if not bool((weights >= 0).all()) or not float(weights.sum()) > 0:
@@ -110,51 +113,58 @@ class GaussianMixture:
         return MixtureMarginal(means=means, vars=variances)
 
     def _posterior(self, x: Tensor, t: Tensor | float, path: GaussianPath):
-        """Shared pieces at x (B, d): log N_k(x) (B, K), residual x - a mu_k (B, K, d), coefficients."""
-        means, stds, _ = self._params(x)
-        c = path.schedule(self._t_column(t, x))  # fields (B, 1)
-        a, b = c.alpha, c.beta
-        var = a**2 * stds**2 + b**2  # (B, K)
-        resid = x[:, None, :] - a[:, :, None] * means  # (B, K, d)
-        log_norm = -0.5 * (resid**2).sum(-1) / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
-        return log_norm, resid, var, stds, c
+        """Pieces shared by the methods below, at x (B, d) and t.
+
+        Returns logits log w_k + log N_k(x) (B, K), residuals x - a mu_k (B, K, d), component
+        variances a^2 s_k^2 + b^2 (B, K), and the schedule at t with fields (B, 1).
+        """
+        means, stds, weights = self._params(x)
+        t_col = self._t_column(t, x)
+        c = path.schedule(t_col)
+        var = c.alpha**2 * stds**2 + c.beta**2  # (B, K)
+        # the residual itself, not |x|^2 - 2 a x.mu + a^2 |mu|^2, which cancels badly in float32
+        resid = x[:, None, :] - c.alpha[:, :, None] * means  # (B, K, d)
+        sq = resid.pow(2).sum(-1)  # (B, K)
+        logits = torch.log(weights) - 0.5 * sq / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
+        return logits, resid, var, t_col, c
 
     def log_prob(self, x: Tensor, t: Tensor | float, path: GaussianPath) -> Tensor:
         """log p_t(x) (B,) for x (B, d) and t (B,) or scalar."""
-        _, _, weights = self._params(x)
-        log_norm, *_ = self._posterior(x, t, path)
-        return torch.logsumexp(torch.log(weights) + log_norm, dim=-1)
+        logits, *_ = self._posterior(x, t, path)
+        return torch.logsumexp(logits, dim=-1)
 
     def responsibilities(self, x: Tensor, t: Tensor | float, path: GaussianPath) -> Tensor:
         """P(component k | x_t = x) (B, K), by log-sum-exp."""
-        _, _, weights = self._params(x)
-        log_norm, *_ = self._posterior(x, t, path)
-        return torch.softmax(torch.log(weights) + log_norm, dim=-1)
+        logits, *_ = self._posterior(x, t, path)
+        return torch.softmax(logits, dim=-1)
 
     def score(self, x: Tensor, t: Tensor | float, path: GaussianPath) -> Tensor:
-        """grad_x log p_t(x) (B, d); singular only where some component's variance is 0."""
-        _, _, weights = self._params(x)
-        log_norm, resid, var, _, _ = self._posterior(x, t, path)
-        r = torch.softmax(torch.log(weights) + log_norm, dim=-1)  # (B, K)
-        return -(r[..., None] * resid / var[..., None]).sum(1)
+        """grad_x log p_t(x) = -sum_k r_k (x - a mu_k) / v_k, (B, d)."""
+        logits, resid, var, _, _ = self._posterior(x, t, path)
+        r = torch.softmax(logits, dim=-1)  # (B, K)
+        return -torch.einsum("bk,bkd->bd", r / var, resid)
 
     def velocity(self, x: Tensor, t: Tensor | float, path: GaussianPath) -> Tensor:
-        """Exact marginal velocity u_t(x) (B, d) of p_t, finite on all of [0, 1]."""
-        means, _, weights = self._params(x)
-        log_norm, resid, var, stds, c = self._posterior(x, t, path)
-        r = torch.softmax(torch.log(weights) + log_norm, dim=-1)  # (B, K)
-        bdb = path.schedule.beta_d_beta(self._t_column(t, x))[:, :, None]  # (B, 1, 1)
-        a = c.alpha[:, :, None]  # (B, 1, 1)
-        v = var[..., None]  # (B, K, 1)
-        z_hat = means + a * stds[:, None] ** 2 / v * resid  # (B, K, d): E[z | x, k]
-        u_k = c.d_alpha[:, :, None] * z_hat + bdb / v * resid  # b' E[eps | x, k] = b b' / v resid
-        return (r[..., None] * u_k).sum(1)
+        """Exact marginal velocity u_t(x) (B, d) of p_t, finite on all of [0, 1].
+
+        sum_k r_k (a' E[z | x, k] + b' E[eps | x, k]) = a' sum_k r_k mu_k + sum_k r_k c_k (x - a mu_k)
+        with c_k = (a a' s_k^2 + b b') / v_k.
+        """
+        means, stds, _ = self._params(x)
+        logits, resid, var, t_col, c = self._posterior(x, t, path)
+        r = torch.softmax(logits, dim=-1)  # (B, K)
+        bdb = path.schedule.beta_d_beta(t_col)  # (B, 1); b b', finite where b' is not
+        coef = (c.alpha * c.d_alpha * stds**2 + bdb) / var  # (B, K)
+        return c.d_alpha * (r @ means) + torch.einsum("bk,bkd->bd", r * coef, resid)
 
 
 def eight_gaussians(
-    radius: float = 4.0, std: float = 0.5, dtype: torch.dtype = torch.float32
+    radius: float = 4.0, std: float = 0.5, dtype: torch.dtype = torch.float64
 ) -> GaussianMixture:
-    """Eight equal-weight components of std `std` evenly spaced on a circle of radius `radius`."""
+    """Eight equal-weight components of std `std` evenly spaced on a circle of radius `radius`.
+
+    float64 by default (a reference distribution); `velocity` etc. still follow their input's dtype.
+    """
     angles = torch.arange(8, dtype=dtype) * (2 * math.pi / 8)
     means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)  # (8, 2)
     return GaussianMixture(means, torch.full((8,), std, dtype=dtype), torch.ones(8, dtype=dtype))

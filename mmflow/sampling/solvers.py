@@ -3,8 +3,8 @@
 Convention: t = 0 is noise, t = 1 is data; the grid is increasing and usually runs from 0 to 1
 (see `mmflow.sampling.grids`). One call of the velocity function on the whole batch is one
 function evaluation (NFE); an n-step solve costs euler n, midpoint 2n, heun 2n, rk4 4n of them
-(counted, not computed, in `SampleOutput.nfe`). Gradients are not disabled here: wrap the call in torch.no_grad() (or
-inference_mode) to sample, leave it on to differentiate through the solver.
+(counted, not computed, in `SampleOutput.nfe`). Gradients are not disabled here: wrap the call in
+torch.no_grad() (or inference_mode) to sample, leave them on to differentiate through the solver.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ def register_task(cls: type[Task]) -> type[Task]:
 def get_task_class(name: str, source: str | None = None) -> type[Task]:
     _load_builtin()
     if name not in TASKS:
-        raise ConfigError(f"{source or 'recipe'}: task: {name!r} is not one of {', '.join(repr(k) for k in sorted(TASKS))}")
+        raise ConfigError(f"{name!r} is not one of {', '.join(repr(k) for k in sorted(TASKS))}", "task", source)
     return TASKS[name]
 
 

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from mmflow.config import ConfigError
 from mmflow.data.toy2d import TOY_DATASETS, Toy2DDataset, sample_toy
 from mmflow.flow.loss import TBinStats
 from mmflow.metrics.two_sample import two_sample_report
@@ -132,11 +133,11 @@ class Toy2DTask(FlowMatchingTask):
                 labels = torch.randint(0, self.num_classes, (num,), generator=g)
             else:
                 if not 0 <= label < self.num_classes:
-                    raise ValueError(f"--label {label} is out of range: this model knows labels 0..{self.num_classes - 1}")
+                    raise ConfigError(f"--label {label} is out of range: this model knows labels 0..{self.num_classes - 1}")
                 labels = torch.full((num,), label)
             cond = labels.to(device)
         elif label is not None:
-            raise ValueError("--label given, but this model is unconditional")
+            raise ConfigError("--label given, but this model is unconditional")
         with torch.no_grad():
             out = self.sample(model, x0, cond, sample_cfg, generator=g, return_trajectory=True)
         out_dir.mkdir(parents=True, exist_ok=True)

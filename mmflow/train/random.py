@@ -1,8 +1,11 @@
-"""Per-step randomness that does not depend on how the global batch is split over processes.
+"""Per-step randomness that does not depend on how the global batch is split.
 
-Every draw is made for the whole global batch from a generator seeded by (seed, micro-step, draw
-index), and each rank keeps its own rows. So two processes with batch B see exactly the noise, times
-and CFG drops that one process with batch 2B sees, and a resumed run repeats the interrupted one.
+An optimizer step consumes a global batch of `local_batch * num_slots` rows, where the slots are
+(micro-batch, rank) pairs: slot = micro * world_size + rank. Every draw is made for the whole global
+batch from a generator seeded by (seed, step, optimizer group, draw index) and each slot keeps its own
+rows, the same rows the data sampler gives it. So one process with batch 2B, one with batch B and 2
+accumulation steps, and two processes with batch B all see exactly the same noise, times and CFG
+drops, and a resumed run repeats the interrupted one.
 """
 
 from __future__ import annotations
@@ -23,27 +26,28 @@ def _mix(*values: int) -> int:
 
 
 class BatchRandom:
-    """Random draws for one micro-batch: rows [rank*B, (rank+1)*B) of a global batch of B*world rows."""
+    """Random draws for one slot: rows [slot*B, (slot+1)*B) of the step's global batch."""
 
-    def __init__(self, seed: int, micro_step: int, rank: int, local_batch: int, world_size: int,
+    def __init__(self, seed: int, step: int, group: int, slot: int, local_batch: int, num_slots: int,
                  device: torch.device | str = "cpu") -> None:
-        self.seed = seed
-        self.micro_step = micro_step
-        self.rank = rank
+        if not 0 <= slot < num_slots:
+            raise ValueError(f"slot {slot} outside [0, {num_slots})")
+        self.key = (seed, step, group)
+        self.slot = slot
         self.local_batch = local_batch
-        self.world_size = world_size
+        self.num_slots = num_slots
         self.device = torch.device(device)
         self._draws = 0
 
     def _generator(self) -> torch.Generator:
-        g = torch.Generator().manual_seed(_mix(self.seed, self.micro_step, self._draws))
+        g = torch.Generator().manual_seed(_mix(*self.key, self._draws))
         self._draws += 1
         return g
 
     def draw(self, fn: Callable[[int, torch.Generator], Tensor]) -> Tensor:
-        """fn(global_batch, generator) -> (global_batch, ...) on CPU; returns this rank's rows on device."""
-        full = fn(self.local_batch * self.world_size, self._generator())
-        lo = self.rank * self.local_batch
+        """fn(global_batch, generator) -> (global_batch, ...) on CPU; returns this slot's rows on device."""
+        full = fn(self.local_batch * self.num_slots, self._generator())
+        lo = self.slot * self.local_batch
         return full[lo : lo + self.local_batch].to(self.device)
 
     def randn(self, *shape: int) -> Tensor:

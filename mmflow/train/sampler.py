@@ -19,7 +19,7 @@ class StreamBatchSampler:
     """An endless batch sampler (for DataLoader(batch_sampler=...)) starting at global micro-batch `start`."""
 
     def __init__(self, dataset_size: int, local_batch: int, rank: int, world_size: int, seed: int,
-                 start: int = 0, shuffle: bool = True, overfit_batch: bool = False) -> None:
+                 start: int = 0, shuffle: bool = True, overfit: int = 0) -> None:
         if dataset_size <= 0:
             raise ValueError("the dataset is empty: nothing to train on")
         self.n = dataset_size
@@ -29,7 +29,7 @@ class StreamBatchSampler:
         self.seed = seed
         self.start = start
         self.shuffle = shuffle
-        self.overfit_batch = overfit_batch
+        self.overfit = overfit  # > 0: cycle over the first `overfit` rows of epoch 0 only (debugging)
         self._perm_epoch = -1
         self._perm: torch.Tensor | None = None
 
@@ -47,12 +47,11 @@ class StreamBatchSampler:
     def indices(self, micro_step: int) -> list[int]:
         """Dataset rows of this rank for global micro-batch `micro_step`."""
         global_batch = self.local_batch * self.world_size
-        k = 0 if self.overfit_batch else micro_step
-        first = k * global_batch + self.rank * self.local_batch
-        rows = []
-        for pos in range(first, first + self.local_batch):
-            rows.append(int(self._permutation(pos // self.n)[pos % self.n]))
-        return rows
+        first = micro_step * global_batch + self.rank * self.local_batch
+        positions = range(first, first + self.local_batch)
+        if self.overfit:
+            return [int(self._permutation(0)[pos % min(self.overfit, self.n)]) for pos in positions]
+        return [int(self._permutation(pos // self.n)[pos % self.n]) for pos in positions]
 
     def epoch_of(self, micro_step: int) -> float:
         return micro_step * self.local_batch * self.world_size / self.n

@@ -88,10 +88,14 @@ def make_accelerator(train_cfg: Any, run_dir: Path) -> Accelerator:
 
 
 class Trainer:
-    """Trains `task` as the recipe says, in `run_dir`. `resume`: continue from the newest good checkpoint."""
+    """Trains `task` as the recipe says, in `run_dir`.
+
+    resume: continue from the newest good checkpoint. overfit_batch=N > 0: every batch is drawn from the
+    same N examples (the seeds' "overfit one sample, then one batch" check), with fresh noise each step.
+    """
 
     def __init__(self, recipe: Any, task: Task, run_dir: str | Path, resume: bool = False,
-                 overfit_batch: bool = False, accelerator: Accelerator | None = None) -> None:
+                 overfit_batch: int = 0, accelerator: Accelerator | None = None) -> None:
         self.recipe = recipe
         self.cfg = recipe.train
         self.task = task
@@ -153,7 +157,7 @@ class Trainer:
         acc = self.accelerator
         sampler = StreamBatchSampler(
             len(self.dataset), self.cfg.batch_size, acc.process_index, acc.num_processes, self.recipe.seed,
-            start=start_micro, overfit_batch=self.overfit_batch,
+            start=start_micro, overfit=self.overfit_batch,
         )
         loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.task.collate,
                             num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
@@ -277,7 +281,6 @@ class Trainer:
             acc.init_trackers("tb", config={"seed": self.recipe.seed, "lr": self.cfg.lr, "batch_size": self.cfg.batch_size})
         accum = self.cfg.grad_accum
         _, data = self._dataloader(start * accum)
-        n_groups = len(self.groups)
         for m in self.models.values():
             m.train()
         history: list[tuple[int, float]] = []
@@ -295,8 +298,8 @@ class Trainer:
                     group["lr"] = lr
                 group_loss = 0.0
                 for mi, batch in enumerate(batches):
-                    rng = BatchRandom(self.recipe.seed, (step * accum + mi) * n_groups + gi,
-                                      acc.process_index, self.cfg.batch_size, acc.num_processes, acc.device)
+                    rng = BatchRandom(self.recipe.seed, step, gi, mi * acc.num_processes + acc.process_index,
+                                      self.cfg.batch_size, accum * acc.num_processes, acc.device)
                     with ExitStack() as stack:
                         if mi < accum - 1:  # skip the gradient all-reduce until the last micro-batch
                             for n in names:

@@ -57,7 +57,8 @@ def test_shape_and_structure_errors():
         apply_condition_dropout(cond, torch.zeros(2), torch.zeros(4, dtype=torch.bool))
     with pytest.raises(ValueError):
         apply_condition_dropout(cond, torch.zeros(3), torch.zeros(5, dtype=torch.bool))
+    no_drop = torch.zeros(4, dtype=torch.bool)
     with pytest.raises(KeyError):
-        apply_condition_dropout({"a": cond, "b": cond}, {"a": torch.zeros(3)}, torch.zeros(4, dtype=torch.bool))
+        apply_condition_dropout({"a": cond, "b": cond}, {"a": torch.zeros(3)}, no_drop)
     with pytest.raises(TypeError):
         broadcast_null(torch.zeros(3), {"a": cond})

@@ -45,7 +45,8 @@ def test_loss_backpropagates():
 
 
 def test_bf16_prediction_is_reduced_in_float32():
-    out = cfm_loss(torch.ones(2, 3, dtype=torch.bfloat16), torch.zeros(2, 3, dtype=torch.bfloat16), torch.rand(2))
+    pred, target = torch.ones(2, 3, dtype=torch.bfloat16), torch.zeros(2, 3, dtype=torch.bfloat16)
+    out = cfm_loss(pred, target, torch.rand(2))
     assert out.loss.dtype == torch.float32
 
 
@@ -53,7 +54,8 @@ def test_bf16_prediction_is_reduced_in_float32():
 def test_weighting_parity_with_diffusers(weighting):
     # diffusers' training sigmas live in [1/1000, 1]; float64 so that 1 - (1 - sigma) == sigma
     g = torch.Generator().manual_seed(0)
-    sigmas = torch.cat([torch.linspace(1e-3, 1.0, 1000), torch.rand(1000, generator=g).clamp_min(1e-3)]).double()
+    random = torch.rand(1000, generator=g).clamp_min(1e-3)
+    sigmas = torch.cat([torch.linspace(1e-3, 1.0, 1000), random]).double()
     ours = loss_weight(1 - sigmas, weighting)
     theirs = compute_loss_weighting_for_sd3(weighting, sigmas=sigmas)
     torch.testing.assert_close(ours.float(), theirs.float(), rtol=1e-6, atol=0)
@@ -65,9 +67,8 @@ def test_weights_are_finite_at_the_endpoints():
         assert torch.isfinite(loss_weight(t, weighting)).all()
     assert loss_weight(torch.tensor([1.0]), "sigma_sqrt").item() == pytest.approx(1e6)
     # cosmap weight is the cosmap density: symmetric, 4/pi at t = 1/2, 2/pi at the ends
-    torch.testing.assert_close(
-        loss_weight(torch.tensor([0.0, 0.5, 1.0]), "cosmap"), torch.tensor([2 / math.pi, 4 / math.pi, 2 / math.pi])
-    )
+    expected = torch.tensor([2 / math.pi, 4 / math.pi, 2 / math.pi])
+    torch.testing.assert_close(loss_weight(torch.tensor([0.0, 0.5, 1.0]), "cosmap"), expected)
 
 
 def test_unknown_weighting():
@@ -81,7 +82,8 @@ def test_tbin_stats_hand_example():
     stats = TBinStats(n_bins=4)
     torch.testing.assert_close(stats.edges, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64))
     stats.update(torch.tensor([1.0, 3.0, 10.0]), torch.tensor([0.0, 0.2, 0.6]))
-    stats.update(torch.tensor([5.0, 7.0]), torch.tensor([0.25, 1.0]))  # 0.25 opens bin 1; t = 1 is in the last bin
+    # 0.25 opens bin 1; t = 1 belongs to the last bin
+    stats.update(torch.tensor([5.0, 7.0]), torch.tensor([0.25, 1.0]))
     assert stats.counts.tolist() == [2, 1, 1, 1]
     means = stats.means()
     assert means.tolist() == [2.0, 5.0, 10.0, 7.0]

@@ -65,15 +65,14 @@ def test_round_trips_for_arbitrary_velocities(path):
     # v and x independent: the conversions are linear maps, so they must invert for any input
     z, x, t = _batch(seed=1)
     v = z
-    torch.testing.assert_close(
-        path.score_to_velocity(path.velocity_to_score(v, x, t), x, t), v, rtol=1e-9, atol=1e-9
-    )
-    torch.testing.assert_close(path.data_to_velocity(path.velocity_to_data(v, x, t), x, t), v, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(
-        path.noise_to_velocity(path.velocity_to_noise(v, x, t), x, t), v, rtol=1e-9, atol=1e-9
-    )
-    # and the inverse direction: data -> velocity -> data
-    torch.testing.assert_close(path.velocity_to_data(path.data_to_velocity(v, x, t), x, t), v, rtol=1e-9, atol=1e-9)
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)  # noqa: E731
+    close(path.score_to_velocity(path.velocity_to_score(v, x, t), x, t), v)
+    close(path.data_to_velocity(path.velocity_to_data(v, x, t), x, t), v)
+    close(path.noise_to_velocity(path.velocity_to_noise(v, x, t), x, t), v)
+    # and the inverse directions: data / noise / score -> velocity -> back
+    close(path.velocity_to_data(path.data_to_velocity(v, x, t), x, t), v)
+    close(path.velocity_to_noise(path.noise_to_velocity(v, x, t), x, t), v)
+    close(path.velocity_to_score(path.score_to_velocity(v, x, t), x, t), v)
 
 
 def test_condot_conversions_closed_form():

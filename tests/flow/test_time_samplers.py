@@ -38,7 +38,10 @@ def test_range_shape_dtype(name):
 @pytest.mark.parametrize(
     "sampler, kwargs",
     [
-        (LogitNormalTimeSampler(m=0.7, s=1.3), dict(weighting_scheme="logit_normal", logit_mean=0.7, logit_std=1.3)),
+        (
+            LogitNormalTimeSampler(m=0.7, s=1.3),
+            dict(weighting_scheme="logit_normal", logit_mean=0.7, logit_std=1.3),
+        ),
         (LogitNormalTimeSampler(), dict(weighting_scheme="logit_normal", logit_mean=0.0, logit_std=1.0)),
         (ModeTimeSampler(scale=1.29), dict(weighting_scheme="mode", mode_scale=1.29)),
         (UniformTimeSampler(), dict(weighting_scheme="none")),

@@ -1,0 +1,47 @@
+"""Shared fixtures: small toy recipes and a clean Accelerate state per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A toy run that trains in seconds on one CPU core.
+SMALL_TOY = [
+    "model.hidden=32", "model.depth=2", "model.time_frequency_dim=16",
+    "data.num_samples=4096", "train.batch_size=64", "train.max_steps=20", "train.warmup_steps=2",
+    "train.log_every=5", "train.checkpoint_every=10", "train.keep_checkpoints=3",
+    "sample.num_samples=500", "sample.steps=4",
+]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; reset them so each test builds its own Accelerator."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def toy_recipe(*overrides: str, base: Sequence[str] = SMALL_TOY):
+    from mmflow.recipe import load_recipe
+
+    return load_recipe(REPO / "recipes" / "toy2d.yaml", [*base, *overrides])
+
+
+@pytest.fixture(scope="session")
+def make_toy_recipe():
+    """make_toy_recipe("train.max_steps=50", ...) -> a validated small toy Recipe."""
+    return toy_recipe
+
+
+@pytest.fixture
+def small_toy_overrides() -> list[str]:
+    """The overrides that make recipes/toy2d.yaml train in seconds (for command-line runs)."""
+    return list(SMALL_TOY)

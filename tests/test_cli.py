@@ -1,0 +1,102 @@
+"""Tests for mmflow/cli.py, in-process via `mmflow.cli.main([...])`. No training is run here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmflow.cli import main
+from mmflow.recipe import recipe_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = str(ROOT / "recipes" / "toy2d.yaml")
+
+
+@pytest.mark.parametrize("command,expected", [
+    ("train", ["overrides", "--resume", "--print-config", "--overfit-batch", "train.lr=3e-4"]),
+    ("sample", ["overrides", "--label", "--no-ema", "steps=16"]),
+])
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str], command: str, expected: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"mmflow {command}" in out
+    for s in expected:
+        assert s in out, f"{s!r} missing from `mmflow {command} --help`"
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_print_config_is_resolved_json(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["train", TOY, "train.lr=3e-4", "data.dataset=spirals", "sample.steps=4", "--print-config"])
+    assert rc == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["train"]["lr"] == 3e-4
+    assert resolved["data"]["dataset"] == "spirals"
+    assert resolved["sample"]["steps"] == 4
+    assert resolved["train"]["batch_size"] == 512  # from the file
+    assert resolved["flow"]["time_sampler"]["name"] == "uniform"  # defaults are filled in
+    recipe_from_dict(resolved, source="printed")  # and it is a valid recipe again
+
+
+def test_overfit_batch_zero_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", TOY, "--overfit-batch", "0", "--print-config"]) == 2
+    assert "--overfit-batch" in capsys.readouterr().err
+
+
+def test_bad_recipe_file_returns_2_naming_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = yaml.safe_load(Path(TOY).read_text())
+    data["train"]["lrr"] = 1e-3
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["train", str(path), "--print-config"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "train.lrr" in captured.err and str(path) in captured.err
+    assert "mmflow train: error:" in captured.err
+
+
+def test_bad_override_returns_2_naming_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", TOY, "train.mixed_precision=fp8"]) == 2
+    err = capsys.readouterr().err
+    assert "train.mixed_precision" in err and "'bf16'" in err
+
+
+def test_missing_recipe_returns_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "absent.yaml"
+    assert main(["train", str(path)]) == 2
+    assert str(path) in capsys.readouterr().err
+
+
+def test_existing_checkpoints_need_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_10").mkdir(parents=True)
+    assert main(["train", TOY, "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and str(run) in err
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]  # nothing was written
+
+
+def test_sample_missing_path_returns_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "no_such_run"
+    assert main(["sample", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert str(path) in captured.err and "mmflow sample: error:" in captured.err
+    assert not path.exists()
+
+
+def test_sample_folder_without_model_returns_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "empty_run"
+    path.mkdir()
+    assert main(["sample", str(path)]) == 2
+    assert str(path) in capsys.readouterr().err
+    assert sorted(path.iterdir()) == []

@@ -1,0 +1,157 @@
+"""Trainer behaviour on the small toy task: learning, run folder, resume, corruption, accumulation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmflow.models.registry import load_model
+from mmflow.tasks.toy2d import Toy2DTask
+from mmflow.train import checkpoint as ckpt
+from mmflow.train.trainer import NoUsableCheckpoint, Trainer
+
+
+def _train(recipe, run_dir: Path, task_cls=Toy2DTask, **kw):
+    return Trainer(recipe, task_cls(recipe), run_dir, **kw).train()
+
+
+def _final_weights(run_dir: Path, name: str = "velocity") -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "models" / name / "model.safetensors"))
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0.0 if atol == 0 else 1e-5, msg=k)
+
+
+def test_training_lowers_loss_and_fills_the_run_folder(tmp_path, make_toy_recipe):
+    recipe = make_toy_recipe("model.hidden=64", "train.max_steps=120", "train.batch_size=128",
+                             "train.log_every=20", "train.checkpoint_every=60", "sample.num_samples=2000",
+                             "sample.steps=8")
+    result = _train(recipe, tmp_path)
+    losses = [loss for _, loss in result.loss_history]
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert (tmp_path / "train.log").read_text().count("step 120 loss") == 1
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*")), "tensorboard events were not written"
+    steps = [r.step for r in ckpt.list_checkpoints(tmp_path / "checkpoints")]
+    assert steps == [120, 60]
+    for s in steps:
+        assert ckpt.verify_checkpoint(tmp_path / "checkpoints" / ckpt.step_dir_name(s)) is None
+    # the export loads without the recipe and reproduces the EMA weights of the last checkpoint
+    model = load_model(tmp_path / "model" / "models" / "velocity_ema")
+    assert sum(p.abs().sum() for p in model.parameters()) > 0
+    val = tmp_path / "validation" / ckpt.step_dir_name(120)
+    for png in ("samples.png", "trajectories.png", "t_diagnostics.png"):
+        assert (val / png).stat().st_size > 1000
+    metrics = json.loads((val / "metrics.json").read_text())
+    assert metrics["nfe"] == 16
+    assert metrics["ratio_sliced_w1"] < 3.0, metrics  # 120 steps: a loose bound; the quality test is stricter
+    assert json.loads((tmp_path / "metrics.json").read_text())["step"] == 120
+
+
+class _CrashAt(Toy2DTask):
+    """The toy task, dying in the middle of training (a kill between two checkpoints)."""
+
+    crash_step = 15
+
+    def loss(self, models, batch, rng, optimizer, step):
+        if step == self.crash_step:
+            raise KeyboardInterrupt("simulated kill")
+        return super().loss(models, batch, rng, optimizer, step)
+
+
+def test_resume_after_a_kill_matches_the_uninterrupted_run(tmp_path, make_toy_recipe):
+    recipe = make_toy_recipe()
+    _train(recipe, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        _train(recipe, tmp_path / "killed", task_cls=_CrashAt)
+    assert [r.step for r in ckpt.list_checkpoints(tmp_path / "killed" / "checkpoints")] == [10]
+    _train(recipe, tmp_path / "killed", resume=True)
+    # same data order, noise, LR schedule and EMA: bit-identical weights
+    _assert_same(_final_weights(tmp_path / "straight"), _final_weights(tmp_path / "killed"))
+    _assert_same(_final_weights(tmp_path / "straight", "velocity_ema"), _final_weights(tmp_path / "killed", "velocity_ema"))
+
+
+def test_resume_skips_a_corrupt_checkpoint_and_falls_back(tmp_path, make_toy_recipe, caplog):
+    recipe = make_toy_recipe("train.max_steps=30")
+    _train(recipe, tmp_path)
+    newest = tmp_path / "checkpoints" / ckpt.step_dir_name(30)
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated by a full disk, say
+    trainer = Trainer(recipe, Toy2DTask(recipe), tmp_path, resume=True)
+    trainer._setup_logging()
+    trainer._build()
+    with caplog.at_level("WARNING", logger="mmflow"):
+        assert trainer.load_newest_checkpoint() == 20
+    assert "step_00000030" in caplog.text and "model.safetensors" in caplog.text
+
+
+def test_resume_with_no_usable_checkpoint_says_so(tmp_path, make_toy_recipe):
+    recipe = make_toy_recipe()
+    with pytest.raises(NoUsableCheckpoint, match="no step_"):
+        _train(recipe, tmp_path / "empty", resume=True)
+    _train(recipe, tmp_path / "run")
+    for ref in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints"):
+        (ref.path / ckpt.MANIFEST).unlink()  # as if every write had been cut short
+    with pytest.raises(NoUsableCheckpoint) as info:
+        _train(recipe, tmp_path / "run", resume=True)
+    assert "step_00000020" in str(info.value) and "step_00000010" in str(info.value)
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_usable(tmp_path, make_toy_recipe, monkeypatch):
+    recipe = make_toy_recipe()
+    trainer = Trainer(recipe, Toy2DTask(recipe), tmp_path)
+    real_save = trainer.save_checkpoint
+    calls = []
+
+    def dying_save(step):
+        calls.append(step)
+        if step == 20:
+            monkeypatch.setattr("mmflow.train.trainer.save_model", _raise)
+        return real_save(step)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.train()
+    assert calls == [10, 20]
+    refs = ckpt.list_checkpoints(tmp_path / "checkpoints")
+    assert [r.step for r in refs] == [10] and ckpt.verify_checkpoint(refs[0].path) is None
+    assert load_model(tmp_path / "model" / "models" / "velocity")  # the export of step 10 is intact
+
+
+def _raise(*args, **kwargs):
+    raise OSError("disk full")
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path, make_toy_recipe):
+    _train(make_toy_recipe("train.max_steps=5", "train.batch_size=64"), tmp_path / "big")
+    _train(make_toy_recipe("train.max_steps=5", "train.batch_size=32", "train.grad_accum=2"), tmp_path / "accum")
+    _assert_same(_final_weights(tmp_path / "big"), _final_weights(tmp_path / "accum"), atol=1e-6)
+
+
+def test_overfitting_one_sample_drives_the_loss_to_zero(tmp_path, make_toy_recipe):
+    recipe = make_toy_recipe("model.hidden=64", "train.max_steps=300", "train.batch_size=64", "train.lr=3e-3",
+                             "train.ema_decay=null", "train.checkpoint_every=300", "train.log_every=50",
+                             "flow.cfg_dropout=0.0")
+    result = Trainer(recipe, Toy2DTask(recipe), tmp_path, overfit_batch=1).train()
+    losses = [loss for _, loss in result.loss_history]
+    # one data point z: the marginal velocity is exactly z - eps, so the CFM loss can reach 0
+    assert losses[-1] < 0.05 * losses[0], losses
+
+
+def test_a_model_that_ignores_time_trains_worse(tmp_path, make_toy_recipe):
+    # unconditional: with the class label a time-free field x' = mu_y - x already lands near the right
+    # Gaussian, which would hide the effect
+    common = ("model.hidden=64", "train.max_steps=400", "train.batch_size=128", "train.log_every=100",
+              "train.checkpoint_every=400", "sample.num_samples=2000", "data.conditional=false")
+    with_t = _train(make_toy_recipe(*common), tmp_path / "t")
+    without_t = _train(make_toy_recipe(*common, "model.ignore_time=true"), tmp_path / "no_t")
+    # the seeds' "does t change anything?": the best time-free field is the t-averaged one
+    assert without_t.final_loss > 1.05 * with_t.final_loss, (with_t.final_loss, without_t.final_loss)
+    assert without_t.metrics["ratio_sliced_w1"] > 1.5 * with_t.metrics["ratio_sliced_w1"], (with_t.metrics, without_t.metrics)
