@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mmflow.config import ConfigError, dump_yaml
+from mmflow.config import ConfigError
 
 TRAIN_EPILOG = """\
 examples:
@@ -28,6 +28,18 @@ SAMPLE_EPILOG = """\
 PATH is a run folder (its model/ export), a checkpoint folder (runs/x/checkpoints/step_N) or an
 exported model folder (anything holding pipeline.json). Overrides set the recipe's sample section:
   mmflow sample runs/toy2d steps=32 solver=rk4 guidance=3.0 num_samples=2000 --label 3
+"""
+
+
+CONVERT_EPILOG = """\
+formats:
+  diffusers-sd3   a diffusers SD3Transformer2DModel folder (SD3 / SD3.5: config.json +
+                  diffusion_pytorch_model.safetensors, sharded or not; a pipeline folder's transformer/
+                  also works) -> an mmflow MM-DiT folder (config.json + model.safetensors). The output
+                  follows mmflow's conventions: t = 0 noise, t = 1 data, and it predicts the velocity.
+examples:
+  mmflow convert diffusers-sd3 stable-diffusion-3.5-medium/transformer models/sd35m
+  mmflow convert diffusers-sd3 sd3-medium models/sd3m --dtype bfloat16 --max-shard-gb 2
 """
 
 
@@ -50,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--label", type=int, default=None, help="class label to sample (class-conditional models)")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--device", default="cpu")
+    c = sub.add_parser("convert", help="convert other frameworks' weights into an mmflow model folder",
+                       epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("format", choices=["diffusers-sd3"], help="source format")
+    c.add_argument("src", help="source folder")
+    c.add_argument("dst", help="output mmflow model folder (written atomically)")
+    c.add_argument("--dtype", choices=["keep", "float32", "bfloat16", "float16"], default="keep",
+                   help="weight dtype of the output (default: the checkpoint's)")
+    c.add_argument("--max-shard-gb", type=float, default=5.0, help="split model.safetensors into shards of this size")
     return p
 
 
@@ -70,9 +90,6 @@ def _train(args: argparse.Namespace) -> int:
         raise ConfigError(f"{run_dir} already holds checkpoints: pass --resume to continue it, "
                           f"or choose another run folder (--run-dir or run_dir=...)")
     accelerator = make_accelerator(recipe.train, run_dir)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(recipe_to_dict(recipe), run_dir / "recipe.yaml")
     task = get_task_class(recipe.task)(recipe)
     result = Trainer(recipe, task, run_dir, resume=args.resume, overfit_batch=args.overfit_batch or 0,
                      accelerator=accelerator).train()
@@ -101,11 +118,28 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmflow.interop import load_diffusers_sd3
+    from mmflow.models.registry import save_model
+
+    dtype = None if args.dtype == "keep" else getattr(torch, args.dtype)
+    try:
+        model = load_diffusers_sd3(args.src, dtype=dtype)
+    except ValueError as e:  # keys or config that do not fit: the message names them
+        raise ConfigError(str(e), source=args.src) from e
+    out = save_model(model, args.dst, max_shard_bytes=int(args.max_shard_gb * 1024**3))
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out} (mmdit, {n / 1e6:.1f}M parameters, {args.format} weights from {args.src})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[mmflow] %(levelname)s %(message)s")
     try:
-        return {"train": _train, "sample": _sample}[args.command](args)
+        return {"train": _train, "sample": _sample, "convert": _convert}[args.command](args)
     except (ConfigError, FileNotFoundError) as e:
         print(f"mmflow {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -18,15 +18,25 @@ SMALL_TOY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; reset them so each test builds its own Accelerator."""
+def reset_accelerate() -> None:
+    """Accelerate keeps process-wide singletons; reset them so the next Accelerator starts fresh."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    yield
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    yield
+    reset_accelerate()
+
+
+@pytest.fixture
+def fresh_accelerate():
+    """Call it between two trainings with different precision inside one test."""
+    return reset_accelerate
 
 
 def toy_recipe(*overrides: str, base: Sequence[str] = SMALL_TOY):

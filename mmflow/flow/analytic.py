@@ -36,6 +36,16 @@ class MixtureMarginal(NamedTuple):
     vars: Tensor
 
 
+class SampleSummary(NamedTuple):
+    """How samples x (N, d) sit against a mixture: mean (d,), covariance (d, d), the fraction nearest
+    each component (K,), and the mean squared distance to the nearest component mean (scalar)."""
+
+    mean: Tensor
+    covariance: Tensor
+    weights: Tensor
+    within: Tensor
+
+
 class GaussianMixture:
     """sum_k w_k N(mu_k, s_k^2 I_d): means (K, d), stds (K,) > 0, weights (K,) >= 0 (normalised)."""
 
@@ -70,6 +80,12 @@ class GaussianMixture:
     def mean(self) -> Tensor:
         """(d,) mean of the data distribution."""
         return self.weights @ self.means
+
+    def summarize(self, x: Tensor) -> SampleSummary:
+        """Moments and nearest-component weights of samples x (N, d), to compare with this mixture's."""
+        dist = torch.cdist(x, self.means.to(x.dtype))  # (N, K)
+        weights = torch.bincount(dist.argmin(1), minlength=self.n_components) / x.shape[0]
+        return SampleSummary(x.mean(0), torch.cov(x.T), weights, (dist.min(1).values ** 2).mean())
 
     def covariance(self) -> Tensor:
         """(d, d) covariance of the data distribution."""

@@ -123,6 +123,9 @@ class Trainer:
             sh.setFormatter(logging.Formatter("[mmflow] %(message)s"))
             sh._mmflow_console = True  # type: ignore[attr-defined]
             root.addHandler(sh)
+        from mmflow.recipe import recipe_to_dict
+
+        dump_yaml(recipe_to_dict(self.recipe), self.run_dir / "recipe.yaml")  # the resolved recipe
 
     def _build(self) -> None:
         acc = self.accelerator

@@ -11,15 +11,6 @@ from mmflow.sampling.guidance import cfg_velocity
 from mmflow.sampling.solvers import ode_solve
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # thousands of small tensor ops: on a busy 2-core machine intra-op threads only add overhead
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class CountingModel:
     """Toy conditional velocity u(x, t | c) = c - x * t (c broadcast per row); logs each call."""
 

@@ -11,21 +11,6 @@ from mmflow.sampling.sde import sde_solve
 from mmflow.sampling.solvers import ode_solve
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # thousands of small tensor ops: on a busy 2-core machine intra-op threads only add overhead
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _report(x, gm):
-    dist = torch.cdist(x, gm.means)
-    weights = torch.bincount(dist.argmin(1), minlength=8) / x.shape[0]
-    return x.mean(0), torch.cov(x.T), weights, (dist.min(1).values ** 2).mean()
-
-
 @pytest.mark.parametrize("diffusion", ["beta", "constant"])
 def test_zero_noise_is_exactly_euler(diffusion):
     gm = eight_gaussians(dtype=torch.float32)
@@ -53,7 +38,7 @@ def test_stochastic_samples_match_eight_gaussians(schedule, diffusion, noise_sca
         lambda x, t: gm.velocity(x, t, path), x0, uniform_grid(500), path, noise_scale, diffusion, generator=g
     )
     assert out.nfe == 500 and torch.isfinite(out.x).all()
-    mean, cov, weights, within = _report(out.x, gm)
+    mean, cov, weights, within = gm.summarize(out.x)
     # ~5 standard errors of 10k samples: mean sd 0.03, variance sd ~0.1
     torch.testing.assert_close(mean, gm.mean(), rtol=0, atol=0.15)
     torch.testing.assert_close(cov, gm.covariance(), rtol=0, atol=0.5)
@@ -73,7 +58,7 @@ def test_noise_actually_changes_the_paths_but_not_the_distribution():
     sde = sde_solve(fn, x0, grid, path, 2.0, generator=torch.Generator().manual_seed(3)).x
     same_mode = (torch.cdist(ode, gm.means).argmin(1) == torch.cdist(sde, gm.means).argmin(1)).float().mean()
     assert same_mode < 0.9
-    _, _, weights, within = _report(sde, gm)
+    _, _, weights, within = gm.summarize(sde)
     assert (weights - 1 / 8).abs().max() < 0.03
     assert within.item() == pytest.approx(0.5, abs=0.06)
 

@@ -14,23 +14,6 @@ from mmflow.sampling.solvers import SOLVER_ORDER, ode_solve
 EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # thousands of small tensor ops: on a busy 2-core machine intra-op threads only add overhead
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _mixture_report(x: torch.Tensor, means: torch.Tensor):
-    """Sample mean (d,), covariance (d, d), nearest-component weights (K,), mean sq. distance to it."""
-    dist = torch.cdist(x, means)
-    nearest = dist.argmin(1)
-    weights = torch.bincount(nearest, minlength=means.shape[0]) / x.shape[0]
-    return x.mean(0), torch.cov(x.T), weights, (dist.min(1).values ** 2).mean()
-
-
 @pytest.mark.parametrize("method", sorted(SOLVER_ORDER))
 def test_exact_on_polynomials_up_to_order(method):
     # dx/dt = (k + 1) t^k has x(1) - x(0) = 1. A method of order p integrates t^k exactly for
@@ -117,7 +100,7 @@ def test_samples_match_eight_gaussians(method, n_steps):
     with torch.no_grad():
         out = ode_solve(lambda x, t: gm.velocity(x, t, path), x0, uniform_grid(n_steps), method)
     assert out.nfe == n_steps * EVALS_PER_STEP[method]
-    mean, cov, weights, within = _mixture_report(out.x, gm.means)
+    mean, cov, weights, within = gm.summarize(out.x)
     # tolerances: ~5 standard errors of 20k samples (mean sd 0.02, variance sd ~0.07)
     torch.testing.assert_close(mean, gm.mean(), rtol=0, atol=0.1)
     torch.testing.assert_close(cov, gm.covariance(), rtol=0, atol=0.35)
@@ -139,7 +122,7 @@ def test_shifted_grid_reaches_data():
 
     out = ode_solve(fn, x0, grid, "heun")
     assert max(times) == 1.0  # heun's last corrector stage sits on t = 1
-    _, _, weights, within = _mixture_report(out.x, gm.means)
+    _, _, weights, within = gm.summarize(out.x)
     assert (weights - 1 / 8).abs().max() < 0.03
     assert within.item() == pytest.approx(0.5, abs=0.06)
     assert math.isclose(grid[-1].item(), 1.0)

@@ -1,0 +1,11 @@
+"""Weight converters from other frameworks; the only place that knows their key names and conventions
+(diffusers' sigma = 1 - t time and eps - z output are converted here, never in the models)."""
+
+from mmflow.interop.diffusers_sd3 import (
+    convert_diffusers_sd3,
+    convert_sd3_state_dict,
+    load_diffusers_sd3,
+    mmdit_config_from_sd3,
+)
+
+__all__ = ["convert_diffusers_sd3", "convert_sd3_state_dict", "load_diffusers_sd3", "mmdit_config_from_sd3"]

@@ -1,0 +1,444 @@
+"""MM-DiT: Stable Diffusion 3's multimodal diffusion transformer, for audio, image and video latents.
+
+u_theta(x, t, cond): x (B, C, *S) latent (S = (L,), (H, W) or (T, H, W), fixed by len(patch_size)),
+t (B,) flow time in [0, 1] (0 = noise, 1 = data), cond a dict with the keys the config asks for:
+
+    "text"      (B, S_txt, context_dim)  text-encoder tokens        (context_dim > 0)
+    "text_mask" (B, S_txt) bool          True = real token, optional (padded tokens are invisible)
+    "pooled"    (B, pooled_dim)          pooled text embedding      (pooled_dim > 0)
+    "label"     (B,) long                class label, num_classes = null  (num_classes > 0)
+
+Returns the velocity (B, C_out, *S). Video is just more tokens (MovieGen): latents are patchified
+to one sequence whatever their rank, with RoPE over 1-3 grid axes. Each block runs two token
+streams (latent patches and text), each with its own adaLN-Zero modulation, QKV, output projection
+and MLP, and ONE joint attention over the concatenated sequence (SD3's JointTransformerBlock);
+the last block only supplies keys and values from the text stream (SD3's context_pre_only). The
+conditioning vector is c = time embedding + pooled-text projection (+ label embedding).
+
+Time enters as s = time_shift + time_scale * t through the sinusoidal embedding; SD3 weights
+(converted in mmflow.interop) use shift 1000, scale -1000, i.e. s = 1000 sigma.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from mmflow.config import check
+from mmflow.models.attention import attention, resolve_attention_backend
+from mmflow.models.embeddings import LabelEmbedder, timestep_embedding
+from mmflow.models.patchify import check_latent, patchify, unpatchify
+from mmflow.models.registry import register_model
+from mmflow.models.rope import apply_rope, crop_sincos_table, rope_angles, sincos_2d_table
+
+__all__ = ["MMDiTConfig", "MMDiT", "MMDiTBlock", "MMDIT_PRESETS", "mmdit_config"]
+
+TIME_FREQUENCY_DIM = 256  # sinusoidal features of s before the time MLP (SD3 and DiT use 256)
+
+
+def _field(default: Any, doc: str = "", **bounds: Any) -> Any:
+    """A config field with its help text and bounds (checked by mmflow.config.from_dict)."""
+    return field(default=default, metadata={"help": doc, **bounds})
+
+
+@dataclass
+class MMDiTConfig:
+    in_channels: int = _field(4, "latent channels", min=1)
+    out_channels: int | None = _field(None, "None = in_channels", min=1)
+    patch_size: tuple[int, ...] = _field((2, 2), "one per latent axis; 1/2/3 entries = audio/image/video", min=1)
+    hidden_size: int = _field(384, "token width of both streams", min=1)
+    depth: int = _field(12, "number of joint blocks", min=1)
+    num_heads: int = _field(6, "head_dim = hidden_size / num_heads", min=1)
+    mlp_ratio: float = _field(4.0, "MLP hidden width / hidden_size", min=0, min_exclusive=True)
+    context_dim: int = _field(0, "text token width; 0 = no text stream", min=0)
+    pooled_dim: int = _field(0, "pooled text width; 0 = none", min=0)
+    num_classes: int = _field(0, "0 = no labels; index num_classes is the null label", min=0)
+    qk_norm: Literal["rms_norm"] | None = _field(None, "per-head RMSNorm of q and k (SD3.5)")
+    pos_embed: Literal["rope", "sincos"] = _field("rope", "rope: any rank and size; sincos: SD3's 2-D table")
+    pos_embed_max_size: int = _field(96, "sincos: side of the square table, in patches", min=1)
+    pos_embed_base_size: int = _field(0, "sincos: positions scaled by base / max (SD3: sample_size // patch); "
+                                         "0 = max", min=0)
+    rope_theta: float = _field(10000.0, "rope: base of the frequencies", min=0, min_exclusive=True)
+    dual_attention_layers: tuple[int, ...] = _field((), "blocks with SD3.5's extra latent self-attention", min=0)
+    time_shift: float = _field(0.0, "time embedding input s = time_shift + time_scale * t")
+    time_scale: float = _field(1000.0, "(SD3 weights: shift 1000, scale -1000, i.e. s = 1000 sigma)")
+    null_text: Literal["learned", "zeros"] = _field("learned", "CFG null condition: learned text + pooled, or zeros")
+    null_text_length: int = _field(1, "learned null tokens; the null text is masked after them", min=1)
+    attention_backend: Literal["auto", "sdpa", "xformers", "math"] = _field("auto", "see mmflow.models.attention")
+    gradient_checkpointing: bool = _field(False, "recompute each block in backward (training only)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def validate(self) -> None:
+        k = len(self.patch_size)
+        check(k in (1, 2, 3), "patch_size",
+              f"needs 1, 2 or 3 entries (audio, image, video), got {list(self.patch_size)}")
+        check(self.hidden_size % self.num_heads == 0, "num_heads",
+              f"{self.num_heads} does not divide hidden_size {self.hidden_size}")
+        if self.pos_embed == "rope":
+            check(self.head_dim % 2 == 0 and self.head_dim // 2 >= k, "pos_embed",
+                  f"rope over {k} axes needs an even head_dim >= {2 * k}, got {self.head_dim}")
+        else:
+            check(k == 2, "pos_embed",
+                  f"sincos is SD3's 2-D table; patch_size {list(self.patch_size)} is not 2-D (use rope)")
+            check(self.hidden_size % 4 == 0, "hidden_size", f"sincos needs a multiple of 4, got {self.hidden_size}")
+        bad = [i for i in self.dual_attention_layers if i >= self.depth]
+        check(not bad, "dual_attention_layers", f"indices {bad} are not blocks of a depth-{self.depth} model")
+
+
+# Size presets (DiT's S/B/L/XL, SD3's widths, and tiny ones for tests); other fields come from the caller.
+MMDIT_PRESETS: dict[str, dict[str, Any]] = {
+    "test": dict(hidden_size=32, depth=2, num_heads=2),  # unit tests
+    "tiny": dict(hidden_size=64, depth=2, num_heads=4),  # CPU smoke runs
+    "S": dict(hidden_size=384, depth=12, num_heads=6),
+    "B": dict(hidden_size=768, depth=12, num_heads=12),
+    "L": dict(hidden_size=1024, depth=24, num_heads=16),
+    "XL": dict(hidden_size=1152, depth=28, num_heads=16),
+    "SD3-2B": dict(hidden_size=1536, depth=24, num_heads=24),  # SD3 / SD3.5 medium widths
+    "SD3.5-8B": dict(hidden_size=2432, depth=38, num_heads=38),  # SD3.5 large
+}
+
+
+def mmdit_config(preset: str, **overrides: Any) -> MMDiTConfig:
+    """MMDiTConfig of a named size preset (MMDIT_PRESETS) with `overrides` applied, validated."""
+    if preset not in MMDIT_PRESETS:
+        raise KeyError(f"unknown MM-DiT preset {preset!r}; known: {sorted(MMDIT_PRESETS)}")
+    cfg = replace(MMDiTConfig(), **{**MMDIT_PRESETS[preset], **overrides})
+    cfg.validate()
+    return cfg
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """x (B, N, D) * (1 + scale) + shift, with shift, scale (B, D)."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Embedders
+# ---------------------------------------------------------------------------------------------------
+
+
+class TimeEmbedder(nn.Module):
+    """t (B,) -> (B, hidden): sinusoidal features of s = shift + scale * t, then a two-layer MLP."""
+
+    def __init__(self, hidden: int, shift: float, scale: float) -> None:
+        super().__init__()
+        self.shift, self.scale = shift, scale
+        self.mlp = nn.Sequential(nn.Linear(TIME_FREQUENCY_DIM, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+
+    def forward(self, t: Tensor) -> Tensor:
+        s = self.shift + self.scale * t.float()  # (B,)
+        return self.mlp(timestep_embedding(s, TIME_FREQUENCY_DIM, scale=1.0).to(self.mlp[0].weight.dtype))
+
+
+class Mlp(nn.Module):
+    """Token-wise MLP with tanh-GELU, (B, N, D) -> (B, N, D)."""
+
+    def __init__(self, hidden: int, mlp_hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, mlp_hidden)
+        self.fc2 = nn.Linear(mlp_hidden, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------------
+
+
+class MMDiTBlock(nn.Module):
+    """Joint block: latent stream x_* and text stream c_*, one attention over [latent; text] tokens.
+
+    context_pre_only (the last block): the text stream only supplies keys and values, so it has no
+    query, output projection or MLP, and its modulation is (shift, scale) only. dual_attention adds
+    SD3.5's second self-attention over the latent tokens alone, modulated from the same normed input.
+    """
+
+    def __init__(self, hidden: int, num_heads: int, mlp_hidden: int, has_context: bool, context_pre_only: bool,
+                 dual_attention: bool, qk_norm: str | None, backend: str) -> None:
+        super().__init__()
+        self.num_heads, self.backend = num_heads, backend
+        self.has_context, self.context_pre_only, self.dual_attention = has_context, context_pre_only, dual_attention
+        head_dim = hidden // num_heads
+
+        def qk_norm_layer() -> nn.Module:
+            return nn.RMSNorm(head_dim, eps=1e-6) if qk_norm == "rms_norm" else nn.Identity()
+
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)  # no parameters: shared
+        self.x_modulation = nn.Linear(hidden, (9 if dual_attention else 6) * hidden)
+        self.x_qkv = nn.Linear(hidden, 3 * hidden)
+        self.x_q_norm, self.x_k_norm = qk_norm_layer(), qk_norm_layer()
+        self.x_proj = nn.Linear(hidden, hidden)
+        self.x_mlp = Mlp(hidden, mlp_hidden)
+        if dual_attention:
+            self.x_qkv2 = nn.Linear(hidden, 3 * hidden)
+            self.x_q_norm2, self.x_k_norm2 = qk_norm_layer(), qk_norm_layer()
+            self.x_proj2 = nn.Linear(hidden, hidden)
+        if has_context and context_pre_only:
+            self.c_modulation = nn.Linear(hidden, 2 * hidden)
+            self.c_kv = nn.Linear(hidden, 2 * hidden)
+            self.c_k_norm = qk_norm_layer()
+        elif has_context:
+            self.c_modulation = nn.Linear(hidden, 6 * hidden)
+            self.c_qkv = nn.Linear(hidden, 3 * hidden)
+            self.c_q_norm, self.c_k_norm = qk_norm_layer(), qk_norm_layer()
+            self.c_proj = nn.Linear(hidden, hidden)
+            self.c_mlp = Mlp(hidden, mlp_hidden)
+
+    def _heads(self, x: Tensor, n: int) -> tuple[Tensor, ...]:
+        """(B, N, n * D) -> n tensors (B, H, N, D / H)."""
+        b, s, _ = x.shape
+        return x.view(b, s, n, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def _self_attention2(self, x_in: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        q, k, v = self._heads(self.x_qkv2(x_in), 3)  # (B, H, N, Dh) each
+        q, k = self.x_q_norm2(q), self.x_k_norm2(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out = attention(q, k, v, None, self.backend)  # (B, H, N, Dh)
+        return self.x_proj2(out.transpose(1, 2).flatten(2))  # (B, N, D)
+
+    def forward(self, x: Tensor, ctx: Tensor | None, c: Tensor, rope: tuple[Tensor, Tensor] | None,
+                key_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """x (B, N, D) latent tokens, ctx (B, S, D) text tokens or None, c (B, D) conditioning,
+        rope (cos, sin) each (N, Dh/2) or None, key_mask (B, N + S) bool or None -> (x, ctx or None)."""
+        n = x.shape[1]
+        mods = self.x_modulation(F.silu(c)).chunk(9 if self.dual_attention else 6, dim=-1)  # each (B, D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]
+        x_norm = self.norm(x)  # (B, N, D)
+        q, k, v = self._heads(self.x_qkv(modulate(x_norm, shift_msa, scale_msa)), 3)  # (B, H, N, Dh) each
+        q, k = self.x_q_norm(q), self.x_k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if ctx is not None and self.context_pre_only:
+            c_shift, c_scale = self.c_modulation(F.silu(c)).chunk(2, dim=-1)  # (B, D) each
+            ck, cv = self._heads(self.c_kv(modulate(self.norm(ctx), c_shift, c_scale)), 2)  # (B, H, S, Dh) each
+            k, v = torch.cat([k, self.c_k_norm(ck)], dim=2), torch.cat([v, cv], dim=2)  # (B, H, N + S, Dh)
+        elif ctx is not None:
+            c_mods = self.c_modulation(F.silu(c)).chunk(6, dim=-1)  # each (B, D)
+            c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = c_mods
+            cq, ck, cv = self._heads(self.c_qkv(modulate(self.norm(ctx), c_shift_msa, c_scale_msa)), 3)  # (B, H, S, Dh)
+            q = torch.cat([q, self.c_q_norm(cq)], dim=2)  # (B, H, N + S, Dh)
+            k = torch.cat([k, self.c_k_norm(ck)], dim=2)
+            v = torch.cat([v, cv], dim=2)
+        out = attention(q, k, v, key_mask, self.backend).transpose(1, 2).flatten(2)  # (B, N (+ S), D)
+
+        x = x + gate_msa[:, None] * self.x_proj(out[:, :n])  # (B, N, D)
+        if self.dual_attention:
+            shift_msa2, scale_msa2, gate_msa2 = mods[6:]
+            x = x + gate_msa2[:, None] * self._self_attention2(modulate(x_norm, shift_msa2, scale_msa2), rope)
+        x = x + gate_mlp[:, None] * self.x_mlp(modulate(self.norm(x), shift_mlp, scale_mlp))
+
+        if ctx is None or self.context_pre_only:
+            return x, None
+        ctx = ctx + c_gate_msa[:, None] * self.c_proj(out[:, n:])  # (B, S, D)
+        ctx = ctx + c_gate_mlp[:, None] * self.c_mlp(modulate(self.norm(ctx), c_shift_mlp, c_scale_mlp))
+        return x, ctx
+
+
+# ---------------------------------------------------------------------------------------------------
+# Final layer
+# ---------------------------------------------------------------------------------------------------
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale) then a linear map of each token to its patch: (B, N, D) -> (B, N, prod(p) * C_out)."""
+
+    def __init__(self, hidden: int, out_features: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.modulation = nn.Linear(hidden, 2 * hidden)
+        self.linear = nn.Linear(hidden, out_features)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.modulation(F.silu(c)).chunk(2, dim=-1)  # (B, D) each
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------
+
+
+@register_model("mmdit")
+class MMDiT(nn.Module):
+    config_class = MMDiTConfig
+
+    def __init__(self, config: MMDiTConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        h, p = config.hidden_size, tuple(config.patch_size)
+        self.out_channels = config.out_channels or config.in_channels
+        self.backend = resolve_attention_backend(config.attention_backend)
+
+        self.x_embedder = nn.Linear(math.prod(p) * config.in_channels, h)  # one patch (p..., C) -> a token
+        self.t_embedder = TimeEmbedder(h, config.time_shift, config.time_scale)
+        self.pooled_embedder = (nn.Sequential(nn.Linear(config.pooled_dim, h), nn.SiLU(), nn.Linear(h, h))
+                                if config.pooled_dim else None)
+        self.label_embedder = LabelEmbedder(config.num_classes, h) if config.num_classes else None
+        self.context_embedder = nn.Linear(config.context_dim, h) if config.context_dim else None
+        learned = config.null_text == "learned"
+        self.null_tokens = (nn.Parameter(torch.zeros(config.null_text_length, config.context_dim))
+                          if learned and config.context_dim else None)
+        self.null_pooled = nn.Parameter(torch.zeros(config.pooled_dim)) if learned and config.pooled_dim else None
+        if config.pos_embed == "sincos":  # persistent, as SD3 stores it: converted weights bring their table
+            table = sincos_2d_table(h, config.pos_embed_max_size, config.pos_embed_base_size or None)
+            self.register_buffer("pos_table", table[None])  # (1, M * M, D)
+
+        mlp_hidden = int(h * config.mlp_ratio)
+        self.blocks = nn.ModuleList(
+            MMDiTBlock(h, config.num_heads, mlp_hidden, has_context=bool(config.context_dim),
+                       context_pre_only=i == config.depth - 1, dual_attention=i in config.dual_attention_layers,
+                       qk_norm=config.qk_norm, backend=self.backend)
+            for i in range(config.depth)
+        )
+        self.final_layer = FinalLayer(h, math.prod(p) * self.out_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's init; every zero-init is here: adaLN modulations and the final layer, so each block
+        starts as the identity and the model outputs zero."""
+        def basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+        self.apply(basic_init)
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        if self.label_embedder is not None:
+            nn.init.normal_(self.label_embedder.table.weight, std=0.02)
+        for null in (self.null_tokens, self.null_pooled):
+            if null is not None:
+                nn.init.normal_(null, std=0.02)
+        for block in self.blocks:
+            for name in ("x_modulation", "c_modulation"):
+                if hasattr(block, name):
+                    nn.init.zeros_(getattr(block, name).weight)
+                    nn.init.zeros_(getattr(block, name).bias)
+        for layer in (self.final_layer.modulation, self.final_layer.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    # ---- conditions ---------------------------------------------------------------------------------
+
+    def condition_keys(self) -> tuple[set[str], set[str]]:
+        """(required, optional) keys of `cond` for this config."""
+        cfg = self.config
+        sizes = {"text": cfg.context_dim, "pooled": cfg.pooled_dim, "label": cfg.num_classes}
+        required = {key for key, size in sizes.items() if size}
+        return required, ({"text_mask"} if cfg.context_dim else set())
+
+    def null_condition(self, batch_like: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
+        """The CFG null condition with B rows, keys as `condition_keys` (text_mask included).
+
+        batch_like: latents x (B, ...) or a condition dict; a dict's text length S, dtype and device are
+        copied (else S = null_text_length). null_text="learned": the learned tokens fill the first
+        positions (masked after them) and the pooled vector is learned; "zeros": zeros, all visible.
+        """
+        like = batch_like if isinstance(batch_like, Tensor) else next(iter(batch_like.values()), None)
+        if like is None:
+            raise ValueError("null_condition needs latents or a non-empty condition dict to copy the batch from")
+        b, device, cfg = like.shape[0], like.device, self.config
+        dtype = self.x_embedder.weight.dtype
+        text = batch_like.get("text") if isinstance(batch_like, dict) else None
+        out: dict[str, Tensor] = {}
+        if cfg.context_dim:
+            s = text.shape[1] if text is not None else cfg.null_text_length
+            dtype_t = text.dtype if text is not None else dtype
+            if self.null_tokens is not None:
+                n = min(s, cfg.null_text_length)
+                pad = torch.zeros(s - n, cfg.context_dim, device=device, dtype=dtype_t)
+                tokens = torch.cat([self.null_tokens[:n].to(device, dtype_t), pad])  # (S, context_dim)
+                mask = torch.arange(s, device=device) < n  # (S,)
+            else:
+                tokens = torch.zeros(s, cfg.context_dim, device=device, dtype=dtype_t)
+                mask = torch.ones(s, device=device, dtype=torch.bool)
+            out["text"] = tokens.expand(b, -1, -1)  # (B, S, context_dim)
+            out["text_mask"] = mask.expand(b, -1)  # (B, S)
+        if cfg.pooled_dim:
+            pooled = self.null_pooled if self.null_pooled is not None else torch.zeros(cfg.pooled_dim, device=device)
+            out["pooled"] = pooled.to(device, dtype).expand(b, -1)  # (B, pooled_dim)
+        if cfg.num_classes:
+            out["label"] = torch.full((b,), cfg.num_classes, device=device, dtype=torch.long)
+        return out
+
+    def _check_condition(self, cond: dict[str, Tensor], b: int) -> None:
+        required, optional = self.condition_keys()
+        if not isinstance(cond, dict):
+            raise TypeError(f"cond must be a dict of tensors (keys {sorted(required | optional)}) or None, "
+                            f"got {type(cond).__name__}")
+        missing, extra = sorted(required - set(cond)), sorted(set(cond) - required - optional)
+        if missing or extra:
+            parts = ([f"missing keys {missing}"] if missing else []) + ([f"unexpected keys {extra}"] if extra else [])
+            raise ValueError(f"cond: {'; '.join(parts)}; this MM-DiT takes required {sorted(required)}, "
+                             f"optional {sorted(optional)} (context_dim={self.config.context_dim}, "
+                             f"pooled_dim={self.config.pooled_dim}, num_classes={self.config.num_classes})")
+        cfg = self.config
+        expect = {"text": (b, None, cfg.context_dim), "pooled": (b, cfg.pooled_dim), "label": (b,)}
+        for key, shape in expect.items():
+            if key in cond and (cond[key].ndim != len(shape)
+                                or any(e is not None and e != g for e, g in zip(shape, cond[key].shape))):
+                want = "(" + ", ".join("S" if e is None else str(e) for e in shape) + ")"
+                raise ValueError(f"cond[{key!r}] must be shaped {want}, got {tuple(cond[key].shape)}")
+        if "text_mask" in cond:
+            m, s = cond["text_mask"], cond["text"].shape[1]
+            if m.dtype != torch.bool or tuple(m.shape) != (b, s):
+                raise ValueError(f"cond['text_mask'] must be a bool tensor shaped ({b}, {s}) (True = real token), "
+                                 f"got {m.dtype} {tuple(m.shape)}")
+
+    # ---- forward ------------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
+        """x (B, C, *S), t (B,) or scalar, cond (see the module docstring; None = the null condition)
+        -> velocity (B, C_out, *S)."""
+        cfg = self.config
+        check_latent(x, tuple(cfg.patch_size), cfg.in_channels)
+        b = x.shape[0]
+        t = t.expand(b) if t.ndim == 0 else t
+        if t.shape != (b,):
+            raise ValueError(f"t must be a scalar or shaped ({b},), got {tuple(t.shape)}")
+        cond = self.null_condition(x) if cond is None else cond
+        self._check_condition(cond, b)
+
+        tokens, grid = patchify(x, tuple(cfg.patch_size))  # (B, N, prod(p) * C), grid (g_1..g_k)
+        h = self.x_embedder(tokens)  # (B, N, D)
+        rope = None
+        if cfg.pos_embed == "sincos":
+            h = h + crop_sincos_table(self.pos_table, cfg.pos_embed_max_size, grid).to(h.dtype)  # (B, N, D)
+        else:
+            rope = rope_angles(grid, cfg.head_dim, cfg.rope_theta, device=x.device)  # (N, Dh/2) each
+
+        c = self.t_embedder(t)  # (B, D)
+        if self.pooled_embedder is not None:
+            c = c + self.pooled_embedder(cond["pooled"])
+        if self.label_embedder is not None:
+            c = c + self.label_embedder(cond["label"])
+
+        ctx, key_mask = None, None
+        if self.context_embedder is not None:
+            text, mask = cond["text"], cond.get("text_mask")
+            if mask is not None:  # padded tokens: zero input (NaN-safe) and invisible as keys
+                text = torch.where(mask[..., None], text, torch.zeros_like(text))  # (B, S, context_dim)
+                key_mask = torch.cat([mask.new_ones(b, h.shape[1]), mask], dim=1)  # (B, N + S)
+            ctx = self.context_embedder(text)  # (B, S, D)
+
+        for block in self.blocks:
+            if cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h, ctx = checkpoint(block, h, ctx, c, rope, key_mask, use_reentrant=False)
+            else:
+                h, ctx = block(h, ctx, c, rope, key_mask)
+        out = self.final_layer(h, c)  # (B, N, prod(p) * C_out)
+        return unpatchify(out, grid, tuple(cfg.patch_size), self.out_channels)  # (B, C_out, *S)
+

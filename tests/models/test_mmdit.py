@@ -1,0 +1,278 @@
+"""Tests for mmflow/models/mmdit.py: the MM-DiT velocity model for audio, image and video latents."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+
+import pytest
+import torch
+
+from mmflow.config import ConfigError, from_dict, to_dict
+from mmflow.flow.cfg import apply_condition_dropout
+from mmflow.models import MMDIT_PRESETS, MMDiT, MMDiTConfig, load_model, mmdit_config, save_model
+
+TEXT, POOLED, CLASSES = 12, 6, 5
+
+
+def _config(**kw) -> MMDiTConfig:
+    base = dict(in_channels=3, patch_size=(2, 2), hidden_size=32, depth=3, num_heads=2, context_dim=TEXT,
+                pooled_dim=POOLED, num_classes=CLASSES, qk_norm="rms_norm", dual_attention_layers=(1,))
+    return MMDiTConfig(**{**base, **kw})
+
+
+def _model(seed: int = 0, perturb: bool = True, **kw) -> MMDiT:
+    """A tiny model; `perturb` replaces the zero-inits with random weights so every path is live."""
+    torch.manual_seed(seed)
+    model = MMDiT(_config(**kw))
+    if perturb:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def _inputs(model: MMDiT, spatial: tuple[int, ...] = (8, 8), b: int = 2, s: int = 5, seed: int = 1):
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, cfg.in_channels, *spatial, generator=g)
+    t = torch.rand(b, generator=g)
+    cond: dict[str, torch.Tensor] = {}
+    if cfg.context_dim:
+        cond["text"] = torch.randn(b, s, cfg.context_dim, generator=g)
+        cond["text_mask"] = torch.arange(s)[None] < torch.tensor([[s], [s - 2]])[:b]  # row 1: 2 padded tokens
+    if cfg.pooled_dim:
+        cond["pooled"] = torch.randn(b, cfg.pooled_dim, generator=g)
+    if cfg.num_classes:
+        cond["label"] = torch.tensor([1, cfg.num_classes])[:b]  # second row: the null label
+    return x, t, cond
+
+
+@pytest.mark.parametrize("patch,spatial,out_channels", [
+    ((4,), (16,), None),            # audio (B, C, L)
+    ((2, 2), (8, 6), 5),            # image (B, C, H, W)
+    ((1, 2, 2), (3, 4, 6), None),   # video (B, C, T, H, W)
+])
+def test_output_shapes_per_rank_with_rope(patch, spatial, out_channels) -> None:
+    model = _model(patch_size=patch, out_channels=out_channels)
+    x, t, cond = _inputs(model, spatial)
+    out = model(x, t, cond)
+    assert out.shape == (2, out_channels or 3, *spatial)
+    assert torch.isfinite(out).all() and out.abs().mean() > 1e-3
+
+
+def test_zero_init_gives_zero_output() -> None:
+    model = _model(perturb=False)
+    x, t, cond = _inputs(model)
+    assert torch.equal(model(x, t, cond), torch.zeros_like(x))
+
+
+def test_padded_text_tokens_are_invisible() -> None:
+    model = _model()
+    x, t, cond = _inputs(model)
+    out = model(x, t, cond)
+    changed = dict(cond, text=cond["text"].clone())
+    changed["text"][1, 3:] = torch.randn(2, TEXT) * 10  # row 1's padded tokens
+    assert torch.allclose(model(x, t, changed), out, atol=1e-6)
+    changed["text"][1, 4] = float("nan")
+    assert torch.allclose(model(x, t, changed), out, atol=1e-6)
+    changed["text"][1, 0] += 1.0  # a real token does matter
+    assert not torch.allclose(model(x, t, changed)[1], out[1], atol=1e-4)
+
+
+def test_every_condition_reaches_the_output() -> None:
+    model = _model()
+    x, t, cond = _inputs(model)
+    out = model(x, t, cond)
+    for key, new in (("pooled", cond["pooled"] + 1), ("label", torch.tensor([2, 0])), ("text", cond["text"] + 1)):
+        assert not torch.allclose(model(x, t, dict(cond, **{key: new})), out, atol=1e-4), key
+    assert not torch.allclose(model(x, t + 0.1, cond), out, atol=1e-4)
+
+
+def test_variable_latent_sizes_at_inference() -> None:
+    rope = _model()
+    for spatial in ((8, 8), (12, 8), (4, 10)):
+        x, t, cond = _inputs(rope, spatial)
+        assert rope(x, t, cond).shape == (2, 3, *spatial)
+    sincos = _model(pos_embed="sincos", pos_embed_max_size=6)  # table of 6 x 6 patches
+    x, t, cond = _inputs(sincos, (12, 8))
+    assert sincos(x, t, cond).shape == (2, 3, 12, 8)
+    x, t, cond = _inputs(sincos, (14, 8))
+    with pytest.raises(ValueError, match="axis H has 7 patches, more than the sincos position table's 6"):
+        sincos(x, t, cond)
+
+
+def test_null_condition_and_unconditional_call() -> None:
+    model = _model(null_text_length=2)
+    x, t, cond = _inputs(model)
+    null = model.null_condition(cond)
+    assert null["text"].shape == cond["text"].shape
+    assert null["text_mask"].tolist() == [[True, True, False, False, False]] * 2
+    assert null["pooled"].shape == (2, POOLED) and null["label"].tolist() == [CLASSES, CLASSES]
+    assert torch.equal(null["text"][:, :2], model.null_tokens.expand(2, 2, TEXT))
+    assert torch.allclose(model(x, t), model(x, t, model.null_condition(x)), atol=1e-6)  # None = null condition
+    # it drops into the CFG-training dropout as is (null rows replace cond rows)
+    dropped = apply_condition_dropout(cond, null, torch.tensor([False, True]))
+    out = model(x, t, dropped)
+    assert torch.allclose(out[1], model(x[1:], t[1:], model.null_condition(x[1:]) | {
+        "text": null["text"][1:], "text_mask": null["text_mask"][1:]})[0], atol=1e-5)
+    zeros = _model(null_text="zeros").null_condition(cond)
+    assert torch.equal(zeros["text"], torch.zeros_like(cond["text"])) and zeros["text_mask"].all()
+    assert torch.equal(zeros["pooled"], torch.zeros(2, POOLED))
+    grads = torch.autograd.grad(model(x, t, model.null_condition(cond)).sum(), [model.null_tokens, model.null_pooled])
+    assert all(g.abs().sum() > 0 for g in grads)  # the learned null is trained through CFG dropout
+
+
+def test_math_backend_equals_sdpa() -> None:
+    a = _model(attention_backend="sdpa")
+    b = _model(attention_backend="math")
+    x, t, cond = _inputs(a)
+    assert torch.allclose(a(x, t, cond), b(x, t, cond), atol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("xformers") is not None, reason="xformers is installed here")
+def test_xformers_request_without_xformers_logs_and_uses_sdpa(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="mmflow.models"):
+        model = _model(attention_backend="xformers")
+    assert model.backend == "sdpa" and all(block.backend == "sdpa" for block in model.blocks)
+    messages = [r.getMessage() for r in caplog.records if r.name == "mmflow.models"]
+    assert messages == ["xformers requested but not installed; using torch sdpa"]
+
+
+def test_gradient_checkpointing_matches() -> None:
+    plain = _model().train()
+    ckpt = _model(gradient_checkpointing=True).train()
+    x, t, cond = _inputs(plain)
+    target = torch.randn_like(x)
+    grads, calls = [], []
+    ckpt.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    for model in (plain, ckpt):
+        loss = (model(x, t, cond) - target).pow(2).mean()
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (l1, g1), (l2, g2) = grads
+    assert torch.allclose(l1, l2, atol=1e-6)
+    assert g1.keys() == g2.keys() == {n for n, _ in plain.named_parameters()} - {"null_tokens", "null_pooled"}
+    assert all(torch.allclose(g1[n], g2[n], atol=1e-6) for n in g1)
+    assert sum(g.abs().sum() for g in g1.values()) > 0
+    assert len(calls) == 2  # the checkpointed block ran again in backward
+
+
+def test_save_load_round_trip_sharded(tmp_path) -> None:
+    model = _model(patch_size=(1, 2, 2), dual_attention_layers=(0, 2), rope_theta=500.0)
+    x, t, cond = _inputs(model, (2, 4, 4))
+    save_model(model, tmp_path / "one")
+    save_model(model, tmp_path / "sharded", max_shard_bytes=40_000)
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
+    meta = json.loads((tmp_path / "one" / "config.json").read_text())
+    assert meta["model_type"] == "mmdit" and meta["config"]["patch_size"] == [1, 2, 2]  # tuples are JSON lists
+    for folder in ("one", "sharded"):
+        loaded = load_model(tmp_path / folder).eval()
+        assert loaded.config == model.config and isinstance(loaded.config.patch_size, tuple)
+        assert torch.equal(loaded(x, t, cond), model(x, t, cond))
+
+
+def test_config_round_trips_and_validates() -> None:
+    cfg = _config(dual_attention_layers=(0, 1), pos_embed="sincos")
+    assert from_dict(MMDiTConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
+    bad = [({"num_heads": 3}, "num_heads: 3 does not divide hidden_size 32"),
+           ({"patch_size": [2, 2, 2], "pos_embed": "sincos"}, "pos_embed: sincos is SD3's 2-D table"),
+           ({"dual_attention_layers": [3]}, r"dual_attention_layers: indices \[3\] are not blocks of a depth-3"),
+           ({"patch_size": [1, 1, 1, 1]}, "patch_size: needs 1, 2 or 3 entries"),
+           ({"qk_norm": "layer_norm"}, "qk_norm"),
+           ({"attention_backend": "flash"}, "attention_backend")]
+    for change, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            from_dict(MMDiTConfig, {**to_dict(_config()), **change}, source="model.yaml")
+
+
+def test_presets() -> None:
+    cfg = mmdit_config("XL", in_channels=16, patch_size=(1, 2, 2), context_dim=4096)
+    assert (cfg.hidden_size, cfg.depth, cfg.num_heads, cfg.head_dim) == (1152, 28, 16, 72)
+    assert {"S", "B", "L", "XL", "test", "tiny"} <= set(MMDIT_PRESETS)
+    for name in MMDIT_PRESETS:
+        mmdit_config(name)
+    with pytest.raises(KeyError, match="unknown MM-DiT preset 'XXL'"):
+        mmdit_config("XXL")
+    tiny = MMDiT(mmdit_config("test", in_channels=4))  # unconditional: cond None or {}
+    x = torch.randn(1, 4, 4, 4)
+    assert tiny(x, torch.tensor(0.5)).shape == x.shape and tiny(x, torch.tensor([0.5]), {}).shape == x.shape
+
+
+def test_bad_inputs_name_the_fault() -> None:
+    model = _model()
+    x, t, cond = _inputs(model)
+    cases = [
+        (lambda: model(x[:, :, None], t, cond), r"patch_size \(2, 2\) takes image latents.*got video latents"),
+        (lambda: model(x[:, :, :7], t, cond), r"axis H \(dim 2\) has size 7, not divisible by its patch size 2"),
+        (lambda: model(x[:, :2], t, cond), r"expected 3 latent channels \(dim 1\), got 2"),
+        (lambda: model(x, t[:1], cond), r"t must be a scalar or shaped \(2,\), got \(1,\)"),
+        (lambda: model(x, t, {k: v for k, v in cond.items() if k != "pooled"}), r"missing keys \['pooled'\]"),
+        (lambda: model(x, t, {**cond, "audio": x}), r"unexpected keys \['audio'\]"),
+        (lambda: model(x, t, {**cond, "text": cond["text"][..., :4]}), r"cond\['text'\] must be shaped \(2, S, 12\)"),
+        (lambda: model(x, t, {**cond, "pooled": cond["pooled"][:1]}), r"cond\['pooled'\] must be shaped \(2, 6\)"),
+        (lambda: model(x, t, {**cond, "text_mask": cond["text_mask"].float()}), r"cond\['text_mask'\] must be a bool"),
+        (lambda: model(x, t, {**cond, "label": torch.tensor([0, 6])}), r"class labels must lie in \[0, 5\]"),
+    ]
+    for call, message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            call()
+
+
+def test_block_compiles_without_graph_breaks() -> None:
+    model = _model(depth=2, dual_attention_layers=(0,))
+    x, t, cond = _inputs(model)
+    from mmflow.models.patchify import patchify
+    from mmflow.models.rope import rope_angles
+
+    tokens, grid = patchify(x, (2, 2))
+    h = model.x_embedder(tokens)
+    ctx = model.context_embedder(cond["text"])
+    c = model.t_embedder(t)
+    rope = rope_angles(grid, model.config.head_dim)
+    key_mask = torch.cat([torch.ones(2, h.shape[1], dtype=torch.bool), cond["text_mask"]], dim=1)
+    torch._dynamo.reset()
+    for block in model.blocks:  # a joint block with dual attention, and the context_pre_only last block
+        explained = torch._dynamo.explain(block)(h, ctx, c, rope, key_mask)
+        assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+
+
+# ---- CUDA-only (run on a GPU machine) ------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_flash_matches_float32() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = _model(hidden_size=128, num_heads=2, depth=2).cuda()  # head_dim 64: flash-eligible
+    x, t, cond = _inputs(model, (16, 16))
+    x, t = x.cuda(), t.cuda()
+    cond = {k: v.cuda() for k, v in cond.items() if k != "text_mask"}  # no mask: flash can run
+    ref = model(x, t, cond)
+    with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        out = model(x, t, cond)
+    err = (out.float() - ref).abs().max() / ref.abs().max()
+    assert err < 5e-2, err
+    bf16 = model.to(torch.bfloat16)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        out = bf16(x.bfloat16(), t, {k: v.bfloat16() if v.is_floating_point() else v for k, v in cond.items()})
+    assert out.dtype == torch.bfloat16 and ((out.float() - ref).abs().max() / ref.abs().max()) < 5e-2
+
+
+@pytest.mark.cuda
+def test_cuda_xformers_model_matches_sdpa() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pytest.importorskip("xformers")
+    a = _model(attention_backend="sdpa").cuda()
+    b = _model(attention_backend="xformers").cuda()
+    assert b.backend == "xformers"
+    x, t, cond = _inputs(a, (16, 16))
+    x, t, cond = x.cuda(), t.cuda(), {k: v.cuda() for k, v in cond.items()}
+    with torch.autocast("cuda", dtype=torch.float16):
+        diff = (a(x, t, cond).float() - b(x, t, cond).float()).abs().max()
+    assert diff < 2e-2, diff
