@@ -7,7 +7,7 @@ recipe that trained it, so sampling needs nothing else.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,19 +43,27 @@ class FlowPipeline:
     task: Any  # a FlowMatchingTask
     model: nn.Module
     source: Path
+    extra_models: dict[str, nn.Module] = field(default_factory=dict)  # e.g. a text embedder, see below
 
     @classmethod
     def from_pretrained(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> "FlowPipeline":
+        """Load the model pipeline.json names, and the "extra_models" it lists (handed to task.attach_models)."""
         folder = resolve_model_folder(path)
         info = json.loads((folder / PIPELINE_FILE).read_text())
         recipe = recipe_from_dict(info["recipe"], source=str(folder / PIPELINE_FILE))
         from mmflow.tasks import get_task_class
 
         task = get_task_class(info["task"])(recipe)
-        name = info.get("model", "velocity")
-        model_dir = folder / "models" / (f"{name}_ema" if use_ema and (folder / "models" / f"{name}_ema").exists() else name)
-        model = load_model(model_dir, map_location=device).eval()
-        return cls(recipe, task, model, model_dir)
+
+        def model_dir(name: str) -> Path:
+            ema = folder / "models" / f"{name}_ema"
+            return ema if use_ema and ema.exists() else folder / "models" / name
+
+        main = model_dir(info.get("model", "velocity"))
+        model = load_model(main, map_location=device).eval()
+        extras = {n: load_model(model_dir(n), map_location=device).eval() for n in info.get("extra_models", [])}
+        task.attach_models(extras)
+        return cls(recipe, task, model, main, extras)
 
     def sample_config(self, overrides: Sequence[str] = ()) -> SampleConfig:
         """The recipe's sampling defaults with `sample.key=value` (or `key=value`) overrides applied."""

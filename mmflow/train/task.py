@@ -68,8 +68,17 @@ class Task(ABC):
         return {}
 
     def pipeline_info(self) -> dict[str, Any]:
-        """What a sampler needs beside the model weights (written as pipeline.json)."""
+        """What a sampler needs beside the model weights (written as pipeline.json).
+
+        "model" names the model to sample with; "extra_models" (optional) lists other saved models it
+        needs (e.g. a text embedder), which FlowPipeline loads and hands to `attach_models`.
+        """
         return {"task": self.name}
+
+    def attach_models(self, models: dict[str, nn.Module]) -> None:
+        """Sampling: receive the loaded "extra_models" of pipeline_info (eval mode, EMA where saved)."""
+        if models:
+            raise ValueError(f"task {self.name} takes no extra models, got {sorted(models)}")
 
     @classmethod
     def validate_recipe(cls, recipe: Any, source: str | None) -> None:

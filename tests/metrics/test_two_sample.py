@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from mmflow.metrics import (
@@ -70,3 +71,16 @@ def test_report_dict_and_format():
     assert line == "sliced W1 0.04 (floor 0.01, 4x) | energy 0.003 (floor 0.0002, 15x)"
     zero = TwoSampleReport(0.1, 0.0, 0.0, 0.0)
     assert zero.ratio_sliced_w1 == math.inf and math.isnan(zero.ratio_energy)
+
+
+def test_several_references_average_value_and_floor():
+    g = torch.Generator().manual_seed(0)
+    refs = [torch.randn(500, 2, generator=g) for _ in range(3)]
+    again = torch.randn(500, 2, generator=g)
+    samples = torch.randn(500, 2, generator=g) + 0.3
+    avg = two_sample_report(samples, refs, again, seed=1)
+    singles = [two_sample_report(samples, r, again, seed=1) for r in refs]
+    assert avg.sliced_w1 == pytest.approx(sum(s.sliced_w1 for s in singles) / 3)
+    assert avg.floor_energy == pytest.approx(sum(s.floor_energy for s in singles) / 3)
+    with pytest.raises(ValueError, match="at least one"):
+        two_sample_report(samples, [], again)

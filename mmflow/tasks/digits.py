@@ -1,0 +1,224 @@
+"""Text-to-image on scikit-learn's handwritten digits, in pixel space: the MM-DiT's first image recipe.
+
+Images: the 1797 8x8 digits upsampled to 16x16 (or 32x32), 1 channel in [-1, 1]. Text: captions such
+as "a handwritten seven" or "the number 7" go through a stand-in text encoder (a word tokenizer and a
+learned token embedding, mmflow.models.token_text) trained jointly with the MM-DiT; CFG dropout
+swaps the text for the MM-DiT's learned null condition. Quality: for each digit, samples of
+"a handwritten <digit>" at each guidance scale are classified by an SVC fitted on real digits
+(mmflow.metrics.digit_classifier); accuracy = the fraction classified as the prompted digit.
+
+    mmflow train recipes/digits_image.yaml
+    mmflow sample runs/digits_image --prompt "a handwritten seven" --prompt "the digit 3" num_samples=16
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from mmflow.config import ConfigError, check
+from mmflow.data.digits import DIGIT_NAMES, DigitsDataset, all_captions, prompt_for
+from mmflow.flow.cfg import Condition
+from mmflow.metrics.digit_classifier import digit_classifier
+from mmflow.models.mmdit import MMDiT, MMDiTConfig
+from mmflow.models.token_text import TokenTextConfig, TokenTextEmbedder, WordTokenizer, build_vocabulary, split_words
+from mmflow.tasks import register_task
+from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
+from mmflow.train.random import BatchRandom
+from mmflow.train.task import LossOutput
+from mmflow.utils.fs import write_json_atomic
+from mmflow.utils.images import save_image_grid
+
+TEXT = "text_embedder"  # the stand-in text encoder's model name (saved beside "velocity")
+SAMPLE_CHUNK = 250  # rows per sampler call: bounds attention memory at 32x32 with CFG's doubled batch
+
+
+@dataclass
+class DigitsDataConfig:
+    image_size: Literal[16, 32] = field(default=16, metadata={"help": "side the 8x8 digits are upsampled to"})
+    eval_per_digit: int = field(default=50, metadata={"min": 1, "help": "validation: samples per digit and scale"})
+    eval_guidance: tuple[float, ...] = field(default=(1.0, 3.0), metadata={"help": "validation: CFG scales w"})
+
+    def validate(self) -> None:
+        check(len(self.eval_guidance) > 0, "eval_guidance", "needs at least one guidance scale")
+
+
+@dataclass
+class DigitsModelConfig:
+    hidden_size: int = field(default=128, metadata={"min": 1, "help": "MM-DiT token width"})
+    depth: int = field(default=4, metadata={"min": 1})
+    num_heads: int = field(default=4, metadata={"min": 1})
+    mlp_ratio: float = field(default=4.0, metadata={"min": 0.0, "min_exclusive": True})
+    patch_size: int = field(default=2, metadata={"min": 1, "help": "square patches: 16x16 / 2 = 64 tokens"})
+    qk_norm: Literal["rms_norm"] | None = None
+    text_dim: int = field(default=64, metadata={"min": 1, "help": "stand-in token embedding width"})
+    max_text_length: int = field(default=8, metadata={"min": 1, "help": "text tokens S (captions are padded)"})
+    attention_backend: Literal["auto", "sdpa", "xformers", "math"] = "auto"
+
+
+@register_task
+class DigitsImageTask(FlowMatchingTask):
+    name = "digits_image"
+    data_config_class = DigitsDataConfig
+    model_config_class = DigitsModelConfig
+
+    def __init__(self, recipe: Any) -> None:
+        super().__init__(recipe)
+        self.text_embedder: TokenTextEmbedder | None = None  # set by attach_models when a pipeline loads one
+
+    # ------------------------------------------------------------------ models
+    def mmdit_config(self) -> MMDiTConfig:
+        m = self.recipe.model
+        return MMDiTConfig(in_channels=1, patch_size=(m.patch_size, m.patch_size), hidden_size=m.hidden_size,
+                           depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, qk_norm=m.qk_norm,
+                           context_dim=m.text_dim, pooled_dim=m.text_dim, pos_embed="rope", null_text="learned",
+                           attention_backend=m.attention_backend)
+
+    def text_config(self) -> TokenTextConfig:
+        # the vocabulary is a function of the caption templates only, so every run builds the same one
+        m = self.recipe.model
+        return TokenTextConfig(vocab=build_vocabulary(all_captions()), dim=m.text_dim, max_length=m.max_text_length)
+
+    def build_models(self) -> dict[str, nn.Module]:
+        return {VELOCITY: MMDiT(self.mmdit_config()), TEXT: TokenTextEmbedder(self.text_config())}
+
+    def optimizer_groups(self, models: dict[str, nn.Module]) -> dict[str, list[str]]:
+        return {"main": [VELOCITY, TEXT]}  # the embedder learns only through the flow loss
+
+    def ema_models(self, models: dict[str, nn.Module]) -> list[str]:
+        return [VELOCITY, TEXT]  # sampling pairs EMA velocity with EMA text: they must age together
+
+    def attach_models(self, models: dict[str, nn.Module]) -> None:
+        if TEXT not in models:
+            raise ValueError(f"{self.name}: the pipeline must provide the {TEXT!r} model, got {sorted(models)}")
+        self.text_embedder = models[TEXT]
+
+    def pipeline_info(self) -> dict[str, Any]:
+        from mmflow.recipe import recipe_to_dict
+
+        return {"task": self.name, "model": VELOCITY, "extra_models": [TEXT], "recipe": recipe_to_dict(self.recipe),
+                "text_vocabulary": list(self.text_config().vocab)}  # informative; the embedder's config.json rules
+
+    @classmethod
+    def validate_recipe(cls, recipe: Any, source: str | None) -> None:
+        m, size = recipe.model, recipe.data.image_size
+        if size % m.patch_size:
+            raise ConfigError(f"{m.patch_size} does not divide data.image_size {size}", "model.patch_size", source)
+        longest = max(len(split_words(c)) for c in all_captions())
+        if m.max_text_length < longest:
+            raise ConfigError(f"{m.max_text_length} is shorter than the longest caption ({longest} words)",
+                              "model.max_text_length", source)
+        try:
+            cls(recipe).mmdit_config().validate()
+        except ConfigError as e:  # the MM-DiT's keys that this schema shares keep their names
+            key = f"model.{e.key}" if e.key in DigitsModelConfig.__dataclass_fields__ else "model"
+            raise ConfigError(e.message, key, source) from e
+
+    # ------------------------------------------------------------------ data and loss
+    def build_dataset(self) -> DigitsDataset:
+        tok = WordTokenizer(self.text_config().vocab, self.recipe.model.max_text_length)
+        return DigitsDataset(self.recipe.data.image_size, tok.encode)
+
+    def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
+        # embed the captions here (the embedder trains with the MM-DiT), then the generic CFM loss
+        cond = models[TEXT](batch["ids"], batch["mask"])
+        return super().loss(models, {"image": batch["image"], "cond": cond}, rng, optimizer, step)
+
+    def split_batch(self, batch: Any) -> tuple[Tensor, Condition]:
+        return batch["image"], batch["cond"]
+
+    def null_condition(self, model: nn.Module) -> dict[str, Tensor]:
+        """The MM-DiT's learned null text, one row (batch 1), padded to max_text_length tokens."""
+        weight = model.x_embedder.weight
+        like = torch.zeros(1, self.recipe.model.max_text_length, model.config.context_dim,
+                           device=weight.device, dtype=weight.dtype)
+        return model.null_condition({"text": like})
+
+    # ------------------------------------------------------------------ sampling and quality
+    def sample_images(self, velocity: nn.Module, text_embedder: TokenTextEmbedder, prompts: Sequence[str],
+                      device: torch.device, sample_cfg: Any, guidance: float | None = None) -> Tensor:
+        """One image per prompt (errors name unknown words), noise from sample_cfg.seed -> (P, 1, S, S) on CPU.
+
+        The noise depends only on the seed and the row, so two guidance scales see the same x0.
+        """
+        size = self.recipe.data.image_size
+        g = torch.Generator().manual_seed(sample_cfg.seed)
+        x0 = torch.randn(len(prompts), 1, size, size, generator=g)
+        cond = text_embedder.embed(prompts)  # (P, ...) on the embedder's device
+        out = []
+        with torch.no_grad():
+            for lo in range(0, len(prompts), SAMPLE_CHUNK):
+                c = {k: v[lo: lo + SAMPLE_CHUNK].to(device) for k, v in cond.items()}
+                res = self.sample(velocity, x0[lo: lo + SAMPLE_CHUNK].to(device), c, sample_cfg, generator=g,
+                                  guidance=guidance)
+                out.append(res.x.float().cpu())
+        return torch.cat(out).clamp(-1.0, 1.0)
+
+    def evaluate(self, velocity: nn.Module, text_embedder: TokenTextEmbedder, device: torch.device,
+                 sample_cfg: Any | None = None, out_dir: Path | None = None, per_digit: int | None = None,
+                 guidances: Sequence[float] | None = None) -> dict[str, float]:
+        """Classifier accuracy of "a handwritten <digit>" samples at each guidance scale.
+
+        Returns accuracy_w<w> (fraction classified as the prompted digit, over all ten digits) per
+        scale and classifier_accuracy_real (the classifier's own held-out accuracy on real digits). With
+        out_dir: grid_w<w>.png (rows = digits 0..9, columns = samples) and accuracy_per_digit.json.
+        """
+        cfg = sample_cfg or self.recipe.sample
+        n = per_digit or self.recipe.data.eval_per_digit
+        labels = np.repeat(np.arange(10), n)  # (10 n,) digit of each row
+        prompts = [prompt_for(int(d)) for d in labels]
+        clf = digit_classifier()
+        metrics: dict[str, float] = {"classifier_accuracy_real": clf.held_out_accuracy}
+        per_digit_acc: dict[str, list[float]] = {}
+        for w in guidances or self.recipe.data.eval_guidance:
+            images = self.sample_images(velocity, text_embedder, prompts, device, cfg, guidance=w)  # (10 n, 1, S, S)
+            hit = clf.predict(images) == labels  # (10 n,)
+            metrics[f"accuracy_w{w:g}"] = float(hit.mean())
+            rows = hit.reshape(10, n).mean(axis=1)  # (10,) per digit
+            per_digit_acc[f"w{w:g}"] = [float(a) for a in rows]
+            if out_dir is not None:
+                save_image_grid(images.view(10, n, *images.shape[1:]), out_dir / f"grid_w{w:g}.png",
+                                row_labels=[f"{d} {a:.0%}" for d, a in enumerate(rows)],
+                                title=f"a handwritten <digit>, w={w:g}: {hit.mean():.1%} classified as asked")
+        if out_dir is not None:
+            write_json_atomic(out_dir / "accuracy_per_digit.json", {"digits": list(DIGIT_NAMES), **per_digit_acc})
+        return metrics
+
+    def validate(self, models: dict[str, nn.Module], out_dir: Path, step: int, device: torch.device) -> dict[str, float]:
+        return self.evaluate(models[VELOCITY], models[TEXT], device, out_dir=out_dir)
+
+    def generate(self, model: nn.Module, num: int, device: torch.device, sample_cfg: Any, out_dir: Path,
+                 label: int | None = None, prompts: Sequence[str] | None = None) -> dict[str, Any]:
+        """`mmflow sample`: `num` images per prompt -> samples.safetensors + grid.png (rows = prompts).
+
+        prompts default to "a handwritten <digit>" for `label` (0..9) or, without one, for every digit.
+        """
+        if self.text_embedder is None:
+            raise ConfigError(f"{self.name}: no text embedder attached (load the model with FlowPipeline)")
+        if prompts and label is not None:
+            raise ConfigError("give --prompt or --label, not both")
+        if label is not None and not 0 <= label <= 9:
+            raise ConfigError(f"--label {label} is out of range: this model draws digits 0..9")
+        if not prompts:
+            prompts = [prompt_for(label)] if label is not None else [prompt_for(d) for d in range(10)]
+        rows = [p for p in prompts for _ in range(num)]
+        try:
+            self.text_embedder.tokenizer.encode(prompts)  # fail on a bad prompt before any sampling
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        images = self.sample_images(model, self.text_embedder, rows, device, sample_cfg)  # (P num, 1, S, S)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"samples": images.contiguous(), "prompt_index": torch.arange(len(prompts)).repeat_interleave(num)},
+                  str(out_dir / "samples.safetensors"), metadata={f"prompt_{i}": p for i, p in enumerate(prompts)})
+        predicted = digit_classifier().predict(images).reshape(len(prompts), num)
+        save_image_grid(images.view(len(prompts), num, *images.shape[1:]), out_dir / "grid.png",
+                        row_labels=[str(i) for i in range(len(prompts))],
+                        title=f"{sample_cfg.solver} x{sample_cfg.steps}, w={sample_cfg.guidance:g}")
+        return {"num_per_prompt": num, "prompts": list(prompts), "out_dir": str(out_dir),
+                "classified_as": [np.bincount(p, minlength=10).tolist() for p in predicted]}
