@@ -43,7 +43,7 @@ def test_print_config_is_resolved_json(capsys: pytest.CaptureFixture[str]) -> No
     assert resolved["train"]["lr"] == 3e-4
     assert resolved["data"]["dataset"] == "spirals"
     assert resolved["sample"]["steps"] == 4
-    assert resolved["train"]["batch_size"] == 512  # from the file
+    assert resolved["train"]["batch_size"] == 1024  # from the file
     assert resolved["flow"]["time_sampler"]["name"] == "uniform"  # defaults are filled in
     recipe_from_dict(resolved, source="printed")  # and it is a valid recipe again
 

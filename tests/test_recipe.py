@@ -37,7 +37,7 @@ def test_toy2d_recipe_loads() -> None:
     assert isinstance(r.model, Toy2DModelConfig) and r.model.hidden == 256
     assert isinstance(r.train, TrainConfig)
     assert r.train.lr == 2e-3 and isinstance(r.train.lr, float)
-    assert r.train.batch_size == 512 and r.train.warmup_steps == 100
+    assert r.train.batch_size == 1024 and r.train.warmup_steps == 100
     assert r.sample.solver == "heun" and r.sample.steps == 8
     assert r.flow.schedule == "condot" and r.flow.cfg_dropout == 0.1
     assert r.resolved_run_dir() == str(Path("runs") / "toy2d")
@@ -50,7 +50,7 @@ def test_overrides_apply() -> None:
     assert r.data.dataset == "spirals"
     assert r.sample.steps == 3
     assert r.flow.time_sampler.name == "logit_normal"
-    assert r.train.batch_size == 512  # untouched keys keep the file's value
+    assert r.train.batch_size == 1024  # untouched keys keep the file's value
     later = load_recipe(TOY, ["train.lr=1e-3", "train.lr=5e-4"])  # the last one wins
     assert later.train.lr == 5e-4
 
