@@ -28,7 +28,7 @@ SAMPLE_EPILOG = """\
 PATH is a run folder (its model/ export), a checkpoint folder (runs/x/checkpoints/step_N) or an
 exported model folder (anything holding pipeline.json). Overrides set the recipe's sample section:
   mmflow sample runs/toy2d steps=32 solver=rk4 guidance=3.0 num_samples=2000 --label 3
-  mmflow sample runs/digits_image --prompt "a handwritten seven" --prompt "the digit 3" num_samples=16
+  mmflow sample runs/digits_image num_samples=16 --prompt "a handwritten seven" --prompt "the digit 3"
 """
 
 

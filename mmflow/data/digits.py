@@ -8,7 +8,7 @@ while the digit it names is always the image's own.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -87,7 +87,8 @@ class DigitsDataset(Dataset):
     `encode` maps captions to (ids (B, L), mask (B, L)); it is the text embedder's tokenizer.
     """
 
-    def __init__(self, image_size: int, encode, templates: Sequence[int] | None = None) -> None:
+    def __init__(self, image_size: int, encode: Callable[[Sequence[str]], tuple[Tensor, Tensor]],
+                 templates: Sequence[int] | None = None) -> None:
         images, labels = load_digits_8x8()
         self.images = digits_to_pixels(images, image_size)  # (N, 1, S, S)
         self.labels = torch.as_tensor(labels)  # (N,)

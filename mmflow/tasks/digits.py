@@ -8,7 +8,7 @@ swaps the text for the MM-DiT's learned null condition. Quality: for each digit,
 (mmflow.metrics.digit_classifier); accuracy = the fraction classified as the prompted digit.
 
     mmflow train recipes/digits_image.yaml
-    mmflow sample runs/digits_image --prompt "a handwritten seven" --prompt "the digit 3" num_samples=16
+    mmflow sample runs/digits_image num_samples=16 --prompt "a handwritten seven" --prompt "the digit 3"
 """
 
 from __future__ import annotations
@@ -214,11 +214,15 @@ class DigitsImageTask(FlowMatchingTask):
             raise ConfigError(str(e)) from e
         images = self.sample_images(model, self.text_embedder, rows, device, sample_cfg)  # (P num, 1, S, S)
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_file({"samples": images.contiguous(), "prompt_index": torch.arange(len(prompts)).repeat_interleave(num)},
-                  str(out_dir / "samples.safetensors"), metadata={f"prompt_{i}": p for i, p in enumerate(prompts)})
+        index = torch.arange(len(prompts)).repeat_interleave(num)  # (P num,) row -> prompt
+        save_file({"samples": images.contiguous(), "prompt_index": index}, str(out_dir / "samples.safetensors"),
+                  metadata={f"prompt_{i}": p for i, p in enumerate(prompts)})
         predicted = digit_classifier().predict(images).reshape(len(prompts), num)
         save_image_grid(images.view(len(prompts), num, *images.shape[1:]), out_dir / "grid.png",
                         row_labels=[str(i) for i in range(len(prompts))],
                         title=f"{sample_cfg.solver} x{sample_cfg.steps}, w={sample_cfg.guidance:g}")
         return {"num_per_prompt": num, "prompts": list(prompts), "out_dir": str(out_dir),
-                "classified_as": [np.bincount(p, minlength=10).tolist() for p in predicted]}
+                # per prompt, "digit:count" of what the real-digit classifier sees, e.g. "7:15 1:1"
+                "classified_as": [" ".join(f"{d}:{c}" for d, c in sorted(enumerate(np.bincount(p, minlength=10)),
+                                                                       key=lambda dc: -dc[1]) if c)
+                                  for p in predicted]}

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from mmflow.cli import main
 from mmflow.config import ConfigError
 from mmflow.data.digits import (CAPTION_TEMPLATES, DIGIT_NAMES, DigitsDataset, all_captions, digits_to_pixels,
-                                load_digits_8x8, prompt_for)
+                                load_digits_8x8)
 from mmflow.metrics.digit_classifier import HELD_OUT, SPLIT_SEED, digit_accuracy, digit_classifier
 from mmflow.models.token_text import PAD_ID, TokenTextConfig, TokenTextEmbedder, UnknownWordError, build_vocabulary
 from mmflow.pipeline import FlowPipeline
@@ -218,8 +218,9 @@ def test_exported_model_samples_from_its_folder_alone(trained_run, tmp_path, cap
     assert tensors["samples"].shape == (6, 1, 16, 16) and tensors["prompt_index"].tolist() == [0, 0, 0, 1, 1, 1]
     assert tensors["samples"].abs().max() <= 1 and (out / "grid.png").stat().st_size > 200
     # same seed and prompt -> the same images, from the CLI and from Python
-    again = pipe.task.sample_images(pipe.model, pipe.task.text_embedder, ["a handwritten seven"] * 3 + ["the digit 3"] * 3,
-                                    torch.device("cpu"), pipe.sample_config(["steps=2"]))
+    prompts = ["a handwritten seven"] * 3 + ["the digit 3"] * 3
+    again = pipe.task.sample_images(pipe.model, pipe.task.text_embedder, prompts, torch.device("cpu"),
+                                    pipe.sample_config(["steps=2"]))
     assert torch.allclose(again, tensors["samples"], atol=1e-5)
 
 
