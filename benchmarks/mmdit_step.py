@@ -1,0 +1,160 @@
+"""Training-step speed of mmflow's MM-DiT vs diffusers' SD3Transformer2DModel, same config and weights.
+
+A random diffusers SD3 transformer is built, converted to mmflow (the converter's parity is tested to
+~1e-6), and both run forward + backward on the same batch; samples/s (median of repeats) and the peak
+memory of the step are reported side by side.
+
+    .venv/bin/python benchmarks/mmdit_step.py                        # CPU, two small sizes
+    .venv/bin/python benchmarks/mmdit_step.py --device cuda --dtype bfloat16 --sizes B L
+Peak memory: CUDA max_memory_allocated on GPU; on CPU each model is measured in its own child process
+(the most its resident memory grows during one step, gradients included), so the two do not share one
+process's high-water mark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import statistics
+import time
+
+import torch
+from diffusers.utils import logging as diffusers_logging
+
+diffusers_logging.set_verbosity_error()  # its "keep in float32" note on .to() is about fp16 casts
+
+SIZES = {  # name: (hidden, depth, heads, latent side, text tokens)
+    "tiny": (128, 2, 4, 16, 16),
+    "small": (256, 4, 4, 32, 32),
+    "S": (384, 12, 6, 32, 77),
+    "B": (768, 12, 12, 64, 77),
+    "L": (1024, 24, 16, 64, 154),
+}
+
+
+def _models(size: str, seed: int = 0):
+    from diffusers import SD3Transformer2DModel
+
+    from mmflow.interop.diffusers_sd3 import convert_sd3_state_dict
+    from mmflow.models.mmdit import MMDiT
+
+    hidden, depth, heads, side, _ = SIZES[size]
+    torch.manual_seed(seed)
+    ref = SD3Transformer2DModel(sample_size=side, patch_size=2, in_channels=16, num_layers=depth,
+                                attention_head_dim=hidden // heads, num_attention_heads=heads,
+                                joint_attention_dim=256, caption_projection_dim=hidden,
+                                pooled_projection_dim=128, out_channels=16, pos_embed_max_size=side)
+    cfg, state = convert_sd3_state_dict(ref.state_dict(), dict(ref.config))
+    ours = MMDiT(cfg)
+    ours.load_state_dict(state)
+    return ref, ours
+
+
+def _batch(size: str, batch: int, device: str, dtype: torch.dtype):
+    _, _, _, side, tokens = SIZES[size]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 16, side // 2 * 2, side // 2 * 2, generator=g)
+    text = torch.randn(batch, tokens, 256, generator=g)
+    pooled = torch.randn(batch, 128, generator=g)
+    t = torch.rand(batch, generator=g)
+    return [v.to(device, dtype if v.is_floating_point() and v is not t else v.dtype) for v in (x, text, pooled)] + [t.to(device)]
+
+
+def _step_fn(which: str, model, x, text, pooled, t):
+    if which == "mmflow":
+        return lambda: model(x, t, {"text": text, "pooled": pooled}).float().square().mean().backward()
+    ts = (1 - t) * 1000
+    return lambda: model(hidden_states=x, encoder_hidden_states=text, pooled_projections=pooled,
+                         timestep=ts).sample.float().square().mean().backward()
+
+
+def _time(fn, repeats: int, device: str) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _cpu_peak_child(which: str, size: str, batch: int, dtype: str, q) -> None:
+    """Peak resident-memory growth over the process's state before the step (polled every 0.5 ms)."""
+    import gc
+    import threading
+
+    ref, ours = _models(size)
+    model = (ours if which == "mmflow" else ref).to(getattr(torch, dtype)).train()
+    del ref, ours
+    gc.collect()
+    args = _batch(size, batch, "cpu", getattr(torch, dtype))
+    fn = _step_fn(which, model, *args)
+    fn()  # warm-up: allocator pools and grads exist before measuring
+    model.zero_grad(set_to_none=True)
+    base, peak, done = _rss_mib(), [0.0], threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.0005)
+
+    th = threading.Thread(target=poll)
+    th.start()
+    fn()
+    done.set()
+    th.join()
+    q.put(max(peak[0], _rss_mib()) - base)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=sorted(SIZES))
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = p.parse_args()
+    dtype = getattr(torch, args.dtype)
+    print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
+          f"batch {args.batch}, median of {args.repeats} forward+backward steps")
+    print(f"{'size':6} {'tokens':>7} {'mmflow samples/s':>17} {'diffusers samples/s':>20} {'speed-up':>9} "
+          f"{'mmflow peak MiB':>16} {'diffusers peak MiB':>19}")
+    for size in args.sizes:
+        ref, ours = _models(size)
+        x, text, pooled, t = _batch(size, args.batch, args.device, dtype)
+        result, peak = {}, {}
+        for which, model in (("mmflow", ours), ("diffusers", ref)):
+            model = model.to(args.device, dtype).train()
+            fn = _step_fn(which, model, x, text, pooled, t)
+            if args.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            result[which] = args.batch / _time(fn, args.repeats, args.device)
+            if args.device == "cuda":
+                peak[which] = torch.cuda.max_memory_allocated() / 2**20
+            model.zero_grad(set_to_none=True)
+            model.cpu()
+        if args.device != "cuda":
+            ctx = mp.get_context("spawn")
+            for which in ("mmflow", "diffusers"):
+                q = ctx.Queue()
+                proc = ctx.Process(target=_cpu_peak_child, args=(which, size, args.batch, args.dtype, q))
+                proc.start()
+                peak[which] = q.get()
+                proc.join()
+        tokens = (SIZES[size][3] // 2) ** 2 + SIZES[size][4]
+        print(f"{size:6} {tokens:7d} {result['mmflow']:17.2f} {result['diffusers']:20.2f} "
+              f"{result['mmflow'] / result['diffusers']:8.2f}x {peak['mmflow']:16.0f} {peak['diffusers']:19.0f}")
+
+
+if __name__ == "__main__":
+    main()
