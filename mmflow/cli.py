@@ -106,6 +106,9 @@ def _train(args: argparse.Namespace) -> int:
                       f"ratio {m[prefix + 'ratio_sliced_w1']:.2f}x)\n"
                       f"  energy    {m[prefix + 'energy']:.5f} (data-vs-data floor {m[prefix + 'floor_energy']:.5f}, "
                       f"ratio {m[prefix + 'ratio_energy']:.2f}x)")
+        accuracies = {k: v for k, v in m.items() if "accuracy" in k}
+        if accuracies:  # classifier-based checks (e.g. the digits recipe)
+            print("classifier check: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(accuracies.items())))
         print(f"pictures: {result.run_dir / 'validation'}")
     return 0
 
