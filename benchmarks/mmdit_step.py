@@ -69,18 +69,22 @@ def _step_fn(which: str, model, x, text, pooled, t):
                          timestep=ts).sample.float().square().mean().backward()
 
 
-def _time(fn, repeats: int, device: str) -> float:
-    fn()  # warm-up
-    times = []
+def _time_interleaved(fns: dict, repeats: int, device: str) -> dict[str, float]:
+    """Median seconds per call of each fn, calls alternating A, B, A, B, ... so that load from other jobs
+    on the machine falls on both alike (the ratio is what we report)."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _rss_mib() -> float:
@@ -120,29 +124,37 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["tiny", "small"], choices=sorted(SIZES))
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args()
     dtype = getattr(torch, args.dtype)
     print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}, median of {args.repeats} forward+backward steps")
+          f"batch {args.batch}, median of {args.repeats} forward+backward steps, the two models alternating")
     print(f"{'size':6} {'tokens':>7} {'mmflow samples/s':>17} {'diffusers samples/s':>20} {'speed-up':>9} "
           f"{'mmflow peak MiB':>16} {'diffusers peak MiB':>19}")
     for size in args.sizes:
         ref, ours = _models(size)
         x, text, pooled, t = _batch(size, args.batch, args.device, dtype)
-        result, peak = {}, {}
+        peak: dict[str, float] = {}
+        fns = {}
         for which, model in (("mmflow", ours), ("diffusers", ref)):
-            model = model.to(args.device, dtype).train()
-            fn = _step_fn(which, model, x, text, pooled, t)
-            if args.device == "cuda":
+            model.to(args.device, dtype).train()
+            fns[which] = _step_fn(which, model, x, text, pooled, t)
+        # gradients accumulate across repeats in both models alike; set_to_none would add an allocation
+        secs = _time_interleaved(fns, args.repeats, args.device)
+        result = {k: args.batch / v for k, v in secs.items()}
+        if args.device == "cuda":
+            for which, model in (("mmflow", ours), ("diffusers", ref)):
+                others = ref if which == "mmflow" else ours
+                others.zero_grad(set_to_none=True)
+                model.zero_grad(set_to_none=True)
+                torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            result[which] = args.batch / _time(fn, args.repeats, args.device)
-            if args.device == "cuda":
-                peak[which] = torch.cuda.max_memory_allocated() / 2**20
-            model.zero_grad(set_to_none=True)
-            model.cpu()
+                base = torch.cuda.memory_allocated()
+                fns[which]()
+                torch.cuda.synchronize()
+                peak[which] = (torch.cuda.max_memory_allocated() - base) / 2**20
         if args.device != "cuda":
             ctx = mp.get_context("spawn")
             for which in ("mmflow", "diffusers"):

@@ -38,8 +38,12 @@ formats:
                   diffusion_pytorch_model.safetensors, sharded or not; a pipeline folder's transformer/
                   also works) -> an mmflow MM-DiT folder (config.json + model.safetensors). The output
                   follows mmflow's conventions: t = 0 noise, t = 1 data, and it predicts the velocity.
+  diffusers-vae   a diffusers AutoencoderKL folder (SD3/Flux 16-channel or SD1/SDXL 4-channel; a
+                  pipeline folder's vae/ also works) -> an mmflow image tokenizer folder. diffusers'
+                  scaling_factor / shift_factor become the tokenizer's per-channel latent statistics.
 examples:
   mmflow convert diffusers-sd3 stable-diffusion-3.5-medium/transformer models/sd35m
+  mmflow convert diffusers-vae stable-diffusion-3.5-medium/vae tokenizers/sd35m-vae
   mmflow convert diffusers-sd3 sd3-medium models/sd3m --dtype bfloat16 --max-shard-gb 2
 """
 
@@ -67,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     c = sub.add_parser("convert", help="convert other frameworks' weights into an mmflow model folder",
                        epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("format", choices=["diffusers-sd3"], help="source format")
+    c.add_argument("format", choices=["diffusers-sd3", "diffusers-vae"], help="source format")
     c.add_argument("src", help="source folder")
     c.add_argument("dst", help="output mmflow model folder (written atomically)")
     c.add_argument("--dtype", choices=["keep", "float32", "bfloat16", "float16"], default="keep",
@@ -79,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from mmflow.recipe import load_recipe, recipe_to_dict
     from mmflow.tasks import get_task_class
+    from mmflow.train.checkpoint import step_dir_name
     from mmflow.train.trainer import Trainer, make_accelerator
 
     overrides = list(args.overrides)
@@ -109,7 +114,9 @@ def _train(args: argparse.Namespace) -> int:
         accuracies = {k: v for k, v in m.items() if "accuracy" in k}
         if accuracies:  # classifier-based checks (e.g. the digits recipe)
             print("classifier check: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(accuracies.items())))
-        print(f"pictures: {result.run_dir / 'validation'}")
+        final = result.run_dir / "validation" / step_dir_name(result.step)
+        pictures = sorted(final.glob("*.png")) if final.is_dir() else []
+        print("pictures: " + ("  ".join(str(p) for p in pictures) if pictures else str(result.run_dir / "validation")))
     return 0
 
 
@@ -130,22 +137,31 @@ def _sample(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     import torch
 
-    from mmflow.interop import load_diffusers_sd3
+    from mmflow.interop import load_diffusers_sd3, load_diffusers_vae
     from mmflow.models.registry import save_model
 
     dtype = None if args.dtype == "keep" else getattr(torch, args.dtype)
+    loader = {"diffusers-sd3": load_diffusers_sd3, "diffusers-vae": load_diffusers_vae}[args.format]
     try:
-        model = load_diffusers_sd3(args.src, dtype=dtype)
+        model = loader(args.src, dtype=dtype)
     except ValueError as e:  # keys or config that do not fit: the message names them
         raise ConfigError(str(e), source=args.src) from e
     out = save_model(model, args.dst, max_shard_bytes=int(args.max_shard_gb * 1024**3))
     n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out} (mmdit, {n / 1e6:.1f}M parameters, {args.format} weights from {args.src})")
+    print(f"wrote {out} ({model.model_type}, {n / 1e6:.1f}M parameters, {args.format} weights from {args.src})")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # key=value overrides may come after options too (`sample run --prompt "a" steps=16`): argparse
+    # takes only the first run of positionals, so later ones come back as extras and are added here
+    args, extras = parser.parse_known_args(argv)
+    stray = [e for e in extras if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extras:
+        args.overrides = list(args.overrides) + extras
     logging.basicConfig(level=logging.WARNING, format="[mmflow] %(levelname)s %(message)s")
     try:
         return {"train": _train, "sample": _sample, "convert": _convert}[args.command](args)

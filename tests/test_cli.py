@@ -100,3 +100,16 @@ def test_sample_folder_without_model_returns_2(tmp_path: Path, capsys: pytest.Ca
     assert main(["sample", str(path)]) == 2
     assert str(path) in capsys.readouterr().err
     assert sorted(path.iterdir()) == []
+
+
+def test_overrides_may_follow_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", TOY, "--print-config", "train.lr=0.005", "sample.steps=3"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["train"]["lr"] == 0.005 and cfg["sample"]["steps"] == 3
+
+
+def test_a_stray_argument_after_options_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", TOY, "--print-config", "not-an-override"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: not-an-override" in capsys.readouterr().err

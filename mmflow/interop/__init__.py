@@ -7,5 +7,13 @@ from mmflow.interop.diffusers_sd3 import (
     load_diffusers_sd3,
     mmdit_config_from_sd3,
 )
+from mmflow.interop.diffusers_vae import (
+    convert_diffusers_vae,
+    convert_diffusers_vae_state_dict,
+    image_vae_config_from_diffusers,
+    load_diffusers_vae,
+)
 
 __all__ = ["convert_diffusers_sd3", "convert_sd3_state_dict", "load_diffusers_sd3", "mmdit_config_from_sd3"]
+__all__ += ["convert_diffusers_vae", "convert_diffusers_vae_state_dict", "image_vae_config_from_diffusers",
+            "load_diffusers_vae"]

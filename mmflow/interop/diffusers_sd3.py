@@ -19,23 +19,20 @@ that lists the keys by name.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
+from mmflow.interop.diffusers_common import StateSource, component_folder, instantiate, read_config, read_weights
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
 from mmflow.models.registry import DEFAULT_MAX_SHARD_BYTES, save_model
 
 __all__ = ["mmdit_config_from_sd3", "convert_sd3_state_dict", "load_diffusers_sd3", "convert_diffusers_sd3"]
 
 SD3_CLASS_NAME = "SD3Transformer2DModel"
-SD3_WEIGHTS = "diffusion_pytorch_model.safetensors"
-SD3_INDEX = "diffusion_pytorch_model.safetensors.index.json"
 SD3_TIMESTEP_SCALE = 1000.0  # diffusers' timestep = 1000 * sigma
 
 # SD3Transformer2DModel.__init__ defaults (diffusers fills keys absent from config.json with these).
@@ -77,34 +74,6 @@ def mmdit_config_from_sd3(diffusers_config: dict[str, Any]) -> MMDiTConfig:
     return config
 
 
-class _Source:
-    """Consumes a diffusers state dict key by key, remembering which keys were absent."""
-
-    def __init__(self, state: dict[str, Tensor]) -> None:
-        self.left = dict(state)
-        self.missing: list[str] = []
-        self.out: dict[str, Tensor] = {}
-
-    def put(self, dst: str, *keys: str, fn: Callable[..., Tensor] = lambda t: t) -> None:
-        tensors = [self.left.pop(k, None) for k in keys]
-        self.missing += [k for k, t in zip(keys, tensors) if t is None]
-        if all(t is not None for t in tensors):
-            self.out[dst] = fn(*tensors)
-
-    def linear(self, dst: str, src: str, fn: Callable[..., Tensor] = lambda t: t) -> None:
-        for suffix in ("weight", "bias"):
-            self.put(f"{dst}.{suffix}", f"{src}.{suffix}", fn=fn)
-
-    def qkv(self, dst: str, srcs: tuple[str, ...]) -> None:
-        for suffix in ("weight", "bias"):
-            self.put(f"{dst}.{suffix}", *(f"{s}.{suffix}" for s in srcs), fn=lambda *ts: torch.cat(ts, dim=0))
-
-    def drop(self, *keys: str) -> None:
-        for k in keys:
-            if self.left.pop(k, None) is None:
-                self.missing.append(k)
-
-
 def _swap_halves(t: Tensor) -> Tensor:
     """(scale, shift) rows of an AdaLayerNormContinuous linear -> (shift, scale)."""
     scale, shift = t.chunk(2, dim=0)
@@ -119,7 +88,7 @@ def convert_sd3_state_dict(
     Raises ValueError naming every missing key, every unexpected key and every shape mismatch.
     """
     config = mmdit_config_from_sd3(diffusers_config)
-    src = _Source(state)
+    src = StateSource(state)
     src.put("pos_table", "pos_embed.pos_embed")
     src.put("x_embedder.weight", "pos_embed.proj.weight", fn=lambda w: w.permute(0, 2, 3, 1).flatten(1))  # (D, p*p*C)
     src.put("x_embedder.bias", "pos_embed.proj.bias")
@@ -164,56 +133,15 @@ def convert_sd3_state_dict(
     src.linear("final_layer.modulation", "norm_out.linear", fn=_swap_halves)
     src.linear("final_layer.linear", "proj_out", fn=lambda t: -t)  # SD3 predicts -velocity
 
-    problems = []
-    if src.missing:
-        problems.append(f"missing keys (the config needs them): {sorted(src.missing)}")
-    if src.left:
-        problems.append(f"unexpected keys (not part of this config): {sorted(src.left)}")
-    with torch.device("meta"):
-        expected = {k: v.shape for k, v in MMDiT(config).state_dict().items()}
-    bad_shapes = [f"{k}: converted {tuple(v.shape)} vs model {tuple(expected[k])}"
-                  for k, v in src.out.items() if k in expected and v.shape != expected[k]]
-    if bad_shapes:
-        problems.append(f"shape mismatches: {bad_shapes}")
-    if not problems and set(src.out) != set(expected):  # a converter bug rather than a checkpoint problem
-        problems.append(f"converter produced {sorted(set(src.out) ^ set(expected))} inconsistently with MMDiT")
-    if problems:
-        raise ValueError(f"diffusers {SD3_CLASS_NAME} state dict does not match its config: " + "; ".join(problems))
-    return config, src.out
-
-
-def _transformer_folder(folder: Path) -> Path:
-    """The folder holding the transformer's config.json: `folder` itself or a pipeline's `transformer/`."""
-    if (folder / "config.json").exists():
-        return folder
-    if (folder / "transformer" / "config.json").exists():
-        return folder / "transformer"
-    raise FileNotFoundError(f"{folder}: no config.json (nor transformer/config.json); expected a diffusers "
-                            f"{SD3_CLASS_NAME} folder")
-
-
-def _read_sd3_state(folder: Path) -> dict[str, Tensor]:
-    if (folder / SD3_INDEX).exists():
-        index = json.loads((folder / SD3_INDEX).read_text())
-        state: dict[str, Tensor] = {}
-        for name in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(folder / name)))
-        return state
-    if (folder / SD3_WEIGHTS).exists():
-        return load_file(str(folder / SD3_WEIGHTS))
-    raise FileNotFoundError(f"{folder}: no {SD3_WEIGHTS} or {SD3_INDEX} (only safetensors weights are supported)")
+    return config, src.check(lambda: MMDiT(config), SD3_CLASS_NAME)
 
 
 def load_diffusers_sd3(folder: str | os.PathLike, dtype: torch.dtype | None = None) -> MMDiT:
     """MMDiT with the weights of a diffusers SD3Transformer2DModel folder (config.json + safetensors,
     sharded or not; a pipeline folder's transformer/ also works). dtype None keeps the checkpoint's."""
-    folder = _transformer_folder(Path(folder))
-    diffusers_config = json.loads((folder / "config.json").read_text())
-    config, state = convert_sd3_state_dict(_read_sd3_state(folder), diffusers_config)
-    with torch.device("meta"):  # no init work or memory for weights that are overwritten anyway
-        model = MMDiT(config)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model if dtype is None else model.to(dtype)
+    folder = component_folder(Path(folder), "transformer", SD3_CLASS_NAME)
+    config, state = convert_sd3_state_dict(read_weights(folder), read_config(folder))
+    return instantiate(lambda: MMDiT(config), state, dtype)
 
 
 def convert_diffusers_sd3(src: str | os.PathLike, dst: str | os.PathLike, dtype: torch.dtype | None = None,

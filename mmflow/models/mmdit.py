@@ -118,7 +118,13 @@ def mmdit_config(preset: str, **overrides: Any) -> MMDiTConfig:
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """x (B, N, D) * (1 + scale) + shift, with shift, scale (B, D)."""
-    return x * (1 + scale[:, None]) + shift[:, None]
+    # one fused kernel over (B, N, D) instead of a multiply and an add (and one tensor less for backward)
+    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
+
+
+def gated(residual: Tensor, gate: Tensor, update: Tensor) -> Tensor:
+    """residual (B, N, D) + gate (B, D) * update (B, N, D), fused (adaLN-Zero's gated residual)."""
+    return torch.addcmul(residual, gate[:, None], update)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -233,16 +239,16 @@ class MMDiTBlock(nn.Module):
             v = torch.cat([v, cv], dim=2)
         out = attention(q, k, v, key_mask, self.backend).transpose(1, 2).flatten(2)  # (B, N (+ S), D)
 
-        x = x + gate_msa[:, None] * self.x_proj(out[:, :n])  # (B, N, D)
+        x = gated(x, gate_msa, self.x_proj(out[:, :n]))  # (B, N, D)
         if self.dual_attention:
             shift_msa2, scale_msa2, gate_msa2 = mods[6:]
-            x = x + gate_msa2[:, None] * self._self_attention2(modulate(x_norm, shift_msa2, scale_msa2), rope)
-        x = x + gate_mlp[:, None] * self.x_mlp(modulate(self.norm(x), shift_mlp, scale_mlp))
+            x = gated(x, gate_msa2, self._self_attention2(modulate(x_norm, shift_msa2, scale_msa2), rope))
+        x = gated(x, gate_mlp, self.x_mlp(modulate(self.norm(x), shift_mlp, scale_mlp)))
 
         if ctx is None or self.context_pre_only:
             return x, None
-        ctx = ctx + c_gate_msa[:, None] * self.c_proj(out[:, n:])  # (B, S, D)
-        ctx = ctx + c_gate_mlp[:, None] * self.c_mlp(modulate(self.norm(ctx), c_shift_mlp, c_scale_mlp))
+        ctx = gated(ctx, c_gate_msa, self.c_proj(out[:, n:]))  # (B, S, D)
+        ctx = gated(ctx, c_gate_mlp, self.c_mlp(modulate(self.norm(ctx), c_shift_mlp, c_scale_mlp)))
         return x, ctx
 
 

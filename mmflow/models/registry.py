@@ -41,8 +41,16 @@ def register_model(name: str) -> Callable[[M], M]:
     return wrap
 
 
+def _load_builtin() -> None:
+    """Import the packages whose modules register the built-in model types (velocity models, tokenizers)."""
+    import mmflow.models  # noqa: F401
+    import mmflow.tokenizers  # noqa: F401
+
+
 def build_model(model_type: str, config: dict[str, Any] | Any, source: str | None = None) -> nn.Module:
     """Build a registered model from its type name and a config dict (validated strictly) or dataclass."""
+    if model_type not in MODEL_REGISTRY:
+        _load_builtin()
     if model_type not in MODEL_REGISTRY:
         raise ConfigError(f"{source or 'model'}: unknown model type {model_type!r}; known: {sorted(MODEL_REGISTRY)}")
     cls = MODEL_REGISTRY[model_type]

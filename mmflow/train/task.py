@@ -48,6 +48,10 @@ class Task(ABC):
         """Optimizer name -> names of the models it updates; groups are stepped in this order."""
         return {"main": list(models)}
 
+    def optimizer_active(self, optimizer: str, step: int) -> bool:
+        """Whether group `optimizer` steps at `step` (e.g. a discriminator switched on after N steps)."""
+        return True
+
     def ema_models(self, models: dict[str, nn.Module]) -> list[str]:
         """Models that get an EMA copy (used for validation and export)."""
         return self.optimizer_groups(models)[next(iter(self.optimizer_groups(models)))]

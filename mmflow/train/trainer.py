@@ -296,7 +296,11 @@ class Trainer:
             lr = lr_at(step, self.cfg.lr, self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.min_lr_ratio)
             logs: dict[str, float] = {"lr": lr}
             for gi, (gname, names) in enumerate(self.groups.items()):
+                if not self.task.optimizer_active(gname, step):
+                    continue
                 opt = self.optimizers[gname]
+                for n in names:  # an earlier group's backward may have reached these models (GAN: D in G's loss)
+                    self.models[n].zero_grad(set_to_none=True)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 group_loss = 0.0
@@ -324,7 +328,7 @@ class Trainer:
                 logs[f"{gname}/loss"] = group_loss
             for n, e in self.emas.items():
                 e.update(acc.unwrap_model(self.models[n]))
-            main_loss = logs[f"{next(iter(self.groups))}/loss"]
+            main_loss = logs.get(f"{next(iter(self.groups))}/loss", math.nan)
             window.append(main_loss)
             done = step + 1
             if done % self.cfg.log_every == 0 or done == self.cfg.max_steps:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -38,7 +38,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
@@ -75,7 +75,7 @@ def atomic_folder(dest: str | os.PathLike, overwrite: bool = True) -> Iterator[P
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

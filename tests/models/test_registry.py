@@ -179,3 +179,16 @@ def test_save_overwrites_previous_model(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", WEIGHTS_NAME]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert torch.equal(_outputs(load_model(tmp_path / "m")), _outputs(new))
+
+
+def test_tokenizer_folders_load_without_importing_their_package_first(tmp_path):
+    import subprocess
+    import sys
+
+    from mmflow.tokenizers import ImageVAE, image_vae_config
+
+    save_model(ImageVAE(image_vae_config("test")), tmp_path / "vae")
+    code = ("from mmflow.models.registry import load_model; "
+            f"m = load_model({str(tmp_path / 'vae')!r}); print(type(m).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ImageVAE"

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
+from mmflow.models.mlp import MLPVelocity
 from mmflow.models.registry import load_model
 from mmflow.tasks.toy2d import Toy2DTask
 from mmflow.train import checkpoint as ckpt
+from mmflow.train.task import LossOutput
 from mmflow.train.trainer import NoUsableCheckpoint, Trainer
 
 
@@ -179,3 +182,47 @@ def test_fp16_without_a_gpu_is_refused_before_any_work(tmp_path, make_toy_recipe
     with pytest.raises(ConfigError, match="train.mixed_precision: 'fp16' needs a CUDA device"):
         _train(make_toy_recipe("train.mixed_precision=fp16"), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+class _WithCritic(Toy2DTask):
+    """Two optimizer groups as a GAN has: the velocity's loss also runs through a critic (so its backward
+    reaches the critic's weights), and the critic's own loss has zero gradient and starts late."""
+
+    critic_from = 3
+
+    def build_models(self):
+        models = super().build_models()
+        models["critic"] = MLPVelocity(models["velocity"].config)
+        return models
+
+    def optimizer_groups(self, models):
+        return {"main": ["velocity"], "critic": ["critic"]}
+
+    def ema_models(self, models):
+        return ["velocity"]
+
+    def optimizer_active(self, optimizer, step):
+        return optimizer == "main" or step >= self.critic_from
+
+    def loss(self, models, batch, rng, optimizer, step):
+        x, label = batch
+        t = torch.full((x.shape[0],), 0.5)
+        critic_out = models["critic"](x, t, label)
+        if optimizer == "main":
+            out = super().loss(models, batch, rng, optimizer, step)
+            return LossOutput(out.loss + critic_out.mean(), out.logs)
+        self.critic_steps.append(step)
+        return LossOutput(0.0 * critic_out.sum())  # no gradient of its own
+
+
+def test_optimizer_groups_start_when_the_task_says_and_get_only_their_own_gradients(tmp_path, make_toy_recipe):
+    recipe = make_toy_recipe("train.max_steps=6", "train.batch_size=32", "train.checkpoint_every=6",
+                             "train.weight_decay=0.0", "sample.num_samples=200", "sample.steps=2")
+    task = _WithCritic(recipe)
+    task.critic_steps = []
+    Trainer(recipe, task, tmp_path).train()
+    assert task.critic_steps == [3, 4, 5]
+    # the critic's own loss has no gradient: had the velocity's backward leaked into the critic's
+    # optimizer step, AdamW would have moved its weights
+    set_seed(recipe.seed)  # as the trainer does before building the models
+    _assert_same(_final_weights(tmp_path, "critic"), _WithCritic(recipe).build_models()["critic"].state_dict())

@@ -1,0 +1,91 @@
+"""What every tokenizer (modality VAE) shares: the Gaussian posterior and latent normalisation.
+
+A tokenizer maps media x to a diagonal-Gaussian posterior q(z|x) over *raw* latents and decodes raw
+latents back. The flow model never sees raw latents: `encode_latents` returns normalised latents
+(z - shift) * scale, per channel, so they have roughly unit variance, and `decode_latents` undoes that.
+The statistics are measured on data after training (mmflow.tokenizers.latent_stats) and stored in the
+tokenizer's config, so a saved tokenizer folder carries them.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class DiagonalGaussian:
+    """q(z|x) = N(mean, exp(logvar)); mean and logvar have the latent shape (B, C, ...)."""
+
+    mean: Tensor
+    logvar: Tensor
+
+    def __post_init__(self) -> None:
+        # the clamp keeps exp() finite early in training (diffusers clamps to the same range)
+        self.logvar = self.logvar.clamp(-30.0, 20.0)
+
+    @property
+    def std(self) -> Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * noise
+
+    def mode(self) -> Tensor:
+        return self.mean
+
+    def kl(self) -> Tensor:
+        """KL(q || N(0, I)) per example, summed over latent elements: (B,)."""
+        kl = 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
+        return kl.flatten(1).sum(1)
+
+
+class Tokenizer(nn.Module):
+    """Base class of the image, video and audio VAEs.
+
+    Subclasses set `config` (a dataclass with `latent_channels`, `latent_shift` and `latent_scale`:
+    lists of per-channel floats, or None before statistics are measured) and implement `encode`
+    (media -> posterior over raw latents) and `decode` (raw latents -> media).
+    """
+
+    config: object
+
+    @abstractmethod
+    def encode(self, x: Tensor) -> DiagonalGaussian:
+        """Media (B, C, ...) in [-1, 1] (audio: waveform in [-1, 1]) -> posterior over raw latents."""
+
+    @abstractmethod
+    def decode(self, z: Tensor) -> Tensor:
+        """Raw latents (B, C_latent, ...) -> media (B, C, ...)."""
+
+    def _stats(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-channel shift and scale, shaped to broadcast over z (B, C, ...)."""
+        c = z.shape[1]
+        shift = getattr(self.config, "latent_shift", None)
+        scale = getattr(self.config, "latent_scale", None)
+        view = (1, c) + (1,) * (z.ndim - 2)
+        shift_t = torch.zeros(c) if shift is None else torch.tensor(shift, dtype=torch.float32)
+        scale_t = torch.ones(c) if scale is None else torch.tensor(scale, dtype=torch.float32)
+        return shift_t.to(z).view(view), scale_t.to(z).view(view)
+
+    def normalize(self, z: Tensor) -> Tensor:
+        shift, scale = self._stats(z)
+        return (z - shift) * scale
+
+    def denormalize(self, z: Tensor) -> Tensor:
+        shift, scale = self._stats(z)
+        return z / scale + shift
+
+    def encode_latents(self, x: Tensor, sample: bool = False, generator: torch.Generator | None = None) -> Tensor:
+        """Media -> normalised latents the flow model trains on (posterior mean, or a sample)."""
+        post = self.encode(x)
+        z = post.sample(generator) if sample else post.mode()
+        return self.normalize(z)
+
+    def decode_latents(self, z: Tensor) -> Tensor:
+        """Normalised latents (as sampled by the flow model) -> media."""
+        return self.decode(self.denormalize(z))
