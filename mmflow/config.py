@@ -95,6 +95,19 @@ def check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(message, key=key)
 
 
+def preset_config(cls: type[T], presets: Mapping[str, Mapping[str, Any]], preset: str, what: str,
+                  **overrides: Any) -> T:
+    """cls() with a named size preset's fields and then `overrides` applied, validated.
+
+    what: the kind of config in the error message ("MM-DiT", "image VAE", ...).
+    """
+    if preset not in presets:
+        raise KeyError(f"unknown {what} preset {preset!r}; known: {sorted(presets)}")
+    cfg = dataclasses.replace(cls(), **{**presets[preset], **overrides})  # type: ignore[type-var]
+    cfg.validate()  # type: ignore[attr-defined]
+    return cfg
+
+
 def _join(prefix: str, key: str) -> str:
     if not prefix:
         return key

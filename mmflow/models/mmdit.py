@@ -22,7 +22,7 @@ Time enters as s = time_shift + time_scale * t through the sinusoidal embedding;
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mmflow.config import check
+from mmflow.config import check, preset_config
 from mmflow.models.attention import attention, resolve_attention_backend
 from mmflow.models.embeddings import LabelEmbedder, timestep_embedding
 from mmflow.models.patchify import check_latent, patchify, unpatchify
@@ -109,11 +109,7 @@ MMDIT_PRESETS: dict[str, dict[str, Any]] = {
 
 def mmdit_config(preset: str, **overrides: Any) -> MMDiTConfig:
     """MMDiTConfig of a named size preset (MMDIT_PRESETS) with `overrides` applied, validated."""
-    if preset not in MMDIT_PRESETS:
-        raise KeyError(f"unknown MM-DiT preset {preset!r}; known: {sorted(MMDIT_PRESETS)}")
-    cfg = replace(MMDiTConfig(), **{**MMDIT_PRESETS[preset], **overrides})
-    cfg.validate()
-    return cfg
+    return preset_config(MMDiTConfig, MMDIT_PRESETS, preset, "MM-DiT", **overrides)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:

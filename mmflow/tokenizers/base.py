@@ -9,11 +9,14 @@ tokenizer's config, so a saved tokenizer folder carries them.
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from mmflow.config import check
 
 
 @dataclass
@@ -42,6 +45,17 @@ class DiagonalGaussian:
         """KL(q || N(0, I)) per example, summed over latent elements: (B,)."""
         kl = 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
         return kl.flatten(1).sum(1)
+
+
+def check_latent_stats(shift: list[float] | None, scale: list[float] | None, channels: int) -> None:
+    """Config check shared by every tokenizer: one finite value per latent channel, non-zero scales."""
+    for key, value in (("latent_shift", shift), ("latent_scale", scale)):
+        if value is None:
+            continue
+        check(len(value) == channels, key,
+              f"has {len(value)} entries but latent_channels is {channels} (one per channel)")
+        check(all(math.isfinite(v) for v in value), key, f"must be finite, got {list(value)}")
+    check(scale is None or all(v != 0 for v in scale), "latent_scale", f"entries must be non-zero, got {scale}")
 
 
 class Tokenizer(nn.Module):

@@ -13,17 +13,16 @@ and SD3/Flux-style (16 channels, no quant convs) weights convert without change
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mmflow.config import check
+from mmflow.config import check, preset_config
 from mmflow.models.registry import register_model
-from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer
+from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer, check_latent_stats
 from mmflow.tokenizers.conv_blocks import DownBlock2d, MidBlock2d, UpBlock2d, group_norm
 
 __all__ = ["ImageVAEConfig", "ImageVAE", "ImageVAEOutput", "ImageEncoder", "ImageDecoder", "IMAGE_VAE_PRESETS",
@@ -60,15 +59,7 @@ class ImageVAEConfig:
         check(not bad, "norm_num_groups",
               f"{self.norm_num_groups} does not divide the widths {bad} of block_out_channels "
               f"{list(self.block_out_channels)}")
-        for name in ("latent_shift", "latent_scale"):
-            stats = getattr(self, name)
-            if stats is None:
-                continue
-            check(len(stats) == self.latent_channels, name,
-                  f"has {len(stats)} entries but latent_channels is {self.latent_channels} (one per channel)")
-            check(all(math.isfinite(v) for v in stats), name, f"must be finite, got {list(stats)}")
-        if self.latent_scale is not None:
-            check(all(v != 0 for v in self.latent_scale), "latent_scale", f"must be nonzero, got {self.latent_scale}")
+        check_latent_stats(self.latent_shift, self.latent_scale, self.latent_channels)
 
 
 # Named sizes; other fields come from the caller. "sd3" and "sd" are the Stable Diffusion layouts.
@@ -83,11 +74,7 @@ IMAGE_VAE_PRESETS: dict[str, dict[str, Any]] = {
 
 def image_vae_config(preset: str, **overrides: Any) -> ImageVAEConfig:
     """ImageVAEConfig of a named preset (IMAGE_VAE_PRESETS) with `overrides` applied, validated."""
-    if preset not in IMAGE_VAE_PRESETS:
-        raise KeyError(f"unknown image VAE preset {preset!r}; known: {sorted(IMAGE_VAE_PRESETS)}")
-    cfg = replace(ImageVAEConfig(), **{**IMAGE_VAE_PRESETS[preset], **overrides})
-    cfg.validate()
-    return cfg
+    return preset_config(ImageVAEConfig, IMAGE_VAE_PRESETS, preset, "image VAE", **overrides)
 
 
 def _run(module: nn.Module, x: Tensor, recompute: bool) -> Tensor:

@@ -77,7 +77,7 @@ def test_config_errors_name_the_key() -> None:
         ImageVAE(ImageVAEConfig(block_out_channels=(64, 48)))
     with pytest.raises(ConfigError, match="latent_shift: has 3 entries but latent_channels is 4"):
         image_vae_config("test", latent_shift=[0.0, 0.0, 0.0])
-    with pytest.raises(ConfigError, match="latent_scale: must be nonzero"):
+    with pytest.raises(ConfigError, match="latent_scale: entries must be non-zero"):
         image_vae_config("test", latent_scale=[1.0, 0.0, 1.0, 1.0])
     with pytest.raises(ConfigError, match="latent_scale: must be finite"):
         image_vae_config("test", latent_scale=[1.0, math.inf, 1.0, 1.0])

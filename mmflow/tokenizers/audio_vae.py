@@ -1,0 +1,229 @@
+"""Waveform VAE (DAC / Stable Audio style): (B, C, N) audio in [-1, 1] <-> latents (B, C_lat, N / hop).
+
+The encoder is a stack of strided 1-D convolutions with dilated residual units and Snake activations;
+the decoder mirrors it with transposed convolutions. The hop (samples per latent frame) is the product
+of `strides`: the default (2, 4, 5, 8) = 320 at 16 kHz gives 50 latent frames per second; (2, 4, 6, 8)
+= 384 gives ~41.7 Hz.
+
+A clip whose length is not a multiple of the hop is padded on the right with silence (zeros) before
+encoding (L = ceil(N / hop) latent frames); `decode(z, num_samples=N)` and `forward` crop back to N.
+Padding rather than raising keeps arbitrary-length audio files usable; the last latent frame then
+covers partly silence, which the decoder reproduces and the crop removes.
+
+    vae = AudioVAE(AudioVAEConfig(sample_rate=16000, channels=1))
+    wave = prepare_audio(wave, sr, vae.config.sample_rate, vae.config.channels)  # resample, mix
+    post = vae.encode(wave[None])                     # (1, 32, ceil(N / 320))
+    wave_hat = vae.decode(post.mode(), num_samples=wave.shape[-1])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmflow.config import check, preset_config
+from mmflow.models.registry import register_model
+from mmflow.tokenizers.audio_blocks import DecoderBlock, EncoderBlock, Snake1d, conv1d
+from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer, check_latent_stats
+
+__all__ = ["AUDIO_VAE_PRESETS", "AudioVAE", "AudioVAEConfig", "AudioVAEOutput", "audio_vae_config", "prepare_audio"]
+
+logger = logging.getLogger("mmflow.tokenizers")
+
+_CHANNEL_NAMES = {1: "mono", 2: "stereo"}
+
+
+def _field(default: Any, doc: str = "", **bounds: Any) -> Any:
+    return field(default=default, metadata={"help": doc, **bounds})
+
+
+@dataclass
+class AudioVAEConfig:
+    sample_rate: int = _field(16000, "sample rate the VAE works at (Hz); inputs are resampled to it", min=1)
+    channels: int = _field(1, "1 = mono, 2 = stereo", min=1, max=2)
+    base_channels: int = _field(32, "width of the first conv", min=1)
+    block_channels: tuple[int, ...] = _field((64, 128, 256, 512), "encoder width after each strided block", min=1)
+    strides: tuple[int, ...] = _field((2, 4, 5, 8), "downsampling per block; their product is the hop", min=1)
+    dilations: tuple[int, ...] = _field((1, 3, 9), "dilations of the residual units in every block", min=1)
+    latent_channels: int = _field(32, "latent channels", min=1)
+    weight_norm: bool = _field(True, "weight-normalised convs (DAC); the output conv never is")
+    latent_shift: list[float] | None = _field(None, "per-channel latent mean (None until measured)")
+    latent_scale: list[float] | None = _field(None, "per-channel 1/std (None until measured)")
+
+    @property
+    def hop_length(self) -> int:
+        """Waveform samples per latent frame."""
+        return math.prod(self.strides)
+
+    @property
+    def latent_rate(self) -> float:
+        """Latent frames per second."""
+        return self.sample_rate / self.hop_length
+
+    def validate(self) -> None:
+        check(len(self.strides) >= 1, "strides", "needs at least one block")
+        check(len(self.block_channels) == len(self.strides), "block_channels",
+              f"needs one width per stride ({len(self.strides)}), got {len(self.block_channels)}")
+        check_latent_stats(self.latent_shift, self.latent_scale, self.latent_channels)
+
+
+# Named sizes; other fields come from the caller. Hop 320 at 16 kHz = 50 latent frames per second.
+AUDIO_VAE_PRESETS: dict[str, dict[str, Any]] = {
+    "test": {"base_channels": 8, "block_channels": (8, 16), "strides": (2, 4), "latent_channels": 8},  # hop 8
+    "tiny": {"base_channels": 16, "block_channels": (32, 64, 64, 128), "latent_channels": 16},  # hop 320
+    "base": {"base_channels": 32, "block_channels": (64, 128, 256, 512), "latent_channels": 32},  # hop 320
+    "base-hop384": {"base_channels": 32, "block_channels": (64, 128, 256, 512), "strides": (2, 4, 6, 8),
+                    "latent_channels": 64},  # ~41.7 Hz at 16 kHz
+}
+
+
+def audio_vae_config(preset: str, **overrides: Any) -> AudioVAEConfig:
+    """AudioVAEConfig of a named preset (AUDIO_VAE_PRESETS) with `overrides` applied, validated."""
+    return preset_config(AudioVAEConfig, AUDIO_VAE_PRESETS, preset, "audio VAE", **overrides)
+
+
+@dataclass
+class AudioVAEOutput:
+    """reconstruction (B, C, N), cropped to the input length; posterior over (B, C_lat, ceil(N / hop))."""
+
+    reconstruction: Tensor
+    posterior: DiagonalGaussian
+
+
+class AudioEncoder(nn.Module):
+    """(B, C, n*hop) -> posterior parameters (B, 2*C_lat, n)."""
+
+    def __init__(self, cfg: AudioVAEConfig) -> None:
+        super().__init__()
+        wn = cfg.weight_norm
+        widths = [cfg.base_channels, *cfg.block_channels]
+        self.conv_in = conv1d(cfg.channels, cfg.base_channels, 7, weight_norm=wn)
+        self.blocks = nn.Sequential(*[EncoderBlock(widths[i], widths[i + 1], s, cfg.dilations, wn)
+                                      for i, s in enumerate(cfg.strides)])
+        self.act = Snake1d(widths[-1])
+        self.conv_out = conv1d(widths[-1], 2 * cfg.latent_channels, 3, weight_norm=wn)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.blocks(self.conv_in(x))  # (B, C_last, n)
+        return self.conv_out(self.act(h))  # (B, 2*C_lat, n)
+
+
+class AudioDecoder(nn.Module):
+    """Raw latents (B, C_lat, n) -> waveform (B, C, n*hop), unbounded (not clamped to [-1, 1])."""
+
+    def __init__(self, cfg: AudioVAEConfig) -> None:
+        super().__init__()
+        wn = cfg.weight_norm
+        widths = [cfg.base_channels, *cfg.block_channels]
+        self.conv_in = conv1d(cfg.latent_channels, widths[-1], 7, weight_norm=wn)
+        self.blocks = nn.Sequential(*[DecoderBlock(widths[i + 1], widths[i], cfg.strides[i], cfg.dilations, wn)
+                                      for i in reversed(range(len(cfg.strides)))])
+        self.act = Snake1d(cfg.base_channels)
+        # plain conv: its weight is a leaf Parameter, which the adaptive adversarial weight differentiates
+        self.conv_out = conv1d(cfg.base_channels, cfg.channels, 7, weight_norm=False)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.blocks(self.conv_in(z))  # (B, base, n*hop)
+        return self.conv_out(self.act(h))  # (B, C, n*hop)
+
+
+@register_model("audio_vae")
+class AudioVAE(Tokenizer):
+    """Waveform VAE; see the module docstring. Register name: "audio_vae"."""
+
+    config_class = AudioVAEConfig
+
+    def __init__(self, config: AudioVAEConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.encoder = AudioEncoder(config)
+        self.decoder = AudioDecoder(config)
+
+    def num_latent_frames(self, num_samples: int) -> int:
+        return math.ceil(num_samples / self.config.hop_length)
+
+    def last_layer_weight(self) -> nn.Parameter:
+        """The decoder's output weight (for the adaptive adversarial weight in mmflow.tokenizers.losses)."""
+        return self.decoder.conv_out.weight
+
+    def _check_audio(self, x: Tensor) -> None:
+        c = self.config.channels
+        if x.ndim != 3:
+            hint = "; add the batch dim with x.unsqueeze(0)" if x.ndim == 2 else ""
+            raise ValueError(f"AudioVAE expects a waveform of shape (B, C, N), got {tuple(x.shape)}{hint}")
+        if x.shape[1] != c:
+            raise ValueError(f"AudioVAE expects {_CHANNEL_NAMES.get(c, c)} audio ({c} channel{'s' * (c > 1)}) at dim 1, "
+                             f"got {x.shape[1]} channels in shape {tuple(x.shape)}; convert with "
+                             f"prepare_audio(wave, sr, {self.config.sample_rate}, channels={c})")
+        if x.shape[2] == 0:
+            raise ValueError("AudioVAE: the waveform has no samples")
+        if not torch.isfinite(x).all():
+            raise ValueError("AudioVAE: input waveform contains NaN or Inf values")
+
+    def encode(self, x: Tensor) -> DiagonalGaussian:
+        """Waveform (B, C, N) in [-1, 1] -> posterior over raw latents (B, C_lat, ceil(N / hop))."""
+        self._check_audio(x)
+        extra = -x.shape[2] % self.config.hop_length
+        if extra:
+            x = F.pad(x, (0, extra))  # (B, C, ceil(N / hop) * hop), silence on the right
+        mean, logvar = self.encoder(x).chunk(2, dim=1)  # (B, C_lat, n) each
+        return DiagonalGaussian(mean, logvar)
+
+    def decode(self, z: Tensor, num_samples: int | None = None) -> Tensor:
+        """Raw latents (B, C_lat, n) -> waveform (B, C, n*hop), cropped to `num_samples` when given."""
+        c, hop = self.config.latent_channels, self.config.hop_length
+        if z.ndim != 3 or z.shape[1] != c:
+            raise ValueError(f"AudioVAE.decode expects latents of shape (B, {c}, L), got {tuple(z.shape)}")
+        if not torch.isfinite(z).all():
+            raise ValueError("AudioVAE.decode: latents contain NaN or Inf values")
+        wave = self.decoder(z)
+        if num_samples is not None:
+            full = wave.shape[2]
+            if not full - hop < num_samples <= full:
+                raise ValueError(f"AudioVAE.decode: num_samples={num_samples} does not match {z.shape[2]} latent "
+                                 f"frames (hop {hop}: valid {full - hop + 1}..{full})")
+            wave = wave[:, :, :num_samples]
+        return wave
+
+    def forward(self, x: Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None) -> AudioVAEOutput:
+        """Training pass: encode, sample (or take the mean), decode, crop to the input's N."""
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return AudioVAEOutput(self.decode(z, num_samples=x.shape[2]), posterior)
+
+
+def prepare_audio(wave: Tensor, sample_rate: int, target_sample_rate: int, channels: int) -> Tensor:
+    """Resample (torchaudio.functional.resample) and mix/duplicate channels: (..., C, N) -> (..., channels, N').
+
+    Mono from many channels is their mean; stereo from mono duplicates it. Other channel changes raise.
+    """
+    import torchaudio.functional as AF  # deferred: torchaudio is only needed for audio
+
+    if wave.ndim not in (2, 3):
+        raise ValueError(f"prepare_audio expects (C, N) or (B, C, N), got shape {tuple(wave.shape)}")
+    if channels not in _CHANNEL_NAMES:
+        raise ValueError(f"prepare_audio: channels must be 1 (mono) or 2 (stereo), got {channels}")
+    if sample_rate <= 0 or target_sample_rate <= 0:
+        raise ValueError(f"prepare_audio: sample rates must be positive, got {sample_rate} -> {target_sample_rate}")
+    c = wave.shape[-2]
+    if c != channels:
+        if channels == 1:
+            logger.info("mixing %d channels down to mono", c)
+            wave = wave.mean(dim=-2, keepdim=True)
+        elif c == 1:
+            logger.info("duplicating mono audio to %d channels", channels)
+            wave = wave.expand(*wave.shape[:-2], channels, wave.shape[-1]).contiguous()
+        else:
+            raise ValueError(f"prepare_audio: cannot turn {c}-channel audio into {_CHANNEL_NAMES[channels]}; "
+                             "only mixing down to mono or duplicating mono is supported")
+    if sample_rate != target_sample_rate:
+        logger.info("resampling audio from %d Hz to %d Hz", sample_rate, target_sample_rate)
+        wave = AF.resample(wave.float(), sample_rate, target_sample_rate)
+    return wave

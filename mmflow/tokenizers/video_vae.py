@@ -1,0 +1,280 @@
+"""Causal 3-D convolutional video VAE: (B, 3, T, H, W) in [-1, 1] <-> latents (B, C_lat, T', H', W').
+
+Time and space are compressed (default 4x and 8x) with causal convolutions (mmflow.tokenizers.causal3d),
+so the first frame is encoded on its own and an image is a 1-frame video: T = 1 + 4k frames map to
+1 + k latent frames (the CogVideoX / MovieGen TAE layout). Latent frame j sees frames <= 4j only.
+
+Long clips are encoded and decoded in temporal chunks that carry each conv's last frames to the next
+chunk, so chunked results equal whole-clip results (to float rounding) while memory stays bounded by
+the chunk length. A clip whose length is not 1 + 4k is an error unless `pad_frames` is set: then the
+last frame is repeated up to the next valid length and decoding crops back.
+
+    vae = VideoVAE(VideoVAEConfig())
+    post = vae.encode(video)                       # DiagonalGaussian over (B, 16, 1 + (T-1)/4, H/8, W/8)
+    video_hat = vae.decode(post.mode(), num_frames=T)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from mmflow.config import check, preset_config
+from mmflow.models.registry import register_model
+from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer, check_latent_stats
+from mmflow.tokenizers.causal3d import (
+    CausalConv3d,
+    Downsample3d,
+    FrameGroupNorm,
+    ResBlock3d,
+    Upsample3d,
+    streaming,
+)
+
+__all__ = ["VIDEO_VAE_PRESETS", "VideoVAE", "VideoVAEConfig", "VideoVAEOutput", "video_vae_config"]
+
+
+def _field(default: Any, doc: str = "", **bounds: Any) -> Any:
+    return field(default=default, metadata={"help": doc, **bounds})
+
+
+@dataclass
+class VideoVAEConfig:
+    in_channels: int = _field(3, "video channels (RGB)", min=1)
+    latent_channels: int = _field(16, "latent channels", min=1)
+    block_out_channels: tuple[int, ...] = _field((128, 256, 256, 512), "width per level; each level after "
+                                                 "the first halves H and W (8x for 4 levels)", min=1)
+    temporal_downsample: tuple[bool, ...] = _field((True, True, False), "per downsampling (len = levels - 1): "
+                                                   "does it also halve time (T = 1 + 2m -> 1 + m)")
+    layers_per_block: int = _field(2, "residual blocks per encoder level (decoder: one more)", min=1)
+    norm_num_groups: int = _field(32, "GroupNorm groups (applied per frame); must divide every width", min=1)
+    temporal_pad: Literal["replicate", "zeros"] = _field("replicate", "past-side padding of causal convs")
+    pad_frames: bool = _field(False, "T that is not 1 + k*temporal_factor: repeat the last frame (else error)")
+    encode_chunk_frames: int = _field(16, "frames per encoder chunk after the first (which has one more); "
+                                          "multiple of the temporal factor; 0 = whole clip", min=0)
+    decode_chunk_latents: int = _field(4, "latent frames per decoder chunk after the first (one more); "
+                                          "0 = whole clip", min=0)
+    latent_shift: list[float] | None = _field(None, "per-channel latent mean (None until measured)")
+    latent_scale: list[float] | None = _field(None, "per-channel 1/std (None until measured)")
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(bool(t) for t in self.temporal_downsample)
+
+    def validate(self) -> None:
+        n = len(self.block_out_channels)
+        check(n >= 1, "block_out_channels", "needs at least one level")
+        check(len(self.temporal_downsample) == n - 1, "temporal_downsample",
+              f"needs one entry per downsampling ({n - 1} for {n} levels), got {len(self.temporal_downsample)}")
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        check(not bad, "norm_num_groups", f"{self.norm_num_groups} does not divide block_out_channels {bad}")
+        check(self.encode_chunk_frames % self.temporal_factor == 0, "encode_chunk_frames",
+              f"must be a multiple of the temporal factor {self.temporal_factor}, got {self.encode_chunk_frames}")
+        check_latent_stats(self.latent_shift, self.latent_scale, self.latent_channels)
+
+
+# Named sizes; other fields come from the caller. All compress time 4x; "cogvideox" has CogVideoX's widths and
+# depth (8x space), not its weights (its blocks differ in detail).
+VIDEO_VAE_PRESETS: dict[str, dict[str, Any]] = {
+    "test": {"block_out_channels": (8, 16, 16), "temporal_downsample": (True, True), "layers_per_block": 1,
+             "norm_num_groups": 4, "latent_channels": 4},  # 4x space, unit tests
+    "tiny": {"block_out_channels": (32, 64, 64, 64), "layers_per_block": 1, "norm_num_groups": 8},  # CPU smoke runs
+    "small": {"block_out_channels": (64, 128, 256, 256), "layers_per_block": 2},
+    "cogvideox": {"block_out_channels": (128, 256, 256, 512), "layers_per_block": 3, "latent_channels": 16},
+}
+
+
+def video_vae_config(preset: str, **overrides: Any) -> VideoVAEConfig:
+    """VideoVAEConfig of a named preset (VIDEO_VAE_PRESETS) with `overrides` applied, validated."""
+    return preset_config(VideoVAEConfig, VIDEO_VAE_PRESETS, preset, "video VAE", **overrides)
+
+
+@dataclass
+class VideoVAEOutput:
+    """reconstruction (B, C, T, H, W), cropped to the input length; posterior over (B, C_lat, T', H', W')."""
+
+    reconstruction: Tensor
+    posterior: DiagonalGaussian
+
+
+class VideoEncoder(nn.Module):
+    """(B, C, T, H, W) -> posterior parameters (B, 2*C_lat, 1 + (T-1)/tf, H/sf, W/sf)."""
+
+    def __init__(self, cfg: VideoVAEConfig) -> None:
+        super().__init__()
+        ch, g, pad = cfg.block_out_channels, cfg.norm_num_groups, cfg.temporal_pad
+        self.conv_in = CausalConv3d(cfg.in_channels, ch[0], 3, pad_mode=pad)
+        self.levels = nn.ModuleList()
+        c_prev = ch[0]
+        for i, c in enumerate(ch):
+            level = nn.Sequential(*[ResBlock3d(c_prev if j == 0 else c, c, g, pad) for j in range(cfg.layers_per_block)])
+            if i < len(ch) - 1:
+                level.append(Downsample3d(c, bool(cfg.temporal_downsample[i]), pad))
+            self.levels.append(level)
+            c_prev = c
+        self.mid = nn.Sequential(ResBlock3d(c_prev, c_prev, g, pad), ResBlock3d(c_prev, c_prev, g, pad))
+        self.norm_out = FrameGroupNorm(g, c_prev, eps=1e-6)
+        self.conv_out = CausalConv3d(c_prev, 2 * cfg.latent_channels, 3, pad_mode=pad)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv_in(x)  # (B, ch0, T, H, W)
+        for level in self.levels:
+            h = level(h)  # (B, ch_i, T_i, H_i, W_i)
+        h = self.mid(h)
+        return self.conv_out(nn.functional.silu(self.norm_out(h)))  # (B, 2*C_lat, T', H', W')
+
+
+class VideoDecoder(nn.Module):
+    """Raw latents (B, C_lat, T', H', W') -> video (B, C, 1 + (T'-1)*tf, H'*sf, W'*sf)."""
+
+    def __init__(self, cfg: VideoVAEConfig) -> None:
+        super().__init__()
+        ch, g, pad = list(reversed(cfg.block_out_channels)), cfg.norm_num_groups, cfg.temporal_pad
+        time_up = list(reversed([bool(t) for t in cfg.temporal_downsample]))
+        self.conv_in = CausalConv3d(cfg.latent_channels, ch[0], 3, pad_mode=pad)
+        self.mid = nn.Sequential(ResBlock3d(ch[0], ch[0], g, pad), ResBlock3d(ch[0], ch[0], g, pad))
+        self.levels = nn.ModuleList()
+        c_prev = ch[0]
+        for i, c in enumerate(ch):
+            level = nn.Sequential(*[ResBlock3d(c_prev if j == 0 else c, c, g, pad)
+                                    for j in range(cfg.layers_per_block + 1)])
+            if i < len(ch) - 1:
+                level.append(Upsample3d(c, time_up[i], pad))
+            self.levels.append(level)
+            c_prev = c
+        self.norm_out = FrameGroupNorm(g, c_prev, eps=1e-6)
+        self.conv_out = CausalConv3d(c_prev, cfg.in_channels, 3, pad_mode=pad)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.mid(self.conv_in(z))  # (B, ch_last, T', H', W')
+        for level in self.levels:
+            h = level(h)
+        return self.conv_out(nn.functional.silu(self.norm_out(h)))  # (B, C, T, H, W)
+
+
+def _chunks(length: int, first: int, rest: int) -> list[tuple[int, int]]:
+    """[start, end) bounds: one chunk of `first` items, then chunks of `rest` (the last may be shorter)."""
+    bounds, start = [(0, min(first, length))], min(first, length)
+    while start < length:
+        bounds.append((start, min(start + rest, length)))
+        start += rest
+    return bounds
+
+
+@register_model("video_vae")
+class VideoVAE(Tokenizer):
+    """Causal video VAE; see the module docstring. Register name: "video_vae"."""
+
+    config_class = VideoVAEConfig
+
+    def __init__(self, config: VideoVAEConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.encoder = VideoEncoder(config)
+        self.decoder = VideoDecoder(config)
+
+    # ---- sizes ----------------------------------------------------------------------------------
+
+    def num_latent_frames(self, num_frames: int) -> int:
+        """Latent frames for a clip of `num_frames` (after pad_frames, if enabled)."""
+        tf = self.config.temporal_factor
+        return 1 + math.ceil((num_frames - 1) / tf)
+
+    def latent_size(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(T', H', W') of the latents of a (T, H, W) clip."""
+        sf = self.config.spatial_factor
+        return self.num_latent_frames(num_frames), height // sf, width // sf
+
+    def last_layer_weight(self) -> nn.Parameter:
+        """The decoder's output weight (for the adaptive adversarial weight in mmflow.tokenizers.losses)."""
+        return self.decoder.conv_out.conv.weight
+
+    # ---- input checks -------------------------------------------------------------------------
+
+    def _check_video(self, x: Tensor) -> Tensor:
+        """Validate (B, C, T, H, W) and, with pad_frames, repeat the last frame up to 1 + k*tf frames."""
+        cfg = self.config
+        if x.ndim != 5:
+            hint = "; for an image (B, C, H, W) use x.unsqueeze(2) (a 1-frame video)" if x.ndim == 4 else ""
+            raise ValueError(f"VideoVAE expects video of shape (B, C, T, H, W), got {tuple(x.shape)}{hint}")
+        if x.shape[1] != cfg.in_channels:
+            raise ValueError(f"VideoVAE expects {cfg.in_channels} channels (in_channels) at dim 1, got {x.shape[1]} "
+                             f"in shape {tuple(x.shape)}")
+        sf, tf = cfg.spatial_factor, cfg.temporal_factor
+        h, w = x.shape[3:]
+        if h % sf or w % sf:
+            raise ValueError(f"VideoVAE: height and width must be multiples of the spatial factor {sf}, got {h}x{w}")
+        if not torch.isfinite(x).all():
+            raise ValueError("VideoVAE: input video contains NaN or Inf values")
+        t = x.shape[2]
+        if (t - 1) % tf:
+            if not cfg.pad_frames:
+                raise ValueError(f"T={t} frames does not fit temporal factor {tf}: use 1 + {tf}k frames "
+                                 f"(e.g. {1 + 3 * tf} or {1 + 4 * tf}) or set pad_frames: true")
+            extra = tf - (t - 1) % tf
+            x = torch.cat([x, x[:, :, -1:].expand(-1, -1, extra, -1, -1)], dim=2)  # (B, C, 1 + k*tf, H, W)
+        return x
+
+    def _check_latents(self, z: Tensor) -> None:
+        c = self.config.latent_channels
+        if z.ndim != 5 or z.shape[1] != c:
+            raise ValueError(f"VideoVAE.decode expects latents of shape (B, {c}, T', H', W'), got {tuple(z.shape)}")
+        if not torch.isfinite(z).all():
+            raise ValueError("VideoVAE.decode: latents contain NaN or Inf values")
+
+    # ---- encode / decode ----------------------------------------------------------------------
+
+    def encode(self, x: Tensor, chunk_frames: int | None = None) -> DiagonalGaussian:
+        """Video (B, C, T, H, W) in [-1, 1] -> posterior over raw latents (B, C_lat, 1 + (T-1)/tf, H/sf, W/sf).
+
+        `chunk_frames` (default: config.encode_chunk_frames; 0 = whole clip) must be a multiple of the
+        temporal factor; the first chunk holds one more frame (frame 0 is encoded on its own).
+        """
+        x = self._check_video(x)
+        chunk = self.config.encode_chunk_frames if chunk_frames is None else chunk_frames
+        tf = self.config.temporal_factor
+        if chunk % tf:
+            raise ValueError(f"VideoVAE.encode: chunk_frames must be a multiple of the temporal factor {tf}, got {chunk}")
+        if chunk <= 0 or x.shape[2] <= 1 + chunk:
+            h = self.encoder(x)
+        else:
+            with streaming(self.encoder):
+                h = torch.cat([self.encoder(x[:, :, s:e]) for s, e in _chunks(x.shape[2], 1 + chunk, chunk)], dim=2)
+        mean, logvar = h.chunk(2, dim=1)  # (B, C_lat, T', H', W') each
+        return DiagonalGaussian(mean, logvar)
+
+    def decode(self, z: Tensor, num_frames: int | None = None, chunk_latents: int | None = None) -> Tensor:
+        """Raw latents (B, C_lat, T', H', W') -> video (B, C, 1 + (T'-1)*tf, H'*sf, W'*sf).
+
+        `num_frames` crops the output to the clip's original length (after pad_frames);
+        `chunk_latents` (default: config.decode_chunk_latents; 0 = whole) sets the chunk length.
+        """
+        self._check_latents(z)
+        chunk = self.config.decode_chunk_latents if chunk_latents is None else chunk_latents
+        if chunk <= 0 or z.shape[2] <= 1 + chunk:
+            video = self.decoder(z)
+        else:
+            with streaming(self.decoder):
+                video = torch.cat([self.decoder(z[:, :, s:e]) for s, e in _chunks(z.shape[2], 1 + chunk, chunk)], dim=2)
+        if num_frames is not None:
+            full, tf = video.shape[2], self.config.temporal_factor
+            if not full - tf < num_frames <= full:
+                raise ValueError(f"VideoVAE.decode: num_frames={num_frames} does not match {z.shape[2]} latent frames "
+                                 f"(they decode to {full} frames; valid: {max(1, full - tf + 1)}..{full})")
+            video = video[:, :, :num_frames]
+        return video
+
+    def forward(self, x: Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None) -> VideoVAEOutput:
+        """Training pass: encode, sample (or take the mean), decode, crop to the input's T."""
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return VideoVAEOutput(self.decode(z, num_frames=x.shape[2]), posterior)
