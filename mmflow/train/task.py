@@ -71,6 +71,10 @@ class Task(ABC):
         """Sample and measure with `models` (EMA weights where kept, eval mode); write files to out_dir."""
         return {}
 
+    def finish_models(self, models: dict[str, nn.Module], dataset: Dataset, device: torch.device) -> None:
+        """Called once on the main process after the last step, before the final checkpoint and export:
+        change exported models in place (a tokenizer stores its measured latent statistics here)."""
+
     def pipeline_info(self) -> dict[str, Any]:
         """What a sampler needs beside the model weights (written as pipeline.json).
 

@@ -251,6 +251,22 @@ class Trainer:
             out[n] = self.emas[n].shadow if n in self.emas else acc.unwrap_model(self.models[n])
         return out
 
+    def finish_models(self) -> None:
+        """Let the task finish its models before the final save (e.g. measure a tokenizer's latent statistics).
+
+        Runs on the main process, on the models that are exported (EMA weights where kept), in eval mode.
+        """
+        if self.is_main:
+            models = self._eval_models()
+            was_training = {n: m.training for n, m in models.items()}
+            for m in models.values():
+                m.eval()
+            with torch.no_grad():
+                self.task.finish_models(models, self.dataset, self.accelerator.device)
+            for n, m in models.items():
+                m.train(was_training[n])
+        self.accelerator.wait_for_everyone()
+
     def validate(self, step: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
         if self.is_main:
@@ -343,6 +359,8 @@ class Trainer:
                     progress.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
                     logger.info("step %d loss %.5f lr %.3e", done, mean, lr)
             progress.update(1)
+            if done == self.cfg.max_steps:
+                self.finish_models()
             if done % self.cfg.checkpoint_every == 0 or done == self.cfg.max_steps:
                 self.save_checkpoint(done)
             if self.cfg.validate_every and done % self.cfg.validate_every == 0 and done != self.cfg.max_steps:

@@ -226,3 +226,24 @@ def test_optimizer_groups_start_when_the_task_says_and_get_only_their_own_gradie
     # optimizer step, AdamW would have moved its weights
     set_seed(recipe.seed)  # as the trainer does before building the models
     _assert_same(_final_weights(tmp_path, "critic"), _WithCritic(recipe).build_models()["critic"].state_dict())
+
+
+class _FinishZeroes(Toy2DTask):
+    """finish_models changes the exported model (as a tokenizer stores its latent statistics)."""
+
+    def finish_models(self, models, dataset, device):
+        self.finished_with = (sorted(models), len(dataset), models["velocity"].training)
+        for p in models["velocity"].parameters():
+            p.zero_()
+
+
+def test_finish_models_runs_once_before_the_final_export(tmp_path, make_toy_recipe):
+    recipe = make_toy_recipe("train.max_steps=4", "train.batch_size=32", "train.checkpoint_every=2",
+                             "sample.num_samples=200", "sample.steps=2")
+    task = _FinishZeroes(recipe)
+    Trainer(recipe, task, tmp_path).train()
+    assert task.finished_with[0] == ["velocity"] and task.finished_with[2] is False  # eval mode
+    exported = _final_weights(tmp_path, "velocity_ema")
+    assert all(not v.any() for v in exported.values())
+    step2 = load_file(str(tmp_path / "checkpoints" / "step_00000002" / "models" / "velocity_ema" / "model.safetensors"))
+    assert any(v.any() for v in step2.values())  # earlier checkpoints are untouched
