@@ -1,0 +1,316 @@
+"""A folder of the user's images, videos or audio with captions, as a map-style torch Dataset.
+
+    cfg = MediaFolderConfig(path="data/pets", modality="image", size=256)
+    ds = MediaFolderDataset(cfg, seed=0)
+    loader = DataLoader(ds, batch_size=8, collate_fn=collate, num_workers=4)
+    log = BadItemLog()
+    for batch in loader:            # batch["media"] (B, 3, H, W), batch["text"] list of B str
+        log.update(batch)           # bad files skipped in this batch: counted, logged once per path
+        log.check(cfg.max_bad_fraction)
+
+Item keys: `i` or `(i, epoch)`; item i at epoch e is the same tensor whatever the worker count,
+because its random crop / clip start come from a generator seeded by (seed, i, e), never from
+global RNG (`BucketBatchSampler` yields (i, epoch) keys; plain int keys use `set_epoch`'s epoch).
+A bad item (see bad_items.py) is replaced by the next one that loads, preferring its own bucket, and
+read at the requested item's size, so every batch keeps its size and shape on every rank; the
+skipped (path, reason) pairs ride along in the item's "bad" list. Files are opened per item inside
+the worker, so the dataset pickles cheaply into DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from mmflow.config import check
+from mmflow.data.audio_reader import read_audio
+from mmflow.data.bad_items import BadDataError, BadItemLog, BadMedia, BadRecord, call_with_timeout, reason_kind
+from mmflow.data.buckets import BucketBatchSampler, assign_bucket, make_buckets
+from mmflow.data.captions import CaptionMode, MediaEntry, load_captions
+from mmflow.data.image_reader import image_size, read_image
+from mmflow.data.video_reader import VideoBackend, get_video_backend, read_video, video_size
+from mmflow.train.random import _mix
+
+__all__ = ["DEFAULT_EXTENSIONS", "MediaFolderConfig", "MediaFolderDataset", "collate", "item_generator", "scan"]
+
+logger = logging.getLogger("mmflow.data")
+
+DEFAULT_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "image": ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"),
+    "video": ("mp4", "mov", "mkv", "webm", "avi", "m4v"),
+    "audio": ("wav", "flac", "ogg", "mp3"),
+}
+MAX_CANDIDATES = 100  # a bad item and this many replacements all bad: the data is broken, stop
+
+
+@dataclass
+class MediaFolderConfig:
+    """Where the media are and how to turn them into tensors (the `data` section of a media recipe)."""
+
+    path: str = field(metadata={"help": "folder of media files (searched recursively) and captions"})
+    modality: Literal["image", "video", "audio"] = "image"
+    captions: CaptionMode = field(default="auto", metadata={"help": "auto: metadata.jsonl > metadata.csv > .txt sidecars > none"})
+    text_field: str = field(default="text", metadata={"help": "caption key in metadata.jsonl / .csv rows"})
+    extensions: list[str] = field(default_factory=list, metadata={"help": "file extensions; empty: the modality's usual ones"})
+    # image / video frames
+    size: int = field(default=256, metadata={"min": 8, "help": "output side (square), or the bucket side when bucketing"})
+    crop: Literal["center", "random", "start"] | None = field(
+        default=None, metadata={"help": "image/video: center | random; audio: random | start; null: center / random"})
+    bucketing: bool = field(default=False, metadata={"help": "aspect-ratio buckets of ~size**2 pixels (image, video)"})
+    bucket_multiple: int = field(default=16, metadata={"min": 1, "help": "bucket sides are multiples of this (VAE x patch)"})
+    bucket_min_aspect: float = field(default=0.5, metadata={"min": 0, "min_exclusive": True, "max": 1, "help": "narrowest W/H"})
+    bucket_max_aspect: float = field(default=2.0, metadata={"min": 1, "help": "widest W/H"})
+    # video
+    frames: int = field(default=16, metadata={"min": 1, "help": "frames per clip"})
+    stride: int = field(default=1, metadata={"min": 1, "help": "source frames between clip frames (when fps is null)"})
+    fps: float | None = field(default=None, metadata={"min": 0, "min_exclusive": True, "help": "sample clips at this frame rate instead of by stride"})
+    clip_start: Literal["random", "start"] = field(default="random", metadata={"help": "first frame: random offset or frame 0"})
+    short_clips: Literal["skip", "loop"] = field(default="skip", metadata={"help": "clips shorter than asked: skip (bad item) or loop"})
+    video_backend: Literal["auto", "decord", "pyav", "torchcodec"] = field(
+        default="auto", metadata={"help": "auto: decord, PyAV for files decord cannot read"})
+    verify_frame_count: bool = field(default=True, metadata={"help": "clamp reported frame counts to the packets really present"})
+    decode_timeout_s: float | None = field(default=60.0, metadata={"min": 0, "min_exclusive": True, "help": "abandon an item's decode after this long (null: never)"})
+    # audio
+    sample_rate: int = field(default=16000, metadata={"min": 1, "help": "audio is resampled to this rate (Hz)"})
+    seconds: float = field(default=4.0, metadata={"min": 0, "min_exclusive": True, "help": "audio clip length; shorter audio is zero-padded (mask)"})
+    channels: Literal[1, 2] = field(default=1, metadata={"help": "1: mono (mean), 2: stereo (mono duplicated)"})
+    silence_threshold: float = field(default=1e-4, metadata={"min": 0, "help": "a clip whose peak is at or below this is bad"})
+    # bad media
+    max_bad_fraction: float = field(default=0.01, metadata={"min": 0, "max": 1, "help": "stop when more of the loaded files are bad"})
+
+    def validate(self) -> None:
+        check(self.path.strip() != "", "path", "must name the media folder")
+        check(all(isinstance(e, str) and e.strip(". ") for e in self.extensions), "extensions",
+              f"must be non-empty extensions like 'png', got {self.extensions!r}")
+        if self.crop is not None:
+            allowed = ("random", "start") if self.modality == "audio" else ("center", "random")
+            check(self.crop in allowed, "crop", f"{self.crop!r} is not a {self.modality} crop; expected one of {allowed}")
+        check(not (self.fps is not None and self.stride != 1), "fps", "set either fps or stride (stride must stay 1 with fps)")
+        check(not (self.bucketing and self.modality == "audio"), "bucketing", "aspect-ratio buckets are for image and video")
+        if self.bucketing:
+            check(self.size >= self.bucket_multiple, "bucket_multiple", f"{self.bucket_multiple} exceeds size {self.size}")
+
+    @property
+    def crop_mode(self) -> str:
+        return self.crop or ("random" if self.modality == "audio" else "center")
+
+    @property
+    def media_extensions(self) -> tuple[str, ...]:
+        return tuple(e.lower().strip(". ") for e in self.extensions) or DEFAULT_EXTENSIONS[self.modality]
+
+
+def item_generator(seed: int, index: int, epoch: int) -> torch.Generator:
+    """The generator of item `index`'s random choices at `epoch` (crop, clip start): no global RNG."""
+    return torch.Generator().manual_seed(_mix(seed, 0x17E4, index, epoch))
+
+
+def _split_reason(reason: str) -> BadMedia:
+    kind, _, detail = reason.partition(":")
+    return BadMedia(kind.strip(), detail.strip())
+
+
+class MediaFolderDataset(Dataset):
+    """Items: {"media", "text", "index", "requested", "path", "bad", "meta"} (+ "mask" for audio).
+
+    media: image (3, H, W), video (3, T, H, W), audio (C, N), float32 in [-1, 1]; mask (N,) bool;
+    requested: the index asked for; index: the item delivered (a replacement when the asked one
+    was bad); bad: the (path, reason) pairs skipped on the way; meta: the metadata row's other fields.
+    `video_backend` overrides the config's backend (tests, custom decoders).
+    """
+
+    def __init__(self, config: MediaFolderConfig, seed: int = 0, video_backend: VideoBackend | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.seed = seed
+        self.epoch = 0
+        root = Path(config.path).expanduser()
+        if not root.is_dir():
+            what = "does not exist" if not root.exists() else "is not a folder"
+            raise FileNotFoundError(f"data.path: media folder {root} {what}")
+        exts = config.media_extensions
+        index = load_captions(root, exts, config.captions, config.text_field)
+        if not index.entries:
+            raise ValueError(f"data.path: no {config.modality} files ({', '.join(exts)}) found under {root}; "
+                             f"check data.modality / data.extensions")
+        self.root = root
+        self.entries: list[MediaEntry] = index.entries
+        self.caption_source = index.source
+        known_bad = Counter(reason_kind(e.problem) for e in self.entries if e.problem)
+        if known_bad:
+            logger.warning("%s: %d of %d entries are unusable (%s); they will be skipped and counted", root,
+                           sum(known_bad.values()), len(self.entries), ", ".join(f"{k} {n}" for k, n in known_bad.items()))
+        self.backend: VideoBackend | None = None
+        if config.modality == "video":
+            self.backend = video_backend or get_video_backend(config.video_backend)  # fails here if not installed
+        if config.bucketing:
+            self.buckets = make_buckets(config.size, config.bucket_multiple, config.bucket_min_aspect,
+                                        config.bucket_max_aspect)
+            self.bucket_of = [assign_bucket(*self._header_size(e), self.buckets) for e in self.entries]
+        else:
+            self.buckets = [(config.size, config.size)]
+            self.bucket_of = [0] * len(self.entries)
+        self._members: dict[int, list[int]] = {}
+        for i, b in enumerate(self.bucket_of):
+            self._members.setdefault(b, []).append(i)
+        self._bad_cache: dict[str, str] = {}  # path -> reason, files known bad in this process
+
+    def _header_size(self, e: MediaEntry) -> tuple[int, int]:
+        if e.problem is None:
+            try:
+                return (image_size if self.config.modality == "image" else video_size)(e.path)
+            except Exception:  # a header that cannot be read is the reader's to report, as a bad item
+                pass
+        return (1, 1)  # unreadable: the squarest bucket; it is replaced when read anyway
+
+    # ------------------------------------------------------------------ indexing
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used for plain int keys (in workers: only if set before they start)."""
+        self.epoch = epoch
+
+    def batch_sampler(self, local_batch: int, rank: int = 0, world_size: int = 1, start: int = 0) -> BucketBatchSampler:
+        """Endless single-bucket batches of (index, epoch) keys (works without bucketing too: one bucket)."""
+        return BucketBatchSampler(self.bucket_of, local_batch, self.seed, rank, world_size, start)
+
+    def _candidates(self, index: int) -> Iterator[int]:
+        """`index`, then the rest of its bucket in order (cyclic), then every other item from `index` on."""
+        members = self._members[self.bucket_of[index]]
+        k = bisect.bisect_left(members, index)
+        n = len(self.entries)
+        seen: set[int] = set()
+        for j in itertools.chain(members[k:], members[:k], range(index, n), range(index)):
+            if j not in seen:
+                seen.add(j)
+                yield j
+
+    # ------------------------------------------------------------------ loading
+    def _read(self, path: Path, size: tuple[int, int], g: torch.Generator,
+              thorough: bool = False) -> tuple[Tensor, Tensor | None]:
+        c = self.config
+        if c.modality == "image":
+            return read_image(path, size, c.crop_mode, g), None  # type: ignore[arg-type]
+        if c.modality == "video":
+            assert self.backend is not None
+            media = read_video(path, self.backend, size, c.frames, stride=c.stride, fps=c.fps, start=c.clip_start,
+                               short=c.short_clips, crop=c.crop_mode, generator=g,  # type: ignore[arg-type]
+                               verify_frames=c.verify_frame_count)
+            return media, None
+        clip = read_audio(path, c.sample_rate, c.seconds, channels=c.channels, crop=c.crop_mode,  # type: ignore[arg-type]
+                          generator=g, silence_threshold=c.silence_threshold, whole_file=thorough)
+        return clip.audio, clip.mask
+
+    def load(self, index: int, epoch: int = 0, size: tuple[int, int] | None = None,
+             thorough: bool = False) -> dict[str, Any]:
+        """Item `index` exactly (no replacement); `BadMedia` when it is unusable.
+
+        `thorough` (scans): audio is checked in full, not only the window read.
+        """
+        e = self.entries[index]
+        path = str(e.path)
+        if e.problem:
+            raise _split_reason(e.problem)
+        if path in self._bad_cache:
+            raise _split_reason(self._bad_cache[path])
+        hw = size or self.buckets[self.bucket_of[index]]
+        g = item_generator(self.seed, index, epoch)
+        try:
+            media, mask = call_with_timeout(lambda: self._read(e.path, hw, g, thorough), self.config.decode_timeout_s,
+                                            path)
+        except BadMedia as exc:
+            if exc.permanent:
+                self._bad_cache[path] = exc.reason
+            raise
+        except Exception as exc:  # a reader library failing in a way we did not foresee is still one bad file
+            self._bad_cache[path] = f"decode error: {type(exc).__name__}: {exc}"
+            raise _split_reason(self._bad_cache[path]) from exc
+        item = {"media": media, "text": e.text, "index": index, "path": path, "bad": [], "meta": e.extra}
+        if mask is not None:
+            item["mask"] = mask
+        return item
+
+    def __getitem__(self, key: int | tuple[int, int] | Sequence[int]) -> dict[str, Any]:
+        index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), self.epoch)
+        if not 0 <= index < len(self.entries):
+            raise IndexError(f"item {index} outside a dataset of {len(self.entries)}")
+        size = self.buckets[self.bucket_of[index]]
+        bad: list[BadRecord] = []
+        for j in itertools.islice(self._candidates(index), MAX_CANDIDATES):
+            try:
+                item = self.load(j, epoch, size)
+            except BadMedia as exc:
+                bad.append((str(self.entries[j].path), exc.reason))
+                logger.debug("bad media %s (%s)", self.entries[j].path, exc.reason)
+                continue
+            item["bad"] = bad
+            item["requested"] = index
+            return item
+        shown = "; ".join(f"{p} ({r})" for p, r in bad[:5])
+        raise BadDataError(f"item {index} and the {len(bad) - 1} items tried in its place are all bad "
+                           f"(first: {shown}); run `mmflow prepare` to list every bad file under {self.root}")
+
+    def scan(self, num_workers: int = 0, batch_size: int = 16) -> BadItemLog:
+        """Load every item once (epoch 0, no replacement) and return the log of bad ones."""
+        return scan(self, num_workers=num_workers, batch_size=batch_size)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a list of items: media (B, ...), mask (B, N) for audio, index / requested (B,) long,
+    text/path/meta lists of B, bad: every item's skipped (path, reason) pairs concatenated."""
+    out: dict[str, Any] = {
+        "media": torch.stack([it["media"] for it in items]),
+        "text": [it["text"] for it in items],
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+        "requested": torch.tensor([it.get("requested", it["index"]) for it in items], dtype=torch.long),
+        "path": [it["path"] for it in items],
+        "bad": [rec for it in items for rec in it["bad"]],
+        "meta": [it["meta"] for it in items],
+    }
+    if "mask" in items[0]:
+        out["mask"] = torch.stack([it["mask"] for it in items])
+    return out
+
+
+class _ScanView(Dataset):
+    """Item i -> its bad records only (no tensors cross the worker pipe)."""
+
+    def __init__(self, dataset: MediaFolderDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> list[BadRecord]:
+        try:
+            self.dataset.load(i, thorough=True)
+        except BadMedia as exc:
+            return [(str(self.dataset.entries[i].path), exc.reason)]
+        return []
+
+
+def _concat(records: list[list[BadRecord]]) -> tuple[int, list[BadRecord]]:
+    return len(records), [r for rs in records for r in rs]
+
+
+def scan(dataset: MediaFolderDataset, num_workers: int = 0, batch_size: int = 16) -> BadItemLog:
+    """Check every item of `dataset` once (for `mmflow prepare`); returns a BadItemLog of what is bad.
+
+    Items load as in training at epoch 0 (so a video is decoded for its first clip only), except
+    that audio files are checked whole for NaN/Inf and silence. Runs `num_workers` processes.
+    """
+    log = BadItemLog(key="data.max_bad_fraction")
+    loader = DataLoader(_ScanView(dataset), batch_size=batch_size, collate_fn=_concat, num_workers=num_workers)
+    for n, records in loader:
+        log.add(n, len(records), records)
+    return log
