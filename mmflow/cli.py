@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="text prompt (text-conditional models); repeat for several, num_samples each")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--device", default="cpu")
+    pr = sub.add_parser("prepare", help="cache a media recipe's latents and text embeddings",
+                        description="Encode every item of the recipe's media folder with its tokenizer and text "
+                                    "encoders into the cache (data.cache, default <run folder>/cache). Training "
+                                    "reads it when it is fresh. Also runs under accelerate launch (data-parallel).")
+    pr.add_argument("recipe", help="recipe YAML file (task text_to_media)")
+    pr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.path=my_folder")
+    pr.add_argument("--batch-size", type=int, default=16, help="items encoded together")
     c = sub.add_parser("convert", help="convert other frameworks' weights into an mmflow model folder",
                        epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("format", choices=["diffusers-sd3", "diffusers-vae"], help="source format")
@@ -134,6 +141,25 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from mmflow.recipe import load_recipe
+    from mmflow.tasks import get_task_class
+    from mmflow.tasks.media_cache import prepare_cache
+    from mmflow.train.trainer import make_accelerator
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    task = get_task_class(recipe.task)(recipe)
+    if not hasattr(task, "cache_dir"):
+        raise ConfigError(f"task {recipe.task!r} has nothing to cache (prepare is for media recipes)", "task", args.recipe)
+    accelerator = make_accelerator(recipe.train, Path(recipe.resolved_run_dir()))
+    result = prepare_cache(task, accelerator, batch_size=args.batch_size)
+    if accelerator.is_main_process:
+        print(f"cache: {result.folder}   {result.cached} items cached, {len(result.skipped)} bad items skipped")
+        for path, reason in result.skipped[:20]:
+            print(f"  skipped {path}: {reason}")
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     import torch
 
@@ -164,8 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extras
     logging.basicConfig(level=logging.WARNING, format="[mmflow] %(levelname)s %(message)s")
     try:
-        return {"train": _train, "sample": _sample, "convert": _convert}[args.command](args)
-    except (ConfigError, FileNotFoundError) as e:
+        return {"train": _train, "sample": _sample, "prepare": _prepare, "convert": _convert}[args.command](args)
+    except Exception as e:
+        from mmflow.data.bad_items import BadDataError  # imported here: they pull in torch
+        from mmflow.data.cache import StaleCacheError
+
+        if not isinstance(e, (ConfigError, FileNotFoundError, BadDataError, StaleCacheError)):
+            raise
         print(f"mmflow {args.command}: error: {e}", file=sys.stderr)
         return 2
 

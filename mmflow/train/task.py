@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +62,16 @@ class Task(ABC):
 
     def collate(self, items: list[Any]) -> Any:
         return default_collate(items)
+
+    def batch_sampler(self, dataset: Dataset, local_batch: int, rank: int, world_size: int, seed: int,
+                      start: int) -> Iterable[list[Any]] | None:
+        """An endless sampler of this rank's micro-batches from micro-batch `start` on (resume), or None for
+        the trainer's default (StreamBatchSampler). Media tasks return their dataset's bucketed sampler."""
+        return None
+
+    def max_bad_fraction(self) -> float | None:
+        """Largest share of bad media items the run tolerates (None: the data cannot be bad)."""
+        return getattr(self.recipe.data, "max_bad_fraction", None)
 
     @abstractmethod
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mmflow.config import ConfigError, dump_yaml
+from mmflow.data.bad_items import BadItemLog
 from mmflow.models.registry import load_weights_strict, save_model
 from mmflow.train import checkpoint as ckpt
 from mmflow.train.ema import EMA
@@ -155,13 +156,17 @@ class Trainer:
         ema_names = self.task.ema_models(models) if self.cfg.ema_decay else []
         self.emas = {n: EMA(acc.unwrap_model(self.models[n]), self.cfg.ema_decay, self.cfg.ema_warmup) for n in ema_names}
         self.dataset = self.task.build_dataset()
+        self.bad_items = BadItemLog()
 
-    def _dataloader(self, start_micro: int) -> tuple[StreamBatchSampler, Any]:
+    def _dataloader(self, start_micro: int) -> tuple[Any, Any]:
         acc = self.accelerator
-        sampler = StreamBatchSampler(
-            len(self.dataset), self.cfg.batch_size, acc.process_index, acc.num_processes, self.recipe.seed,
-            start=start_micro, overfit=self.overfit_batch,
-        )
+        sampler = None if self.overfit_batch else self.task.batch_sampler(
+            self.dataset, self.cfg.batch_size, acc.process_index, acc.num_processes, self.recipe.seed, start_micro)
+        if sampler is None:
+            sampler = StreamBatchSampler(
+                len(self.dataset), self.cfg.batch_size, acc.process_index, acc.num_processes, self.recipe.seed,
+                start=start_micro, overfit=self.overfit_batch,
+            )
         loader = DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.task.collate,
                             num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
         return sampler, iter(loader)
@@ -176,6 +181,7 @@ class Trainer:
             "num_processes": acc.num_processes,
             "ema_updates": {n: e.num_updates for n, e in self.emas.items()},
             "overfit_batch": self.overfit_batch,
+            "bad_items": self.bad_items.state_dict(),  # rank 0's count; other ranks restart theirs from zero
         }
 
     def _export_models(self, dest: Path) -> None:
@@ -238,10 +244,36 @@ class Trainer:
             load_weights_strict(e.shadow, load_file(str(path / "models" / f"{n}_ema" / "model.safetensors")), str(path))
             e.shadow.to(self.accelerator.device)
             e.num_updates = state["ema_updates"][n]
+        if self.is_main and "bad_items" in state:
+            self.bad_items.load_state_dict(state["bad_items"])
         gb = self.cfg.batch_size * self.accelerator.num_processes
         if state["global_batch"] != gb:
             logger.warning("global batch changed from %d to %d: data order after resume differs from the original run",
                            state["global_batch"], gb)
+
+    # ------------------------------------------------------------------ bad media
+    def _account(self, batch: Any) -> Any:
+        """Count the bad media items a collated media batch reports (each rank counts its own), stop the
+        run past the task's tolerated fraction, and move the batch to the device."""
+        if isinstance(batch, dict) and "bad" in batch and "index" in batch:
+            self.bad_items.update(batch)
+            limit = self.task.max_bad_fraction()
+            if limit is not None:
+                self.bad_items.check(limit)
+        return _to_device(batch, self.accelerator.device)
+
+    def _bad_item_summary(self) -> dict[str, float]:
+        """All ranks' bad-item totals (a collective: every rank calls it); logged on the main process."""
+        acc = self.accelerator
+        totals = acc.reduce(torch.tensor([self.bad_items.seen, self.bad_items.bad, len(self.bad_items.paths)],
+                                         device=acc.device), "sum").tolist()
+        if totals[0] == 0:
+            return {}
+        if self.is_main:
+            logger.info("%s", self.bad_items.summary() if acc.num_processes == 1 else
+                        f"{self.bad_items.summary()}\n(this is rank 0's list; all ranks: {int(totals[1])} bad of "
+                        f"{int(totals[0])} items asked for)")
+        return {"bad_items": totals[1], "items_loaded": totals[0]}
 
     # ------------------------------------------------------------------ loop
     def _eval_models(self) -> dict[str, nn.Module]:
@@ -308,7 +340,7 @@ class Trainer:
         t0 = time.time()
         progress = tqdm(total=self.cfg.max_steps, initial=start, disable=not self.is_main, desc="train", dynamic_ncols=True)
         for step in range(start, self.cfg.max_steps):
-            batches = [_to_device(next(data), acc.device) for _ in range(accum)]
+            batches = [self._account(next(data)) for _ in range(accum)]
             lr = lr_at(step, self.cfg.lr, self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.min_lr_ratio)
             logs: dict[str, float] = {"lr": lr}
             for gi, (gname, names) in enumerate(self.groups.items()):
@@ -367,6 +399,7 @@ class Trainer:
                 self.validate(done)
         progress.close()
         metrics = self.validate(self.cfg.max_steps) if start < self.cfg.max_steps or not self.resume else {}
+        metrics.update(self._bad_item_summary())
         if self.is_main:
             write_json_atomic(self.run_dir / "metrics.json", {"step": self.cfg.max_steps, "final_loss": last_loss, **metrics})
         acc.end_training()

@@ -1,0 +1,124 @@
+"""`mmflow prepare`: precompute a media recipe's latents and text embeddings into the cache.
+
+Each item is stored as the tokenizer's posterior mean and std (so training still samples z ~ q(z|x))
+or, without a tokenizer, the media tensor itself, plus every text encoder's tokens, mask and pooled
+vector under "text.<encoder>.<part>". The cache's `describe` names everything those values depend on:
+the tokenizer's and encoders' weights, the preprocessing settings and the media files (size, mtime),
+so a change to any of them makes the cache stale with the reason spelled out.
+
+    mmflow prepare recipes/emoji_image.yaml
+    accelerate launch --multi_gpu --num_processes 8 -m mmflow prepare recipes/emoji_image.yaml
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmflow.data.bad_items import BadDataError, BadMedia
+from mmflow.data.cache import CacheWriter
+from mmflow.data.media_folder import MediaFolderDataset
+
+logger = logging.getLogger("mmflow.tasks")
+
+# the data settings a cached tensor depends on (not: paths of the cache, bad-item limits, timeouts)
+PREPROCESSING_KEYS = ("modality", "captions", "text_field", "extensions", "size", "crop", "frames", "stride", "fps",
+                      "clip_start", "short_clips", "sample_rate", "seconds", "channels", "silence_threshold")
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """sha256 over a model folder's config.json and weight files (contents), in name order."""
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).iterdir()):
+        if f.is_file() and (f.name == "config.json" or f.suffix == ".safetensors" or f.name.endswith(".index.json")):
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_describe(recipe: Any, dataset: MediaFolderDataset, has_tokenizer: bool) -> dict[str, Any]:
+    """Everything the cached values of `recipe` depend on (see mmflow.data.cache)."""
+    d = recipe.data
+    root = Path(d.path)
+    files = {}
+    for e in dataset.entries:
+        try:
+            st = e.path.stat()
+            files[os.path.relpath(e.path, root)] = [st.st_size, st.st_mtime_ns, e.text]
+        except OSError:
+            files[str(e.path)] = None  # missing: a bad item now, maybe not later
+    return {
+        "format": "text_to_media/1",
+        "seed": recipe.seed,  # random crops and clip starts of epoch 0 are frozen into the cache
+        "tokenizer": folder_fingerprint(recipe.model.tokenizer) if has_tokenizer else None,
+        "text": recipe.model.text.fingerprint(),
+        "data": {k: getattr(d, k) for k in PREPROCESSING_KEYS},
+        "files": files,
+    }
+
+
+@dataclass
+class PrepareResult:
+    folder: Path
+    cached: int
+    skipped: list[tuple[str, str]]
+
+
+def prepare_cache(task: Any, accelerator: Any, batch_size: int = 16) -> PrepareResult:
+    """Encode every item of the task's media folder into its cache (every rank a share; rank 0 publishes)."""
+    acc = accelerator
+    raw = task.raw_dataset()
+    if task.recipe.data.crop_mode == "random":
+        logger.warning("data.crop is random: the cache freezes each item's epoch-0 crop (no augmentation)")
+    writer = CacheWriter(task.cache_dir(), task.describe(raw), rank=acc.process_index, world_size=acc.num_processes)
+    if acc.is_main_process:
+        writer.begin()
+    acc.wait_for_everyone()
+    task._to(acc.device)
+    mine = list(range(acc.process_index, len(raw), acc.num_processes))
+    skipped: list[tuple[str, str]] = []
+    cached = 0
+    for lo in range(0, len(mine), batch_size):
+        items = []
+        for i in mine[lo: lo + batch_size]:
+            try:
+                items.append(raw.load(i))
+            except BadMedia as exc:
+                skipped.append((str(raw.entries[i].path), exc.reason))
+                writer.add_skipped(*skipped[-1])
+                logger.warning("skipped bad media %s (%s)", raw.entries[i].path, exc.reason)
+        if not items:
+            continue
+        media = torch.stack([it["media"] for it in items]).to(acc.device)  # (b, *media_shape)
+        with torch.no_grad():
+            if task.tokenizer is not None:
+                post = task.tokenizer.encode(media)
+                fields = {"latent_mean": post.mean, "latent_std": post.std}
+            else:
+                fields = {"media": media}
+            parts = task.text.encode_each([it["text"] for it in items])
+        for k, it in enumerate(items):
+            tensors = {name: t[k] for name, t in fields.items()}
+            for n, emb in parts.items():
+                tensors.update({f"text.{n}.tokens": emb.tokens[k], f"text.{n}.mask": emb.mask[k],
+                                f"text.{n}.pooled": emb.pooled[k]})
+            writer.add(it["index"], tensors)
+            cached += 1
+    writer.close()
+    totals = acc.reduce(torch.tensor([cached, len(skipped)], device=acc.device), "sum").tolist()
+    acc.wait_for_everyone()
+    limit = task.recipe.data.max_bad_fraction
+    if totals[1] > limit * (totals[0] + totals[1]):
+        raise BadDataError(f"{totals[1]} of {totals[0] + totals[1]} media items are bad, more than "
+                           f"data.max_bad_fraction = {limit:g}; first: {skipped[:5]} (the cache was not written)")
+    folder = writer.finalize() if acc.is_main_process else writer.folder
+    acc.wait_for_everyone()
+    return PrepareResult(folder, int(totals[0]), skipped)

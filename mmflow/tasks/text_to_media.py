@@ -1,0 +1,325 @@
+"""Text-to-media flow matching on any folder of images, videos or audio: the framework's general recipe.
+
+Media (mmflow.data.media_folder) go through a frozen tokenizer (a VAE folder, or none: pixel/waveform
+space) into latents, captions through the frozen text encoders (mmflow.text), and one MM-DiT learns the
+velocity over [latent patches; text tokens]. Video is just more tokens, audio a 1-D sequence of them.
+
+    mmflow prepare recipes/emoji_image.yaml      # optional: cache latents + text embeddings (data-parallel)
+    mmflow train recipes/emoji_image.yaml        # reads the cache when it is there and fresh
+    mmflow sample runs/emoji_image --prompt "a red heart"
+
+CFG: each encoder drops its caption with its own probability (model.text.encoders[i].dropout, SD3's
+per-encoder dropout) and flow.cfg_dropout drops all of them at once; a dropped encoder sees the
+empty prompt's encoding (or zeros, model.text.null), which is also u(null) when sampling.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, default_collate
+
+from mmflow.config import ConfigError, check
+from mmflow.data.cache import CachedDataset, cache_problem
+from mmflow.data.media_folder import MediaFolderConfig, MediaFolderDataset, collate
+from mmflow.flow.cfg import Condition, condition_dropout_mask
+from mmflow.models.mmdit import MMDiT, MMDiTConfig
+from mmflow.tasks import register_task
+from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
+from mmflow.tasks.media_cache import cache_describe
+from mmflow.text.combine import TextConditioner, TextConditionerConfig, combine_parts
+from mmflow.text.encoder import TextEmbedding
+from mmflow.train.random import BatchRandom
+from mmflow.train.task import LossOutput
+
+logger = logging.getLogger("mmflow.tasks")
+
+LATENT_AXES = {"image": 2, "video": 3, "audio": 1}  # spatial/temporal axes of each modality's latents
+
+
+@dataclass
+class MediaDataConfig(MediaFolderConfig):
+    cache: str | None = field(default=None, metadata={"help": "folder of `mmflow prepare`; null: <run folder>/cache"})
+    use_cache: Literal["auto", "require", "off"] = field(
+        default="auto", metadata={"help": "auto: read the cache when it is there and fresh, else the raw media"})
+    eval_prompts: list[str] = field(default_factory=list, metadata={"help": "validation prompts; empty: 4 captions"})
+    eval_per_prompt: int = field(default=2, metadata={"min": 1, "help": "validation samples per prompt"})
+
+    def validate(self) -> None:
+        super().validate()
+        check(not (self.bucketing and self.use_cache != "off"), "use_cache",
+              "the cache holds one item size; with bucketing set use_cache: off")
+
+
+@dataclass
+class MediaModelConfig:
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (VAE) folder; null: pixel/waveform space"})
+    text: TextConditionerConfig = field(default_factory=TextConditionerConfig)
+    hidden_size: int = field(default=256, metadata={"min": 1, "help": "MM-DiT token width"})
+    depth: int = field(default=6, metadata={"min": 1})
+    num_heads: int = field(default=4, metadata={"min": 1})
+    mlp_ratio: float = field(default=4.0, metadata={"min": 0.0, "min_exclusive": True})
+    patch_size: tuple[int, ...] = field(default=(2, 2), metadata={
+        "min": 1, "help": "one per latent axis: image (h, w), video (t, h, w), audio (l,)"})
+    qk_norm: Literal["rms_norm"] | None = "rms_norm"
+    attention_backend: Literal["auto", "sdpa", "xformers", "math"] = "auto"
+    gradient_checkpointing: bool = False
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+@register_task
+class TextToMediaTask(FlowMatchingTask):
+    name = "text_to_media"
+    data_config_class = MediaDataConfig
+    model_config_class = MediaModelConfig
+
+    def __init__(self, recipe: Any) -> None:
+        super().__init__(recipe)
+        self._tokenizer: nn.Module | None = None
+        self._text: TextConditioner | None = None
+        self._latent_shape: tuple[int, ...] | None = None
+        self.run_dir: Path = Path(recipe.resolved_run_dir())
+
+    # ------------------------------------------------------------------ frozen parts
+    @property
+    def tokenizer(self) -> nn.Module | None:
+        path = self.recipe.model.tokenizer
+        if path is not None and self._tokenizer is None:
+            from mmflow.models.registry import load_model
+
+            if not Path(path).is_dir():
+                raise ConfigError(f"{path} is not a folder (train one with `mmflow train tokenizers/<name>.yaml` "
+                                  f"or convert one with `mmflow convert diffusers-vae`)", "model.tokenizer")
+            self._tokenizer = _frozen(load_model(path))
+        return self._tokenizer
+
+    @property
+    def text(self) -> TextConditioner:
+        if self._text is None:
+            self._text = _frozen(TextConditioner(self.recipe.model.text))  # type: ignore[assignment]
+        return self._text  # type: ignore[return-value]
+
+    def _to(self, device: torch.device) -> None:
+        for m in (self._tokenizer, self._text):
+            if m is not None:
+                m.to(device)
+
+    def media_shape(self) -> tuple[int, ...]:
+        d = self.recipe.data
+        if d.modality == "audio":
+            return (d.channels, round(d.sample_rate * d.seconds))
+        return (3, d.size, d.size) if d.modality == "image" else (3, d.frames, d.size, d.size)
+
+    def latent_shape(self) -> tuple[int, ...]:
+        """(C, *axes) of one item's latents: the media shape through the tokenizer (one probe encode)."""
+        if self._latent_shape is None:
+            if self.tokenizer is None:
+                self._latent_shape = self.media_shape()
+            else:
+                with torch.no_grad():
+                    probe = torch.zeros(1, *self.media_shape(), device=next(self.tokenizer.parameters()).device)
+                    self._latent_shape = tuple(self.tokenizer.encode(probe).mean.shape[1:])
+        return self._latent_shape
+
+    # ------------------------------------------------------------------ models
+    def mmdit_config(self) -> MMDiTConfig:
+        m = self.recipe.model
+        return MMDiTConfig(in_channels=self.latent_shape()[0], patch_size=tuple(m.patch_size), hidden_size=m.hidden_size,
+                           depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, qk_norm=m.qk_norm,
+                           context_dim=self.text.out_width, pooled_dim=self.text.pooled_width, pos_embed="rope",
+                           null_text="zeros",  # u(null) comes from the text encoders (empty prompt), not the MM-DiT
+                           attention_backend=m.attention_backend, gradient_checkpointing=m.gradient_checkpointing)
+
+    def build_models(self) -> dict[str, nn.Module]:
+        shape, p = self.latent_shape(), self.recipe.model.patch_size
+        bad = [f"{n} (axis {i})" for i, (n, k) in enumerate(zip(shape[1:], p)) if n % k]
+        if bad:
+            raise ConfigError(f"{list(p)} does not divide the latent sizes {bad} of latents {list(shape)}",
+                              "model.patch_size")
+        return {VELOCITY: MMDiT(self.mmdit_config())}
+
+    @classmethod
+    def validate_recipe(cls, recipe: Any, source: str | None) -> None:
+        axes = LATENT_AXES[recipe.data.modality]
+        if len(recipe.model.patch_size) != axes:
+            raise ConfigError(f"{list(recipe.model.patch_size)} has {len(recipe.model.patch_size)} entries; "
+                              f"{recipe.data.modality} latents have {axes} axes", "model.patch_size", source)
+        if recipe.model.hidden_size % recipe.model.num_heads:
+            raise ConfigError(f"{recipe.model.num_heads} does not divide hidden_size {recipe.model.hidden_size}",
+                              "model.num_heads", source)
+
+    # ------------------------------------------------------------------ data
+    def cache_dir(self) -> Path:
+        return Path(self.recipe.data.cache) if self.recipe.data.cache else self.run_dir / "cache"
+
+    def raw_dataset(self) -> MediaFolderDataset:
+        return MediaFolderDataset(self.recipe.data, seed=self.recipe.seed)
+
+    def describe(self, dataset: MediaFolderDataset) -> dict[str, Any]:
+        return cache_describe(self.recipe, dataset, self.tokenizer is not None)
+
+    def build_dataset(self) -> Dataset:
+        raw = self.raw_dataset()
+        use = self.recipe.data.use_cache
+        if use == "off":
+            return raw
+        problem = cache_problem(self.cache_dir(), self.describe(raw))
+        if problem is None:
+            logger.info("reading the cache %s", self.cache_dir())
+            return CachedDataset(self.cache_dir())
+        if use == "require":
+            from mmflow.data.cache import StaleCacheError
+
+            raise StaleCacheError(f"{problem}; data.use_cache is 'require': run `mmflow prepare` with this recipe")
+        logger.warning("%s; training from the raw media (run `mmflow prepare` to cache them)", problem)
+        return raw
+
+    def collate(self, items: list[Any]) -> Any:
+        return collate(items) if "path" in items[0] else default_collate(items)  # raw media items carry a path
+
+    def batch_sampler(self, dataset: Dataset, local_batch: int, rank: int, world_size: int, seed: int,
+                      start: int) -> Any:
+        if isinstance(dataset, MediaFolderDataset):  # (index, epoch) keys: fresh crops each epoch, buckets
+            return dataset.batch_sampler(local_batch, rank, world_size, start)
+        # the cache is read in the order the raw media would be, so caching changes no training result
+        raw = self.raw_dataset().batch_sampler(local_batch, rank, world_size, start)
+        return CacheOrder(raw, [int(k) for k in dataset.keys], len(self.raw_dataset()))
+
+    # ------------------------------------------------------------------ loss
+    def _latents(self, batch: dict[str, Any], rng: BatchRandom) -> Tensor:
+        """Normalised latents (B, C, ...): a posterior sample from cached mean/std or a fresh encode."""
+        if "latent_mean" in batch:
+            mean, std = batch["latent_mean"], batch["latent_std"]
+            return self.tokenizer.normalize(mean + std * rng.randn(*mean.shape[1:]).to(mean.dtype))  # type: ignore[union-attr]
+        media = batch["media"]
+        if self.tokenizer is None:
+            return media
+        with torch.no_grad():
+            post = self.tokenizer.encode(media)
+        return self.tokenizer.normalize(post.mean + post.std * rng.randn(*post.mean.shape[1:]).to(post.mean.dtype))
+
+    def _text_parts(self, batch: dict[str, Any]) -> dict[str, TextEmbedding]:
+        if "text" in batch:  # raw media: encode the captions now
+            return self.text.encode_each(batch["text"])
+        return {n: TextEmbedding(batch[f"text.{n}.tokens"], batch[f"text.{n}.mask"].bool(), batch[f"text.{n}.pooled"])
+                for n in self.recipe.model.text.names}
+
+    def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
+        self._to(rng.device)
+        z = self._latents(batch, rng)
+        cfg = self.recipe.model.text
+        drop = {e.key: rng.draw(lambda n, g, p=e.dropout: condition_dropout_mask(n, p, generator=g))
+                for e in cfg.encoders if e.dropout > 0}
+        emb = combine_parts(cfg, self._text_parts(batch), self.text.null_each(), drop)
+        return super().loss(models, {"z": z, "cond": emb.as_condition()}, rng, optimizer, step)
+
+    def split_batch(self, batch: Any) -> tuple[Tensor, Condition]:
+        return batch["z"], batch["cond"]
+
+    def null_condition(self, model: nn.Module) -> dict[str, Tensor]:
+        device = next(model.parameters()).device
+        self._to(device)
+        return self.text.null_condition().as_condition()
+
+    # ------------------------------------------------------------------ sampling
+    def sample_media(self, velocity: nn.Module, prompts: Sequence[str], device: torch.device, sample_cfg: Any,
+                     guidance: float | None = None) -> Tensor:
+        """One item per prompt -> media (P, *media_shape) on CPU, clamped to [-1, 1]; noise from sample_cfg.seed."""
+        self._to(device)
+        g = torch.Generator().manual_seed(sample_cfg.seed)
+        x0 = torch.randn(len(prompts), *self.latent_shape(), generator=g).to(device)
+        cond = self.text(list(prompts)).as_condition()
+        with torch.no_grad():
+            z = self.sample(velocity, x0, cond, sample_cfg, generator=g, guidance=guidance).x
+            media = z if self.tokenizer is None else self.tokenizer.decode_latents(z)
+        return media.float().cpu().clamp(-1.0, 1.0)
+
+    def eval_prompts(self) -> list[str]:
+        d = self.recipe.data
+        if d.eval_prompts:
+            return list(d.eval_prompts)
+        from mmflow.data.captions import load_captions
+
+        texts = [e.text for e in load_captions(d.path, d.media_extensions, d.captions, d.text_field).entries if e.text]
+        return texts[:: max(1, len(texts) // 4)][:4] or [""]
+
+    def validate(self, models: dict[str, nn.Module], out_dir: Path, step: int, device: torch.device) -> dict[str, float]:
+        prompts = [p for p in self.eval_prompts() for _ in range(self.recipe.data.eval_per_prompt)]
+        media = self.sample_media(models[VELOCITY], prompts, device, self.recipe.sample)
+        write_media(media, prompts, self.recipe.data, out_dir, per_prompt=self.recipe.data.eval_per_prompt)
+        return {"sample_std": float(media.std()), "sample_mean": float(media.mean())}
+
+    def pipeline_info(self) -> dict[str, Any]:
+        from mmflow.recipe import recipe_to_dict
+
+        return {"task": self.name, "model": VELOCITY, "recipe": recipe_to_dict(self.recipe)}
+
+    def generate(self, model: nn.Module, num: int, device: torch.device, sample_cfg: Any, out_dir: Path,
+                 label: int | None = None, prompts: Sequence[str] | None = None) -> dict[str, Any]:
+        """`mmflow sample`: `num` items per prompt (default: the validation prompts) into out_dir."""
+        if label is not None:
+            raise ConfigError(f"{self.name} is text-conditional: use --prompt, not --label")
+        prompts = list(prompts or self.eval_prompts())
+        rows = [p for p in prompts for _ in range(num)]
+        media = self.sample_media(model, rows, device, sample_cfg)
+        files = write_media(media, rows, self.recipe.data, out_dir, per_prompt=num)
+        return {"num_per_prompt": num, "prompts": prompts, "files": [str(f) for f in files]}
+
+
+class CacheOrder:
+    """A raw media batch sampler's batches as positions in a cache (which lacks the bad items).
+
+    (index, epoch) keys become the cache position of `index`, or of the next cached index after it
+    when `index` was bad (the raw dataset substitutes the same way, in its unbucketed order).
+    """
+
+    def __init__(self, raw_sampler: Any, cached: list[int], num_items: int) -> None:
+        self.raw = raw_sampler
+        position = {index: k for k, index in enumerate(cached)}
+        self.lookup = []
+        for index in range(num_items):
+            j = next((index + d) % num_items for d in range(num_items) if (index + d) % num_items in position)
+            self.lookup.append(position[j])
+
+    def __iter__(self):
+        for batch in self.raw:
+            yield [self.lookup[key[0] if isinstance(key, (tuple, list)) else key] for key in batch]
+
+
+def write_media(media: Tensor, prompts: Sequence[str], data: MediaDataConfig, out_dir: Path,
+                per_prompt: int) -> list[Path]:
+    """Samples to files: images as one PNG grid (rows = prompts), videos as a PNG of frames per prompt
+    row plus one MP4 each, audio as one WAV each; prompts.txt lists them."""
+    from mmflow.utils.images import save_image_grid
+    from mmflow.utils.media_io import write_mp4, write_wav
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    unique = list(dict.fromkeys(prompts))
+    if data.modality == "image":
+        grid = media.view(len(prompts) // per_prompt, per_prompt, *media.shape[1:])
+        files.append(out_dir / "samples.png")
+        save_image_grid(grid, files[-1], row_labels=[p[:24] for p in unique])
+    elif data.modality == "video":
+        frames = media.permute(0, 2, 1, 3, 4)  # (P, T, 3, H, W): one grid row per sample
+        files.append(out_dir / "frames.png")
+        save_image_grid(frames, files[-1], row_labels=[p[:24] for p in prompts])
+        fps = data.fps or 8.0
+        for i, clip in enumerate(media):
+            files.append(write_mp4(clip, out_dir / f"sample_{i:03d}.mp4", fps))
+    else:
+        for i, clip in enumerate(media):
+            files.append(write_wav(clip, out_dir / f"sample_{i:03d}.wav", data.sample_rate))
+    (out_dir / "prompts.txt").write_text("".join(f"{i}\t{p}\n" for i, p in enumerate(prompts)))
+    return files

@@ -1,0 +1,71 @@
+"""Writing media: PNG with Pillow, MP4 (H.264) with PyAV, WAV with soundfile. Tensors are in [-1, 1]."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmflow.utils.fs import fsync_dir
+
+
+def _uint8(x: Tensor) -> np.ndarray:
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+
+
+def write_png(image: Tensor, path: str | os.PathLike) -> Path:
+    """image (C, H, W) with C = 1 or 3 -> PNG (written to a temporary name, then renamed)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = _uint8(image).transpose(1, 2, 0)  # (H, W, C)
+    tmp = _tmp(path)
+    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
+
+
+def write_mp4(video: Tensor, path: str | os.PathLike, fps: float = 8.0, crf: int = 18) -> Path:
+    """video (3, T, H, W) -> H.264 MP4 (yuv420p, so H and W are padded to even sizes by edge repetition)."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = _uint8(video).transpose(1, 2, 3, 0)  # (T, H, W, 3)
+    t, h, w, _ = frames.shape
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    tmp = _tmp(path)
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
+
+
+def write_wav(audio: Tensor, path: str | os.PathLike, sample_rate: int) -> Path:
+    """audio (C, N) in [-1, 1] -> 16-bit PCM WAV."""
+    import soundfile as sf
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    sf.write(str(tmp), audio.detach().float().cpu().clamp(-1, 1).numpy().T, sample_rate, subtype="PCM_16", format="WAV")
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path

@@ -1,0 +1,177 @@
+"""The general text-to-media task: raw media and cached training agree, staleness, bad media, sampling."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from media_factory import write_image, write_zero_byte  # noqa: E402
+
+from mmflow.cli import main  # noqa: E402
+from mmflow.data.cache import StaleCacheError, cache_problem  # noqa: E402
+from mmflow.models.registry import save_model  # noqa: E402
+from mmflow.recipe import recipe_from_dict  # noqa: E402
+from mmflow.tasks.media_cache import prepare_cache  # noqa: E402
+from mmflow.tasks.text_to_media import TextToMediaTask  # noqa: E402
+from mmflow.tokenizers import ImageVAE, image_vae_config  # noqa: E402
+from mmflow.train.trainer import Trainer, make_accelerator  # noqa: E402
+
+CAPTIONS = ["a red square", "a blue square", "a green circle", "a yellow circle"]
+COLOURS = [(220, 30, 30), (30, 30, 220), (30, 200, 30), (230, 220, 30)]
+
+
+def _folder(root: Path, n: int = 8, bad: bool = False) -> Path:
+    rows = []
+    for i in range(n):
+        img = np.full((16, 16, 3), 250, np.uint8)
+        c = i % 4
+        if c < 2:
+            img[4:12, 4:12] = COLOURS[c]
+        else:
+            yy, xx = np.mgrid[:16, :16]
+            img[(yy - 8) ** 2 + (xx - 8) ** 2 < 20] = COLOURS[c]
+        write_image(root / f"{i:02d}.png", img)
+        rows.append({"file_name": f"{i:02d}.png", "text": CAPTIONS[c]})
+    if bad:
+        write_zero_byte(root / "broken.png")
+        rows.append({"file_name": "broken.png", "text": "a broken file"})
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def _recipe(tmp_path: Path, folder: Path, tokenizer: Path | None, patch_size=(2, 2), **data):
+    return recipe_from_dict({
+        "name": "t2m", "task": "text_to_media", "seed": 0, "run_dir": str(tmp_path / "run"),
+        "data": {"path": str(folder), "modality": "image", "size": 16, "eval_prompts": CAPTIONS[:2],
+                 "eval_per_prompt": 1, **data},
+        "model": {"tokenizer": None if tokenizer is None else str(tokenizer),
+                  "text": {"encoders": [{"path": "minilm", "max_length": 8, "dropout": 0.2}]},
+                  "hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": list(patch_size)},
+        "flow": {"cfg_dropout": 0.1},
+        "train": {"batch_size": 4, "max_steps": 3, "lr": 1e-3, "log_every": 1, "checkpoint_every": 3,
+                  "trackers": [], "ema_decay": None},
+        "sample": {"steps": 2, "num_samples": 2, "guidance": 2.0},
+    }, source="test")
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    vae = ImageVAE(image_vae_config("test", latent_channels=4, latent_shift=[0.1] * 4, latent_scale=[2.0] * 4))
+    return save_model(vae, tmp_path_factory.mktemp("vae") / "vae")
+
+
+def _train(recipe, run_dir: Path):
+    task = TextToMediaTask(recipe)
+    return Trainer(recipe, task, run_dir, accelerator=make_accelerator(recipe.train, run_dir)).train(), task
+
+
+def test_training_from_the_cache_equals_training_from_the_raw_media(tmp_path, vae_dir, fresh_accelerate):
+    folder = _folder(tmp_path / "media")
+    raw_recipe = _recipe(tmp_path, folder, vae_dir, use_cache="off")
+    raw, _ = _train(raw_recipe, tmp_path / "raw")
+    assert (tmp_path / "raw" / "validation" / "step_00000003" / "samples.png").exists()
+
+    cached_recipe = _recipe(tmp_path, folder, vae_dir, use_cache="require", cache=str(tmp_path / "cache"),
+                            crop="center")
+    task = TextToMediaTask(cached_recipe)
+    result = prepare_cache(task, make_accelerator(cached_recipe.train, tmp_path / "cached"))
+    assert result.cached == 8 and not result.skipped
+    cached, _ = _train(cached_recipe, tmp_path / "cached")
+    # same data order, same posterior noise, same times and drops: the same weights (to float error)
+    a = load_file(str(tmp_path / "raw" / "model" / "models" / "velocity" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cached" / "model" / "models" / "velocity" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+    assert [round(v, 5) for _, v in raw.loss_history] == [round(v, 5) for _, v in cached.loss_history]
+
+
+def test_a_changed_caption_makes_the_cache_stale(tmp_path, fresh_accelerate):
+    folder = _folder(tmp_path / "media", n=4)
+    recipe = _recipe(tmp_path, folder, None, use_cache="require")
+    task = TextToMediaTask(recipe)
+    prepare_cache(task, make_accelerator(recipe.train, tmp_path / "run"))
+    assert cache_problem(task.cache_dir(), task.describe(task.raw_dataset())) is None
+    meta = folder / "metadata.jsonl"
+    meta.write_text(meta.read_text().replace("a red square", "a crimson square"))
+    problem = cache_problem(task.cache_dir(), task.describe(task.raw_dataset()))
+    assert "stale" in problem and "files.00.png" in problem
+    with pytest.raises(StaleCacheError, match="files.00.png"):
+        TextToMediaTask(recipe).build_dataset()
+
+
+def test_bad_media_are_skipped_counted_and_reported(tmp_path, fresh_accelerate, capsys):
+    folder = _folder(tmp_path / "media", n=8, bad=True)
+    recipe = _recipe(tmp_path, folder, None, use_cache="off", max_bad_fraction=0.5)
+    result, _ = _train(recipe, tmp_path / "run")
+    assert result.metrics["bad_items"] >= 1  # the zero-byte file was asked for and replaced
+    assert "broken.png" in (tmp_path / "run" / "train.log").read_text()
+    over = ["data.use_cache=auto", f"run_dir={tmp_path / 'prep'}"]
+    recipe_file = tmp_path / "recipe.yaml"
+    from mmflow.config import dump_yaml
+    from mmflow.recipe import recipe_to_dict
+
+    dump_yaml(recipe_to_dict(recipe), recipe_file)
+    assert main(["prepare", str(recipe_file), *over]) == 0
+    out = capsys.readouterr().out
+    assert "8 items cached, 1 bad items skipped" in out and "broken.png: empty file" in out
+    assert main(["prepare", str(recipe_file), *over, "data.max_bad_fraction=0.01"]) == 2
+    assert "more than data.max_bad_fraction" in capsys.readouterr().err
+
+
+def test_sampling_writes_one_row_per_prompt_and_checks_patch_sizes(tmp_path, vae_dir, fresh_accelerate):
+    folder = _folder(tmp_path / "media", n=4)
+    recipe = _recipe(tmp_path, folder, vae_dir, use_cache="off")
+    _train(recipe, tmp_path / "run")
+    assert main(["sample", str(tmp_path / "run"), "num_samples=2", "--prompt", "a red square",
+                 "--prompt", "a green circle", "--out", str(tmp_path / "out")]) == 0
+    from PIL import Image
+
+    assert main(["sample", str(tmp_path / "run"), "num_samples=2", "--prompt", "a red square",
+                 "--out", str(tmp_path / "one")]) == 0
+    two_rows, one_row = Image.open(tmp_path / "out" / "samples.png"), Image.open(tmp_path / "one" / "samples.png")
+    assert two_rows.size[1] > 1.5 * one_row.size[1]  # a row per prompt (widths follow the labels)
+    assert (tmp_path / "out" / "prompts.txt").read_text().count("\n") == 4
+    bad = _recipe(tmp_path, folder, vae_dir, use_cache="off")
+    bad.model.patch_size = (3, 3)  # the test VAE makes 8x8 latents
+    with pytest.raises(Exception, match="does not divide the latent sizes"):
+        TextToMediaTask(bad).build_models()
+
+
+@pytest.mark.parametrize("modality", ["video", "audio"])
+def test_video_and_audio_train_and_sample_as_more_tokens(tmp_path, modality, fresh_accelerate):
+    from media_factory import noisy_frames, sine, write_audio, write_mp4
+
+    folder = tmp_path / "media"
+    rows = []
+    for i in range(4):
+        name = f"{i}.mp4" if modality == "video" else f"{i}.wav"
+        if modality == "video":
+            write_mp4(folder / name, noisy_frames(6, 32, 32, seed=i))
+        else:
+            write_audio(folder / name, sine(0.5, 8000, freq=220.0 * (i + 1)), 8000)
+        rows.append({"file_name": name, "text": CAPTIONS[i]})
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = ({"frames": 4, "size": 16} if modality == "video" else {"sample_rate": 8000, "seconds": 0.25})
+    recipe = _recipe(tmp_path, folder, None, patch_size=(2, 4, 4) if modality == "video" else (50,),
+                     use_cache="off", modality=modality, **data)
+    result, _ = _train(recipe, tmp_path / "run")
+    assert np.isfinite(result.final_loss)
+    out = tmp_path / "run" / "validation" / "step_00000003"
+    if modality == "video":
+        import av
+
+        with av.open(str(out / "sample_000.mp4")) as c:
+            assert c.streams.video[0].frames == 4 or sum(1 for _ in c.decode(video=0)) == 4
+    else:
+        import soundfile as sf
+
+        wave, rate = sf.read(str(out / "sample_000.wav"))
+        assert rate == 8000 and len(wave) == 2000
