@@ -12,8 +12,8 @@ are concatenated along channels in encoder order (pooled: 'none' adds nothing, a
                        {path: t5, pooled: none, max_length: 256}]
 
 Dropout. Each encoder is dropped independently with its own `dropout` probability, before the
-combination: a dropped row takes that encoder's null condition, the encoding of "" (null: empty,
-SD3) or zeros with a fully masked sequence (null: zeros). Masks come from a torch.Generator
+combination: a dropped row takes that encoder's null condition, the encoding of "" (null_mode: empty,
+SD3) or zeros with a fully masked sequence (null_mode: zeros). Masks come from a torch.Generator
 (`drop_masks`) or are passed in, so the trainer controls the randomness. Cached embeddings
 (`encode_each` written by `mmflow prepare`) go through the same `combine_parts` without the models.
 """
@@ -43,7 +43,7 @@ class TextConditionerConfig:
     encoders: list[TextEncoderConfig] = field(default_factory=lambda: [TextEncoderConfig()], metadata={
         "help": "text encoders, in order; see TextEncoderConfig"})
     width: int | None = field(default=None, metadata={"min": 1, "help": "token width after zero padding; null = widest group"})
-    null: Literal["empty", "zeros"] = field(default="empty", metadata={
+    null_mode: Literal["empty", "zeros"] = field(default="empty", metadata={
         "help": "a dropped encoder's condition: the empty prompt's encoding, or zeros (masked)"})
 
     def validate(self) -> None:
@@ -97,7 +97,7 @@ class TextConditionerConfig:
     def fingerprint(self) -> str:
         """sha256 of the encoders' fingerprints, names, layout and null mode (dropout left out)."""
         blob = json.dumps({"encoders": [[e.key, e.group, e.fingerprint()] for e in self.encoders],
-                           "width": self.out_width, "null": self.null}, sort_keys=True)
+                           "width": self.out_width, "null_mode": self.null_mode}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -162,8 +162,8 @@ def combine_parts(config: TextConditionerConfig, parts: Mapping[str, TextEmbeddi
                   drop: Mapping[str, Tensor] | None = None) -> TextEmbedding:
     """Per-encoder embeddings (by name) -> one TextEmbedding, after dropping rows where drop[name] is True.
 
-    nulls: per-encoder batch-1 null conditions, needed for null 'empty' when something is dropped
-    (TextConditioner.null_each(), or cached beside the embeddings); null 'zeros' needs none.
+    nulls: per-encoder batch-1 null conditions, needed for null_mode 'empty' when something is dropped
+    (TextConditioner.null_each(), or cached beside the embeddings); null_mode 'zeros' needs none.
     """
     missing = [n for n in config.names if n not in parts]
     if missing:
@@ -175,10 +175,10 @@ def combine_parts(config: TextConditionerConfig, parts: Mapping[str, TextEmbeddi
     for name in config.names:
         emb = parts[name]
         if drop is not None and name in drop and bool(drop[name].any()):
-            if config.null == "zeros":
+            if config.null_mode == "zeros":
                 null = zeros_like_null(emb)
             elif nulls is None or name not in nulls:
-                raise KeyError(f"null 'empty' needs the empty prompt's encoding for encoder {name!r}; pass nulls")
+                raise KeyError(f"null_mode 'empty' needs the empty prompt's encoding for encoder {name!r}; pass nulls")
             else:
                 null = nulls[name]
             emb = drop_rows(emb, null, drop[name])
@@ -227,14 +227,14 @@ class TextConditioner(nn.Module):
 
     def null_each(self) -> dict[str, TextEmbedding]:
         """{name: batch-1 null condition} under the configured null mode (the empty prompt's is cached)."""
-        return {name: enc.null(self.config.null) for name, enc in self.encoders.items()}
+        return {name: enc.null(self.config.null_mode) for name, enc in self.encoders.items()}
 
     def drop_masks(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         return drop_masks(self.config, batch_size, generator)
 
     def combine(self, parts: Mapping[str, TextEmbedding], drop: Mapping[str, Tensor] | None = None) -> TextEmbedding:
         """Combine per-encoder embeddings (fresh or cached) after dropping the rows drop marks."""
-        needs_null = self.config.null == "empty" and drop is not None and any(bool(m.any()) for m in drop.values())
+        needs_null = self.config.null_mode == "empty" and drop is not None and any(bool(m.any()) for m in drop.values())
         return combine_parts(self.config, parts, self.null_each() if needs_null else None, drop)
 
     def forward(self, prompts: Sequence[str], drop: Mapping[str, Tensor] | None = None,

@@ -175,3 +175,10 @@ def test_video_and_audio_train_and_sample_as_more_tokens(tmp_path, modality, fre
 
         wave, rate = sf.read(str(out / "sample_000.wav"))
         assert rate == 8000 and len(wave) == 2000
+
+
+def test_the_emoji_recipe_validates(tmp_path):
+    from mmflow.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "emoji_image.yaml")
+    assert recipe.model.text.null_mode == "empty" and recipe.model.text.encoders[0].path == "minilm"

@@ -93,7 +93,7 @@ def test_dropout_replaces_exactly_the_marked_rows(conditioner):
 
 
 def test_zeros_null(tiny_models):
-    cond = TextConditioner(sd3_like(tiny_models, null="zeros"))
+    cond = TextConditioner(sd3_like(tiny_models, null_mode="zeros"))
     drop = {"clip": torch.tensor([True, False]), "bert": torch.tensor([True, False]), "t5": torch.tensor([True, True])}
     emb = cond(PROMPTS[:2], drop=drop)
     assert not emb.tokens[0].any() and not emb.mask[0].any() and not emb.pooled[0].any()  # all three dropped
@@ -161,7 +161,7 @@ def test_config_errors(tiny_models):
 def test_fingerprint(tiny_models):
     fp = sd3_like(tiny_models).fingerprint()
     assert fp == sd3_like(tiny_models).fingerprint()
-    changed = [sd3_like(tiny_models, width=80), sd3_like(tiny_models, null="zeros")]
+    changed = [sd3_like(tiny_models, width=80), sd3_like(tiny_models, null_mode="zeros")]
     regrouped = sd3_like(tiny_models)
     regrouped.encoders[1].group = ""
     redropped = sd3_like(tiny_models)
