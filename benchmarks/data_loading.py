@@ -67,6 +67,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--no-warmup", action="store_true", help="measure the first pass (cold disk cache)")
     p.add_argument("--only", default="", help="run only cases whose label contains this text")
+    p.add_argument("--cache", action="append", default=[], metavar="DIR",
+                   help="also time reading a `mmflow prepare` cache folder (repeatable)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(message)s")
     torch.set_num_threads(1)
@@ -88,7 +90,25 @@ def main() -> None:
         print(f"{label:34s} {n:6d} {log.bad:4d} {n / seconds:9.1f}  {shape}")
         if log.paths:
             print("  " + log.summary().replace("\n", "\n  "))
+    for folder in args.cache:
+        n, seconds = read_cache(Path(folder), args.workers, args.batch)
+        print(f"{'cache ' + Path(folder).name:34s} {n:6d} {0:4d} {n / seconds:9.1f}  (safetensors shards)")
     sys.exit(1 if failed else 0)
+
+
+def read_cache(folder: Path, workers: int, batch: int) -> tuple[int, float]:
+    """(items, seconds) to read every item of a cache once through a DataLoader (after one warm-up pass)."""
+    from torch.utils.data import default_collate
+
+    from mmflow.data.cache import CachedDataset
+
+    ds = CachedDataset(folder)
+    for timed in (False, True):
+        t0 = time.perf_counter()
+        n = sum(len(b["index"]) for b in DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=default_collate))
+        if timed:
+            return n, time.perf_counter() - t0
+    raise AssertionError("unreachable")
 
 
 if __name__ == "__main__":

@@ -6,16 +6,14 @@ memory of the step are reported side by side.
 
     .venv/bin/python benchmarks/mmdit_step.py                        # CPU, two small sizes
     .venv/bin/python benchmarks/mmdit_step.py --device cuda --dtype bfloat16 --sizes B L
-Peak memory: CUDA max_memory_allocated on GPU; on CPU each model is measured in its own child process
-(the most its resident memory grows during one step, gradients included), so the two do not share one
-process's high-water mark.
+Memory: on GPU the peak CUDA allocation of one step above what was allocated before it (weights), on CPU
+the tensors autograd saves for the backward pass of one forward (deterministic; resident-memory readings
+were blurred by the allocator by tens of MiB between runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import resource
 import statistics
 import time
 
@@ -61,12 +59,16 @@ def _batch(size: str, batch: int, device: str, dtype: torch.dtype):
     return [v.to(device, dtype if v.is_floating_point() and v is not t else v.dtype) for v in (x, text, pooled)] + [t.to(device)]
 
 
-def _step_fn(which: str, model, x, text, pooled, t):
+def _forward_fn(which: str, model, x, text, pooled, t):
     if which == "mmflow":
-        return lambda: model(x, t, {"text": text, "pooled": pooled}).float().square().mean().backward()
+        return lambda: model(x, t, {"text": text, "pooled": pooled})
     ts = (1 - t) * 1000
-    return lambda: model(hidden_states=x, encoder_hidden_states=text, pooled_projections=pooled,
-                         timestep=ts).sample.float().square().mean().backward()
+    return lambda: model(hidden_states=x, encoder_hidden_states=text, pooled_projections=pooled, timestep=ts).sample
+
+
+def _step_fn(which: str, model, x, text, pooled, t):
+    forward = _forward_fn(which, model, x, text, pooled, t)
+    return lambda: forward().float().square().mean().backward()
 
 
 def _time_interleaved(fns: dict, repeats: int, device: str) -> dict[str, float]:
@@ -87,37 +89,23 @@ def _time_interleaved(fns: dict, repeats: int, device: str) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def _saved_for_backward_mib(fn_forward) -> float:
+    """MiB of distinct tensor storages autograd keeps for the backward pass of one forward.
 
+    Deterministic (unlike resident memory, which the allocator blurs), and on CPU the activations kept for
+    backward are what grows with batch and sequence length; weights and gradients are the same for both.
+    """
+    storages: dict[int, int] = {}
 
-def _cpu_peak_child(which: str, size: str, batch: int, dtype: str, q) -> None:
-    """Peak resident-memory growth over the process's state before the step (polled every 0.5 ms)."""
-    import gc
-    import threading
+    def pack(t: torch.Tensor):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = max(storages.get(s.data_ptr(), 0), s.nbytes())
+        return t
 
-    ref, ours = _models(size)
-    model = (ours if which == "mmflow" else ref).to(getattr(torch, dtype)).train()
-    del ref, ours
-    gc.collect()
-    args = _batch(size, batch, "cpu", getattr(torch, dtype))
-    fn = _step_fn(which, model, *args)
-    fn()  # warm-up: allocator pools and grads exist before measuring
-    model.zero_grad(set_to_none=True)
-    base, peak, done = _rss_mib(), [0.0], threading.Event()
-
-    def poll() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mib())
-            time.sleep(0.0005)
-
-    th = threading.Thread(target=poll)
-    th.start()
-    fn()
-    done.set()
-    th.join()
-    q.put(max(peak[0], _rss_mib()) - base)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn_forward()
+    del out
+    return sum(storages.values()) / 2**20
 
 
 def main() -> None:
@@ -132,7 +120,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
           f"batch {args.batch}, median of {args.repeats} forward+backward steps, the two models alternating")
     print(f"{'size':6} {'tokens':>7} {'mmflow samples/s':>17} {'diffusers samples/s':>20} {'speed-up':>9} "
-          f"{'mmflow peak MiB':>16} {'diffusers peak MiB':>19}")
+          f"{'mmflow MiB':>11} {'diffusers MiB':>14}   (" + ("peak step allocation" if args.device == "cuda" else "saved for backward") + ")")
     for size in args.sizes:
         ref, ours = _models(size)
         x, text, pooled, t = _batch(size, args.batch, args.device, dtype)
@@ -156,16 +144,11 @@ def main() -> None:
                 torch.cuda.synchronize()
                 peak[which] = (torch.cuda.max_memory_allocated() - base) / 2**20
         if args.device != "cuda":
-            ctx = mp.get_context("spawn")
-            for which in ("mmflow", "diffusers"):
-                q = ctx.Queue()
-                proc = ctx.Process(target=_cpu_peak_child, args=(which, size, args.batch, args.dtype, q))
-                proc.start()
-                peak[which] = q.get()
-                proc.join()
+            for which, model in (("mmflow", ours), ("diffusers", ref)):
+                peak[which] = _saved_for_backward_mib(_forward_fn(which, model, x, text, pooled, t))
         tokens = (SIZES[size][3] // 2) ** 2 + SIZES[size][4]
         print(f"{size:6} {tokens:7d} {result['mmflow']:17.2f} {result['diffusers']:20.2f} "
-              f"{result['mmflow'] / result['diffusers']:8.2f}x {peak['mmflow']:16.0f} {peak['diffusers']:19.0f}")
+              f"{result['mmflow'] / result['diffusers']:8.2f}x {peak['mmflow']:11.1f} {peak['diffusers']:14.1f}")
 
 
 if __name__ == "__main__":

@@ -215,7 +215,8 @@ class MMDiTBlock(nn.Module):
         """x (B, N, D) latent tokens, ctx (B, S, D) text tokens or None, c (B, D) conditioning,
         rope (cos, sin) each (N, Dh/2) or None, key_mask (B, N + S) bool or None -> (x, ctx or None)."""
         n = x.shape[1]
-        mods = self.x_modulation(F.silu(c)).chunk(9 if self.dual_attention else 6, dim=-1)  # each (B, D)
+        c = F.silu(c)  # once for both streams' modulations
+        mods = self.x_modulation(c).chunk(9 if self.dual_attention else 6, dim=-1)  # each (B, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods[:6]
         x_norm = self.norm(x)  # (B, N, D)
         q, k, v = self._heads(self.x_qkv(modulate(x_norm, shift_msa, scale_msa)), 3)  # (B, H, N, Dh) each
@@ -223,11 +224,11 @@ class MMDiTBlock(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if ctx is not None and self.context_pre_only:
-            c_shift, c_scale = self.c_modulation(F.silu(c)).chunk(2, dim=-1)  # (B, D) each
+            c_shift, c_scale = self.c_modulation(c).chunk(2, dim=-1)  # (B, D) each
             ck, cv = self._heads(self.c_kv(modulate(self.norm(ctx), c_shift, c_scale)), 2)  # (B, H, S, Dh) each
             k, v = torch.cat([k, self.c_k_norm(ck)], dim=2), torch.cat([v, cv], dim=2)  # (B, H, N + S, Dh)
         elif ctx is not None:
-            c_mods = self.c_modulation(F.silu(c)).chunk(6, dim=-1)  # each (B, D)
+            c_mods = self.c_modulation(c).chunk(6, dim=-1)  # each (B, D)
             c_shift_msa, c_scale_msa, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = c_mods
             cq, ck, cv = self._heads(self.c_qkv(modulate(self.norm(ctx), c_shift_msa, c_scale_msa)), 3)  # (B, H, S, Dh)
             q = torch.cat([q, self.c_q_norm(cq)], dim=2)  # (B, H, N + S, Dh)
