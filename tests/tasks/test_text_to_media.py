@@ -182,3 +182,37 @@ def test_the_emoji_recipe_validates(tmp_path):
 
     recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "emoji_image.yaml")
     assert recipe.model.text.null_mode == "empty" and recipe.model.text.encoders[0].path == "minilm"
+
+
+@pytest.mark.slow
+def test_prepare_on_two_processes_writes_the_same_cache_as_one(tmp_path, vae_dir, fresh_accelerate):
+    import os
+    import socket
+    import subprocess
+
+    from mmflow.config import dump_yaml
+    from mmflow.data.cache import CachedDataset
+    from mmflow.recipe import recipe_to_dict
+
+    folder = _folder(tmp_path / "media", n=7, bad=True)  # an odd count and a bad file: uneven shares
+    recipe = _recipe(tmp_path, folder, vae_dir, use_cache="require", max_bad_fraction=0.5)
+    recipe.train.device = "cpu"
+    recipe_file = tmp_path / "recipe.yaml"
+    dump_yaml(recipe_to_dict(recipe), recipe_file)
+    assert main(["prepare", str(recipe_file), f"data.cache={tmp_path / 'one'}"]) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--main_process_port", str(port), "-m", "mmflow", "prepare", str(recipe_file),
+                    f"data.cache={tmp_path / 'two'}"], env=env, check=True, timeout=300)
+    one, two = CachedDataset(tmp_path / "one"), CachedDataset(tmp_path / "two")
+    assert one.keys == two.keys and len(one) == 7
+    assert len(two.index["skipped"]) == 1 and "broken.png" in two.index["skipped"][0][0]
+    assert len({v for v in two.index["items"].values()}) >= 2  # both ranks wrote shards
+    for k in range(len(one)):
+        a, b = one[k], two[k]
+        for field_name in one.fields:
+            torch.testing.assert_close(a[field_name], b[field_name], atol=1e-5, rtol=1e-5, msg=field_name)
