@@ -276,3 +276,30 @@ def test_cuda_xformers_model_matches_sdpa() -> None:
     with torch.autocast("cuda", dtype=torch.float16):
         diff = (a(x, t, cond).float() - b(x, t, cond).float()).abs().max()
     assert diff < 2e-2, diff
+
+
+def test_mlp_recomputes_gelu_same_gradients_less_saved_memory() -> None:
+    import torch.nn.functional as F
+
+    from mmflow.models.mmdit import Mlp
+
+    torch.manual_seed(0)
+    mlp = Mlp(16, 64)
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    saved: dict[str, list[int]] = {"ours": [], "plain": []}
+
+    def run(fn, key):
+        x.grad = None
+        mlp.zero_grad()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved[key].append(t.numel()) or t, lambda t: t):
+            out = fn()
+        out.square().sum().backward()
+        return out.detach(), [x.grad.clone()] + [p.grad.clone() for p in mlp.parameters()]
+
+    out, grads = run(lambda: mlp(x), "ours")
+    ref, ref_grads = run(lambda: mlp.fc2(F.gelu(mlp.fc1(x), approximate="tanh")), "plain")
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    activations = 3 * 5 * 64  # one (B, N, mlp_hidden) tensor
+    assert sum(saved["plain"]) - sum(saved["ours"]) == activations  # gelu(a) is no longer kept
