@@ -308,8 +308,14 @@ class TextEncoder(nn.Module):
             raise TextEncoderNotFound(f"tokenizer at {config.tokenizer_path()} has no pad token, so prompts cannot be "
                                       "padded to max_length; set pad_token in its tokenizer_config.json")
         cls = getattr(transformers, self.info.model_class)
-        self.model, loading = cls.from_pretrained(config.model_path(), local_files_only=True, use_safetensors=True,
-                                                  dtype=self.dtype, output_loading_info=True)
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # a frozen encoder's load needs no progress bar per run
+        try:
+            self.model, loading = cls.from_pretrained(config.model_path(), local_files_only=True, use_safetensors=True,
+                                                      dtype=self.dtype, output_loading_info=True)
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
         # a pooler nobody reads may be absent (sentence-transformers checkpoints); any other gap is a wrong folder
         missing = sorted(k for k in loading["missing_keys"]
                          if not (k.startswith("pooler.") and self.pooled_mode != "projection"))
