@@ -29,6 +29,18 @@ def read_config(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "config.json").read_text())
 
 
+def resolve_config(diffusers_config: dict[str, Any], class_name: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A diffusers config.json dict checked to be `class_name`'s, with unknown keys refused by name and
+    absent keys filled with the class's __init__ defaults (what diffusers itself does)."""
+    cls = diffusers_config.get("_class_name", class_name)
+    if cls != class_name:
+        raise ValueError(f"expected a diffusers {class_name} config, got _class_name {cls!r}")
+    unknown = sorted(k for k in diffusers_config if not k.startswith("_") and k not in defaults)
+    if unknown:
+        raise ValueError(f"unknown {class_name} config keys {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **{k: v for k, v in diffusers_config.items() if not k.startswith("_")}}
+
+
 def read_weights(folder: Path) -> dict[str, Tensor]:
     """A diffusers component's safetensors weights, sharded (with an index) or not."""
     if (folder / INDEX).exists():

@@ -26,7 +26,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmflow.interop.diffusers_common import StateSource, component_folder, instantiate, read_config, read_weights
+from mmflow.interop.diffusers_common import (
+    StateSource,
+    component_folder,
+    instantiate,
+    read_config,
+    read_weights,
+    resolve_config,
+)
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
 from mmflow.models.registry import DEFAULT_MAX_SHARD_BYTES, save_model
 
@@ -46,13 +53,7 @@ _SD3_DEFAULTS: dict[str, Any] = {
 
 def mmdit_config_from_sd3(diffusers_config: dict[str, Any]) -> MMDiTConfig:
     """MMDiTConfig equivalent to a diffusers SD3Transformer2DModel config (its config.json as a dict)."""
-    cls = diffusers_config.get("_class_name", SD3_CLASS_NAME)
-    if cls != SD3_CLASS_NAME:
-        raise ValueError(f"expected a diffusers {SD3_CLASS_NAME} config, got _class_name {cls!r}")
-    unknown = sorted(k for k in diffusers_config if not k.startswith("_") and k not in _SD3_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown {SD3_CLASS_NAME} config keys {unknown}; known: {sorted(_SD3_DEFAULTS)}")
-    c = {**_SD3_DEFAULTS, **{k: v for k, v in diffusers_config.items() if not k.startswith("_")}}
+    c = resolve_config(diffusers_config, SD3_CLASS_NAME, _SD3_DEFAULTS)
     hidden = c["num_attention_heads"] * c["attention_head_dim"]
     if c["caption_projection_dim"] != hidden:
         raise ValueError(f"caption_projection_dim {c['caption_projection_dim']} must equal num_attention_heads * "

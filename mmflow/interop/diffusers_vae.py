@@ -25,7 +25,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmflow.interop.diffusers_common import StateSource, component_folder, instantiate, read_config, read_weights
+from mmflow.interop.diffusers_common import (
+    StateSource,
+    component_folder,
+    instantiate,
+    read_config,
+    read_weights,
+    resolve_config,
+)
 from mmflow.models.registry import DEFAULT_MAX_SHARD_BYTES, save_model
 from mmflow.tokenizers.image_vae import ImageVAE, ImageVAEConfig
 
@@ -64,13 +71,7 @@ def _latent_stats(c: dict[str, Any]) -> tuple[list[float], list[float]]:
 
 def image_vae_config_from_diffusers(diffusers_config: dict[str, Any]) -> ImageVAEConfig:
     """ImageVAEConfig equivalent to a diffusers AutoencoderKL config (its config.json as a dict)."""
-    cls = diffusers_config.get("_class_name", VAE_CLASS_NAME)
-    if cls != VAE_CLASS_NAME:
-        raise ValueError(f"expected a diffusers {VAE_CLASS_NAME} config, got _class_name {cls!r}")
-    unknown = sorted(k for k in diffusers_config if not k.startswith("_") and k not in _VAE_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown {VAE_CLASS_NAME} config keys {unknown}; known: {sorted(_VAE_DEFAULTS)}")
-    c = {**_VAE_DEFAULTS, **{k: v for k, v in diffusers_config.items() if not k.startswith("_")}}
+    c = resolve_config(diffusers_config, VAE_CLASS_NAME, _VAE_DEFAULTS)
     levels = len(c["block_out_channels"])
     problems = []
     if c["out_channels"] != c["in_channels"]:
