@@ -76,6 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("recipe", help="recipe YAML file (task text_to_media)")
     pr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.path=my_folder")
     pr.add_argument("--batch-size", type=int, default=16, help="items encoded together")
+    for verb, what, src_help in (("encode", "media files -> latent files (<stem>.safetensors)", "media files or folders"),
+                                 ("decode", "latent files -> media files (PNG / MP4 / WAV)", "latent files or folders")):
+        e = sub.add_parser(verb, help=f"run a tokenizer: {what}")
+        e.add_argument("tokenizer", help="tokenizer folder (config.json + model.safetensors), or a tokenizer run folder")
+        e.add_argument("inputs", nargs="+", help=src_help)
+        e.add_argument("--out", required=True, help="output folder")
+        e.add_argument("--device", default="cpu")
+        e.add_argument("--no-ema", action="store_true", help="a run folder: use the raw weights instead of the EMA")
     c = sub.add_parser("convert", help="convert other frameworks' weights into an mmflow model folder",
                        epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("format", choices=["diffusers-sd3", "diffusers-vae"], help="source format")
@@ -121,6 +129,12 @@ def _train(args: argparse.Namespace) -> int:
         accuracies = {k: v for k, v in m.items() if "accuracy" in k}
         if accuracies:  # classifier-based checks (e.g. the digits recipe)
             print("classifier check: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(accuracies.items())))
+        recon = {k: v for k, v in m.items() if k.startswith(("psnr", "stft_distance", "l1"))}
+        if recon:  # tokenizers: held-out reconstruction quality
+            print("held-out reconstruction: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(recon.items())))
+        if m.get("bad_items"):
+            print(f"bad media: {int(m['bad_items'])} of {int(m['items_loaded'])} items asked for were bad and replaced "
+                  f"(paths in {result.run_dir / 'train.log'})")
         final = result.run_dir / "validation" / step_dir_name(result.step)
         pictures = sorted(final.glob("*.png")) if final.is_dir() else []
         print("pictures: " + ("  ".join(str(p) for p in pictures) if pictures else str(result.run_dir / "validation")))
@@ -160,6 +174,18 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encode_decode(args: argparse.Namespace) -> int:
+    from mmflow.tokenizers.cli_io import decode_files, encode_files
+
+    run = encode_files if args.command == "encode" else decode_files
+    try:
+        written = run(args.tokenizer, args.inputs, args.out, device=args.device, use_ema=not args.no_ema)
+    except ValueError as e:  # a file that does not fit the tokenizer: the message names it
+        raise ConfigError(str(e)) from e
+    print(f"{args.command}d {len(written)} file(s) into {args.out}")
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     import torch
 
@@ -190,7 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extras
     logging.basicConfig(level=logging.WARNING, format="[mmflow] %(levelname)s %(message)s")
     try:
-        return {"train": _train, "sample": _sample, "prepare": _prepare, "convert": _convert}[args.command](args)
+        commands = {"train": _train, "sample": _sample, "prepare": _prepare, "encode": _encode_decode,
+                    "decode": _encode_decode, "convert": _convert}
+        return commands[args.command](args)
     except Exception as e:
         from mmflow.data.bad_items import BadDataError  # imported here: they pull in torch
         from mmflow.data.cache import StaleCacheError

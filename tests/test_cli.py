@@ -113,3 +113,27 @@ def test_a_stray_argument_after_options_is_a_usage_error(capsys: pytest.CaptureF
         main(["train", TOY, "--print-config", "not-an-override"])
     assert exc.value.code == 2
     assert "unrecognized arguments: not-an-override" in capsys.readouterr().err
+
+
+def test_encode_then_decode_round_trips_an_image_through_a_tokenizer(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from mmflow.models.registry import save_model
+    from mmflow.tokenizers import ImageVAE, image_vae_config
+
+    save_model(ImageVAE(image_vae_config("test", latent_channels=4)), tmp_path / "vae")
+    Image.fromarray(np.full((16, 24, 3), 128, np.uint8)).save(tmp_path / "grey.png")
+    assert main(["encode", str(tmp_path / "vae"), str(tmp_path / "grey.png"), "--out", str(tmp_path / "z")]) == 0
+    assert main(["decode", str(tmp_path / "vae"), str(tmp_path / "z"), "--out", str(tmp_path / "back")]) == 0
+    assert Image.open(tmp_path / "back" / "grey.png").size == (24, 16)
+
+
+def test_decode_of_a_file_that_is_not_latents_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mmflow.models.registry import save_model
+    from mmflow.tokenizers import ImageVAE, image_vae_config
+
+    save_model(ImageVAE(image_vae_config("test")), tmp_path / "vae")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    assert main(["decode", str(tmp_path / "vae"), str(tmp_path / "junk.safetensors"), "--out", str(tmp_path / "o")]) == 2
+    assert "junk.safetensors" in capsys.readouterr().err

@@ -22,5 +22,6 @@ def get_task_class(name: str, source: str | None = None) -> type[Task]:
 
 def _load_builtin() -> None:
     import mmflow.tasks.digits  # noqa: F401  (registers itself)
+    import mmflow.tasks.tokenizer  # noqa: F401  (registers itself)
     import mmflow.tasks.text_to_media  # noqa: F401  (registers itself)
     import mmflow.tasks.toy2d  # noqa: F401  (registers itself)

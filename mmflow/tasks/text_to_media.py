@@ -257,7 +257,7 @@ class TextToMediaTask(FlowMatchingTask):
     def validate(self, models: dict[str, nn.Module], out_dir: Path, step: int, device: torch.device) -> dict[str, float]:
         prompts = [p for p in self.eval_prompts() for _ in range(self.recipe.data.eval_per_prompt)]
         media = self.sample_media(models[VELOCITY], prompts, device, self.recipe.sample)
-        write_media(media, prompts, self.recipe.data, out_dir, per_prompt=self.recipe.data.eval_per_prompt)
+        write_samples(media, prompts, self.recipe.data, out_dir, per_prompt=self.recipe.data.eval_per_prompt)
         return {"sample_std": float(media.std()), "sample_mean": float(media.mean())}
 
     def pipeline_info(self) -> dict[str, Any]:
@@ -273,7 +273,7 @@ class TextToMediaTask(FlowMatchingTask):
         prompts = list(prompts or self.eval_prompts())
         rows = [p for p in prompts for _ in range(num)]
         media = self.sample_media(model, rows, device, sample_cfg)
-        files = write_media(media, rows, self.recipe.data, out_dir, per_prompt=num)
+        files = write_samples(media, rows, self.recipe.data, out_dir, per_prompt=num)
         return {"num_per_prompt": num, "prompts": prompts, "files": [str(f) for f in files]}
 
 
@@ -297,7 +297,7 @@ class CacheOrder:
             yield [self.lookup[key[0] if isinstance(key, (tuple, list)) else key] for key in batch]
 
 
-def write_media(media: Tensor, prompts: Sequence[str], data: MediaDataConfig, out_dir: Path,
+def write_samples(media: Tensor, prompts: Sequence[str], data: MediaDataConfig, out_dir: Path,
                 per_prompt: int) -> list[Path]:
     """Samples to files: images as one PNG grid (rows = prompts), videos as a PNG of frames per prompt
     row plus one MP4 each, audio as one WAV each; prompts.txt lists them."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def write_png(image: Tensor, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_mp4(video: Tensor, path: str | os.PathLike, fps: float = 8.0, crf: int = 18) -> Path:
+def write_mp4(video: Tensor, path: str | os.PathLike, fps: float = 8.0, crf: int = 17) -> Path:
     """video (3, T, H, W) -> H.264 MP4 (yuv420p, so H and W are padded to even sizes by edge repetition)."""
     import av
 
@@ -45,11 +46,11 @@ def write_mp4(video: Tensor, path: str | os.PathLike, fps: float = 8.0, crf: int
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     tmp = _tmp(path)
     with av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=round(fps))
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))  # 29.97 stays exact
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.options = {"crf": str(crf)}
         for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -69,3 +70,15 @@ def write_wav(audio: Tensor, path: str | os.PathLike, sample_rate: int) -> Path:
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return path
+
+
+def write_media(media: Tensor, path: str | os.PathLike, modality: str, fps: float = 8.0,
+                sample_rate: int = 16000) -> Path:
+    """image (C, H, W) -> PNG, video (3, T, H, W) -> MP4, audio (C, N) -> WAV, by `modality`."""
+    if modality == "image":
+        return write_png(media, path)
+    if modality == "video":
+        return write_mp4(media, path, fps)
+    if modality == "audio":
+        return write_wav(media, path, sample_rate)
+    raise ValueError(f"unknown modality {modality!r}; expected image, video or audio")

@@ -1,0 +1,377 @@
+"""Training a tokenizer (the image, video or audio VAE) with the shared trainer.
+
+One task, `tokenizer`; `data.modality` picks the VAE. Models: "tokenizer" (the VAE) and, when
+model.loss.adv_weight > 0, "discriminator" (a PatchGAN, 2-D for images, 3-D for videos). Optimizer
+groups "generator" then "discriminator" are stepped in turn each step; the discriminator group is
+switched on at model.loss.adv_start_step and judges the reconstruction the generator step made from
+the same batch (kept detached on the task). The folder's last `data.held_out` items are never trained
+on: validation reconstructs them and reports PSNR (image, video; pixels mapped to [0, 1]) or the
+multi-scale STFT distance beside those of silence and of noise (audio). After the last step the
+latent statistics are measured on training items and written into the tokenizer's config, so the
+exported model/models/tokenizer/config.json carries latent_shift / latent_scale.
+
+    mmflow train tokenizers/image_f8.yaml
+    mmflow train tokenizers/audio.yaml train.max_steps=3000 data.path=my_music
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import soundfile as sf
+import torch
+from accelerate.utils import extract_model_from_parallel
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from mmflow.config import ConfigError, from_dict, to_dict
+from mmflow.data.bad_items import BadDataError, BadMedia
+from mmflow.data.media_folder import MAX_CANDIDATES, MediaFolderConfig, MediaFolderDataset, collate
+from mmflow.tasks import register_task
+from mmflow.tokenizers import (
+    AUDIO_VAE_PRESETS, IMAGE_VAE_PRESETS, VIDEO_VAE_PRESETS, AudioVAE, AudioVAEConfig, ImageVAE, ImageVAEConfig,
+    PatchDiscriminator, PatchDiscriminatorConfig, Tokenizer, VAELoss, VAELossConfig, VideoVAE, VideoVAEConfig,
+    apply_latent_stats, measure_latent_stats, stft_distance,
+)
+from mmflow.train.random import BatchRandom
+from mmflow.train.task import LossOutput, Task
+from mmflow.utils.images import save_image_grid
+
+logger = logging.getLogger("mmflow.tasks")
+
+TOKENIZER, DISCRIMINATOR = "tokenizer", "discriminator"  # model names
+GENERATOR = "generator"  # optimizer group of the tokenizer
+VAE_KINDS: dict[str, tuple[type[Tokenizer], type, dict[str, dict[str, Any]]]] = {
+    "image": (ImageVAE, ImageVAEConfig, IMAGE_VAE_PRESETS),
+    "video": (VideoVAE, VideoVAEConfig, VIDEO_VAE_PRESETS),
+    "audio": (AudioVAE, AudioVAEConfig, AUDIO_VAE_PRESETS),
+}
+
+
+@dataclass
+class TokenizerDataConfig(MediaFolderConfig):
+    """A media folder (mmflow.data.media_folder) plus the held-out split and the statistics sample."""
+
+    held_out: int = field(default=16, metadata={"min": 1, "help": "the folder's last N items: validation only, never trained on"})
+    stats_items: int = field(default=512, metadata={"min": 1, "help": "training items encoded to measure latent statistics"})
+    val_examples: int = field(default=8, metadata={"min": 1, "help": "held-out items drawn in the picture / written as WAVs"})
+
+
+@dataclass
+class DiscriminatorSection:
+    base_channels: int = field(default=64, metadata={"min": 1, "help": "first layer width (doubles per layer, at most 8x)"})
+    n_layers: int = field(default=3, metadata={"min": 1, "help": "stride-2 layers; needs data.size >= 3 * 2 ** n_layers"})
+
+
+@dataclass
+class TokenizerModelConfig:
+    preset: str | None = field(default="tiny", metadata={"help": "size preset of the modality's VAE; null: the config defaults"})
+    vae: dict[str, Any] = field(default_factory=dict, metadata={"help": "VAE config fields over the preset, e.g. latent_channels: 16"})
+    discriminator: DiscriminatorSection = field(default_factory=DiscriminatorSection)
+    loss: VAELossConfig = field(default_factory=VAELossConfig)
+
+
+def tokenizer_config(data: TokenizerDataConfig, model: TokenizerModelConfig, source: str | None = None) -> Any:
+    """The VAE config of a recipe: preset fields, then model.vae, then what the data fixes (channels, rate)."""
+    _, cls, presets = VAE_KINDS[data.modality]
+    fields: dict[str, Any] = {}
+    if model.preset is not None:
+        if model.preset not in presets:
+            raise ConfigError(f"{model.preset!r} is not a {data.modality} VAE preset; known: {sorted(presets)}",
+                              "model.preset", source)
+        fields.update(presets[model.preset])
+    fields.update(model.vae)
+    implied = ({"sample_rate": data.sample_rate, "channels": data.channels} if data.modality == "audio"
+               else {"in_channels": 3})  # the media folder reads RGB images and videos
+    for key, value in implied.items():
+        if key in model.vae and model.vae[key] != value:
+            raise ConfigError(f"{model.vae[key]!r} disagrees with the data, which gives {value!r} "
+                              f"(set it in the data section, or drop it here)", f"model.vae.{key}", source)
+        fields[key] = value
+    return from_dict(cls, to_dict(fields), source=source, prefix="model.vae")
+
+
+def psnr(x_hat: Tensor, x: Tensor) -> Tensor:
+    """Per-item PSNR in dB of media (B, C, ...) in [-1, 1], both mapped to [0, 1] (x_hat clamped): (B,)."""
+    mse = ((x_hat.float().clamp(-1, 1) - x.float()) / 2).square().flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return extract_model_from_parallel(model)
+
+
+def through_forward(model: nn.Module, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args), run as the forward of `model`'s parallel wrapper when it has one.
+
+    A tokenizer step calls encode and decode rather than forward (its noise comes from BatchRandom);
+    under DDP the gradient all-reduce is armed only by a call through the wrapper's forward.
+    """
+    inner = unwrap(model)
+    if inner is model:
+        return fn(*args)
+    saved = inner.__dict__.get("forward")  # accelerate patches forward under mixed precision: restore it
+    inner.forward = fn
+    try:
+        return model(*args)
+    finally:
+        if saved is None:
+            del inner.forward
+        else:
+            inner.forward = saved
+
+
+@contextmanager
+def frozen(module: nn.Module | None) -> Iterator[None]:
+    """No parameter gradients for `module` inside (the discriminator while the generator learns)."""
+    params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def last_layer(vae: nn.Module) -> nn.Parameter:
+    """The decoder's output weight, for the adaptive adversarial weight."""
+    return vae.last_layer_weight() if hasattr(vae, "last_layer_weight") else vae.decoder.conv_out.weight
+
+
+def decode_like(vae: nn.Module, z: Tensor, x: Tensor) -> Tensor:
+    """Raw latents -> media of x's shape (video and audio crop back to x's length)."""
+    if isinstance(vae, VideoVAE):
+        return vae.decode(z, num_frames=x.shape[2])
+    if isinstance(vae, AudioVAE):
+        return vae.decode(z, num_samples=x.shape[2])
+    return vae.decode(z)
+
+
+class TrainingItems(Dataset):
+    """Items [0, n_train) of a media folder; a bad item's replacement is also drawn from them, so the
+    held-out items [n_train, len) are never trained on."""
+
+    def __init__(self, folder: MediaFolderDataset, n_train: int) -> None:
+        self.folder, self.n_train = folder, n_train
+
+    def __len__(self) -> int:
+        return self.n_train
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), self.folder.epoch)
+        if not 0 <= i < self.n_train:
+            raise IndexError(f"training item {i} outside [0, {self.n_train})")
+        item = self.folder[(i, epoch)]
+        if item["index"] < self.n_train:
+            return item
+        # the folder's replacement search reached a held-out item: search the training items instead
+        bad, size = list(item["bad"]), self.folder.buckets[self.folder.bucket_of[i]]
+        for j in itertools.islice(itertools.chain(range(i + 1, self.n_train), range(i)), MAX_CANDIDATES):
+            try:
+                found = self.folder.load(j, epoch, size)
+            except BadMedia as exc:
+                bad.append((str(self.folder.entries[j].path), exc.reason))
+                continue
+            return {**found, "bad": bad, "requested": i}
+        raise BadDataError(f"item {i} and the training items tried in its place are all bad (first: {bad[:3]})")
+
+
+@register_task
+class TokenizerTask(Task):
+    name = "tokenizer"
+    data_config_class = TokenizerDataConfig
+    model_config_class = TokenizerModelConfig
+
+    def __init__(self, recipe: Any) -> None:
+        super().__init__(recipe)
+        self.modality: str = recipe.data.modality
+        self.vae_config = tokenizer_config(recipe.data, recipe.model)
+        rate = recipe.data.sample_rate if self.modality == "audio" else None
+        self.vae_loss = VAELoss(recipe.model.loss, sample_rate=rate)
+        self._folder: MediaFolderDataset | None = None
+        self._recon: tuple[int, list[tuple[Tensor, Tensor]]] = (-1, [])  # (step, [(media, detached x_hat)])
+        self._held_out: Tensor | None = None
+
+    @property
+    def adversarial(self) -> bool:
+        return self.recipe.model.loss.adv_weight > 0
+
+    # ------------------------------------------------------------------ models
+    def build_models(self) -> dict[str, nn.Module]:
+        models: dict[str, nn.Module] = {TOKENIZER: VAE_KINDS[self.modality][0](self.vae_config)}
+        if self.adversarial:
+            d = self.recipe.model.discriminator
+            models[DISCRIMINATOR] = PatchDiscriminator(PatchDiscriminatorConfig(
+                in_channels=3, base_channels=d.base_channels, n_layers=d.n_layers,
+                dims=3 if self.modality == "video" else 2))
+        return models
+
+    def optimizer_groups(self, models: dict[str, nn.Module]) -> dict[str, list[str]]:
+        return {GENERATOR: [TOKENIZER], DISCRIMINATOR: [DISCRIMINATOR]} if DISCRIMINATOR in models else {GENERATOR: [TOKENIZER]}
+
+    def optimizer_active(self, optimizer: str, step: int) -> bool:
+        return optimizer != DISCRIMINATOR or step >= self.recipe.model.loss.adv_start_step
+
+    def ema_models(self, models: dict[str, nn.Module]) -> list[str]:
+        return [TOKENIZER]  # the discriminator is thrown away after training
+
+    def pipeline_info(self) -> dict[str, Any]:
+        from mmflow.recipe import recipe_to_dict
+
+        return {"task": self.name, "model": TOKENIZER, "modality": self.modality, "recipe": recipe_to_dict(self.recipe)}
+
+    @classmethod
+    def validate_recipe(cls, recipe: Any, source: str | None) -> None:
+        data, model = recipe.data, recipe.model
+        if data.bucketing:
+            raise ConfigError("the tokenizer task trains on one size (the trainer's sampler mixes buckets); "
+                              "set data.bucketing: false", "data.bucketing", source)
+        vae = tokenizer_config(data, model, source)
+        loss = model.loss
+        if data.modality == "audio":
+            if loss.adv_weight > 0:
+                raise ConfigError("no audio discriminator yet (PatchDiscriminator judges images and videos); "
+                                  "set it to 0", "model.loss.adv_weight", source)
+            return
+        for key in ("stft_weight", "mel_weight"):
+            if getattr(loss, key) > 0:
+                raise ConfigError(f"{key} is an audio loss; set it to 0 for {data.modality}", f"model.loss.{key}", source)
+        factor = vae.downsample_factor if data.modality == "image" else vae.spatial_factor
+        if data.size % factor:
+            raise ConfigError(f"{data.size} is not a multiple of the VAE's downsampling factor {factor}", "data.size", source)
+        if data.modality == "video" and (data.frames - 1) % vae.temporal_factor and not vae.pad_frames:
+            tf = vae.temporal_factor
+            raise ConfigError(f"{data.frames} frames do not fit the VAE's temporal factor {tf}: use 1 + {tf}k frames "
+                              f"(e.g. {1 + 2 * tf}, {1 + 3 * tf}) or model.vae.pad_frames: true", "data.frames", source)
+        need = 3 * 2 ** model.discriminator.n_layers
+        if loss.adv_weight > 0 and data.size < need:
+            raise ConfigError(f"{model.discriminator.n_layers} layers need data.size >= {need}, got {data.size}",
+                              "model.discriminator.n_layers", source)
+
+    # ------------------------------------------------------------------ data
+    def folder(self) -> MediaFolderDataset:
+        """The whole media folder (training items first, the last data.held_out items held out)."""
+        if self._folder is None:
+            folder = MediaFolderDataset(self.recipe.data, seed=self.recipe.seed)
+            held = self.recipe.data.held_out
+            if held >= len(folder):
+                raise ConfigError(f"{held} leaves no training items: {self.recipe.data.path} holds {len(folder)} "
+                                  f"{self.modality} items", "data.held_out")
+            self._folder = folder
+        return self._folder
+
+    @property
+    def num_train(self) -> int:
+        return len(self.folder()) - self.recipe.data.held_out
+
+    def build_dataset(self) -> TrainingItems:
+        return TrainingItems(self.folder(), self.num_train)
+
+    def collate(self, items: list[Any]) -> Any:
+        return collate(items)
+
+    def held_out_media(self) -> Tensor:
+        """The held-out items' media (N, C, ...) (bad ones skipped with a warning), loaded once."""
+        if self._held_out is None:
+            folder, media = self.folder(), []
+            for i in range(self.num_train, len(folder)):
+                try:
+                    media.append(folder.load(i)["media"])
+                except BadMedia as exc:
+                    logger.warning("held-out item %s is unusable (%s); validating without it", folder.entries[i].path, exc.reason)
+            if not media:
+                raise BadDataError(f"all {self.recipe.data.held_out} held-out items of {folder.root} are bad")
+            self._held_out = torch.stack(media)
+        return self._held_out
+
+    # ------------------------------------------------------------------ loss
+    def reconstruct(self, model: nn.Module, x: Tensor, rng: BatchRandom) -> tuple[Tensor, Any]:
+        """Encode x (B, C, ...), sample the posterior with noise from `rng`, decode: (x_hat like x, posterior)."""
+        vae = unwrap(model)
+
+        def step(media: Tensor) -> tuple[Tensor, Any]:
+            post = vae.encode(media)
+            noise = rng.randn(*post.mean.shape[1:]).to(post.mean.dtype)  # (B, C_lat, ...)
+            return decode_like(vae, post.mean + post.std * noise, media), post
+
+        return through_forward(model, step, x)
+
+    def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
+        # audio: zero padding past a short file's end (batch["mask"]) is a target like any other:
+        # silence in, silence out
+        x = batch["media"]
+        loss_fn = self.vae_loss.to(x.device)
+        if optimizer == GENERATOR:
+            x_hat, posterior = self.reconstruct(models[TOKENIZER], x, rng)
+            cached = self._recon[1] if self._recon[0] == step else []
+            self._recon = (step, [*cached, (x, x_hat.detach())])  # the discriminator step judges these
+            disc = unwrap(models[DISCRIMINATOR]) if DISCRIMINATOR in models else None
+            with frozen(disc):
+                out = loss_fn.generator_loss(x, x_hat, posterior, step, disc, last_layer(unwrap(models[TOKENIZER])))
+            return LossOutput(out.loss, out.logs)
+        x_hat = next((r for m, r in self._recon[1] if m is x), None) if self._recon[0] == step else None
+        if x_hat is None:  # not from this step's generator pass (e.g. the generator group was skipped)
+            with torch.no_grad():
+                x_hat, _ = self.reconstruct(models[TOKENIZER], x, rng)
+        out = loss_fn.discriminator_loss(x, x_hat, models[DISCRIMINATOR], step)
+        return LossOutput(out.loss, out.logs)
+
+    # ------------------------------------------------------------------ validation and export
+    def reconstruct_mean(self, vae: nn.Module, x: Tensor, device: torch.device) -> Tensor:
+        """Posterior-mean reconstructions of x (N, C, ...) in chunks of train.batch_size -> (N, C, ...) on CPU."""
+        out = []
+        for lo in range(0, len(x), self.recipe.train.batch_size):
+            chunk = x[lo: lo + self.recipe.train.batch_size].to(device)
+            out.append(decode_like(vae, vae.encode(chunk).mode(), chunk).float().cpu())
+        return torch.cat(out)
+
+    def validate(self, models: dict[str, nn.Module], out_dir: Path, step: int, device: torch.device) -> dict[str, float]:
+        """Reconstruct the held-out items: PSNR (image/video) or STFT distances (audio) + picture / WAVs."""
+        x = self.held_out_media()
+        x_hat = self.reconstruct_mean(models[TOKENIZER], x, device)
+        k = min(self.recipe.data.val_examples, len(x))
+        metrics = {"held_out_items": float(len(x)), "l1": float((x_hat - x).abs().mean())}
+        if self.modality == "audio":
+            g = torch.Generator().manual_seed(0)
+            rms = x.flatten(1).square().mean(1).sqrt().view(-1, 1, 1)  # (N, 1, 1)
+            noise = torch.randn(x.shape, generator=g) * rms  # white noise as loud as each item
+            metrics.update(stft_distance=float(stft_distance(x_hat, x).mean()),
+                           stft_distance_silence=float(stft_distance(torch.zeros_like(x), x).mean()),
+                           stft_distance_noise=float(stft_distance(noise, x).mean()))
+            rate = self.recipe.data.sample_rate
+            for i in range(k):
+                sf.write(str(out_dir / f"original_{i}.wav"), x[i].T.clamp(-1, 1).numpy(), rate)
+                sf.write(str(out_dir / f"reconstruction_{i}.wav"), x_hat[i].T.clamp(-1, 1).numpy(), rate)
+            return metrics
+        per_item = psnr(x_hat, x)  # (N,)
+        metrics.update(psnr=float(per_item.mean()), psnr_min=float(per_item.min()))
+        title = f"step {step}: held-out PSNR {metrics['psnr']:.2f} dB (top: original, below: reconstruction)"
+        if self.modality == "image":
+            grid, labels = torch.stack([x[:k], x_hat[:k]]), ["original", "reconstruction"]  # (2, k, 3, H, W)
+        else:
+            k = min(k, 4)
+            pairs = torch.stack([x[:k], x_hat[:k]], 1).flatten(0, 1)  # (2k, 3, T, H, W): original, reconstruction, ...
+            grid, labels = pairs.transpose(1, 2), [f"{w} {i}" for i in range(k) for w in ("orig", "recon")]
+        save_image_grid(grid, out_dir / "reconstructions.png", row_labels=labels, title=title, scale=2)
+        return metrics
+
+    def finish_models(self, models: dict[str, nn.Module], dataset: Dataset, device: torch.device) -> None:
+        """Measure per-channel latent statistics on up to data.stats_items training items and store them."""
+        vae = models[TOKENIZER]
+        n = min(len(dataset), self.recipe.data.stats_items)
+        rows = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.recipe.seed))[:n].tolist()
+        loader = DataLoader(Subset(dataset, rows), batch_size=self.recipe.train.batch_size, collate_fn=self.collate,
+                            num_workers=self.recipe.train.num_workers)
+        moments = measure_latent_stats(vae, loader, key="media")
+        shift, scale = moments.shift_scale()
+        apply_latent_stats(vae, shift, scale)
+        std = moments.std
+        logger.info("latent statistics over %d items (%d values per channel): |mean| <= %.3g, std in [%.3g, %.3g]",
+                    n, moments.count, float(moments.mean.abs().max()), float(std.min()), float(std.max()))

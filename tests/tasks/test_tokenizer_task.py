@@ -1,0 +1,222 @@
+"""The tokenizer task: short image / video / audio trainings from the tokenizers/ recipes on generated
+media, the discriminator's start step, the held-out split, latent statistics in the export, bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from accelerate.utils import set_seed
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from media_factory import (  # noqa: E402
+    noisy_frames, pattern_rgb, sine, write_audio, write_image, write_mp4, write_zero_byte,
+)
+
+from mmflow.cli import main  # noqa: E402
+from mmflow.config import ConfigError  # noqa: E402
+from mmflow.data.media_folder import collate  # noqa: E402
+from mmflow.models.registry import load_model  # noqa: E402
+from mmflow.recipe import load_recipe  # noqa: E402
+from mmflow.tasks.tokenizer import DISCRIMINATOR, GENERATOR, TOKENIZER, TokenizerTask, psnr  # noqa: E402
+from mmflow.train import checkpoint as ckpt  # noqa: E402
+from mmflow.train.random import BatchRandom  # noqa: E402
+from mmflow.train.trainer import Trainer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "tokenizers"
+# 16x16 images, the 2x "test" VAE; the folder has 20 images, 4 held out
+IMAGE = ["model.preset=test", "model.vae={}", "data.size=16", "data.held_out=4", "data.stats_items=64",
+         "data.val_examples=4", "model.discriminator.base_channels=8", "model.discriminator.n_layers=1",
+         "train.batch_size=8", "train.max_steps=30", "train.warmup_steps=2", "train.lr=3e-3", "train.log_every=5",
+         "train.checkpoint_every=30", "train.trackers=[]"]
+
+
+def _images(root: Path, n: int = 20, size: int = 16) -> Path:
+    for i in range(n):
+        write_image(root / f"img_{i:03d}.png", pattern_rgb(size, size, seed=i)[:, :: 1 if i % 2 else -1])
+    return root
+
+
+def _recipe(name: str, data: Path, *overrides: str):
+    return load_recipe(RECIPES / f"{name}.yaml", [f"data.path={data}", *overrides])
+
+
+def _train(recipe, run_dir: Path):
+    return Trainer(recipe, TokenizerTask(recipe), run_dir).train()
+
+
+def test_image_training_lowers_loss_and_exports_normalising_latent_stats(tmp_path):
+    data = _images(tmp_path / "data")
+    recipe = _recipe("image_f8", data, *IMAGE)
+    result = _train(recipe, tmp_path / "run")
+    losses = [loss for _, loss in result.loss_history]
+    assert losses[-1] < 0.6 * losses[0], losses
+    # the export carries the statistics; encode_latents of a reloaded tokenizer normalises the training items
+    folder = tmp_path / "run" / "model" / "models" / TOKENIZER
+    cfg = json.loads((folder / "config.json").read_text())["config"]
+    assert len(cfg["latent_shift"]) == len(cfg["latent_scale"]) == 4
+    vae = load_model(folder).eval()
+    task = TokenizerTask(recipe)
+    train = task.build_dataset()
+    x = collate([train[i] for i in range(len(train))])["media"]  # all 16 training items (stats_items >= 16)
+    with torch.no_grad():
+        z = vae.encode_latents(x)  # (16, 4, 8, 8)
+    mean, std = z.mean(dim=(0, 2, 3)), z.std(dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean, torch.zeros(4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(std, torch.ones(4), atol=1e-4, rtol=0)
+    # validation reconstructs the 4 held-out images (never trained on), better than a flat grey guess
+    metrics = result.metrics
+    assert metrics["held_out_items"] == 4
+    held = task.held_out_media()
+    assert metrics["psnr"] > float(psnr(torch.zeros_like(held), held).mean()) + 3.0, metrics
+    with torch.no_grad():
+        again = psnr(task.reconstruct_mean(vae, held, torch.device("cpu")), held)  # the saved weights give it again
+    assert abs(float(again.mean()) - metrics["psnr"]) < 1e-3
+    assert (tmp_path / "run" / "validation" / ckpt.step_dir_name(30) / "reconstructions.png").stat().st_size > 500
+
+
+def test_held_out_items_are_never_trained_on_even_as_replacements(tmp_path):
+    data = _images(tmp_path / "data", n=10)
+    write_zero_byte(data / "img_005.png")  # the last training item: its replacement search reaches held-out items
+    recipe = _recipe("image_f8", data, *IMAGE, "data.held_out=4")
+    task = TokenizerTask(recipe)
+    train = task.build_dataset()
+    assert len(train) == 6 and len(task.folder()) == 10
+    assert [p.name for p in (e.path for e in task.folder().entries)][6:] == [f"img_{i:03d}.png" for i in range(6, 10)]
+    delivered = [train[i] for i in range(len(train))]
+    assert all(it["index"] < 6 for it in delivered)
+    assert delivered[5]["index"] != 5 and delivered[5]["requested"] == 5
+    assert any("img_005.png" in path for path, _ in delivered[5]["bad"])
+    assert task.folder()[5]["index"] == 6  # without the guard the folder itself would hand out a held-out item
+    assert task.held_out_media().shape == (4, 3, 16, 16)
+    with pytest.raises(ConfigError, match="data.held_out.*10"):
+        TokenizerTask(_recipe("image_f8", data, *IMAGE, "data.held_out=10")).build_dataset()
+
+
+def test_discriminator_waits_for_its_start_step_then_learns(tmp_path):
+    data = _images(tmp_path / "data", n=12)
+    recipe = _recipe("image_f8", data, *IMAGE, "model.loss.adv_weight=0.5", "model.loss.adv_start_step=3",
+                     "train.max_steps=5", "train.checkpoint_every=3", "train.keep_checkpoints=2")
+    task = TokenizerTask(recipe)
+    set_seed(recipe.seed)  # the trainer builds its models right after the same call
+    initial = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in task.build_models().items()}
+    assert task.optimizer_groups(initial) == {GENERATOR: [TOKENIZER], DISCRIMINATOR: [DISCRIMINATOR]}
+    assert [task.optimizer_active(DISCRIMINATOR, s) for s in range(5)] == [False, False, False, True, True]
+    _train(recipe, tmp_path / "run")
+
+    def weights(step: int, name: str) -> dict[str, torch.Tensor]:
+        folder = tmp_path / "run" / "checkpoints" / ckpt.step_dir_name(step) / "models" / name
+        return load_file(str(folder / "model.safetensors"))
+
+    for k, v in weights(3, DISCRIMINATOR).items():
+        torch.testing.assert_close(v, initial[DISCRIMINATOR][k], atol=0, rtol=0, msg=k)  # steps 0-2: untouched
+    assert any(not torch.equal(v, initial[DISCRIMINATOR][k]) for k, v in weights(5, DISCRIMINATOR).items())
+    assert any(not torch.equal(v, initial[TOKENIZER][k]) for k, v in weights(3, TOKENIZER).items())
+
+
+def test_adversarial_term_from_the_start_step_and_the_discriminator_reuses_the_reconstruction(tmp_path):
+    data = _images(tmp_path / "data", n=8)
+    task = TokenizerTask(_recipe("image_f8", data, *IMAGE, "model.loss.adv_weight=0.5", "model.loss.adv_start_step=2"))
+    models = task.build_models()
+    batch = collate([task.build_dataset()[i] for i in range(2)])
+    calls = []
+    original = task.reconstruct
+    task.reconstruct = lambda *a: calls.append(1) or original(*a)  # count encode/decode passes
+
+    def rng(group: int, step: int) -> BatchRandom:
+        return BatchRandom(0, step, group, 0, 2, 1)
+
+    before = task.loss(models, batch, rng(0, 1), GENERATOR, 1)
+    assert "g_loss" not in before.logs
+    after = task.loss(models, batch, rng(0, 2), GENERATOR, 2)
+    assert "g_loss" in after.logs and after.logs["adv_weight"] > 0
+    after.loss.backward()
+    assert all(p.grad is None for p in models[DISCRIMINATOR].parameters())  # G's step leaves D's gradients alone
+    assert any(p.grad is not None for p in models[TOKENIZER].parameters())
+    d = task.loss(models, batch, rng(1, 2), DISCRIMINATOR, 2)
+    assert len(calls) == 2 and d.loss.requires_grad and "d_loss" in d.logs  # reused step 2's reconstruction
+    task.loss(models, collate([task.build_dataset()[i] for i in range(2, 4)]), rng(1, 2), DISCRIMINATOR, 2)
+    assert len(calls) == 3  # a batch the generator did not see is reconstructed again
+    # same rng key -> same posterior noise -> same reconstruction; another step's key -> different
+    with torch.no_grad():
+        a, _ = original(models[TOKENIZER], batch["media"], rng(0, 7))
+        b, _ = original(models[TOKENIZER], batch["media"], rng(0, 7))
+        c, _ = original(models[TOKENIZER], batch["media"], rng(0, 8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_video_training_with_a_3d_discriminator(tmp_path):
+    for i in range(6):
+        write_mp4(tmp_path / "data" / f"clip_{i}.mp4", noisy_frames(6, 32, 32, seed=i), fps=8)
+    recipe = _recipe("video", tmp_path / "data", "model.preset=test", "model.vae={}", "data.size=32", "data.frames=5",
+                     "data.held_out=2", "data.stats_items=8", "data.val_examples=2", "model.loss.adv_weight=0.1",
+                     "model.loss.adv_start_step=2", "model.discriminator.base_channels=8",
+                     "model.discriminator.n_layers=1", "train.batch_size=2", "train.max_steps=4",
+                     "train.warmup_steps=1", "train.log_every=2", "train.checkpoint_every=4", "train.trackers=[]")
+    result = _train(recipe, tmp_path / "run")
+    assert np.isfinite(result.final_loss) and 0 < result.metrics["psnr"] < 60
+    cfg = json.loads((tmp_path / "run" / "model" / "models" / TOKENIZER / "config.json").read_text())["config"]
+    assert len(cfg["latent_scale"]) == 4
+    assert load_model(tmp_path / "run" / "model" / "models" / DISCRIMINATOR).config.dims == 3
+    assert (tmp_path / "run" / "validation" / ckpt.step_dir_name(4) / "reconstructions.png").exists()
+
+
+def test_audio_recipe_trains_from_the_command_line(tmp_path, capsys):
+    for i in range(8):
+        write_audio(tmp_path / "data" / f"tone_{i}.wav", sine(0.25, 8000, freq=200 + 60 * i), 8000)
+    run = tmp_path / "run"
+    code = main(["train", str(RECIPES / "audio.yaml"), f"data.path={tmp_path / 'data'}", "data.sample_rate=8000",
+                 "data.seconds=0.25", "data.held_out=2", "data.stats_items=8", "data.val_examples=2",
+                 "model.preset=test", "model.vae={}", "model.loss.stft_fft_sizes=[128,64,32]",
+                 "model.loss.mel_n_fft=128",
+                 "model.loss.mel_hop_length=32", "model.loss.mel_bins=16", "train.batch_size=6", "train.max_steps=20",
+                 "train.warmup_steps=1", "train.log_every=5", "train.checkpoint_every=20", "train.trackers=[]",
+                 "--run-dir", str(run)])
+    assert code == 0, capsys.readouterr().err
+    log = (run / "train.log").read_text()
+    losses = [float(line.split(" loss ")[1].split()[0]) for line in log.splitlines()
+              if " loss " in line and "step" in line]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 < metrics["stft_distance"] and metrics["stft_distance_silence"] > 0 and metrics["stft_distance_noise"] > 0
+    val = run / "validation" / ckpt.step_dir_name(20)
+    wave, rate = sf.read(str(val / "reconstruction_1.wav"))
+    assert rate == 8000 and wave.shape == (2000,)
+    original, _ = sf.read(str(val / "original_1.wav"))
+    assert np.corrcoef(original, sine(0.25, 8000, freq=200 + 60 * 7)[:, 0])[0, 1] > 0.99  # held out: the last file
+    cfg = json.loads((run / "model" / "models" / TOKENIZER / "config.json").read_text())["config"]
+    assert cfg["sample_rate"] == 8000 and len(cfg["latent_shift"]) == 8
+
+
+@pytest.mark.parametrize("recipe, overrides, key", [
+    ("image_f8", ["data.size=36"], "data.size"),  # f8
+    ("image_f8", ["model.vae.latent_chanels=4"], "model.vae.latent_chanels"),
+    ("image_f8", ["model.preset=huge"], "model.preset"),
+    ("image_f8", ["model.loss.stft_weight=1.0"], "model.loss.stft_weight"),
+    ("image_f8", ["data.bucketing=true"], "data.bucketing"),
+    ("image_f8", ["model.loss.adv_weight=0.5", "model.discriminator.n_layers=5"], "model.discriminator.n_layers"),
+    ("video", ["data.frames=8"], "data.frames"),
+    ("audio", ["model.loss.adv_weight=0.5"], "model.loss.adv_weight"),
+    ("audio", ["model.vae.sample_rate=24000"], "model.vae.sample_rate"),
+])
+def test_bad_recipes_name_the_key(recipe, overrides, key):
+    with pytest.raises(ConfigError) as e:
+        load_recipe(RECIPES / f"{recipe}.yaml", overrides)
+    assert e.value.key == key, str(e.value)
+
+
+def test_every_shipped_recipe_validates_and_builds(tmp_path):
+    for name in ("image_f4", "image_f8", "video", "audio"):
+        recipe = load_recipe(RECIPES / f"{name}.yaml")
+        assert recipe.task == "tokenizer" and recipe.train.ema_decay is None
+        models = TokenizerTask(recipe).build_models()
+        assert set(models) == {TOKENIZER}
+    with pytest.raises(FileNotFoundError, match="data.path"):
+        TokenizerTask(_recipe("image_f8", tmp_path / "missing")).build_dataset()
