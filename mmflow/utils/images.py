@@ -32,7 +32,9 @@ def save_image_grid(images: Tensor, path: str | Path, row_labels: Sequence[str] 
     cell_h, cell_w = h * scale + pad, w * scale + pad
     left = 8 + 6 * max((len(s) for s in row_labels), default=0) if row_labels else 0
     top = 14 if title else 0
-    canvas = Image.new("L" if c == 1 else "RGB", (left + cols * cell_w + pad, top + rows * cell_h + pad), color=64)
+    # Pillow reads a bare int colour for "RGB" as a packed value (64 -> dark red): give one value per band
+    mode, grey, white = ("L", 64, 255) if c == 1 else ("RGB", (64, 64, 64), (255, 255, 255))
+    canvas = Image.new(mode, (left + cols * cell_w + pad, top + rows * cell_h + pad), color=grey)
     draw = ImageDraw.Draw(canvas)
     for r in range(rows):
         for k in range(cols):
@@ -40,9 +42,9 @@ def save_image_grid(images: Tensor, path: str | Path, row_labels: Sequence[str] 
             img = Image.fromarray(tile).resize((w * scale, h * scale), Image.NEAREST)
             canvas.paste(img, (left + pad + k * cell_w, top + pad + r * cell_h))
         if row_labels:
-            draw.text((4, top + pad + r * cell_h + (h * scale) // 2 - 5), row_labels[r], fill=255)
+            draw.text((4, top + pad + r * cell_h + (h * scale) // 2 - 5), row_labels[r], fill=white)
     if title:
-        draw.text((4, 2), title, fill=255)
+        draw.text((4, 2), title, fill=white)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
