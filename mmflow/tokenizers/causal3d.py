@@ -125,14 +125,20 @@ class FrameGroupNorm(nn.GroupNorm):
 
 
 class ResBlock3d(nn.Module):
-    """norm -> SiLU -> causal conv, twice, plus a (1x1x1-projected) skip connection."""
+    """norm -> SiLU -> causal conv, twice, plus a (1x1x1-projected) skip connection.
 
-    def __init__(self, in_channels: int, out_channels: int, norm_groups: int, pad_mode: TemporalPad) -> None:
+    `kernel_t` is the convs' temporal extent: 3 mixes each frame with its two predecessors, 1 makes the
+    block per-frame (2-D convs in effect), which full-resolution levels learn faster with and run
+    cheaper; the time-compressing levels below them do the temporal mixing.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, norm_groups: int, pad_mode: TemporalPad,
+                 kernel_t: int = 3) -> None:
         super().__init__()
         self.norm1 = FrameGroupNorm(norm_groups, in_channels, eps=1e-6)
-        self.conv1 = CausalConv3d(in_channels, out_channels, 3, pad_mode=pad_mode)
+        self.conv1 = CausalConv3d(in_channels, out_channels, (kernel_t, 3, 3), pad_mode=pad_mode)
         self.norm2 = FrameGroupNorm(norm_groups, out_channels, eps=1e-6)
-        self.conv2 = CausalConv3d(out_channels, out_channels, 3, pad_mode=pad_mode)
+        self.conv2 = CausalConv3d(out_channels, out_channels, (kernel_t, 3, 3), pad_mode=pad_mode)
         self.skip = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -144,34 +150,47 @@ class ResBlock3d(nn.Module):
 class Downsample3d(nn.Module):
     """Halve H and W, and T when `time` (T = 1 + 2m -> 1 + m: frame 0 alone, then pairs)."""
 
-    def __init__(self, channels: int, time: bool, pad_mode: TemporalPad) -> None:
+    def __init__(self, channels: int, time: bool, pad_mode: TemporalPad, kernel_t: int = 3) -> None:
         super().__init__()
         self.time = time
-        self.conv = CausalConv3d(channels, channels, 3, stride=(2 if time else 1, 2, 2), pad_mode=pad_mode)
+        kt = 3 if time else kernel_t  # halving time needs a temporal window
+        self.conv = CausalConv3d(channels, channels, (kt, 3, 3), stride=(2 if time else 1, 2, 2), pad_mode=pad_mode)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)  # (B, C, T', H/2, W/2)
 
 
 class Upsample3d(StreamingModule):
-    """Double H and W (nearest), and T when `time`: frame 0 stays single, later frames are doubled
-    (1 + m -> 1 + 2m, the inverse of Downsample3d), then a causal conv smooths the result."""
+    """Double H and W (nearest), and T when `time`, then a causal conv smooths the result.
 
-    def __init__(self, channels: int, time: bool, pad_mode: TemporalPad) -> None:
+    Time is doubled by depth-to-time: a causal conv gives every frame 2C channels, read as two output
+    frames (1 + m -> 1 + 2m: frame 0 keeps one of its pair, the inverse of Downsample3d), added to the
+    frames repeated. Repetition alone gives both frames of a pair the same features, and a causal conv
+    after it can only tell them apart by how much of the previous pair its window holds, so the decoder
+    could barely unpack the distinct frames one latent frame encodes. The conv starts at zero, so
+    training starts from plain repetition.
+    """
+
+    def __init__(self, channels: int, time: bool, pad_mode: TemporalPad, kernel_t: int = 3) -> None:
         super().__init__()
         self.time = time
-        self.conv = CausalConv3d(channels, channels, 3, pad_mode=pad_mode)
+        self.time_conv = CausalConv3d(channels, 2 * channels, 3, pad_mode=pad_mode) if time else None
+        if self.time_conv is not None:
+            nn.init.zeros_(self.time_conv.conv.weight)
+            nn.init.zeros_(self.time_conv.conv.bias)
+        self.conv = CausalConv3d(channels, channels, (kernel_t, 3, 3), pad_mode=pad_mode)
         self.started = False  # streaming: has the chunk holding the clip's first frame gone through?
 
     def reset_stream(self) -> None:
         self.started = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.time:
-            if self.streaming and self.started:
-                x = x.repeat_interleave(2, dim=2)  # (B, C, 2T, H, W)
-            else:
-                x = torch.cat([x[:, :, :1], x[:, :, 1:].repeat_interleave(2, dim=2)], dim=2)  # (B, C, 2T-1, H, W)
+        if self.time_conv is not None:
+            b, c, t, h, w = x.shape
+            pairs = self.time_conv(x).view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5)  # (B, C, T, 2, H, W)
+            x = x.repeat_interleave(2, dim=2) + pairs.reshape(b, c, 2 * t, h, w)  # (B, C, 2T, H, W)
+            if not (self.streaming and self.started):
+                x = x[:, :, 1:]  # the clip's first frame stays single: (B, C, 2T-1, H, W)
             self.started = self.streaming
         x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode="nearest")  # (B, C, T', 2H, 2W)
         return self.conv(x)

@@ -50,8 +50,13 @@ class VideoVAEConfig:
                                                  "the first halves H and W (8x for 4 levels)", min=1)
     temporal_downsample: tuple[bool, ...] = _field((True, True, False), "per downsampling (len = levels - 1): "
                                                    "does it also halve time (T = 1 + 2m -> 1 + m)")
+    temporal_kernel: tuple[int, ...] = _field((3,), "temporal kernel (1 or 3) of the convs per level, first "
+                                              "(full resolution) to last; one entry = every level; 1 = per-frame "
+                                              "convs (time-halving convs always span 3 frames)")
     layers_per_block: int = _field(2, "residual blocks per encoder level (decoder: one more)", min=1)
     norm_num_groups: int = _field(32, "GroupNorm groups (applied per frame); must divide every width", min=1)
+    init_posterior_std: float = _field(0.1, "posterior std the untrained encoder starts from (the logvar bias "
+                                            "of its output conv); 1.0 = the prior's", min=0.0, min_exclusive=True)
     temporal_pad: Literal["replicate", "zeros"] = _field("replicate", "past-side padding of causal convs")
     pad_frames: bool = _field(False, "T that is not 1 + k*temporal_factor: repeat the last frame (else error)")
     encode_chunk_frames: int = _field(16, "frames per encoder chunk after the first (which has one more); "
@@ -65,6 +70,10 @@ class VideoVAEConfig:
     def spatial_factor(self) -> int:
         return 2 ** (len(self.block_out_channels) - 1)
 
+    def kernel_t(self, level: int) -> int:
+        """Temporal kernel of level `level` (0 = full resolution)."""
+        return self.temporal_kernel[level if len(self.temporal_kernel) > 1 else 0]
+
     @property
     def temporal_factor(self) -> int:
         return 2 ** sum(bool(t) for t in self.temporal_downsample)
@@ -74,6 +83,10 @@ class VideoVAEConfig:
         check(n >= 1, "block_out_channels", "needs at least one level")
         check(len(self.temporal_downsample) == n - 1, "temporal_downsample",
               f"needs one entry per downsampling ({n - 1} for {n} levels), got {len(self.temporal_downsample)}")
+        check(len(self.temporal_kernel) in (1, n), "temporal_kernel",
+              f"needs one entry or one per level ({n}), got {len(self.temporal_kernel)}")
+        check(all(k in (1, 3) for k in self.temporal_kernel), "temporal_kernel",
+              f"entries must be 1 or 3, got {list(self.temporal_kernel)}")
         bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
         check(not bad, "norm_num_groups", f"{self.norm_num_groups} does not divide block_out_channels {bad}")
         check(self.encode_chunk_frames % self.temporal_factor == 0, "encode_chunk_frames",
@@ -110,19 +123,24 @@ class VideoEncoder(nn.Module):
 
     def __init__(self, cfg: VideoVAEConfig) -> None:
         super().__init__()
-        ch, g, pad = cfg.block_out_channels, cfg.norm_num_groups, cfg.temporal_pad
-        self.conv_in = CausalConv3d(cfg.in_channels, ch[0], 3, pad_mode=pad)
+        ch, g, pad, kt = cfg.block_out_channels, cfg.norm_num_groups, cfg.temporal_pad, cfg.kernel_t
+        last = len(ch) - 1
+        self.conv_in = CausalConv3d(cfg.in_channels, ch[0], (kt(0), 3, 3), pad_mode=pad)
         self.levels = nn.ModuleList()
         c_prev = ch[0]
         for i, c in enumerate(ch):
-            level = nn.Sequential(*[ResBlock3d(c_prev if j == 0 else c, c, g, pad) for j in range(cfg.layers_per_block)])
-            if i < len(ch) - 1:
-                level.append(Downsample3d(c, bool(cfg.temporal_downsample[i]), pad))
+            level = nn.Sequential(*[ResBlock3d(c_prev if j == 0 else c, c, g, pad, kt(i))
+                                    for j in range(cfg.layers_per_block)])
+            if i < last:
+                level.append(Downsample3d(c, bool(cfg.temporal_downsample[i]), pad, kt(i + 1)))
             self.levels.append(level)
             c_prev = c
-        self.mid = nn.Sequential(ResBlock3d(c_prev, c_prev, g, pad), ResBlock3d(c_prev, c_prev, g, pad))
+        self.mid = nn.Sequential(ResBlock3d(c_prev, c_prev, g, pad, kt(last)), ResBlock3d(c_prev, c_prev, g, pad, kt(last)))
         self.norm_out = FrameGroupNorm(g, c_prev, eps=1e-6)
-        self.conv_out = CausalConv3d(c_prev, 2 * cfg.latent_channels, 3, pad_mode=pad)
+        self.conv_out = CausalConv3d(c_prev, 2 * cfg.latent_channels, (kt(last), 3, 3), pad_mode=pad)
+        # Noise as large as the prior drowns an untrained encoder's small means: the decoder then learns the
+        # data's mean clip and ignores its input (posterior collapse, seen on emoji_video64).
+        nn.init.constant_(self.conv_out.conv.bias[cfg.latent_channels:], 2 * math.log(cfg.init_posterior_std))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv_in(x)  # (B, ch0, T, H, W)
@@ -139,19 +157,24 @@ class VideoDecoder(nn.Module):
         super().__init__()
         ch, g, pad = list(reversed(cfg.block_out_channels)), cfg.norm_num_groups, cfg.temporal_pad
         time_up = list(reversed([bool(t) for t in cfg.temporal_downsample]))
-        self.conv_in = CausalConv3d(cfg.latent_channels, ch[0], 3, pad_mode=pad)
-        self.mid = nn.Sequential(ResBlock3d(ch[0], ch[0], g, pad), ResBlock3d(ch[0], ch[0], g, pad))
+        last = len(ch) - 1
+
+        def kt(i: int) -> int:  # decoder level i is encoder level last - i
+            return cfg.kernel_t(last - i)
+
+        self.conv_in = CausalConv3d(cfg.latent_channels, ch[0], (kt(0), 3, 3), pad_mode=pad)
+        self.mid = nn.Sequential(ResBlock3d(ch[0], ch[0], g, pad, kt(0)), ResBlock3d(ch[0], ch[0], g, pad, kt(0)))
         self.levels = nn.ModuleList()
         c_prev = ch[0]
         for i, c in enumerate(ch):
-            level = nn.Sequential(*[ResBlock3d(c_prev if j == 0 else c, c, g, pad)
+            level = nn.Sequential(*[ResBlock3d(c_prev if j == 0 else c, c, g, pad, kt(i))
                                     for j in range(cfg.layers_per_block + 1)])
-            if i < len(ch) - 1:
-                level.append(Upsample3d(c, time_up[i], pad))
+            if i < last:
+                level.append(Upsample3d(c, time_up[i], pad, kt(i + 1)))
             self.levels.append(level)
             c_prev = c
         self.norm_out = FrameGroupNorm(g, c_prev, eps=1e-6)
-        self.conv_out = CausalConv3d(c_prev, cfg.in_channels, 3, pad_mode=pad)
+        self.conv_out = CausalConv3d(c_prev, cfg.in_channels, (kt(last), 3, 3), pad_mode=pad)
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.mid(self.conv_in(z))  # (B, ch_last, T', H', W')

@@ -99,9 +99,44 @@ def test_down_and_upsample_frame_counts_are_inverse() -> None:
     assert space_only(torch.randn(1, 2, 5, 8, 8)).shape == (1, 2, 5, 4, 4)
 
 
+def _random_time_conv(up: Upsample3d) -> Upsample3d:
+    """The depth-to-time conv starts at zero; give it weights so a test sees its path."""
+    assert up.time_conv is not None
+    with torch.no_grad():
+        up.time_conv.conv.weight.normal_(0, 0.3)
+        up.time_conv.conv.bias.normal_(0, 0.3)
+    return up
+
+
+def test_upsample_starts_as_repetition_and_learns_distinct_pairs() -> None:
+    torch.manual_seed(0)
+    up, z = Upsample3d(2, True, "replicate"), torch.randn(1, 2, 3, 3, 3)
+    repeated = torch.cat([z[:, :, :1], z[:, :, 1:].repeat_interleave(2, dim=2)], dim=2)  # (1, 2, 5, 3, 3)
+    expected = up.conv(torch.nn.functional.interpolate(repeated, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))
+    torch.testing.assert_close(up(z), expected)  # zero-initialised: plain repetition
+    _random_time_conv(up)
+    assert up(z).shape == expected.shape == (1, 2, 5, 6, 6)
+    assert (up(z) - expected).abs().max() > 1e-2  # the learned pairs change the output
+    # frames 1 and 2 both come from latent frame 1; the conv gives each its own features
+    pairs = up.time_conv(z).view(1, 2, 2, 3, 3, 3)  # (B, pair, C, T, H, W)
+    assert (pairs[:, 0, :, 1] - pairs[:, 1, :, 1]).abs().max() > 1e-2
+
+
+def test_upsample_output_is_causal() -> None:
+    torch.manual_seed(0)
+    up, z = _random_time_conv(Upsample3d(2, True, "replicate")), torch.randn(1, 2, 4, 3, 3)
+    base = up(z)
+    for j in range(4):
+        w = z.clone()
+        w[:, :, j] += 1.0
+        diff = (up(w) - base).abs().amax(dim=(0, 1, 3, 4))  # (2T-1,)
+        first = 0 if j == 0 else 2 * j - 1
+        assert torch.all(diff[:first] == 0) and torch.all(diff[first:first + 2] > 1e-6), (j, diff)
+
+
 def test_upsample_streaming_equals_whole() -> None:
     torch.manual_seed(0)
-    up, z = Upsample3d(2, True, "replicate"), torch.randn(1, 2, 6, 3, 3)
+    up, z = _random_time_conv(Upsample3d(2, True, "replicate")), torch.randn(1, 2, 6, 3, 3)
     whole = up(z)
     with streaming(up):
         parts = [up(z[:, :, :2]), up(z[:, :, 2:3]), up(z[:, :, 3:])]
@@ -115,6 +150,18 @@ def test_resblock_streaming_equals_whole() -> None:
     with streaming(block):
         parts = [block(x[:, :, :3]), block(x[:, :, 3:5]), block(x[:, :, 5:])]
     torch.testing.assert_close(torch.cat(parts, 2), whole, rtol=0, atol=1e-6)
+
+
+def test_per_frame_resblock_and_time_halving_keep_a_temporal_window() -> None:
+    torch.manual_seed(0)
+    block, x = ResBlock3d(4, 4, 2, "replicate", kernel_t=1), torch.randn(1, 4, 5, 4, 4)
+    y = x.clone()
+    y[:, :, 2] += 1.0
+    diff = (block(y) - block(x)).abs().amax(dim=(0, 1, 3, 4))  # (T,)
+    assert diff[2] > 1e-6 and torch.all(diff[[0, 1, 3, 4]] == 0)  # kernel_t=1: each frame on its own
+    assert Downsample3d(4, True, "replicate", kernel_t=1).conv.kernel_t == 3
+    assert Downsample3d(4, False, "replicate", kernel_t=1).conv.kernel_t == 1
+    assert Upsample3d(4, True, "replicate", kernel_t=1).conv.kernel_t == 1
 
 
 def test_bad_arguments() -> None:

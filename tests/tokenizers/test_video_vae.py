@@ -11,6 +11,7 @@ import torch
 
 from mmflow.config import ConfigError, from_dict, to_dict
 from mmflow.models.registry import load_model, save_model
+from mmflow.tokenizers.causal3d import Upsample3d
 from mmflow.tokenizers.video_vae import (
     VIDEO_VAE_PRESETS,
     VideoVAE,
@@ -22,9 +23,17 @@ from mmflow.tokenizers.video_vae import (
 TINY = video_vae_config("test", encode_chunk_frames=0, decode_chunk_latents=0)
 
 
+PER_FRAME_TOP = replace(TINY, temporal_kernel=(1, 1, 3))  # full-resolution levels per frame
+
+
 def _vae(cfg: VideoVAEConfig = TINY, seed: int = 0) -> VideoVAE:
     torch.manual_seed(seed)
-    return VideoVAE(cfg).eval()
+    vae = VideoVAE(cfg).eval()
+    with torch.no_grad():  # the depth-to-time convs start at zero (repetition): let the tests see their path
+        for m in vae.modules():
+            if isinstance(m, Upsample3d) and m.time_conv is not None:
+                m.time_conv.conv.weight.normal_(0, 0.1)
+    return vae
 
 
 def _video(t: int, b: int = 2, s: int = 8, seed: int = 0) -> torch.Tensor:
@@ -54,9 +63,10 @@ def test_shapes(t: int, t_lat: int) -> None:
         assert vae(x).reconstruction.shape == x.shape
 
 
-def test_encoder_is_causal() -> None:
+@pytest.mark.parametrize("cfg", [TINY, PER_FRAME_TOP], ids=["3d", "per-frame-top"])
+def test_encoder_is_causal(cfg: VideoVAEConfig) -> None:
     """Latent j sees frames <= 4j: perturbing frame k changes exactly the latents j >= ceil(k / 4)."""
-    vae, x = _vae(), _video(9)
+    vae, x = _vae(cfg), _video(9)
     with torch.no_grad():
         base = vae.encode(x).mean
         for k in range(9):
@@ -68,9 +78,10 @@ def test_encoder_is_causal() -> None:
             assert torch.all(diff[first:] > 1e-6), (k, diff)  # the receptive field reaches all later latents
 
 
-def test_decoder_is_causal() -> None:
+@pytest.mark.parametrize("cfg", [TINY, PER_FRAME_TOP], ids=["3d", "per-frame-top"])
+def test_decoder_is_causal(cfg: VideoVAEConfig) -> None:
     """Latent 0 decodes to frame 0, latent j >= 1 to frames 4j-3 .. 4j: earlier frames never change."""
-    vae = _vae()
+    vae = _vae(cfg)
     z = torch.randn(1, 4, 3, 2, 2, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         base = vae.decode(z)
@@ -83,6 +94,16 @@ def test_decoder_is_causal() -> None:
             assert torch.all(diff[first:] > 1e-6), (j, diff)
 
 
+def test_untrained_posterior_noise_is_small() -> None:
+    """The encoder starts at std init_posterior_std, not the prior's 1 (which drowned the means)."""
+    for std in (0.1, 0.5):
+        vae = VideoVAE(replace(TINY, init_posterior_std=std))
+        with torch.no_grad():
+            post = vae.encode(_video(5))
+        assert abs(post.std.log().mean().item() - math.log(std)) < 0.1  # the bias sets it; the weights scatter it
+        assert post.std.max() < 2 * std
+
+
 def test_image_is_a_one_frame_video() -> None:
     vae, x = _vae(), _video(5)
     with torch.no_grad():
@@ -93,9 +114,9 @@ def test_image_is_a_one_frame_video() -> None:
         torch.testing.assert_close(frame, vae.decode(vae.encode(x).mode())[:, :, :1], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("pad", ["replicate", "zeros"])
-def test_chunked_equals_whole(pad: str) -> None:
-    vae, x = _vae(replace(TINY, temporal_pad=pad)), _video(17)
+@pytest.mark.parametrize("pad,kernel", [("replicate", (3,)), ("zeros", (3,)), ("replicate", (1, 1, 3))])
+def test_chunked_equals_whole(pad: str, kernel: tuple[int, ...]) -> None:
+    vae, x = _vae(replace(TINY, temporal_pad=pad, temporal_kernel=kernel)), _video(17)
     with torch.no_grad():
         whole = vae.encode(x, chunk_frames=0)
         for chunk in (4, 8, 12):  # 12: a last chunk shorter than the others
@@ -156,6 +177,12 @@ def test_config_errors_name_the_key() -> None:
         from_dict(VideoVAEConfig, {**base, "temporal_downsample": [True]})
     with pytest.raises(ConfigError, match="encode_chunk_frames: must be a multiple of the temporal factor 4"):
         from_dict(VideoVAEConfig, {**base, "encode_chunk_frames": 6})
+    with pytest.raises(ConfigError, match=r"temporal_kernel: needs one entry or one per level \(3\), got 2"):
+        from_dict(VideoVAEConfig, {**base, "temporal_kernel": [1, 3]})
+    with pytest.raises(ConfigError, match=r"temporal_kernel: entries must be 1 or 3, got \[1, 2, 3\]"):
+        from_dict(VideoVAEConfig, {**base, "temporal_kernel": [1, 2, 3]})
+    with pytest.raises(ConfigError, match="init_posterior_std"):
+        from_dict(VideoVAEConfig, {**base, "init_posterior_std": 0.0})
     with pytest.raises(ConfigError, match="norm_num_groups: 3 does not divide"):
         from_dict(VideoVAEConfig, {**base, "norm_num_groups": 3})
     with pytest.raises(ConfigError, match="latent_shift: has [0-9]+ entries but latent_channels is 4"):
