@@ -39,7 +39,7 @@ from mmflow.tokenizers import (
     PatchDiscriminator, PatchDiscriminatorConfig, Tokenizer, VAELoss, VAELossConfig, VideoVAE, VideoVAEConfig,
     apply_latent_stats, measure_latent_stats, stft_distance,
 )
-from mmflow.train.random import BatchRandom
+from mmflow.train.random import BatchRandom, _mix
 from mmflow.train.task import LossOutput, Task
 from mmflow.utils.images import save_image_grid
 
@@ -61,6 +61,9 @@ class TokenizerDataConfig(MediaFolderConfig):
     held_out: int = field(default=16, metadata={"min": 1, "help": "the folder's last N items: validation only, never trained on"})
     stats_items: int = field(default=512, metadata={"min": 1, "help": "training items encoded to measure latent statistics"})
     val_examples: int = field(default=8, metadata={"min": 1, "help": "held-out items drawn in the picture / written as WAVs"})
+    train_crop: int | None = field(default=None, metadata={
+        "min": 1, "help": "train on random square crops of this side cut from each item (image, video; a fresh crop "
+                          "per epoch); validation reconstructs whole items. null: whole items"})
 
 
 @dataclass
@@ -154,18 +157,42 @@ def decode_like(vae: nn.Module, z: Tensor, x: Tensor) -> Tensor:
     return vae.decode(z)
 
 
+def random_crop(media: Tensor, side: int, g: torch.Generator) -> Tensor:
+    """A side x side window of media (C, ..., H, W) at a position drawn from g."""
+    h, w = media.shape[-2:]
+    top = int(torch.randint(0, h - side + 1, (), generator=g))
+    left = int(torch.randint(0, w - side + 1, (), generator=g))
+    return media[..., top: top + side, left: left + side]
+
+
 class TrainingItems(Dataset):
     """Items [0, n_train) of a media folder; a bad item's replacement is also drawn from them, so the
-    held-out items [n_train, len) are never trained on."""
+    held-out items [n_train, len) are never trained on. With `crop`, each item is a random crop of that
+    side, drawn from (seed, index, epoch) like the folder's own random choices."""
 
-    def __init__(self, folder: MediaFolderDataset, n_train: int) -> None:
-        self.folder, self.n_train = folder, n_train
+    def __init__(self, folder: MediaFolderDataset, n_train: int, crop: int | None = None) -> None:
+        self.folder, self.n_train, self.crop = folder, n_train, crop
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        item = self._item(key)
+        if self.crop is None:
+            return item
+        i, epoch = self._index_epoch(key)
+        g = torch.Generator().manual_seed(_mix(self.folder.seed, 0xC409, i, epoch))
+        return {**item, "media": random_crop(item["media"], self.crop, g)}
 
     def __len__(self) -> int:
         return self.n_train
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        i, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), self.folder.epoch)
+    def _index_epoch(self, key: int | tuple[int, int]) -> tuple[int, int]:
+        return (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), self.folder.epoch)
+
+    def whole(self) -> TrainingItems:
+        """The same items uncropped."""
+        return TrainingItems(self.folder, self.n_train)
+
+    def _item(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i, epoch = self._index_epoch(key)
         if not 0 <= i < self.n_train:
             raise IndexError(f"training item {i} outside [0, {self.n_train})")
         item = self.folder[(i, epoch)]
@@ -236,6 +263,9 @@ class TokenizerTask(Task):
         vae = tokenizer_config(data, model, source)
         loss = model.loss
         if data.modality == "audio":
+            if data.train_crop is not None:
+                raise ConfigError("crops are for images and videos; audio clips are cut to data.seconds",
+                                  "data.train_crop", source)
             if loss.adv_weight > 0:
                 raise ConfigError("no audio discriminator yet (PatchDiscriminator judges images and videos); "
                                   "set it to 0", "model.loss.adv_weight", source)
@@ -246,14 +276,17 @@ class TokenizerTask(Task):
         factor = vae.downsample_factor if data.modality == "image" else vae.spatial_factor
         if data.size % factor:
             raise ConfigError(f"{data.size} is not a multiple of the VAE's downsampling factor {factor}", "data.size", source)
+        if data.train_crop is not None and (data.train_crop > data.size or data.train_crop % factor):
+            raise ConfigError(f"{data.train_crop} must be at most data.size ({data.size}) and a multiple of the VAE's "
+                              f"downsampling factor {factor}", "data.train_crop", source)
         if data.modality == "video" and (data.frames - 1) % vae.temporal_factor and not vae.pad_frames:
             tf = vae.temporal_factor
             raise ConfigError(f"{data.frames} frames do not fit the VAE's temporal factor {tf}: use 1 + {tf}k frames "
                               f"(e.g. {1 + 2 * tf}, {1 + 3 * tf}) or model.vae.pad_frames: true", "data.frames", source)
-        need = 3 * 2 ** model.discriminator.n_layers
-        if loss.adv_weight > 0 and data.size < need:
-            raise ConfigError(f"{model.discriminator.n_layers} layers need data.size >= {need}, got {data.size}",
-                              "model.discriminator.n_layers", source)
+        need, side = 3 * 2 ** model.discriminator.n_layers, data.train_crop or data.size
+        if loss.adv_weight > 0 and side < need:
+            raise ConfigError(f"{model.discriminator.n_layers} layers need training items of side >= {need}, got {side} "
+                              f"(data.{'train_crop' if data.train_crop else 'size'})", "model.discriminator.n_layers", source)
 
     # ------------------------------------------------------------------ data
     def folder(self) -> MediaFolderDataset:
@@ -272,7 +305,7 @@ class TokenizerTask(Task):
         return len(self.folder()) - self.recipe.data.held_out
 
     def build_dataset(self) -> TrainingItems:
-        return TrainingItems(self.folder(), self.num_train)
+        return TrainingItems(self.folder(), self.num_train, crop=self.recipe.data.train_crop)
 
     def collate(self, items: list[Any]) -> Any:
         return collate(items)
@@ -365,6 +398,8 @@ class TokenizerTask(Task):
     def finish_models(self, models: dict[str, nn.Module], dataset: Dataset, device: torch.device) -> None:
         """Measure per-channel latent statistics on up to data.stats_items training items and store them."""
         vae = models[TOKENIZER]
+        if isinstance(dataset, TrainingItems):
+            dataset = dataset.whole()  # statistics of the latents the flow model will see: whole items
         n = min(len(dataset), self.recipe.data.stats_items)
         rows = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.recipe.seed))[:n].tolist()
         loader = DataLoader(Subset(dataset, rows), batch_size=self.recipe.train.batch_size, collate_fn=self.collate,

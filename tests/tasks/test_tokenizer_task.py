@@ -152,14 +152,36 @@ def test_adversarial_term_from_the_start_step_and_the_discriminator_reuses_the_r
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_video_training_with_a_3d_discriminator(tmp_path):
+def test_training_crops_are_windows_of_the_items_fresh_each_epoch(tmp_path):
+    data = _images(tmp_path / "data", size=32)
+    task = TokenizerTask(_recipe("image_f8", data, *IMAGE, "data.size=32", "data.train_crop=16"))
+    items = task.build_dataset()
+    whole = items.whole()
+    positions = set()
+    for i in range(4):
+        for epoch in range(3):
+            crop, full = items[(i, epoch)]["media"], whole[(i, epoch)]["media"]
+            assert crop.shape == (3, 16, 16) and full.shape == (3, 32, 32)
+            assert torch.equal(crop, items[(i, epoch)]["media"])  # a function of (seed, index, epoch)
+            windows = full.unfold(1, 16, 1).unfold(2, 16, 1)  # (3, 17, 17, 16, 16): every 16x16 window
+            hits = (windows == crop[:, None, None]).flatten(3).all(3).all(0).nonzero().tolist()
+            assert len(hits) == 1, hits
+            positions.add((i, *hits[0]))
+    assert len(positions) > 6  # crops move between items and epochs
+    assert task.held_out_media().shape[-2:] == (32, 32)  # validation sees whole items
+
+
+def test_video_training_on_crops_with_a_3d_discriminator(tmp_path):
     for i in range(6):
         write_mp4(tmp_path / "data" / f"clip_{i}.mp4", noisy_frames(6, 32, 32, seed=i), fps=8)
     recipe = _recipe("video", tmp_path / "data", "model.preset=test", "model.vae={}", "data.size=32", "data.frames=5",
+                     "data.train_crop=16",
                      "data.held_out=2", "data.stats_items=8", "data.val_examples=2", "model.loss.adv_weight=0.1",
                      "model.loss.adv_start_step=2", "model.discriminator.base_channels=8",
                      "model.discriminator.n_layers=1", "train.batch_size=2", "train.max_steps=4",
                      "train.warmup_steps=1", "train.log_every=2", "train.checkpoint_every=4", "train.trackers=[]")
+    crop = TokenizerTask(recipe).build_dataset()[0]["media"]
+    assert crop.shape == (3, 5, 16, 16)  # every frame cut at the same place
     result = _train(recipe, tmp_path / "run")
     assert np.isfinite(result.final_loss) and 0 < result.metrics["psnr"] < 60
     cfg = json.loads((tmp_path / "run" / "model" / "models" / TOKENIZER / "config.json").read_text())["config"]
@@ -203,6 +225,10 @@ def test_audio_recipe_trains_from_the_command_line(tmp_path, capsys):
     ("image_f8", ["data.bucketing=true"], "data.bucketing"),
     ("image_f8", ["model.loss.adv_weight=0.5", "model.discriminator.n_layers=5"], "model.discriminator.n_layers"),
     ("video", ["data.frames=8"], "data.frames"),
+    ("image_f8", ["data.train_crop=36"], "data.train_crop"),  # not a multiple of 8
+    ("image_f8", ["data.train_crop=128"], "data.train_crop"),  # larger than the items
+    ("image_f8", ["data.train_crop=8", "model.loss.adv_weight=0.5"], "model.discriminator.n_layers"),  # 2 need 12
+    ("audio", ["data.train_crop=16"], "data.train_crop"),
     ("audio", ["model.loss.adv_weight=0.5"], "model.loss.adv_weight"),
     ("audio", ["model.vae.sample_rate=24000"], "model.vae.sample_rate"),
 ])
