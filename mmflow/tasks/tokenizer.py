@@ -143,11 +143,6 @@ def frozen(module: nn.Module | None) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def last_layer(vae: nn.Module) -> nn.Parameter:
-    """The decoder's output weight, for the adaptive adversarial weight."""
-    return vae.last_layer_weight() if hasattr(vae, "last_layer_weight") else vae.decoder.conv_out.weight
-
-
 def decode_like(vae: nn.Module, z: Tensor, x: Tensor) -> Tensor:
     """Raw latents -> media of x's shape (video and audio crop back to x's length)."""
     if isinstance(vae, VideoVAE):
@@ -347,7 +342,7 @@ class TokenizerTask(Task):
             self._recon = (step, [*cached, (x, x_hat.detach())])  # the discriminator step judges these
             disc = unwrap(models[DISCRIMINATOR]) if DISCRIMINATOR in models else None
             with frozen(disc):
-                out = loss_fn.generator_loss(x, x_hat, posterior, step, disc, last_layer(unwrap(models[TOKENIZER])))
+                out = loss_fn.generator_loss(x, x_hat, posterior, step, disc, unwrap(models[TOKENIZER]).last_layer_weight())
             return LossOutput(out.loss, out.logs)
         x_hat = next((r for m, r in self._recon[1] if m is x), None) if self._recon[0] == step else None
         if x_hat is None:  # not from this step's generator pass (e.g. the generator group was skipped)

@@ -63,7 +63,7 @@ class Tokenizer(nn.Module):
 
     Subclasses set `config` (a dataclass with `latent_channels`, `latent_shift` and `latent_scale`:
     lists of per-channel floats, or None before statistics are measured) and implement `encode`
-    (media -> posterior over raw latents) and `decode` (raw latents -> media).
+    (media -> posterior over raw latents), `decode` (raw latents -> media) and `last_layer_weight`.
     """
 
     config: object
@@ -75,6 +75,10 @@ class Tokenizer(nn.Module):
     @abstractmethod
     def decode(self, z: Tensor) -> Tensor:
         """Raw latents (B, C_latent, ...) -> media (B, C, ...)."""
+
+    @abstractmethod
+    def last_layer_weight(self) -> nn.Parameter:
+        """The decoder's output weight (VQGAN's adaptive adversarial weight compares gradients there)."""
 
     def _stats(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Per-channel shift and scale, shaped to broadcast over z (B, C, ...)."""

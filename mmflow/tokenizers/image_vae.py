@@ -186,6 +186,9 @@ class ImageVAE(Tokenizer):
             n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
             raise ValueError(f"{what} contains non-finite values ({n_nan} NaN, {n_inf} Inf) of {t.numel()}")
 
+    def last_layer_weight(self) -> nn.Parameter:
+        return self.decoder.conv_out.weight
+
     def encode(self, x: Tensor) -> DiagonalGaussian:
         """Images (B, C, H, W) in [-1, 1] -> posterior over raw latents, mean/logvar (B, C_lat, H/f, W/f)."""
         if x.ndim != 4:

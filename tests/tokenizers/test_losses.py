@@ -176,18 +176,24 @@ def test_vae_loss_audio_terms() -> None:
         VAELoss(cfg)
 
 
-def test_gan_step_with_the_video_vae_and_3d_discriminator() -> None:
+@pytest.mark.parametrize("modality", ["image", "video"])
+def test_gan_step_with_the_vae_and_its_discriminator(modality: str) -> None:
+    from mmflow.tokenizers.image_vae import ImageVAE, image_vae_config
     from mmflow.tokenizers.video_vae import VideoVAE, video_vae_config
 
     torch.manual_seed(0)
-    vae = VideoVAE(video_vae_config("test"))
-    disc = PatchDiscriminator(PatchDiscriminatorConfig(base_channels=4, n_layers=1, dims=3))
+    image = modality == "image"
+    vae = ImageVAE(image_vae_config("test")) if image else VideoVAE(video_vae_config("test"))
+    disc = PatchDiscriminator(PatchDiscriminatorConfig(base_channels=4, n_layers=1, dims=2 if image else 3))
     loss = VAELoss(VAELossConfig(adv_weight=0.5))
-    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    x = torch.rand(1, 3, 16, 16) * 2 - 1 if image else torch.rand(1, 3, 5, 16, 16) * 2 - 1
     out = vae(x)
-    g = loss.generator_loss(x, out.reconstruction, out.posterior, step=0, discriminator=disc,
+    x_hat = out.sample if image else out.reconstruction  # ImageVAEOutput keeps diffusers' name
+    assert vae.last_layer_weight() is vae.decoder.state_dict(keep_vars=True)[
+        "conv_out.weight" if image else "conv_out.conv.weight"]
+    g = loss.generator_loss(x, x_hat, out.posterior, step=0, discriminator=disc,
                             last_layer=vae.last_layer_weight())
     g.loss.backward()
     assert g.logs["adv_weight"] > 0 and vae.last_layer_weight().grad is not None
-    d = loss.discriminator_loss(x, out.reconstruction, disc, step=0)
+    d = loss.discriminator_loss(x, x_hat, disc, step=0)
     assert d.loss.item() > 0 and torch.isfinite(d.loss)
