@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mmflow.config import ConfigError
+from mmflow.errors import UserError
 
 TRAIN_EPILOG = """\
 examples:
@@ -219,14 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands = {"train": _train, "sample": _sample, "prepare": _prepare, "encode": _encode_decode,
                     "decode": _encode_decode, "convert": _convert}
         return commands[args.command](args)
-    except Exception as e:
-        from mmflow.data.bad_items import BadDataError  # imported here: they pull in torch
-        from mmflow.data.cache import StaleCacheError
-
-        if not isinstance(e, (ConfigError, FileNotFoundError, BadDataError, StaleCacheError)):
-            raise
+    except UserError as e:  # expected: one line naming what is at fault; a bug keeps its traceback
         print(f"mmflow {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"mmflow {args.command}: interrupted (checkpoints already written are intact; --resume continues)",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from typing import Any, Callable, Literal, TypeVar, Union
 
 import yaml
 
+from mmflow.errors import UserError
+
 __all__ = [
     "ConfigError",
     "apply_overrides",
@@ -61,7 +63,7 @@ _BOUND_KEYS = ("min", "max", "min_exclusive", "max_exclusive")
 # --------------------------------------------------------------------------------------------------
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config problem, reported as `source: dotted.key: message`.
 
     `key` is the dotted path of the offending entry ("" or None for the whole document) and

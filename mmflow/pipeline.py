@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mmflow.config import apply_overrides, from_dict, to_dict
+from mmflow.errors import MissingInput
 from mmflow.models.registry import load_model
 from mmflow.recipe import Recipe, SampleConfig, recipe_from_dict
 from mmflow.train.checkpoint import list_checkpoints, verify_checkpoint
@@ -26,7 +27,7 @@ def resolve_model_folder(path: str | Path) -> Path:
     """A folder holding pipeline.json: the path itself, a run's `model/` export, or its newest good checkpoint."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (pass a run folder, a checkpoint folder or an exported model)")
+        raise MissingInput(f"{path} does not exist (pass a run folder, a checkpoint folder or an exported model)")
     if (path / PIPELINE_FILE).exists():
         return path
     if (path / "model" / PIPELINE_FILE).exists():
@@ -34,7 +35,7 @@ def resolve_model_folder(path: str | Path) -> Path:
     for ref in list_checkpoints(path / "checkpoints"):
         if verify_checkpoint(ref.path, hashes=False) is None:
             return ref.path
-    raise FileNotFoundError(f"{path}: no {PIPELINE_FILE}, no model/ export and no intact checkpoint found")
+    raise MissingInput(f"{path}: no {PIPELINE_FILE}, no model/ export and no intact checkpoint found")
 
 
 @dataclass

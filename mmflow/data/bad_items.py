@@ -22,6 +22,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from mmflow.errors import UserError
+
 __all__ = ["BadDataError", "BadItemLog", "BadMedia", "BadRecord", "call_with_timeout", "check_file", "reason_kind"]
 
 logger = logging.getLogger("mmflow.data")
@@ -51,7 +53,7 @@ class BadMedia(Exception):
         return (type(self), (self.kind, self.detail, self.permanent))
 
 
-class BadDataError(RuntimeError):
+class BadDataError(UserError, RuntimeError):
     """Too many media items were bad (or no replacement for a bad item could be found)."""
 
 

@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from mmflow.errors import UserError
 from mmflow.utils.fs import fsync_dir, write_json_atomic
 
 INDEX_NAME = "index.json"
@@ -37,7 +38,7 @@ FORMAT_VERSION = 1
 DEFAULT_SHARD_BYTES = 256 * 1024**2
 
 
-class StaleCacheError(RuntimeError):
+class StaleCacheError(UserError, RuntimeError):
     """The cache on disk was built from other inputs than the recipe asks for (or is missing/partial)."""
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mmflow.errors import MissingInput
+
 __all__ = ["CaptionIndex", "CaptionMode", "MediaEntry", "find_media", "load_captions"]
 
 logger = logging.getLogger("mmflow.data")
@@ -185,7 +187,7 @@ def load_captions(root: str | Path, extensions: Iterable[str], mode: CaptionMode
     if mode in ("jsonl", "csv"):
         metas = _metadata_files(root, JSONL if mode == "jsonl" else CSV)
         if not metas:
-            raise FileNotFoundError(f"captions={mode!r} but there is no {JSONL if mode == 'jsonl' else CSV} under {root}")
+            raise MissingInput(f"captions={mode!r} but there is no {JSONL if mode == 'jsonl' else CSV} under {root}")
         return _from_metadata(root, metas, mode, exts, text_field, media)
     if mode == "txt":
         return _from_sidecars(root, media)

@@ -39,6 +39,7 @@ from mmflow.data.buckets import BucketBatchSampler, assign_bucket, make_buckets
 from mmflow.data.captions import CaptionMode, MediaEntry, load_captions
 from mmflow.data.image_reader import image_size, read_image
 from mmflow.data.video_reader import VideoBackend, get_video_backend, read_video, video_size
+from mmflow.errors import MissingInput
 from mmflow.train.random import _mix
 
 __all__ = ["DEFAULT_EXTENSIONS", "MediaFolderConfig", "MediaFolderDataset", "collate", "item_generator", "scan"]
@@ -136,7 +137,7 @@ class MediaFolderDataset(Dataset):
         root = Path(config.path).expanduser()
         if not root.is_dir():
             what = "does not exist" if not root.exists() else "is not a folder"
-            raise FileNotFoundError(f"data.path: media folder {root} {what}")
+            raise MissingInput(f"data.path: media folder {root} {what}")
         exts = config.media_extensions
         index = load_captions(root, exts, config.captions, config.text_field)
         if not index.entries:

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from mmflow.data.bad_items import BadMedia, check_file
 from mmflow.data.image_reader import Crop, cover_box, pil_to_tensor, rand_below, resize_crop
+from mmflow.errors import UserError
 
 __all__ = ["AutoBackend", "DecordBackend", "PyAVBackend", "TorchCodecBackend", "VideoBackend",
            "VideoBackendUnavailable", "VideoFile", "count_packets", "get_video_backend", "read_video",
@@ -39,7 +40,7 @@ __all__ = ["AutoBackend", "DecordBackend", "PyAVBackend", "TorchCodecBackend", "
 logger = logging.getLogger("mmflow.data")
 
 
-class VideoBackendUnavailable(RuntimeError):
+class VideoBackendUnavailable(UserError, RuntimeError):
     """The configured video backend cannot be used here (not installed)."""
 
 

@@ -11,6 +11,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from mmflow.errors import MissingInput
+
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 INDEX = "diffusion_pytorch_model.safetensors.index.json"
 
@@ -21,7 +23,7 @@ def component_folder(folder: Path, subfolder: str, class_name: str) -> Path:
         return folder
     if (folder / subfolder / "config.json").exists():
         return folder / subfolder
-    raise FileNotFoundError(f"{folder}: no config.json (nor {subfolder}/config.json); expected a diffusers "
+    raise MissingInput(f"{folder}: no config.json (nor {subfolder}/config.json); expected a diffusers "
                             f"{class_name} folder")
 
 
@@ -51,7 +53,7 @@ def read_weights(folder: Path) -> dict[str, Tensor]:
         return state
     if (folder / WEIGHTS).exists():
         return load_file(str(folder / WEIGHTS))
-    raise FileNotFoundError(f"{folder}: no {WEIGHTS} or {INDEX} (only safetensors weights are supported)")
+    raise MissingInput(f"{folder}: no {WEIGHTS} or {INDEX} (only safetensors weights are supported)")
 
 
 class StateSource:

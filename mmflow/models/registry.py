@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmflow.config import ConfigError, from_dict, to_dict
+from mmflow.errors import MissingInput
 from mmflow.utils.fs import atomic_folder
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {}
@@ -107,7 +108,7 @@ def load_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
             state.update(load_file(str(folder / name)))
         return state
     if not (folder / WEIGHTS_NAME).exists():
-        raise FileNotFoundError(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME} (is this a model folder?)")
+        raise MissingInput(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME} (is this a model folder?)")
     return load_file(str(folder / WEIGHTS_NAME))
 
 
@@ -135,7 +136,7 @@ def load_model(folder: str | os.PathLike, map_location: str | torch.device = "cp
     folder = Path(folder)
     cfg_path = folder / CONFIG_NAME
     if not cfg_path.exists():
-        raise FileNotFoundError(f"{folder}: no {CONFIG_NAME}; a model folder holds config.json + model.safetensors")
+        raise MissingInput(f"{folder}: no {CONFIG_NAME}; a model folder holds config.json + model.safetensors")
     meta = json.loads(cfg_path.read_text())
     for key in ("model_type", "config"):
         if key not in meta:

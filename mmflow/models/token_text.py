@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from mmflow.config import check
+from mmflow.errors import UserError
 from mmflow.models.registry import register_model
 
 __all__ = ["PAD_ID", "TokenTextConfig", "TokenTextEmbedder", "UnknownWordError", "WordTokenizer",
@@ -26,7 +27,7 @@ PAD_ID = 0  # id 0 is padding; word i of the vocabulary has id i + 1
 _PUNCTUATION = re.compile(r"[.,;:!?\"']")
 
 
-class UnknownWordError(ValueError):
+class UnknownWordError(UserError, ValueError):
     """A prompt uses a word the stand-in tokenizer has never seen (it has no <unk>: that would hide typos)."""
 
 

@@ -14,6 +14,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from mmflow.errors import UserError
+
 __all__ = [
     "DEFAULT_ALIASES",
     "DEFAULT_ENCODER",
@@ -39,7 +41,7 @@ _EXPECTED = (f"pass {DEFAULT_ENCODER!r} for the default encoder (all-MiniLM-L6-v
              "(tokenizer.json or vocab.txt / vocab.json+merges.txt / spiece.model)")
 
 
-class TextEncoderNotFound(FileNotFoundError):
+class TextEncoderNotFound(UserError, FileNotFoundError):
     """A text encoder (or its tokenizer) is not where the config says, or the folder is not a model."""
 
 

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from mmflow.data.bad_items import BadMedia
 from mmflow.data.media_folder import DEFAULT_EXTENSIONS
+from mmflow.errors import MissingInput
 from mmflow.models.registry import CONFIG_NAME, load_model
 from mmflow.tokenizers.base import Tokenizer
 from mmflow.utils.media_io import write_media
@@ -52,7 +53,7 @@ def resolve_tokenizer_dir(path: str | os.PathLike, use_ema: bool = True) -> Path
     (its model/ export) or an export/checkpoint folder (its models/tokenizer[_ema])."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"tokenizer {path} does not exist")
+        raise MissingInput(f"tokenizer {path} does not exist")
     if (path / CONFIG_NAME).exists():
         return path
     for root in (path / "model" / "models", path / "models"):
@@ -60,7 +61,7 @@ def resolve_tokenizer_dir(path: str | os.PathLike, use_ema: bool = True) -> Path
         for name in names:
             if (root / name / CONFIG_NAME).exists():
                 return root / name
-    raise FileNotFoundError(f"{path}: not a tokenizer folder (no {CONFIG_NAME}, no model/models/tokenizer, "
+    raise MissingInput(f"{path}: not a tokenizer folder (no {CONFIG_NAME}, no model/models/tokenizer, "
                             f"no models/tokenizer); train one with `mmflow train tokenizers/<name>.yaml`")
 
 
@@ -165,12 +166,12 @@ def _gather(inputs: Sequence[str | os.PathLike], extensions: Sequence[str], what
         if item.is_dir():
             found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in extensions)
             if not found:
-                raise FileNotFoundError(f"{item}: no {what} ({', '.join(extensions)}) in this folder")
+                raise MissingInput(f"{item}: no {what} ({', '.join(extensions)}) in this folder")
             files += found
         elif item.is_file():
             files.append(item)
         else:
-            raise FileNotFoundError(f"{item} does not exist")
+            raise MissingInput(f"{item} does not exist")
     return files
 
 
@@ -207,7 +208,7 @@ def encode_files(tokenizer_dir: str | os.PathLike, inputs: Sequence[str | os.Pat
 
 def _read_latents(path: Path) -> tuple[Tensor, dict[str, str]]:
     if not path.is_file():
-        raise FileNotFoundError(f"latent file {path} does not exist")
+        raise MissingInput(f"latent file {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from mmflow.config import ConfigError, dump_yaml
 from mmflow.data.bad_items import BadItemLog
+from mmflow.errors import UserError
 from mmflow.models.registry import load_weights_strict, save_model
 from mmflow.train import checkpoint as ckpt
 from mmflow.train.ema import EMA
@@ -58,8 +59,8 @@ class TrainResult:
     loss_history: list[tuple[int, float]] = field(default_factory=list)
 
 
-class NoUsableCheckpoint(RuntimeError):
-    pass
+class NoUsableCheckpoint(UserError, RuntimeError):
+    """--resume found no checkpoint that verifies and loads (the message lists each one and why)."""
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
