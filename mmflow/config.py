@@ -1,6 +1,6 @@
 """Typed, strict config machinery: dataclasses in, YAML only as their serialization.
 
-A config is a tree of dataclasses. `from_dict` builds one from plain data (what `yaml.safe_load`
+A config is a tree of dataclasses. `from_dict` builds one from plain data (what `load_yaml`
 returns) and rejects anything it does not understand: unknown keys, wrong types, values outside
 the bounds declared in field metadata, and whatever the dataclass's own `validate()` refuses.
 Every error is a `ConfigError` whose message names the file, the dotted key and what was wrong, so
@@ -19,6 +19,24 @@ The recipe schema itself lives elsewhere; this module is generic. Typical use:
 Field bounds are declared where the field is, and checked automatically:
 
     lr: float = field(default=1e-3, metadata={"min": 0, "min_exclusive": True, "help": "peak LR"})
+
+Every float must be finite: NaN and infinity are refused in any float field, however written (`.nan`,
+`nan`, `1e999`), because a comparison with NaN is always False and would slip past every bound.
+
+Input paths say so in their metadata, `metadata={"exists": "dir"}` ("file", "dir_or_file"), and
+`check_paths` checks them all, naming file and key. It is not part of `from_dict`: a parsed config
+(e.g. a recipe inside an exported model) may describe a machine where those paths do not exist, so
+commands that are about to read them call it before any work.
+
+YAML is read the YAML 1.2 way (the core schema), not the YAML 1.1 way PyYAML implements, so what a
+recipe says is what it means:
+- booleans are only `true` / `false` (any case); `yes`, `no`, `on`, `off`, `y`, `n` are strings, so
+  `use_cache: off` is the string 'off', and a bool field given `yes` asks for true or false;
+- `1e-3` and `3E5` are floats (YAML 1.1 wants a dot, `1.0e-3`) and `.inf` / `.nan` floats (refused);
+- integers are decimal (`010` is 10, not octal 8), `0o17` octal, `0x1f` hex; `1:30` (sexagesimal
+  90 in YAML 1.1) and `1_000` are strings, and `2024-01-01` is a string, not a date;
+- `null`, `~` and an empty value are null; as a mapping key that is an error (quote the key).
+Files and `key=value` overrides are read the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +44,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import re
 import tempfile
@@ -43,11 +62,14 @@ __all__ = [
     "ConfigError",
     "apply_overrides",
     "check",
+    "check_paths",
     "config_fields_help",
     "dump_yaml",
     "from_dict",
+    "input_paths",
     "load_config",
     "load_yaml",
+    "override_for",
     "parse_override",
     "to_dict",
 ]
@@ -85,6 +107,10 @@ class ConfigError(UserError, ValueError):
 
     def __reduce__(self):  # keep key/source across pickling (e.g. errors from worker processes)
         return (type(self), (self.message, self.key, self.source))
+
+
+class _BadValue(ConfigError):
+    """The value has the field's type but is refused (NaN, inf): a union reports it rather than trying on."""
 
 
 def check(condition: bool, key: str, message: str) -> None:
@@ -196,7 +222,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str | None = Non
 
     for key in data:
         if not isinstance(key, str):
-            raise ConfigError(f"key {key!r} is not a string", prefix, source)
+            raise ConfigError(_non_string_key(key), prefix, source)
         if key not in known:
             section = f"'{prefix}'" if prefix else "the top level"
             msg = f"unknown key; known keys of {section}: {_quote_list(known) or '(none)'}"
@@ -237,6 +263,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str | None = Non
 _FIELD_MESSAGE = re.compile(r"^([A-Za-z_]\w*)((?:\.\w+|\[\d+\])*): (.*)$", re.DOTALL)
 
 
+def _non_string_key(key: Any) -> str:
+    if key is None:
+        return "a key is null (YAML reads an empty key, `null` and `~` as null); quote it if you meant the word"
+    return f"key {key!r} is not a string ({type(key).__name__}); quote it"
+
+
 def _split_field_message(text: str, known: Sequence[str]) -> tuple[str, str]:
     m = _FIELD_MESSAGE.match(text)
     if m and m.group(1) in known:
@@ -259,6 +291,8 @@ def _convert(tp: Any, value: Any, key: str, source: str | None) -> Any:
         for option in options:  # first match wins, in the order the annotation lists them
             try:
                 return _convert(option, value, key, source)
+            except _BadValue:
+                raise  # the right type with a refused value (NaN): no other option is meant
             except ConfigError:
                 pass
         raise ConfigError(f"expected {_type_name(tp)}, got {_value_desc(value)}", key, source)
@@ -277,7 +311,10 @@ def _convert(tp: Any, value: Any, key: str, source: str | None) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"expected bool (true/false), got {_value_desc(value)}", key, source)
+        hint = ""
+        if isinstance(value, str) and value.strip().lower() in _YAML11_BOOL_WORDS:
+            hint = f" (write true or false; {value} is not a boolean here, see YAML 1.2)"
+        raise ConfigError(f"expected bool (true/false), got {_value_desc(value)}{hint}", key, source)
 
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -290,13 +327,16 @@ def _convert(tp: Any, value: Any, key: str, source: str | None) -> Any:
         raise ConfigError(f"expected int, got {_value_desc(value)}{hint}", key, source)
 
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        # YAML 1.1 (what PyYAML implements) only reads `3e-4` as a float when it has a dot
-        # (`3.0e-4`), so plain scientific notation arrives as a string. Float fields accept
-        # numeric strings for that reason; no other type coerces from strings.
-        if isinstance(value, str) and _parses_as_float(value):
-            return float(value)
+        # Numeric strings are accepted too (a quoted "3e-4", or data read by a YAML 1.1 loader, which
+        # reads 3e-4 as a string); no other type coerces from strings.
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool) and _parses_as_float(value):
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond float's range
+                number = math.inf if value > 0 else -math.inf
+            if not math.isfinite(number):
+                raise _BadValue(f"{value!r} is not a finite number (NaN and infinity are refused)", key, source)
+            return number
         raise ConfigError(f"expected float, got {_value_desc(value)}", key, source)
 
     if tp is str:
@@ -337,19 +377,25 @@ def _convert(tp: Any, value: Any, key: str, source: str | None) -> Any:
         out = {}
         for k, v in value.items():
             if key_tp is str and not isinstance(k, str):
-                raise ConfigError(f"key {k!r} is not a string", key, source)
+                raise ConfigError(_non_string_key(k), key, source)
             out[k] = _convert(val_tp, v, _join(key, str(k)), source)
         return out
 
     raise TypeError(f"{key}: unsupported config field type {tp!r}")
 
 
-def _parses_as_float(text: str) -> bool:
+def _parses_as_float(value: Any) -> bool:
+    if not isinstance(value, str):
+        return True  # an int or float
     try:
-        float(text)
+        float(value)
     except ValueError:
         return False
     return True
+
+
+# What YAML 1.1 reads as booleans; here they are strings (see the module docstring).
+_YAML11_BOOL_WORDS = frozenset({"yes", "no", "on", "off", "y", "n"})
 
 
 def _check_bounds(f: dataclasses.Field, value: Any, key: str, source: str | None) -> None:
@@ -407,7 +453,41 @@ def to_dict(obj: Any) -> Any:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+    """SafeLoader that reads plain scalars the YAML 1.2 way and refuses duplicate keys.
+
+    PyYAML implements YAML 1.1, where `off` is false, `1e-3` a string, `010` is 8 and `1:30` is 90
+    (see the module docstring); it also silently keeps the last of two equal keys.
+    """
+
+
+_INT_TAG, _FLOAT_TAG, _BOOL_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"
+# YAML 1.1 resolvers dropped: bool/int/float are replaced below, and timestamp (`2024-01-01` -> date)
+# and value (`=`, which SafeLoader cannot even construct) are left as strings.
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in (_INT_TAG, _FLOAT_TAG, _BOOL_TAG, "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+# The YAML 1.2 core schema's bool, int and float (bool in any case, as the 1.1 words were).
+_StrictLoader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?i:true|false)$"), list("tTfF"))
+_StrictLoader.add_implicit_resolver(_INT_TAG, re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+                                    list("-+0123456789"))
+_StrictLoader.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(r"""^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?  # 1.5, .5, 1., 1.5e-3
+                     |[-+]?[0-9]+[eE][-+]?[0-9]+                          # 1e-3
+                     |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _construct_int(loader: _StrictLoader, node: yaml.ScalarNode) -> int:
+    """Decimal (a leading 0 is not octal), 0o octal, 0x hex; an explicit `!!int` gets the same reading."""
+    text = str(loader.construct_scalar(node))
+    try:
+        return int(text, 0) if text.lstrip("+-")[:2].lower() in ("0o", "0x", "0b") else int(text, 10)
+    except ValueError as exc:
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not an integer", node.start_mark) from exc
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -425,6 +505,11 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_constructor(_INT_TAG, _construct_int)
+
+
+def _load_yaml_text(text: str) -> Any:
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def load_yaml(path: str | os.PathLike) -> dict:
@@ -435,7 +520,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
         raise ConfigError("file not found" if not p.exists() else "not a file", source=source)
     text = p.read_text(encoding="utf-8")
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = _load_yaml_text(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -450,11 +535,26 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+class _QuotingDumper(yaml.SafeDumper):
+    """SafeDumper that quotes every string either YAML 1.1 or 1.2 would read as something else.
+
+    So the strings 'off' and '1e3' are written quoted, and the file reads back the same with our
+    loader and with any YAML 1.1 reader (yaml.safe_load).
+    """
+
+
+_QuotingDumper.yaml_implicit_resolvers = {
+    first: [*yaml.SafeDumper.yaml_implicit_resolvers.get(first, []),
+            *_StrictLoader.yaml_implicit_resolvers.get(first, [])]
+    for first in {*yaml.SafeDumper.yaml_implicit_resolvers, *_StrictLoader.yaml_implicit_resolvers}
+}
+
+
 def dump_yaml(obj: Any, path: str | os.PathLike) -> None:
     """Write a config (dataclass or plain mapping) as YAML, atomically (temp file + os.replace)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    text = yaml.dump(to_dict(obj), Dumper=_QuotingDumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
     # Same directory so os.replace is a rename on one filesystem: readers see old or new, never half.
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
@@ -469,6 +569,64 @@ def dump_yaml(obj: Any, path: str | os.PathLike) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Input paths
+# --------------------------------------------------------------------------------------------------
+
+PathKind = Literal["dir", "file", "dir_or_file"]
+_KIND_WORDS = {"dir": "folder", "file": "file", "dir_or_file": "file or folder"}
+
+
+def input_paths(obj: Any, prefix: str = "") -> list[tuple[str, Path, PathKind, Mapping[str, Any]]]:
+    """(dotted key, path, kind, field metadata) of every set field marked `metadata={"exists": kind}`.
+
+    Walks nested dataclasses, lists and mappings of a built config. A null or empty value is unset
+    (an optional input), and `~` is expanded as the readers do.
+    """
+    found: list[tuple[str, Path, PathKind, Mapping[str, Any]]] = []
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            key, value = _join(prefix, f.name), getattr(obj, f.name)
+            kind = f.metadata.get("exists")
+            if kind is None:
+                found += input_paths(value, key)
+                continue
+            if kind not in _KIND_WORDS:
+                raise TypeError(f"{key}: metadata 'exists' must be one of {list(_KIND_WORDS)}, got {kind!r}")
+            values = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+            for i, v in values:
+                if v is not None and str(v).strip():
+                    found.append((key if i is None else f"{key}[{i}]", Path(v).expanduser(), kind, f.metadata))
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            found += input_paths(v, _join(prefix, str(k)))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found += input_paths(v, f"{prefix}[{i}]")
+    return found
+
+
+def check_paths(obj: Any, *, source: str | None = None, prefix: str = "") -> None:
+    """Raise ConfigError(source, dotted key, the path and what is wrong) for the first missing input path.
+
+    Call it where a command is about to read its inputs, before any work (see the module docstring).
+    A field's metadata may add `"exists_hint"`, said after the message (how to make the missing thing).
+    """
+    for key, path, kind, meta in input_paths(obj, prefix):
+        if (kind == "dir" and path.is_dir()) or (kind == "file" and path.is_file()) or \
+                (kind == "dir_or_file" and path.exists()):
+            continue
+        if path.exists():
+            problem = f"{path} is a {'folder' if path.is_dir() else 'file'}, not a {_KIND_WORDS[kind]}"
+        else:
+            problem = f"no such {_KIND_WORDS[kind]}: {path}"
+            if not path.is_absolute():
+                problem += f" (relative to the working directory {Path.cwd()})"
+        if meta.get("exists_hint"):
+            problem += f"; {meta['exists_hint']}"
+        raise ConfigError(problem, key, source)
+
+
+# --------------------------------------------------------------------------------------------------
 # Overrides
 # --------------------------------------------------------------------------------------------------
 
@@ -476,10 +634,10 @@ _KEY_SEGMENT = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
 def parse_override(text: str, *, source: str = "command line") -> tuple[list[str], Any]:
-    """`"train.lr=3e-4"` -> (["train", "lr"], "3e-4"); the value is parsed with `yaml.safe_load`.
+    """`"train.lr=3e-4"` -> (["train", "lr"], 3e-4); the value is parsed as YAML, as files are.
 
-    So `model.hidden=[64,64]` gives a list, `train.ema=false` a bool and `sample.solver=heun` a str.
-    (`3e-4` stays a string here and becomes a float when a float field receives it.)
+    So `model.hidden=[64,64]` gives a list, `train.ema=false` a bool, `sample.solver=heun` and
+    `data.use_cache=off` a str (see the module docstring for how YAML 1.1's traps read here).
     """
     if "=" not in text:
         raise ConfigError(f"malformed override {text!r}: expected key=value, e.g. train.lr=3e-4", source=source)
@@ -491,7 +649,7 @@ def parse_override(text: str, *, source: str = "command line") -> tuple[list[str
             f"malformed override {text!r}: the key must be dotted names like train.lr", key or None, source
         )
     try:
-        value = yaml.safe_load(raw)
+        value = _load_yaml_text(raw)
     except yaml.YAMLError as exc:
         raise ConfigError(f"cannot parse the value of override {text!r}: {exc}", key, source) from exc
     return parts, value
@@ -556,11 +714,19 @@ def build_with_overrides(build: Callable[[dict, str], T], path: str | os.PathLik
     try:
         return build(data, str(path))
     except ConfigError as exc:
-        for text in reversed(overrides):  # the last override of a key is the one that took effect
-            okey = text.split("=", 1)[0].strip()
-            if exc.key and (exc.key == okey or exc.key.startswith((okey + ".", okey + "["))):
-                raise ConfigError(exc.message, exc.key, f"command line (override {text!r})") from exc
+        text = override_for(exc.key, overrides)
+        if text is not None:
+            raise ConfigError(exc.message, exc.key, f"command line (override {text!r})") from exc
         raise
+
+
+def override_for(key: str | None, overrides: Sequence[str]) -> str | None:
+    """The override that set dotted `key` (or a section holding it), if any: the last one, which took effect."""
+    for text in reversed(overrides):
+        okey = text.split("=", 1)[0].strip()
+        if key and (key == okey or key.startswith((okey + ".", okey + "["))):
+            return text
+    return None
 
 
 def load_config(cls: type[T], path: str | os.PathLike, overrides: Sequence[str] = ()) -> T:

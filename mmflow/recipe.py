@@ -3,16 +3,21 @@
 Sections: name, task, seed, data, model, flow, train, sample, run_dir. `data` and `model` are typed
 by the task (mmflow.tasks); everything else is shared. Loading validates the whole file before any
 work starts: an unknown key, a wrong type or an impossible value is a ConfigError that names the key,
-the file and the allowed values.
+the file and the allowed values. `mmflow train` and `prepare` then call `check_before_work`: every
+input path exists and the run folder is a folder of its own (not the working directory, a parent of
+it, or inside an input folder), still before anything is written.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from mmflow.config import ConfigError, build_with_overrides, check, from_dict, to_dict
+from mmflow.config import (ConfigError, build_with_overrides, check, check_paths, from_dict, input_paths,
+                           override_for, to_dict)
 from mmflow.train.config import TrainConfig
 
 
@@ -43,7 +48,10 @@ class SampleConfig:
     steps: int = field(default=8, metadata={"min": 1, "help": "solver steps (heun/midpoint use 2 evaluations each)"})
     grid: Literal["uniform", "shifted"] = "uniform"
     shift: float = field(default=1.0, metadata={"min": 0.0, "min_exclusive": True, "help": "SD3 shift for grid: shifted"})
-    guidance: float = field(default=1.0, metadata={"help": "CFG scale w; 1 = plain conditional sampling"})
+    guidance: float = field(default=1.0, metadata={
+        "min": 0.0, "help": "CFG scale w: 0 = unconditional, 1 = plain conditional, > 1 = stronger guidance. "
+                            "Negative w (steering away from the condition) is refused: it is only an experiment, "
+                            "and usually a typo"})
     noise_scale: float = field(default=1.0, metadata={"min": 0.0, "help": "sde only"})
     diffusion: Literal["beta", "constant"] = field(default="beta", metadata={"help": "sde only: g(t) shape"})
     num_samples: int = field(default=10000, metadata={"min": 1})
@@ -64,13 +72,59 @@ class Recipe:
     flow: FlowConfig = field(default_factory=FlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
-    run_dir: str | None = field(default=None, metadata={"help": "default: runs/<name>"})
+    run_dir: str | None = field(default=None, metadata={
+        "help": "default: runs/<name>; any folder but the working directory, a parent of it, or one inside an input"})
 
     def validate(self) -> None:
-        check(bool(self.name) and "/" not in self.name, "name", f"must be a non-empty name without '/', got {self.name!r}")
+        check(_SAFE_NAME.fullmatch(self.name) is not None, "name",
+              f"{self.name!r} is not a usable run name: it names the folder runs/<name>, so use letters, digits, "
+              f"'.', '_' and '-', starting with a letter or digit (no path separators)")
 
     def resolved_run_dir(self) -> str:
         return self.run_dir or os.path.join("runs", self.name)
+
+
+# One folder name: no separator, and a leading letter or digit rules out '.', '..' and hidden folders.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_before_work(recipe: Recipe, source: str, overrides: Sequence[str] = (), run_dir: str | None = None) -> Path:
+    """The run folder, after the checks `mmflow train` / `prepare` make before writing anything.
+
+    Every input path of the recipe must exist (config.check_paths), and the run folder (`run_dir`,
+    the --run-dir flag, else the recipe's) must not be the working directory or a parent of it (a run
+    writes checkpoints, logs and model/ into its folder), a file, or inside an input folder (whose
+    reader would then see the run's outputs). Errors name `source` (the recipe file) and the key,
+    and the override that set it, if one did.
+    """
+    try:
+        check_paths(recipe, source=source)
+        if run_dir is not None:
+            return _checked_run_dir(Path(run_dir), recipe, None, "command line (--run-dir)")
+        key = "run_dir" if recipe.run_dir else "name"
+        return _checked_run_dir(Path(recipe.resolved_run_dir()), recipe, key, source)
+    except ConfigError as exc:
+        text = override_for(exc.key, overrides)
+        if text is None:
+            raise
+        raise ConfigError(f"{exc.message}; set by the override {text!r}", exc.key, exc.source) from exc
+
+
+def _checked_run_dir(run_dir: Path, recipe: Recipe, key: str | None, source: str | None) -> Path:
+    where = run_dir.expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if where == cwd or where in cwd.parents:
+        what = "the working directory" if where == cwd else f"a parent of the working directory {cwd}"
+        raise ConfigError(f"the run folder {run_dir} is {what}; a run writes checkpoints, logs and model/ into "
+                          f"its folder, so give it one of its own (e.g. runs/{recipe.name})", key, source)
+    if where.exists() and not where.is_dir():
+        raise ConfigError(f"the run folder {run_dir} is a file", key, source)
+    for input_key, path, kind, _ in input_paths(recipe):
+        folder = path.resolve()
+        if kind != "file" and (where == folder or folder in where.parents):
+            raise ConfigError(f"the run folder {run_dir} is inside {input_key} ({path}), which the run reads: "
+                              f"its outputs would be read as input; choose a folder outside it", key, source)
+    return run_dir
 
 
 def recipe_from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:

@@ -15,9 +15,11 @@ from mmflow.config import (
     ConfigError,
     apply_overrides,
     check,
+    check_paths,
     config_fields_help,
     dump_yaml,
     from_dict,
+    input_paths,
     load_config,
     load_yaml,
     parse_override,
@@ -106,11 +108,30 @@ def test_nested_defaults_and_types():
 
 
 def test_float_from_numeric_string():
-    # yaml.safe_load reads 3e-4 (no dot) as a string: YAML 1.1.
+    # yaml.safe_load reads 3e-4 (no dot) as a string: YAML 1.1. Our loader does not (see below), but
+    # float fields keep accepting numeric strings (quoted values, data from other YAML readers).
     data = yaml.safe_load("name: x\ntrain:\n  lr: 3e-4\n")
     assert data["train"]["lr"] == "3e-4"
     assert build(data).train.lr == pytest.approx(3e-4)
     assert build({"name": "x", "sample": {"guidance": "1e1"}}).sample.guidance == 10.0  # Optional[float]
+
+
+# NaN slips past `x < lo` (every comparison with NaN is False); infinity past a missing upper bound.
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), "nan", "inf", "-Infinity", "1e999",
+                                   10**400])
+def test_non_finite_floats_are_refused(value: Any):
+    msg = error_of({"name": "x", "train": {"lr": value}})
+    assert msg.startswith(f"{SRC}: train.lr: ") and "not a finite number" in msg
+    msg = error_of({"name": "x", "train": {"betas": [0.9, value]}})  # inside a tuple
+    assert "train.betas[1]" in msg and "not a finite number" in msg
+
+
+def test_non_finite_float_in_an_optional_field_says_why():
+    # float | None tries each option; a NaN float must not end as "expected float | null, got float nan"
+    msg = error_of({"name": "x", "sample": {"guidance": float("nan")}})
+    assert msg == f"{SRC}: sample.guidance: nan is not a finite number (NaN and infinity are refused)"
+    msg = error_of({"name": "x", "sample": {"extras": {"shift": "-inf"}}})  # dict values, from a string
+    assert "sample.extras.shift" in msg and "finite" in msg
 
 
 def test_no_string_coercion_for_other_types():
@@ -129,6 +150,16 @@ def test_bool_is_not_int_and_int_is_not_bool():
     assert "train.lr" in msg and "expected float" in msg
     msg = error_of({"name": "x", "train": {"ema": 1}})
     assert "train.ema" in msg and "expected bool" in msg
+
+
+@pytest.mark.parametrize("word", ["yes", "No", "on", "OFF", "y"])
+def test_yaml11_bool_words_for_a_bool_field_ask_for_true_or_false(tmp_path: Path, word: str):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: x\ntrain:\n  ema: {word}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Recipe, path)
+    assert str(info.value).startswith(f"{path}: train.ema: expected bool (true/false), got str {word!r}")
+    assert "write true or false" in str(info.value)
 
 
 def test_literal_error_lists_allowed_values():
@@ -254,6 +285,82 @@ def test_load_yaml_top_level_not_mapping_and_empty(tmp_path: Path):
     assert load_yaml(empty) == {}
 
 
+# What YAML 1.1 (PyYAML's safe_load) would make of each plain scalar is in the comment.
+@pytest.mark.parametrize("text,expected", [
+    ("off", "off"), ("On", "On"), ("yes", "yes"), ("NO", "NO"), ("y", "y"),  # 1.1: bools
+    ("true", True), ("False", False), ("TRUE", True),
+    ("1e-3", 1e-3), ("3E5", 3e5), ("-2e+2", -200.0),  # 1.1: strings
+    ("1.5", 1.5), (".5", 0.5), ("1.", 1.0), ("1.0e-3", 1e-3),
+    ("010", 10), ("0o17", 15), ("0x1f", 31), ("-7", -7),  # 1.1: 010 is octal 8
+    ("1:30", "1:30"), ("1_000", "1_000"), ("0b101", "0b101"),  # 1.1: 90, 1000, 5
+    ("2024-01-01", "2024-01-01"), ("=", "="),  # 1.1: a date; a 'value' tag SafeLoader cannot build
+    ("nan", "nan"), ("inf", "inf"),  # plain words (a float field still reads them, and refuses them)
+    ("null", None), ("~", None), ("", None),
+])
+def test_yaml_scalars_read_the_yaml_1_2_way(tmp_path: Path, text: str, expected: Any):
+    path = tmp_path / "v.yaml"
+    path.write_text(f"v: {text}\n")
+    value = load_yaml(path)["v"]
+    assert value == expected and type(value) is type(expected)
+    assert parse_override(f"x.v={text}")[1] == expected  # overrides read values the same way
+
+
+def test_yaml_nan_and_inf_tokens_are_floats_and_refused(tmp_path: Path):
+    path = tmp_path / "v.yaml"
+    path.write_text("a: .nan\nb: -.inf\nc: .Inf\n")
+    data = load_yaml(path)
+    assert data["a"] != data["a"] and data["b"] == -float("inf") and data["c"] == float("inf")
+    path.write_text("name: x\ntrain:\n  lr: .nan\n")
+    with pytest.raises(ConfigError, match=r"train\.lr: nan is not a finite number"):
+        load_config(Recipe, path)
+
+
+def test_int_field_given_scientific_notation_says_what_to_write(tmp_path: Path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\ntrain:\n  steps: 1e3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Recipe, path)
+    assert str(info.value) == f"{path}: train.steps: expected int, got float 1000.0 (write 1000)"
+
+
+@pytest.mark.parametrize("key", ["null", "~", "''"])
+def test_null_key_is_named(tmp_path: Path, key: str):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"name: x\ntrain:\n  {key}: 3\n" if key != "''" else "name: x\ntrain:\n  ? \n  : 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Recipe, path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: train: a key is null") and "quote it" in msg
+
+
+@dataclass
+class CacheCfg:
+    use_cache: Literal["auto", "require", "off"] = "auto"
+
+
+@dataclass
+class CacheTop:
+    data: CacheCfg = field(default_factory=CacheCfg)
+
+
+def test_literal_with_yaml11_bool_word_from_file_and_override(tmp_path: Path):
+    Top = CacheTop
+    path = tmp_path / "r.yaml"
+    path.write_text("data:\n  use_cache: off\n")
+    assert load_config(Top, path).data.use_cache == "off"
+    path.write_text("data: {}\n")
+    assert load_config(Top, path, ["data.use_cache=off"]).data.use_cache == "off"
+
+
+def test_dump_yaml_quotes_strings_any_yaml_reader_would_misread(tmp_path: Path):
+    data = {"words": ["off", "yes", "TRUE", "1e3", "0o17", "010", "1:30", "2024-01-01", "=", ".nan", "plain"],
+            "numbers": [1e-8, 3e-4, 10, -2.5], "flag": False, "none": None}
+    path = tmp_path / "out.yaml"
+    dump_yaml(data, path)
+    assert load_yaml(path) == data  # our YAML 1.2 reading
+    assert yaml.safe_load(path.read_text()) == data  # and a YAML 1.1 reader's
+
+
 def test_load_yaml_duplicate_key(tmp_path: Path):
     path = tmp_path / "dup.yaml"
     path.write_text("train:\n  lr: 1.0\n  lr: 2.0\n")
@@ -265,7 +372,7 @@ def test_load_yaml_duplicate_key(tmp_path: Path):
 
 
 def test_parse_override_values():
-    assert parse_override("train.lr=3e-4") == (["train", "lr"], "3e-4")
+    assert parse_override("train.lr=3e-4") == (["train", "lr"], 3e-4)  # YAML 1.2: a float, no dot needed
     assert parse_override("train.lr=0.001") == (["train", "lr"], 0.001)
     assert parse_override("model.hidden=[64,64]") == (["model", "hidden"], [64, 64])
     assert parse_override("sample.solver=heun") == (["sample", "solver"], "heun")
@@ -335,3 +442,52 @@ def test_config_fields_help():
 def test_non_dataclass_is_a_type_error():
     with pytest.raises(TypeError):
         from_dict(dict, {})
+
+
+# --- input paths ----------------------------------------------------------------------------------
+
+
+@dataclass
+class EncoderPaths:
+    path: str = "alias"  # not marked: an alias, checked by its own validate()
+    vocab: str | None = field(default=None, metadata={"exists": "file"})
+
+
+@dataclass
+class PathsCfg:
+    data: str = field(default="data", metadata={"exists": "dir", "exists_hint": "make it first"})
+    weights: str | None = field(default=None, metadata={"exists": "dir_or_file"})
+    extra: list[str] = field(default_factory=list, metadata={"exists": "dir"})
+    encoders: list[EncoderPaths] = field(default_factory=list)
+    cache: str | None = None  # an output: never checked
+
+
+def test_input_paths_walks_nested_fields_and_skips_unset() -> None:
+    cfg = PathsCfg(data="~/d", extra=["x", "y"], encoders=[EncoderPaths(), EncoderPaths(vocab="v.txt")], cache="c")
+    found = [(key, str(path), kind) for key, path, kind, _ in input_paths(cfg, "top")]
+    assert found == [("top.data", str(Path("~/d").expanduser()), "dir"), ("top.extra[0]", "x", "dir"),
+                     ("top.extra[1]", "y", "dir"), ("top.encoders[1].vocab", "v.txt", "file")]
+
+
+def test_check_paths_names_file_key_and_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "v.txt").write_text("a")
+    check_paths(PathsCfg(weights="v.txt", encoders=[EncoderPaths(vocab="v.txt")]), source=SRC)  # all there
+    cases = [
+        (PathsCfg(data="nope"), f"{SRC}: data: no such folder: nope (relative to the working directory {tmp_path}); "
+                                "make it first"),
+        (PathsCfg(data="v.txt"), f"{SRC}: data: v.txt is a file, not a folder; make it first"),
+        (PathsCfg(weights=str(tmp_path / "w")), f"{SRC}: weights: no such file or folder: {tmp_path / 'w'}"),
+        (PathsCfg(extra=["data", "gone"]), f"{SRC}: extra[1]: no such folder: gone"),
+        (PathsCfg(encoders=[EncoderPaths(vocab="data")]), f"{SRC}: encoders[0].vocab: data is a folder, not a file"),
+    ]
+    for cfg, expected in cases:
+        with pytest.raises(ConfigError) as info:
+            check_paths(cfg, source=SRC)
+        assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_from_dict_does_not_check_paths() -> None:
+    # a parsed config (e.g. a recipe inside an exported model) may come from a machine with other folders
+    assert from_dict(PathsCfg, {"data": "/no/such/folder"}).data == "/no/such/folder"

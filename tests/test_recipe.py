@@ -90,7 +90,16 @@ BAD = [
     ("model_key", _set("model", "width", 3), "model.width", ["hidden"]),
     ("betas", _set("train", "betas", [0.9, 1.5]), "train.betas", ["[0, 1)"]),
     ("bool_type", _set("data", "conditional", "yes"), "data.conditional", ["bool"]),
-    ("name_slash", _set(None, "name", "a/b"), "name", ["'/'"]),
+    ("name_slash", _set(None, "name", "a/b"), "name", ["'a/b'", "path separators"]),
+    ("name_dotdot", _set(None, "name", ".."), "name", ["'..'"]),
+    ("name_dot", _set(None, "name", "."), "name", ["'.'"]),
+    ("name_backslash", _set(None, "name", "a\\b"), "name", ["usable run name"]),
+    ("name_hidden", _set(None, "name", ".x"), "name", ["starting with a letter or digit"]),
+    ("name_empty", _set(None, "name", ""), "name", ["usable run name"]),
+    ("name_space", _set(None, "name", "my run"), "name", ["'my run'"]),
+    ("nan_guidance", _set("sample", "guidance", float("nan")), "sample.guidance", ["not a finite number"]),
+    ("inf_lr", _set("train", "lr", float("inf")), "train.lr", ["not a finite number"]),
+    ("negative_guidance", _set("sample", "guidance", -1.0), "sample.guidance", [">= 0"]),
 ]
 
 
@@ -178,3 +187,37 @@ def test_toy2d_task_num_classes() -> None:
     assert Toy2DTask(load_recipe(TOY, ["data.dataset=two_moons"])).num_classes == 2
     assert Toy2DTask(load_recipe(TOY)).num_classes == 8
     assert Toy2DTask(load_recipe(TOY, ["data.conditional=false"])).num_classes == 0
+
+
+@pytest.mark.parametrize("name", ["toy2d", "run-1", "a.b_c", "7up", "A..B"])
+def test_safe_names_are_accepted(name: str) -> None:
+    assert load_recipe(TOY, [f"name={name}"]).resolved_run_dir() == f"runs/{name}"
+
+
+def test_guidance_zero_is_unconditional_and_allowed() -> None:
+    assert load_recipe(TOY, ["sample.guidance=0"]).sample.guidance == 0.0
+
+
+# --- check_before_work: what `mmflow train` / `prepare` check before writing anything --------------
+
+
+def test_run_folder_may_not_be_the_working_directory_or_above(tmp_path: Path, monkeypatch) -> None:
+    from mmflow.recipe import check_before_work
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    recipe = load_recipe(TOY)
+    assert check_before_work(recipe, str(TOY)) == Path("runs/toy2d")  # the default, under the cwd
+    assert check_before_work(recipe, str(TOY), run_dir=str(tmp_path / "elsewhere")) == tmp_path / "elsewhere"
+    for bad in (".", "..", str(work), str(tmp_path), "/", "runs/.."):
+        with pytest.raises(ConfigError, match="working directory") as info:
+            check_before_work(recipe, str(TOY), run_dir=bad)
+        assert str(info.value).startswith("command line (--run-dir): ")
+    with pytest.raises(ConfigError) as info:  # the same from the recipe's run_dir, set by an override
+        check_before_work(load_recipe(TOY, ["run_dir=.."]), str(TOY), ["run_dir=.."])
+    assert str(info.value).startswith(f"{TOY}: run_dir: the run folder .. is a parent of the working directory")
+    assert str(info.value).endswith("set by the override 'run_dir=..'")
+    (work / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        check_before_work(recipe, str(TOY), run_dir="afile")

@@ -58,7 +58,10 @@ class MediaDataConfig(MediaFolderConfig):
 
 @dataclass
 class MediaModelConfig:
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer (VAE) folder; null: pixel/waveform space"})
+    tokenizer: str | None = field(default=None, metadata={
+        "exists": "dir", "help": "tokenizer (VAE) folder; null: pixel/waveform space",
+        "exists_hint": "train one with `mmflow train tokenizers/<name>.yaml` or convert one with "
+                       "`mmflow convert diffusers-vae`"})
     text: TextConditionerConfig = field(default_factory=TextConditionerConfig)
     hidden_size: int = field(default=256, metadata={"min": 1, "help": "MM-DiT token width"})
     depth: int = field(default=6, metadata={"min": 1})
