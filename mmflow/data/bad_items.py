@@ -10,6 +10,13 @@ broken with an error that names the files.
 Reason kinds (the text before the first colon) used by the readers:
     "empty file", "missing file", "decode error", "not a media file", "too few frames",
     "no frames", "decode timeout", "silent audio", "non-finite audio", "non-text caption".
+
+Metadata rows that never became items (a file_name outside the folder, absolute, of another
+extension: see captions.py) are decided when the folder is indexed, not when an item loads. They are
+the same records, (file_name, "kind: detail"), kept apart in `BadItemLog.dropped` because they are
+not items and so not part of the bad fraction; `summary()` reports both, and `dropped_summary`
+words the warning the dataset logs once when it indexes the folder. Kinds: "outside folder",
+"absolute path", "other extension", "bad file name".
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from typing import Any, TypeVar
 
 from mmflow.errors import UserError
 
-__all__ = ["BadDataError", "BadItemLog", "BadMedia", "BadRecord", "call_with_timeout", "check_file", "reason_kind"]
+__all__ = ["BadDataError", "BadItemLog", "BadMedia", "BadRecord", "call_with_timeout", "check_file", "dropped_summary",
+           "reason_kind"]
 
 logger = logging.getLogger("mmflow.data")
 
@@ -60,6 +68,23 @@ class BadDataError(UserError, RuntimeError):
 def reason_kind(reason: str) -> str:
     """"too few frames: 5 < 8" -> "too few frames" (the key of `BadItemLog.counts`)."""
     return reason.split(":", 1)[0].strip()
+
+
+def _by_kind(records: Iterable[BadRecord]) -> str:
+    return ", ".join(f"{k} {n}" for k, n in Counter(reason_kind(r) for _, r in records).most_common())
+
+
+def _listed(records: list[BadRecord], limit: int) -> list[str]:
+    lines = [f"  {p}: {r}" for p, r in records[:limit]]
+    if len(records) > limit:
+        lines.append(f"  ... and {len(records) - limit} more")
+    return lines
+
+
+def dropped_summary(records: list[BadRecord], limit: int = 10) -> str:
+    """One paragraph on metadata rows that are not items: counts by reason kind, the first `limit` named."""
+    head = f"dropped rows: {len(records)} metadata row(s) not used as items ({_by_kind(records)})"
+    return "\n".join([head, *_listed(records, limit)])
 
 
 def check_file(path: str | os.PathLike) -> int:
@@ -148,7 +173,9 @@ class BadItemLog:
     `seen` counts the items asked for and `bad` those of them whose own file was bad (and were
     replaced), so `fraction` estimates the share of the data that is broken. `paths` holds every
     bad file met (replacement candidates that failed too) with its first reason; `counts` is the
-    number of distinct bad paths per reason kind.
+    number of distinct bad paths per reason kind. `dropped` holds the metadata rows the dataset never
+    made items (`add_dropped`); they are reported but not counted in `fraction`, and not checkpointed
+    (the next start indexes the folder again).
     """
 
     def __init__(self, key: str = "data.max_bad_fraction", log: bool = True) -> None:
@@ -157,6 +184,7 @@ class BadItemLog:
         self.seen = 0
         self.bad = 0
         self.paths: dict[str, str] = {}  # path -> first reason, in the order first seen
+        self.dropped: list[BadRecord] = []  # metadata rows that are not items (one record a row)
 
     # ------------------------------------------------------------------ adding
     def add(self, seen: int, bad: int, records: Iterable[BadRecord]) -> list[BadRecord]:
@@ -171,6 +199,10 @@ class BadItemLog:
                 if self.log:
                     logger.warning("skipped bad media %s (%s)", path, reason)
         return new
+
+    def add_dropped(self, records: Iterable[BadRecord]) -> None:
+        """Record the dataset's dropped metadata rows (not logged here: the dataset warned when it indexed them)."""
+        self.dropped.extend((str(p), str(r)) for p, r in records)
 
     def update(self, batch: Mapping[str, Any]) -> list[BadRecord]:
         """Add a collated batch (see media_folder.collate): size from "index", bad items where
@@ -187,6 +219,8 @@ class BadItemLog:
         self.bad += other.bad
         for path, reason in other.paths.items():
             self.paths.setdefault(path, reason)
+        if not self.dropped:  # every rank indexes the same folder, so the lists are equal
+            self.dropped = list(other.dropped)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -202,16 +236,16 @@ class BadItemLog:
         return list(self.paths.items())[:n]
 
     def summary(self) -> str:
-        """One paragraph for the end of a run or of `mmflow prepare`."""
+        """One paragraph for the end of a run or of `mmflow prepare` (dropped rows, if any, in a second)."""
         if not self.paths:
-            return f"bad media: none ({self.seen} items loaded)"
-        kinds = ", ".join(f"{k} {n}" for k, n in self.counts.items())
-        head = (f"bad media: {len(self.paths)} distinct files skipped ({kinds}); {self.bad} of {self.seen} "
-                f"items asked for ({100 * self.fraction:.2f}%) were bad and replaced")
-        lines = [head]
-        lines += [f"  {p}: {r}" for p, r in self.examples(10)]
-        if len(self.paths) > 10:
-            lines.append(f"  ... and {len(self.paths) - 10} more")
+            lines = [f"bad media: none ({self.seen} items loaded)"]
+        else:
+            kinds = ", ".join(f"{k} {n}" for k, n in self.counts.items())
+            lines = [f"bad media: {len(self.paths)} distinct files skipped ({kinds}); {self.bad} of {self.seen} "
+                     f"items asked for ({100 * self.fraction:.2f}%) were bad and replaced",
+                     *_listed(list(self.paths.items()), 10)]
+        if self.dropped:
+            lines.append(dropped_summary(self.dropped))
         return "\n".join(lines)
 
     def check(self, max_fraction: float, min_seen: int = 100) -> None:

@@ -11,6 +11,16 @@ trains unconditionally) and a warning says so. A row may list a file twice (seve
 Problems that concern one item (a caption that is not text, a listed file that does not exist)
 become entries with a `problem` reason: the dataset skips and counts them like broken media. A
 malformed metadata file (bad JSON, no file_name column) is the user's to fix and raises at once.
+
+A row that cannot name an item of this folder is dropped, never becomes an item, and goes into
+`CaptionIndex.dropped` as a (path, "kind: detail") record for the caller to report with the bad
+media (see bad_items.py): an absolute `file_name` ("absolute path"), one whose normalised path
+leaves the folder ("outside folder": `../x.png`, `sub/../../x.png`), one holding a NUL byte ("bad file
+name"), and one whose extension is not the modality's ("other extension": an audio row of a shared
+metadata file, a `.txt`). The folder check is lexical (the joined path normalised, not resolved), so
+a symlink the user made inside the folder is followed wherever it points: the folder's owner decides
+what it contains, a metadata row does not. Kept on purpose: a file listed twice (several captions) and
+an empty caption (trains unconditionally).
 """
 
 from __future__ import annotations
@@ -24,14 +34,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mmflow.errors import MissingInput
+from mmflow.data.bad_items import BadRecord
+from mmflow.errors import MissingInput, UserError
 
-__all__ = ["CaptionIndex", "CaptionMode", "MediaEntry", "find_media", "load_captions"]
+__all__ = ["CaptionIndex", "CaptionMode", "MediaEntry", "MetadataError", "find_media", "load_captions"]
 
 logger = logging.getLogger("mmflow.data")
 
 CaptionMode = Literal["auto", "jsonl", "csv", "txt", "none"]
 JSONL, CSV = "metadata.jsonl", "metadata.csv"
+
+
+class MetadataError(UserError, ValueError):
+    """A metadata file the user must fix as a whole (not valid JSON, no file_name column or value)."""
 
 
 @dataclass
@@ -49,6 +64,7 @@ class CaptionIndex:
     entries: list[MediaEntry]
     source: Literal["jsonl", "csv", "txt", "none"]  # where the captions came from
     uncaptioned: list[Path] = field(default_factory=list)  # media files without a caption (text "")
+    dropped: list[BadRecord] = field(default_factory=list)  # metadata rows that are not items, with why
 
 
 def _visible(rel: Path) -> bool:
@@ -82,6 +98,25 @@ def _key(path: Path) -> str:
     return os.path.normpath(os.path.abspath(path))
 
 
+def _drop_reason(root: Path, meta: Path, name: str, exts: frozenset[str]) -> tuple[Path | None, str]:
+    """(root / the row's normalised path, "") for a usable `file_name`, else (None, "kind: detail").
+
+    Lexical on purpose (see the module docstring): `..` may not climb out of `root`, but symlinks
+    inside it are not resolved.
+    """
+    if "\0" in name:
+        return None, "bad file name: contains a NUL byte"
+    if os.path.isabs(name):
+        return None, f"absolute path: file_name must be relative to {meta.parent}"
+    rel = os.path.normpath(os.path.join(os.path.relpath(meta.parent, root), name))
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        return None, f"outside folder: leaves {root}"
+    ext = os.path.splitext(name)[1].lower()
+    if ext not in exts:
+        return None, f"other extension: {ext or 'none'} is not one of {', '.join(sorted(exts))}"
+    return root / rel, ""
+
+
 def _caption_problem(value: Any, text_field: str, where: str) -> str | None:
     if isinstance(value, str):
         return None
@@ -101,10 +136,10 @@ def _rows_jsonl(meta: Path) -> Iterable[tuple[str, dict[str, Any]]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{meta}:{lineno}: not valid JSON ({exc.msg}); each line of {JSONL} must be "
-                                 f'one object like {{"file_name": "a.png", "text": "a cat"}}') from exc
+                raise MetadataError(f"{meta}:{lineno}: not valid JSON ({exc.msg}); each line of {JSONL} must be "
+                                    f'one object like {{"file_name": "a.png", "text": "a cat"}}') from exc
             if not isinstance(row, dict):
-                raise ValueError(f"{meta}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                raise MetadataError(f"{meta}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield f"{meta}:{lineno}", row
 
 
@@ -112,7 +147,7 @@ def _rows_csv(meta: Path) -> Iterable[tuple[str, dict[str, Any]]]:
     with meta.open(encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or "file_name" not in reader.fieldnames:
-            raise ValueError(f"{meta}: needs a 'file_name' column, found columns {reader.fieldnames}")
+            raise MetadataError(f"{meta}: needs a 'file_name' column, found columns {reader.fieldnames}")
         for lineno, row in enumerate(reader, 2):  # line 1 is the header
             yield f"{meta}:{lineno}", {k: v for k, v in row.items() if k is not None}
 
@@ -120,21 +155,23 @@ def _rows_csv(meta: Path) -> Iterable[tuple[str, dict[str, Any]]]:
 def _from_metadata(root: Path, metas: list[Path], kind: str, exts: frozenset[str], text_field: str,
                    media: list[Path]) -> CaptionIndex:
     entries: list[MediaEntry] = []
+    dropped: list[BadRecord] = []
     listed: set[str] = set()
     for meta in metas:
         rows = _rows_jsonl(meta) if kind == "jsonl" else _rows_csv(meta)
         for where, row in rows:
             name = row.get("file_name")
             if not isinstance(name, str) or not name:
-                raise ValueError(f"{where}: needs a 'file_name' string, got {name!r}")
-            if os.path.splitext(name)[1].lower() not in exts:
-                continue  # another modality's file in a shared metadata file
-            path = meta.parent / name
+                raise MetadataError(f"{where}: needs a 'file_name' string, got {name!r}")
+            path, reason = _drop_reason(root, meta, name, exts)
+            if path is None:
+                dropped.append((name, f"{reason} (listed at {where})"))
+                continue
             listed.add(_key(path))
             text = row.get(text_field, _MISSING)
             extra = {k: v for k, v in row.items() if k not in ("file_name", text_field)}
             problem = _caption_problem(text, text_field, where)
-            if not path.is_file():
+            if not os.path.isfile(path):  # os.path: False, not an exception, for names the OS refuses
                 problem = f"missing file: listed at {where}"
             entries.append(MediaEntry(path, text if isinstance(text, str) else "", extra, problem))
     uncaptioned = [p for p in media if _key(p) not in listed]
@@ -142,7 +179,7 @@ def _from_metadata(root: Path, metas: list[Path], kind: str, exts: frozenset[str
         logger.warning("%d media file(s) under %s have no row in %s and train with empty text, e.g. %s",
                        len(uncaptioned), root, metas[0].name, ", ".join(str(p) for p in uncaptioned[:3]))
     entries += [MediaEntry(p) for p in uncaptioned]
-    return CaptionIndex(entries, kind, uncaptioned)  # type: ignore[arg-type]
+    return CaptionIndex(entries, kind, uncaptioned, dropped)  # type: ignore[arg-type]
 
 
 def _from_sidecars(root: Path, media: list[Path]) -> CaptionIndex:
@@ -168,7 +205,9 @@ def load_captions(root: str | Path, extensions: Iterable[str], mode: CaptionMode
     """Index the media under `root` with their captions (see the module docstring).
 
     `extensions` selects the modality's files (also filtering rows of shared metadata files);
-    `text_field` is the caption's key in jsonl/csv rows.
+    `text_field` is the caption's key in jsonl/csv rows. Rows that are not items are returned in
+    `dropped`, not logged: the caller reports them (MediaFolderDataset warns once and the trainer's
+    bad-media summary counts them).
     """
     root = Path(root)
     exts = _norm_ext(extensions)

@@ -14,7 +14,10 @@ global RNG (`BucketBatchSampler` yields (i, epoch) keys; plain int keys use `set
 A bad item (see bad_items.py) is replaced by the next one that loads, preferring its own bucket, and
 read at the requested item's size, so every batch keeps its size and shape on every rank; the
 skipped (path, reason) pairs ride along in the item's "bad" list. Files are opened per item inside
-the worker, so the dataset pickles cheaply into DataLoader workers.
+the worker, so the dataset pickles cheaply into DataLoader workers. Metadata rows that cannot be items
+(outside the folder, absolute, another extension: see captions.py) are never items; they are in
+`dataset.dropped`, warned about once here, and counted in the run's summary via
+`BadItemLog.add_dropped`.
 """
 
 from __future__ import annotations
@@ -34,15 +37,17 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmflow.config import check
 from mmflow.data.audio_reader import read_audio
-from mmflow.data.bad_items import BadDataError, BadItemLog, BadMedia, BadRecord, call_with_timeout, reason_kind
+from mmflow.data.bad_items import (BadDataError, BadItemLog, BadMedia, BadRecord, call_with_timeout, dropped_summary,
+                                   reason_kind)
 from mmflow.data.buckets import BucketBatchSampler, assign_bucket, make_buckets
 from mmflow.data.captions import CaptionMode, MediaEntry, load_captions
 from mmflow.data.image_reader import image_size, read_image
 from mmflow.data.video_reader import VideoBackend, get_video_backend, read_video, video_size
-from mmflow.errors import MissingInput
+from mmflow.errors import MissingInput, UserError
 from mmflow.train.random import _mix
 
-__all__ = ["DEFAULT_EXTENSIONS", "MediaFolderConfig", "MediaFolderDataset", "collate", "item_generator", "scan"]
+__all__ = ["DEFAULT_EXTENSIONS", "EmptyMediaFolder", "MediaFolderConfig", "MediaFolderDataset", "collate",
+           "item_generator", "scan"]
 
 logger = logging.getLogger("mmflow.data")
 
@@ -58,7 +63,7 @@ MAX_CANDIDATES = 100  # a bad item and this many replacements all bad: the data 
 class MediaFolderConfig:
     """Where the media are and how to turn them into tensors (the `data` section of a media recipe)."""
 
-    path: str = field(metadata={"help": "folder of media files (searched recursively) and captions"})
+    path: str = field(metadata={"exists": "dir", "help": "folder of media files (searched recursively) and captions"})
     modality: Literal["image", "video", "audio"] = "image"
     captions: CaptionMode = field(default="auto", metadata={"help": "auto: metadata.jsonl > metadata.csv > .txt sidecars > none"})
     text_field: str = field(default="text", metadata={"help": "caption key in metadata.jsonl / .csv rows"})
@@ -110,6 +115,10 @@ class MediaFolderConfig:
         return tuple(e.lower().strip(". ") for e in self.extensions) or DEFAULT_EXTENSIONS[self.modality]
 
 
+class EmptyMediaFolder(UserError, ValueError):
+    """The media folder holds no item of the recipe's modality."""
+
+
 def item_generator(seed: int, index: int, epoch: int) -> torch.Generator:
     """The generator of item `index`'s random choices at `epoch` (crop, clip start): no global RNG."""
     return torch.Generator().manual_seed(_mix(seed, 0x17E4, index, epoch))
@@ -126,6 +135,7 @@ class MediaFolderDataset(Dataset):
     media: image (3, H, W), video (3, T, H, W), audio (C, N), float32 in [-1, 1]; mask (N,) bool;
     requested: the index asked for; index: the item delivered (a replacement when the asked one
     was bad); bad: the (path, reason) pairs skipped on the way; meta: the metadata row's other fields.
+    `dropped`: the metadata rows that are not items, as (file_name, reason) records.
     `video_backend` overrides the config's backend (tests, custom decoders).
     """
 
@@ -140,9 +150,13 @@ class MediaFolderDataset(Dataset):
             raise MissingInput(f"data.path: media folder {root} {what}")
         exts = config.media_extensions
         index = load_captions(root, exts, config.captions, config.text_field)
+        self.dropped: list[BadRecord] = index.dropped
+        if self.dropped:
+            logger.warning("%s: %s", root, dropped_summary(self.dropped))
         if not index.entries:
-            raise ValueError(f"data.path: no {config.modality} files ({', '.join(exts)}) found under {root}; "
-                             f"check data.modality / data.extensions")
+            why = f" ({len(self.dropped)} metadata row(s) dropped, see above)" if self.dropped else ""
+            raise EmptyMediaFolder(f"data.path: no {config.modality} files ({', '.join(exts)}) found under {root}"
+                                   f"{why}; check data.modality / data.extensions")
         self.root = root
         self.entries: list[MediaEntry] = index.entries
         self.caption_source = index.source

@@ -1,14 +1,18 @@
-"""Captions in the three Hugging Face folder forms, detection order, and per-item problems."""
+"""Captions in the three Hugging Face folder forms, detection order, per-item problems, dropped rows."""
 
 from __future__ import annotations
 
+import csv
 import logging
+import os
 from pathlib import Path
 
 import pytest
 from media_factory import write_jsonl, write_text_file
 
-from mmflow.data.captions import find_media, load_captions
+from mmflow.data.bad_items import reason_kind
+from mmflow.data.captions import MetadataError, find_media, load_captions
+from mmflow.errors import UserError
 
 PNG = ("png", "jpg")
 
@@ -47,6 +51,7 @@ def test_jsonl_keeps_extra_fields_and_resolves_subfolders(tmp_path):
         ("sub/deeper/c.png", "a bird", {}, None),
     ]
     assert index.uncaptioned == []
+    assert [(n, reason_kind(r)) for n, r in index.dropped] == [("v.mp4", "other extension")]  # not silent
 
 
 def test_jsonl_non_text_captions_and_missing_files_are_problems(tmp_path, caplog):
@@ -88,8 +93,9 @@ def test_malformed_jsonl_fails_with_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"metadata\.jsonl:2: not valid JSON"):
         load_captions(tmp_path, PNG)
     (tmp_path / "metadata.jsonl").write_text('{"text": "no file name"}\n')
-    with pytest.raises(ValueError, match=r"metadata\.jsonl:1: needs a 'file_name'"):
+    with pytest.raises(ValueError, match=r"metadata\.jsonl:1: needs a 'file_name'") as err:
         load_captions(tmp_path, PNG)
+    assert isinstance(err.value, MetadataError) and isinstance(err.value, UserError)  # the CLI's one-line path
 
 
 def test_csv(tmp_path):
@@ -147,3 +153,57 @@ def test_explicit_mode_without_its_file_fails(tmp_path):
     touch(tmp_path, "a.png")
     with pytest.raises(FileNotFoundError, match="no metadata.jsonl"):
         load_captions(tmp_path, PNG, mode="jsonl")
+
+
+# ------------------------------------------------------------------ rows that are not items
+def write_rows(meta: Path, rows: list[dict[str, str]]) -> None:
+    """rows as metadata.jsonl or metadata.csv, by `meta`'s name."""
+    if meta.suffix == ".jsonl":
+        write_jsonl(meta, rows)
+        return
+    with meta.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, ["file_name", "text"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.mark.parametrize("meta_name", ["metadata.jsonl", "metadata.csv"])
+def test_rows_outside_the_folder_absolute_or_of_another_extension_are_dropped_and_named(tmp_path, meta_name):
+    root = tmp_path / "data"
+    touch(tmp_path, "outside/x.png", "x.png")  # real files beside the folder: a row must not reach them
+    touch(root, "good.png", "sub/b.png", "notes.txt")
+    (root / "link.png").symlink_to(tmp_path / "outside" / "x.png")  # the user's own symlinks are theirs
+    (root / "linkdir").symlink_to(tmp_path / "outside", target_is_directory=True)
+    absolute = str(tmp_path / "outside" / "x.png")
+    write_rows(root / meta_name, [
+        {"file_name": "good.png", "text": "good"},
+        {"file_name": "../outside/x.png", "text": "climbs out"},
+        {"file_name": absolute, "text": "absolute"},
+        {"file_name": "sub/../../x.png", "text": "climbs out after normalising"},
+        {"file_name": "notes.txt", "text": "not an image"},
+        {"file_name": "sub/../sub/b.png", "text": "b, normalised inside"},
+        {"file_name": "link.png", "text": "symlink"},
+        {"file_name": "linkdir/x.png", "text": "through a symlinked folder"},
+    ])
+    write_rows(root / "sub" / meta_name, [{"file_name": "../good.png", "text": "good from sub"},  # still inside
+                                          {"file_name": "../../outside/x.png", "text": "out from sub"}])
+    index = load_captions(root, PNG)
+    got = [(e.path.relative_to(root).as_posix(), e.text, e.problem) for e in index.entries]
+    assert got == [("good.png", "good", None), ("sub/b.png", "b, normalised inside", None),
+                   ("link.png", "symlink", None), ("linkdir/x.png", "through a symlinked folder", None),
+                   ("good.png", "good from sub", None)]
+    assert all(not os.path.relpath(e.path, root).startswith("..") for e in index.entries)
+    dropped = [(n, reason_kind(r)) for n, r in index.dropped]
+    assert dropped == [("../outside/x.png", "outside folder"), (absolute, "absolute path"),
+                       ("sub/../../x.png", "outside folder"), ("notes.txt", "other extension"),
+                       ("../../outside/x.png", "outside folder")]
+    first, *_ = index.dropped
+    assert f"{root / meta_name}:" in first[1] and str(root) in first[1]  # names the metadata line and the folder
+
+
+def test_a_nul_byte_in_a_file_name_is_dropped_not_raised(tmp_path):
+    touch(tmp_path, "a.png")
+    write_jsonl(tmp_path / "metadata.jsonl", [{"file_name": "a\u0000.png", "text": "x"}, {"file_name": "a.png"}])
+    index = load_captions(tmp_path, PNG)
+    assert [reason_kind(r) for _, r in index.dropped] == ["bad file name"]
+    assert [e.path.name for e in index.entries] == ["a.png"]

@@ -19,6 +19,7 @@ from mmflow.config import ConfigError, from_dict
 from mmflow.data.bad_items import BadDataError, BadItemLog
 from mmflow.data.media_folder import MediaFolderConfig, MediaFolderDataset, collate, scan
 from mmflow.data.video_reader import PyAVBackend, VideoBackendUnavailable
+from mmflow.errors import UserError
 
 
 def cfg(path: Path, **kw) -> MediaFolderConfig:
@@ -213,6 +214,50 @@ def test_too_many_bad_items_stop_the_run(broken_folders):
     everything_bad = make(img)
     with pytest.raises(BadDataError, match="are all bad"):
         everything_bad[0]
+
+
+def test_dropped_rows_are_never_items_and_are_warned_and_summarised(tmp_path, caplog):
+    root = tmp_path / "data"
+    outside = write_image(tmp_path / "outside" / "x.png", pattern_rgb(8, 8, seed=9))
+    write_image(tmp_path / "x.png", pattern_rgb(8, 8, seed=8))
+    for k in range(3):
+        write_image(root / f"{k}.png", pattern_rgb(8, 8, seed=k))
+    (root / "link.png").symlink_to(outside)  # a symlink the user made inside the folder: still an item
+    write_text_file(root / "notes.txt")
+    rows = [("../outside/x.png", "outside folder"), (str(outside), "absolute path"),
+            ("sub/../../x.png", "outside folder"), ("notes.txt", "other extension")]
+    write_jsonl(root / "metadata.jsonl", [{"file_name": n, "text": "dropped"} for n, _ in rows] +
+                [{"file_name": f"{k}.png", "text": f"good {k}"} for k in range(3)] +
+                [{"file_name": "link.png", "text": "linked"}])
+    with caplog.at_level(logging.WARNING, logger="mmflow.data"):
+        ds = MediaFolderDataset(cfg(root, size=8))
+    assert [e.path for e in ds.entries] == [root / "0.png", root / "1.png", root / "2.png", root / "link.png"]
+    assert [it["text"] for it in (ds[i] for i in range(len(ds)))] == ["good 0", "good 1", "good 2", "linked"]
+    assert [(n, r.split(":")[0]) for n, r in ds.dropped] == rows
+    warning = [r.getMessage() for r in caplog.records if "dropped rows" in r.getMessage()]
+    assert len(warning) == 1 and "4 metadata row(s) not used as items (outside folder 2, absolute path 1, " \
+                                  "other extension 1)" in warning[0]
+    for name, why in rows:  # each dropped row named with its reason, in the one warning
+        assert f"  {name}: {why}:" in warning[0]
+    # the run's accounting carries them next to the bad media, outside the bad fraction
+    log = BadItemLog(log=False)
+    log.add_dropped(ds.dropped)
+    for b in iterate(ds):
+        log.update(b)
+    assert log.bad == 0 and log.fraction == 0 and log.seen == 4 and len(log.dropped) == 4
+    summary = log.summary()
+    assert summary.startswith("bad media: none (4 items loaded)\ndropped rows: 4 metadata row(s)")
+    assert "../outside/x.png: outside folder" in summary
+    state = log.state_dict()
+    log.load_state_dict(state)  # a resume indexes the folder again: dropped rows are not checkpointed
+    assert "dropped" not in state and len(log.dropped) == 4
+
+
+def test_a_folder_whose_rows_are_all_dropped_fails_with_a_user_error(tmp_path):
+    write_image(tmp_path / "outside" / "x.png", pattern_rgb(8, 8))
+    write_jsonl(tmp_path / "data" / "metadata.jsonl", [{"file_name": "../outside/x.png", "text": "out"}])
+    with pytest.raises(UserError, match=r"no image files .* found under .*data \(1 metadata row\(s\) dropped"):
+        MediaFolderDataset(cfg(tmp_path / "data"))
 
 
 # ------------------------------------------------------------------ determinism, workers
