@@ -3,15 +3,14 @@ consuming a state dict key by key, and checking the converted state against the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from mmflow.errors import MissingInput
+from mmflow.models.registry import load_state_dict, read_json_object
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 INDEX = "diffusion_pytorch_model.safetensors.index.json"
@@ -28,7 +27,7 @@ def component_folder(folder: Path, subfolder: str, class_name: str) -> Path:
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "config.json").read_text())
+    return read_json_object(folder / "config.json")
 
 
 def resolve_config(diffusers_config: dict[str, Any], class_name: str, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -45,15 +44,7 @@ def resolve_config(diffusers_config: dict[str, Any], class_name: str, defaults: 
 
 def read_weights(folder: Path) -> dict[str, Tensor]:
     """A diffusers component's safetensors weights, sharded (with an index) or not."""
-    if (folder / INDEX).exists():
-        index = json.loads((folder / INDEX).read_text())
-        state: dict[str, Tensor] = {}
-        for name in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(folder / name)))
-        return state
-    if (folder / WEIGHTS).exists():
-        return load_file(str(folder / WEIGHTS))
-    raise MissingInput(f"{folder}: no {WEIGHTS} or {INDEX} (only safetensors weights are supported)")
+    return load_state_dict(folder, WEIGHTS, INDEX, hint="only safetensors weights are supported")
 
 
 class StateSource:

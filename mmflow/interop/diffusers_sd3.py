@@ -141,7 +141,8 @@ def load_diffusers_sd3(folder: str | os.PathLike, dtype: torch.dtype | None = No
     """MMDiT with the weights of a diffusers SD3Transformer2DModel folder (config.json + safetensors,
     sharded or not; a pipeline folder's transformer/ also works). dtype None keeps the checkpoint's."""
     folder = component_folder(Path(folder), "transformer", SD3_CLASS_NAME)
-    config, state = convert_sd3_state_dict(read_weights(folder), read_config(folder))
+    diffusers_config = read_config(folder)  # first: a bad config.json fails before gigabytes of weights are read
+    config, state = convert_sd3_state_dict(read_weights(folder), diffusers_config)
     return instantiate(lambda: MMDiT(config), state, dtype)
 
 

@@ -169,7 +169,8 @@ def load_diffusers_vae(folder: str | os.PathLike, dtype: torch.dtype | None = No
     """ImageVAE with the weights of a diffusers AutoencoderKL folder (config.json + safetensors, sharded
     or not; a pipeline folder's vae/ also works). dtype None keeps the checkpoint's."""
     folder = component_folder(Path(folder), "vae", VAE_CLASS_NAME)
-    config, state = convert_diffusers_vae_state_dict(read_weights(folder), read_config(folder))
+    diffusers_config = read_config(folder)  # first: a bad config.json fails before the weights are read
+    config, state = convert_diffusers_vae_state_dict(read_weights(folder), diffusers_config)
     return instantiate(lambda: ImageVAE(config), state, dtype)
 
 

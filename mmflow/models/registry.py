@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmflow.config import ConfigError, from_dict, to_dict
-from mmflow.errors import MissingInput
+from mmflow.errors import MissingInput, UserError
 from mmflow.utils.fs import atomic_folder
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {}
@@ -27,6 +28,11 @@ INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 
 M = TypeVar("M", bound=type[nn.Module])
+
+
+class CorruptModel(UserError, ValueError):
+    """A model folder that cannot be used as it is: unreadable or non-JSON files, weights that do not
+    fit the model, or weights that are not finite. The message names the file (and tensor)."""
 
 
 def register_model(name: str) -> Callable[[M], M]:
@@ -73,8 +79,8 @@ def save_model(model: nn.Module, folder: str | os.PathLike, max_shard_bytes: int
     state = _contiguous_state(model)
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
-        (tmp / CONFIG_NAME).write_text(
-            json.dumps({"model_type": model_type, "config": to_dict(model.config)}, indent=2) + "\n"
+        (tmp / CONFIG_NAME).write_text(  # allow_nan=False: NaN is not JSON, and a NaN setting is a failure to see
+            json.dumps({"model_type": model_type, "config": to_dict(model.config)}, indent=2, allow_nan=False) + "\n"
         )
         shards: list[dict[str, torch.Tensor]] = [{}]
         size = 0
@@ -98,18 +104,49 @@ def save_model(model: nn.Module, folder: str | os.PathLike, max_shard_bytes: int
     return folder
 
 
-def load_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read the (possibly sharded) safetensors weights of a model folder."""
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or CorruptModel naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptModel(f"{path}: not readable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise CorruptModel(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of one safetensors file; a truncated or garbage file -> CorruptModel naming it."""
+    if not path.is_file():
+        raise CorruptModel(f"{path}: missing (the model folder is incomplete)")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # what safetensors raises for bad bytes
+        raise CorruptModel(f"{path}: not a readable safetensors file ({e})") from e
+    for name, tensor in state.items():  # NaN weights would give NaN samples with no error anywhere
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            n_nan, n_inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+            raise CorruptModel(f"{path}: tensor {name!r} is not finite ({n_nan} NaN, {n_inf} inf of "
+                               f"{tensor.numel()} values)")
+    return state
+
+
+def load_state_dict(folder: str | os.PathLike, weights: str = WEIGHTS_NAME, index: str = INDEX_NAME,
+                    hint: str = "is this a model folder?") -> dict[str, torch.Tensor]:
+    """Read the (possibly sharded: `index` maps keys to files) safetensors weights of a model folder,
+    verified readable and finite. `weights`/`index`: the file names (other frameworks use their own)."""
     folder = Path(folder)
-    if (folder / INDEX_NAME).exists():
-        index = json.loads((folder / INDEX_NAME).read_text())
+    if (folder / index).exists():
+        weight_map = read_json_object(folder / index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CorruptModel(f"{folder / index}: missing key 'weight_map'")
         state: dict[str, torch.Tensor] = {}
-        for name in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(folder / name)))
+        for name in sorted(set(weight_map.values())):
+            state.update(read_safetensors(folder / name))
         return state
-    if not (folder / WEIGHTS_NAME).exists():
-        raise MissingInput(f"{folder}: no {WEIGHTS_NAME} or {INDEX_NAME} (is this a model folder?)")
-    return load_file(str(folder / WEIGHTS_NAME))
+    if not (folder / weights).exists():
+        raise MissingInput(f"{folder}: no {weights} or {index} ({hint})")
+    return read_safetensors(folder / weights)
 
 
 def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -127,20 +164,22 @@ def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor], source
             parts.append(f"unexpected keys: {unexpected}")
         if shapes:
             parts.append(f"shape mismatches: {shapes}")
-        raise ValueError(f"{source}: weights do not fit the model; " + "; ".join(parts))
+        raise CorruptModel(f"{source}: weights do not fit the model; " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
 
 
 def load_model(folder: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Load a model folder written by `save_model` (no recipe needed)."""
+    """Load a model folder written by `save_model` (no recipe needed); CorruptModel names what is wrong."""
     folder = Path(folder)
     cfg_path = folder / CONFIG_NAME
     if not cfg_path.exists():
         raise MissingInput(f"{folder}: no {CONFIG_NAME}; a model folder holds config.json + model.safetensors")
-    meta = json.loads(cfg_path.read_text())
+    meta = read_json_object(cfg_path)
     for key in ("model_type", "config"):
         if key not in meta:
-            raise ConfigError(f"{cfg_path}: missing key {key!r}")
+            raise CorruptModel(f"{cfg_path}: missing key {key!r}")
+    if not isinstance(meta["model_type"], str) or not isinstance(meta["config"], dict):
+        raise CorruptModel(f"{cfg_path}: 'model_type' must be a string and 'config' an object")
     model = build_model(meta["model_type"], meta["config"], source=str(cfg_path))
     load_weights_strict(model, load_state_dict(folder), str(folder))
     return model.to(map_location)

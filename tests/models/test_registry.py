@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 import mmflow.models.registry as registry
 from mmflow.config import ConfigError
 from mmflow.models.mlp import MLPVelocity, MLPVelocityConfig
-from mmflow.models.registry import INDEX_NAME, WEIGHTS_NAME, build_model, load_model, save_model
+from mmflow.models.registry import (INDEX_NAME, WEIGHTS_NAME, CorruptModel, build_model, load_model,
+                                   save_model)
 
 
 def _model(seed: int = 0, **kw) -> MLPVelocity:
@@ -192,3 +193,52 @@ def test_tokenizer_folders_load_without_importing_their_package_first(tmp_path):
             f"m = load_model({str(tmp_path / 'vae')!r}); print(type(m).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ImageVAE"
+
+
+# ------------------------------------------------------------------ a corrupt folder is refused, naming the file
+def test_truncated_weights_raise_corrupt_model_naming_the_file(tmp_path: Path) -> None:
+    folder = save_model(_model(), tmp_path / "m")
+    weights = folder / WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:50])
+    with pytest.raises(CorruptModel, match="not a readable safetensors file") as info:
+        load_model(folder)
+    assert str(weights) in str(info.value)
+
+
+def test_a_missing_shard_raises_corrupt_model_naming_it(tmp_path: Path) -> None:
+    folder = save_model(_model(), tmp_path / "m", max_shard_bytes=1024)
+    shard = sorted(folder.glob("model-*.safetensors"))[1]
+    shard.unlink()
+    with pytest.raises(CorruptModel, match=shard.name):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("name,text", [("config.json", "{oops"), ("config.json", "[1, 2]"),
+                                       (INDEX_NAME, "not json"), (INDEX_NAME, '{"metadata": {}}')])
+def test_bad_json_raises_corrupt_model_naming_the_file(tmp_path: Path, name: str, text: str) -> None:
+    folder = save_model(_model(), tmp_path / "m", max_shard_bytes=1024)
+    (folder / name).write_text(text)
+    with pytest.raises(CorruptModel, match=name):
+        load_model(folder)
+
+
+def test_config_json_missing_a_key_is_corrupt(tmp_path: Path) -> None:
+    folder = save_model(_model(), tmp_path / "m")
+    (folder / "config.json").write_text(json.dumps({"model_type": "mlp_velocity"}))
+    with pytest.raises(CorruptModel, match="missing key 'config'"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("value,count", [(float("nan"), "1 NaN, 0 inf"), (float("-inf"), "0 NaN, 1 inf")])
+def test_non_finite_weights_raise_naming_the_tensor(tmp_path: Path, value: float, count: str) -> None:
+    folder = save_model(_model(), tmp_path / "m")
+    _rewrite_weights(folder, lambda s: s["out.bias"].__setitem__(1, value))
+    with pytest.raises(CorruptModel, match=rf"'out\.bias' is not finite \({count} of 2 values\)") as info:
+        load_model(folder)
+    assert str(folder / WEIGHTS_NAME) in str(info.value)
+
+
+def test_corrupt_model_is_a_user_error_and_a_value_error() -> None:
+    from mmflow.errors import UserError
+
+    assert issubclass(CorruptModel, UserError) and issubclass(CorruptModel, ValueError)
