@@ -65,6 +65,16 @@ def verify_checkpoint(folder: Path, hashes: bool = True) -> str | None:
     return None
 
 
+def export_matches(checkpoint: Path, folder: Path) -> bool:
+    """Whether `folder` holds exactly the checkpoint's models/ and pipeline.json (per its MANIFEST)."""
+    entries = json.loads((checkpoint / MANIFEST).read_text())["files"]
+    want = {rel: meta for rel, meta in entries.items() if Path(rel).parts[0] == "models" or rel == "pipeline.json"}
+    if not folder.is_dir() or {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} != set(want):
+        return False
+    return all((folder / rel).stat().st_size == meta["size"] and _sha256(folder / rel) == meta["sha256"]
+               for rel, meta in want.items())
+
+
 @dataclass
 class CheckpointRef:
     step: int
@@ -79,21 +89,48 @@ def list_checkpoints(root: Path) -> list[CheckpointRef]:
     return sorted(refs, key=lambda r: r.step, reverse=True)
 
 
+def complete_checkpoints(root: Path) -> list[CheckpointRef]:
+    """The `step_*` folders whose write finished (they hold a MANIFEST), newest first; not hash-checked.
+
+    A run folder "holds checkpoints" when this is not empty: anything else under checkpoints/ is the
+    remains of a save that was cut short, and never loadable.
+    """
+    return [r for r in list_checkpoints(root) if (r.path / MANIFEST).is_file()]
+
+
+def remove_incomplete(root: Path) -> list[str]:
+    """Remove what cut-short saves left under root: `.tmp-step_*` folders and `step_*` without a MANIFEST.
+
+    Returns one line per removed folder, naming it (the caller logs them).
+    """
+    if not root.is_dir():
+        return []
+    complete = {r.path for r in complete_checkpoints(root)}
+    removed = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and (p.name.startswith(".tmp-step_") or (_STEP_RE.match(p.name) and p not in complete)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(f"removed {p} (a checkpoint save that did not finish)")
+    return removed
+
+
 def finalize(tmp: Path, root: Path, step: int) -> Path:
     """Write the manifest and rename the temporary folder into place."""
     write_manifest(tmp)
     dest = root / step_dir_name(step)
-    if dest.exists():  # a re-run of the same step after a resume: replace it
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    if dest.exists():  # a re-run of the same step after a resume: replace it, never leaving half of it
+        aside = root / f"{tmp_dir_name(step)}-replaced"  # a .tmp-step_* name: cleaned up if a kill leaves it
+        os.replace(dest, aside)
+        os.replace(tmp, dest)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
     return dest
 
 
 def prune(root: Path, keep: int) -> None:
     """Keep the `keep` newest intact checkpoints; remove older ones and stale temporary folders."""
-    refs = list_checkpoints(root)
-    good = [r for r in refs if (r.path / MANIFEST).exists()]
-    for ref in good[keep:]:
+    for ref in complete_checkpoints(root)[keep:]:
         shutil.rmtree(ref.path, ignore_errors=True)
     for p in root.glob(".tmp-step_*"):
         shutil.rmtree(p, ignore_errors=True)

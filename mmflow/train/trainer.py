@@ -45,7 +45,7 @@ from mmflow.train.lr import lr_at
 from mmflow.train.random import BatchRandom
 from mmflow.train.sampler import StreamBatchSampler
 from mmflow.train.task import Task
-from mmflow.utils.fs import atomic_folder, write_json_atomic
+from mmflow.utils.fs import atomic_folder, crash_point, recover_leftovers, write_json_atomic
 
 logger = logging.getLogger("mmflow.train")
 
@@ -54,13 +54,55 @@ logger = logging.getLogger("mmflow.train")
 class TrainResult:
     run_dir: Path
     step: int
-    final_loss: float
-    metrics: dict[str, float] = field(default_factory=dict)
+    final_loss: float | None  # None: no loss was logged (e.g. the main optimizer never ran)
+    metrics: dict[str, float | None] = field(default_factory=dict)  # None: a metric that was not finite
     loss_history: list[tuple[int, float]] = field(default_factory=list)
 
 
 class NoUsableCheckpoint(UserError, RuntimeError):
     """--resume found no checkpoint that verifies and loads (the message lists each one and why)."""
+
+
+class NonFiniteLoss(UserError, FloatingPointError):
+    """A training loss came out NaN or inf (diverged settings or data); the step is named."""
+
+
+class RunFolderHoldsCheckpoints(UserError, FileExistsError):
+    """A fresh start was asked for in a run folder that holds complete checkpoints."""
+
+
+def check_run_folder(run_dir: Path, resume: bool) -> None:
+    """Refuse, before anything is written, a start that cannot be right for `run_dir`.
+
+    --resume needs a complete checkpoint (a `step_*` with its MANIFEST; whether it verifies is checked
+    when it is loaded); a fresh start needs a folder without one, so a finished or running run is never
+    overwritten. Remains of saves that were cut short do not count: the trainer removes them.
+    """
+    root = run_dir / "checkpoints"
+    complete = ckpt.complete_checkpoints(root)
+    if resume and not complete:
+        if not run_dir.is_dir():
+            what = f"the run folder {run_dir} does not exist (no step_* checkpoint to resume from)"
+        else:
+            partial = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+            what = (f"{root} holds no complete checkpoint "
+                    f"({'; '.join(f'{n}: a save that did not finish' for n in partial) or 'no step_* folders'})")
+        raise NoUsableCheckpoint(f"--resume: {what}; start the run without --resume")
+    if not resume and complete:
+        raise RunFolderHoldsCheckpoints(
+            f"{run_dir} already holds checkpoints (newest {complete[0].path.name}): pass --resume to continue it, "
+            f"or choose another run folder (--run-dir or run_dir=...)")
+
+
+def _read_json_or_none(path: Path) -> Any:
+    """The JSON in `path`, or None when it is missing, unreadable or holds NaN/Infinity (not JSON)."""
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -158,6 +200,7 @@ class Trainer:
         self.emas = {n: EMA(acc.unwrap_model(self.models[n]), self.cfg.ema_decay, self.cfg.ema_warmup) for n in ema_names}
         self.dataset = self.task.build_dataset()
         self.bad_items = BadItemLog()
+        self.bad_items.add_dropped(getattr(self.dataset, "dropped", ()))  # metadata rows the dataset never made items
 
     def _dataloader(self, start_micro: int) -> tuple[Any, Any]:
         acc = self.accelerator
@@ -173,7 +216,7 @@ class Trainer:
         return sampler, iter(loader)
 
     # ------------------------------------------------------------------ checkpoints
-    def _trainer_state(self, step: int) -> dict[str, Any]:
+    def _trainer_state(self, step: int, loss_window: list[float]) -> dict[str, Any]:
         acc = self.accelerator
         return {
             "step": step,
@@ -183,6 +226,8 @@ class Trainer:
             "ema_updates": {n: e.num_updates for n, e in self.emas.items()},
             "overfit_batch": self.overfit_batch,
             "bad_items": self.bad_items.state_dict(),  # rank 0's count; other ranks restart theirs from zero
+            "loss_history": [[s, loss] for s, loss in self.loss_history],
+            "loss_window": loss_window,  # the losses since the last log line, averaged over ranks
         }
 
     def _export_models(self, dest: Path) -> None:
@@ -192,6 +237,13 @@ class Trainer:
         for n, e in self.emas.items():
             save_model(e.shadow, dest / "models" / f"{n}_ema")
         write_json_atomic(dest / "pipeline.json", self.task.pipeline_info())
+
+    def _export_model_folder(self, checkpoint: Path) -> None:
+        """model/ <- the models and pipeline.json of `checkpoint` (main process), replaced atomically."""
+        with atomic_folder(self.run_dir / "model") as out:  # the last good exported model
+            shutil.copytree(checkpoint / "models", out / "models")
+            shutil.copy2(checkpoint / "pipeline.json", out / "pipeline.json")
+            crash_point("export")
 
     def save_checkpoint(self, step: int) -> Path:
         """Save full state after `step` optimizer steps (all ranks call this; rank 0 writes the shared files)."""
@@ -203,16 +255,18 @@ class Trainer:
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp), safe_serialization=True)
+        window = self._loss_window  # each rank's own losses; the mean over ranks is stored (a collective)
+        if window:
+            window = acc.reduce(torch.tensor(window, dtype=torch.float64, device=acc.device), "mean").tolist()
         acc.wait_for_everyone()
         dest = root / ckpt.step_dir_name(step)
         if self.is_main:
             self._export_models(tmp)
-            write_json_atomic(tmp / "trainer_state.json", self._trainer_state(step))
+            write_json_atomic(tmp / "trainer_state.json", self._trainer_state(step, window))
+            crash_point("checkpoint")
             dest = ckpt.finalize(tmp, root, step)
             ckpt.prune(root, self.cfg.keep_checkpoints)
-            with atomic_folder(self.run_dir / "model") as out:  # the last good exported model
-                shutil.copytree(dest / "models", out / "models")
-                shutil.copy2(dest / "pipeline.json", out / "pipeline.json")
+            self._export_model_folder(dest)
             logger.info("checkpoint step %d -> %s", step, dest)
         acc.wait_for_everyone()
         return dest
@@ -230,13 +284,15 @@ class Trainer:
                     if tried:
                         logger.warning("skipped unusable checkpoints: %s", "; ".join(tried))
                     logger.info("resumed from %s (step %d)", ref.path, ref.step)
+                    self.resumed_from, self._resumed_newest = ref.path, not tried
                     return ref.step
                 except Exception as e:  # a file that verifies but does not load is as bad as a missing one
                     reason = f"failed to load: {type(e).__name__}: {e}"
             tried.append(f"{ref.path.name}: {reason}")
             logger.warning("checkpoint %s is unusable (%s); trying an older one", ref.path, reason)
         detail = "; ".join(tried) if tried else "no step_* folders"
-        raise NoUsableCheckpoint(f"--resume: no usable checkpoint in {root} ({detail})")
+        raise NoUsableCheckpoint(f"--resume: no usable checkpoint in {root} ({detail}); to start afresh, "
+                                 f"move {root} away or choose another run folder (--run-dir or run_dir=...)")
 
     def _load_checkpoint(self, path: Path) -> None:
         self.accelerator.load_state(str(path))
@@ -247,6 +303,9 @@ class Trainer:
             e.num_updates = state["ema_updates"][n]
         if self.is_main and "bad_items" in state:
             self.bad_items.load_state_dict(state["bad_items"])
+        # older checkpoints have neither: the history then starts at the resume
+        self.loss_history = [(int(s), float(loss)) for s, loss in state.get("loss_history", [])]
+        self._loss_window = [float(v) for v in state.get("loss_window", [])]
         gb = self.cfg.batch_size * self.accelerator.num_processes
         if state["global_batch"] != gb:
             logger.warning("global batch changed from %d to %d: data order after resume differs from the original run",
@@ -274,7 +333,8 @@ class Trainer:
             logger.info("%s", self.bad_items.summary() if acc.num_processes == 1 else
                         f"{self.bad_items.summary()}\n(this is rank 0's list; all ranks: {int(totals[1])} bad of "
                         f"{int(totals[0])} items asked for)")
-        return {"bad_items": totals[1], "items_loaded": totals[0]}
+        dropped = {"dropped_rows": float(len(self.bad_items.dropped))} if self.bad_items.dropped else {}
+        return {"bad_items": totals[1], "items_loaded": totals[0], **dropped}  # dropped: the same on every rank
 
     # ------------------------------------------------------------------ loop
     def _eval_models(self) -> dict[str, nn.Module]:
@@ -313,95 +373,160 @@ class Trainer:
                 metrics = self.task.validate(models, out_dir, step, self.accelerator.device)
             for n, m in models.items():
                 m.train(was_training[n])
-            write_json_atomic(out_dir / "metrics.json", metrics)
-            if metrics:
-                self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
-                logger.info("validation step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            crash_point("validation")
+            unknown = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+            if unknown:  # NaN is not JSON, and a number it is not: the metric is unknown
+                logger.warning("validation step %d: %s not finite; written as null", step, ", ".join(unknown))
+                metrics = {k: None if k in unknown else v for k, v in metrics.items()}
+            write_json_atomic(out_dir / "metrics.json", metrics)  # written last: its presence means done
+            known = {k: v for k, v in metrics.items() if v is not None}
+            if known:
+                self.accelerator.log({f"val/{k}": v for k, v in known.items()}, step=step)
+                logger.info("validation step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in known.items()))
         self.accelerator.wait_for_everyone()
         return metrics
 
+    def _validation_metrics(self, step: int) -> dict[str, float | None] | None:
+        """The metrics of a validation at `step` that finished earlier, or None."""
+        metrics = _read_json_or_none(self.run_dir / "validation" / ckpt.step_dir_name(step) / "metrics.json")
+        return metrics if isinstance(metrics, dict) else None
+
+    def _finished_metrics(self) -> dict[str, Any] | None:
+        """metrics.json of a run that already finished at max_steps (it is written last), or None."""
+        kept = _read_json_or_none(self.run_dir / "metrics.json")
+        if isinstance(kept, dict) and kept.get("step") == self.cfg.max_steps and "final_loss" in kept:
+            return kept
+        return None
+
+    def _recover_run_folder(self) -> None:
+        """Undo what a kill of an earlier process left in the run folder, naming each thing in the log:
+        atomic writes cut short (model/ is restored if the kill fell between its two renames) and
+        checkpoint saves that did not finish."""
+        if self.is_main:
+            folders = [self.run_dir, *sorted(p for p in (self.run_dir / "validation").glob("step_*") if p.is_dir())]
+            actions = [a for f in folders for a in recover_leftovers(f)]
+            actions += ckpt.remove_incomplete(self.run_dir / "checkpoints")
+            for action in actions:
+                logger.warning("cleaned up after an interrupted run: %s", action)
+        self.accelerator.wait_for_everyone()
+
     def train(self) -> TrainResult:
         acc = self.accelerator
+        check_run_folder(self.run_dir, self.resume)  # before anything is written
         self._setup_logging()
+        self._recover_run_folder()
         self._build()
         if self.is_main:
             logger.info("run %s: %d process(es), device %s, precision %s, global batch %d x accum %d",
                         self.run_dir, acc.num_processes, acc.device, self.cfg.mixed_precision,
                         self.cfg.batch_size * acc.num_processes, self.cfg.grad_accum)
+        self.loss_history: list[tuple[int, float]] = []
+        self._loss_window: list[float] = []  # this rank's main losses since the last log line
         start = self.load_newest_checkpoint() if self.resume else 0
+        final = self.cfg.max_steps
+        every = self.cfg.validate_every
+        # decided by every rank from the same files before any of them is written again
+        kept = self._finished_metrics() if self.resume and start == final else None
+        earlier = self._validation_metrics(start) if self.resume and start else None
+        redo_validation = bool(self.resume and 0 < start < final and every and start % every == 0 and earlier is None)
+        acc.wait_for_everyone()
+        if self.resume and self.is_main:
+            if self._resumed_newest:  # pruning is safe only when the newest complete one loaded
+                ckpt.prune(self.run_dir / "checkpoints", self.cfg.keep_checkpoints)
+            # model/ is the export of the checkpoint the run continues from; a kill may have cut it short
+            if not ckpt.export_matches(self.resumed_from, self.run_dir / "model"):
+                self._export_model_folder(self.resumed_from)
+                logger.info("model/ exported again from %s", self.resumed_from)
+        if kept is not None:
+            if self.is_main:
+                logger.info("the run had finished at step %d: its results in %s are kept", final,
+                            self.run_dir / "metrics.json")
+            acc.wait_for_everyone()
+            acc.end_training()
+            return TrainResult(self.run_dir, final, kept["final_loss"],
+                               {k: v for k, v in kept.items() if k not in ("step", "final_loss")}, self.loss_history)
         if self.cfg.trackers:
             acc.init_trackers("tb", config={"seed": self.recipe.seed, "lr": self.cfg.lr, "batch_size": self.cfg.batch_size})
+        if redo_validation:  # the kill fell in the validation that follows this checkpoint
+            self.validate(start)
         accum = self.cfg.grad_accum
         _, data = self._dataloader(start * accum)
         for m in self.models.values():
             m.train()
-        history: list[tuple[int, float]] = []
-        window: list[float] = []
-        last_loss = math.nan
+        window = self._loss_window
         t0 = time.time()
-        progress = tqdm(total=self.cfg.max_steps, initial=start, disable=not self.is_main, desc="train", dynamic_ncols=True)
-        for step in range(start, self.cfg.max_steps):
-            batches = [self._account(next(data)) for _ in range(accum)]
-            lr = lr_at(step, self.cfg.lr, self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.min_lr_ratio)
-            logs: dict[str, float] = {"lr": lr}
-            for gi, (gname, names) in enumerate(self.groups.items()):
-                if not self.task.optimizer_active(gname, step):
-                    continue
-                opt = self.optimizers[gname]
-                for n in names:  # an earlier group's backward may have reached these models (GAN: D in G's loss)
-                    self.models[n].zero_grad(set_to_none=True)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                group_loss = 0.0
-                for mi, batch in enumerate(batches):
-                    rng = BatchRandom(self.recipe.seed, step, gi, mi * acc.num_processes + acc.process_index,
-                                      self.cfg.batch_size, accum * acc.num_processes, acc.device)
-                    with ExitStack() as stack:
-                        if mi < accum - 1:  # skip the gradient all-reduce until the last micro-batch
-                            for n in names:
-                                stack.enter_context(acc.no_sync(self.models[n]))
-                        with acc.autocast():
-                            out = self.task.loss(self.models, batch, rng, gname, step)
-                        if not torch.isfinite(out.loss):
-                            raise FloatingPointError(f"step {step}: {gname} loss is {out.loss.item()} (not finite)")
-                        acc.backward(out.loss / accum)
-                    group_loss += out.loss.detach().float().item() / accum
-                    for k, v in out.logs.items():
-                        logs[f"{gname}/{k}"] = logs.get(f"{gname}/{k}", 0.0) + v / accum
-                if self.cfg.grad_clip is not None:
-                    params = [p for n in names for p in self.models[n].parameters()]
-                    norm = acc.clip_grad_norm_(params, self.cfg.grad_clip)
-                    logs[f"{gname}/grad_norm"] = float(norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                logs[f"{gname}/loss"] = group_loss
-            for n, e in self.emas.items():
-                e.update(acc.unwrap_model(self.models[n]))
-            main_loss = logs.get(f"{next(iter(self.groups))}/loss", math.nan)
-            window.append(main_loss)
-            done = step + 1
-            if done % self.cfg.log_every == 0 or done == self.cfg.max_steps:
-                mean = acc.reduce(torch.tensor(sum(window) / len(window), device=acc.device), "mean").item()
-                window.clear()
-                last_loss = mean
-                history.append((done, mean))
-                logs["loss_avg"] = mean
-                logs["steps_per_s"] = (done - start) / max(1e-9, time.time() - t0)
-                acc.log(logs, step=done)
-                if self.is_main:
-                    progress.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
-                    logger.info("step %d loss %.5f lr %.3e", done, mean, lr)
-            progress.update(1)
-            if done == self.cfg.max_steps:
-                self.finish_models()
-            if done % self.cfg.checkpoint_every == 0 or done == self.cfg.max_steps:
-                self.save_checkpoint(done)
-            if self.cfg.validate_every and done % self.cfg.validate_every == 0 and done != self.cfg.max_steps:
-                self.validate(done)
-        progress.close()
-        metrics = self.validate(self.cfg.max_steps) if start < self.cfg.max_steps or not self.resume else {}
-        metrics.update(self._bad_item_summary())
+        # a context manager: closed on an error too, so the error message starts a line of its own
+        with tqdm(total=self.cfg.max_steps, initial=start, disable=not self.is_main, desc="train",
+                  dynamic_ncols=True) as progress:
+            for step in range(start, self.cfg.max_steps):
+                batches = [self._account(next(data)) for _ in range(accum)]
+                lr = lr_at(step, self.cfg.lr, self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.min_lr_ratio)
+                logs: dict[str, float] = {"lr": lr}
+                for gi, (gname, names) in enumerate(self.groups.items()):
+                    if not self.task.optimizer_active(gname, step):
+                        continue
+                    opt = self.optimizers[gname]
+                    for n in names:  # an earlier group's backward may have reached these models (GAN: D in G's loss)
+                        self.models[n].zero_grad(set_to_none=True)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    group_loss = 0.0
+                    for mi, batch in enumerate(batches):
+                        rng = BatchRandom(self.recipe.seed, step, gi, mi * acc.num_processes + acc.process_index,
+                                          self.cfg.batch_size, accum * acc.num_processes, acc.device)
+                        with ExitStack() as stack:
+                            if mi < accum - 1:  # skip the gradient all-reduce until the last micro-batch
+                                for n in names:
+                                    stack.enter_context(acc.no_sync(self.models[n]))
+                            with acc.autocast():
+                                out = self.task.loss(self.models, batch, rng, gname, step)
+                            if not torch.isfinite(out.loss):
+                                raise NonFiniteLoss(
+                                    f"step {step + 1}: the {gname} loss is {out.loss.item()} (not finite); training "
+                                    f"stopped before the update. Checkpoints already written are intact (--resume "
+                                    f"continues from them); try a lower train.lr, a train.grad_clip, or "
+                                    f"train.mixed_precision: no")
+                            acc.backward(out.loss / accum)
+                        group_loss += out.loss.detach().float().item() / accum
+                        for k, v in out.logs.items():
+                            logs[f"{gname}/{k}"] = logs.get(f"{gname}/{k}", 0.0) + v / accum
+                    if self.cfg.grad_clip is not None:
+                        params = [p for n in names for p in self.models[n].parameters()]
+                        norm = acc.clip_grad_norm_(params, self.cfg.grad_clip)
+                        logs[f"{gname}/grad_norm"] = float(norm)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    logs[f"{gname}/loss"] = group_loss
+                for n, e in self.emas.items():
+                    e.update(acc.unwrap_model(self.models[n]))
+                main_key = f"{next(iter(self.groups))}/loss"
+                if main_key in logs:  # the main optimizer ran this step (every rank decides alike)
+                    window.append(logs[main_key])
+                done = step + 1
+                if window and (done % self.cfg.log_every == 0 or done == self.cfg.max_steps):
+                    mean = acc.reduce(torch.tensor(sum(window) / len(window), device=acc.device), "mean").item()
+                    window.clear()
+                    self.loss_history.append((done, mean))
+                    logs["loss_avg"] = mean
+                    logs["steps_per_s"] = (done - start) / max(1e-9, time.time() - t0)
+                    acc.log(logs, step=done)
+                    if self.is_main:
+                        progress.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
+                        logger.info("step %d loss %.5f lr %.3e", done, mean, lr)
+                progress.update(1)
+                crash_point("step")
+                if done == self.cfg.max_steps:
+                    self.finish_models()
+                if done % self.cfg.checkpoint_every == 0 or done == self.cfg.max_steps:
+                    self.save_checkpoint(done)
+                if self.cfg.validate_every and done % self.cfg.validate_every == 0 and done != self.cfg.max_steps:
+                    self.validate(done)
+        # resumed at the end: the final validation is done again only if its metrics were never written
+        metrics = earlier if start == final and earlier is not None else self.validate(final)
+        metrics = {**metrics, **self._bad_item_summary()}
+        last_loss = self.loss_history[-1][1] if self.loss_history else None  # null in JSON, never NaN
         if self.is_main:
-            write_json_atomic(self.run_dir / "metrics.json", {"step": self.cfg.max_steps, "final_loss": last_loss, **metrics})
+            write_json_atomic(self.run_dir / "metrics.json", {"step": final, "final_loss": last_loss, **metrics})
+        acc.wait_for_everyone()  # tear the process group down together (a rank leaving early can abort the other)
         acc.end_training()
-        return TrainResult(self.run_dir, self.cfg.max_steps, last_loss, metrics, history)
+        return TrainResult(self.run_dir, final, last_loss, metrics, self.loss_history)

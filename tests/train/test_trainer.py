@@ -247,3 +247,21 @@ def test_finish_models_runs_once_before_the_final_export(tmp_path, make_toy_reci
     assert all(not v.any() for v in exported.values())
     step2 = load_file(str(tmp_path / "checkpoints" / "step_00000002" / "models" / "velocity_ema" / "model.safetensors"))
     assert any(v.any() for v in step2.values())  # earlier checkpoints are untouched
+
+
+class _UnknownMetric(Toy2DTask):
+    """A validation that measures something it cannot know (a PSNR of identical images is infinite)."""
+
+    def validate(self, models, out_dir, step, device):
+        return {"psnr": float("inf"), "nfe": 4.0}
+
+
+def test_a_non_finite_metric_is_written_as_null_never_as_nan(tmp_path, make_toy_recipe):
+    recipe = make_toy_recipe("train.max_steps=2", "train.batch_size=16", "train.checkpoint_every=2")
+    result = _train(recipe, tmp_path, task_cls=_UnknownMetric)
+    assert "validation step 2: psnr not finite; written as null" in (tmp_path / "train.log").read_text()
+    assert result.metrics["psnr"] is None and result.metrics["nfe"] == 4.0
+    for path in (tmp_path / "metrics.json", tmp_path / "validation" / ckpt.step_dir_name(2) / "metrics.json"):
+        assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
+        assert json.loads(path.read_text())["psnr"] is None
+    assert json.loads((tmp_path / "metrics.json").read_text())["final_loss"] == result.final_loss

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from mmflow.utils.fs import atomic_folder, write_json_atomic, write_text_atomic
+from mmflow.utils.fs import (
+    KILL_AT_ENV,
+    atomic_folder,
+    crash_point,
+    recover_leftovers,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def _names(folder: Path) -> list[str]:
@@ -109,3 +116,56 @@ def test_atomic_folder_no_overwrite(tmp_path: Path) -> None:
             (tmp / "new.txt").write_text("new")
     assert _names(dest) == ["old.txt"]
     assert _names(tmp_path) == ["out"]
+
+
+def test_write_json_atomic_refuses_nan_and_infinity_naming_the_key(tmp_path: Path) -> None:
+    target = tmp_path / "m.json"
+    write_json_atomic(target, {"ok": 1.0})
+    for bad, key in (({"a": {"b": [1.0, float("nan")]}}, "a.b.1"), ({"loss": float("inf")}, "loss")):
+        with pytest.raises(ValueError, match=rf"m.json: refusing to write the non-finite number at {key}"):
+            write_json_atomic(target, bad)
+    assert json.loads(target.read_text()) == {"ok": 1.0}  # the old content stays
+    assert _names(tmp_path) == ["m.json"]
+
+
+def _killed_between_renames(parent: Path) -> None:
+    """What atomic_folder leaves when a kill falls between renaming `model` aside and the new one in."""
+    (parent / ".old-model-0123abcd").mkdir()
+    (parent / ".old-model-0123abcd" / "w.txt").write_text("last good")
+    (parent / ".tmp-model-89abcdef").mkdir()
+    (parent / ".tmp-model-89abcdef" / "w.txt").write_text("newer")
+
+
+def test_recover_leftovers_restores_the_old_folder_when_the_destination_is_missing(tmp_path: Path) -> None:
+    _killed_between_renames(tmp_path)
+    actions = recover_leftovers(tmp_path)
+    assert (tmp_path / "model" / "w.txt").read_text() == "last good"
+    assert _names(tmp_path) == ["model"]
+    assert any(a.startswith(f"restored {tmp_path / 'model'} from .old-model-0123abcd") for a in actions), actions
+    assert any(str(tmp_path / ".tmp-model-89abcdef") in a for a in actions), actions
+    assert recover_leftovers(tmp_path) == []  # nothing left to do
+
+
+def test_recover_leftovers_removes_temporaries_beside_a_complete_destination(tmp_path: Path) -> None:
+    _killed_between_renames(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "w.txt").write_text("current")
+    (tmp_path / ".metrics.json.deadbeef.tmp").write_text("{")  # write_text_atomic cut short
+    (tmp_path / ".recipe.yaml.k3j_9zqa.tmp").write_text("na")  # a mkstemp name (config.dump_yaml)
+    (tmp_path / ".tmp-step_00000002").mkdir()  # not atomic_folder's: left to its owner
+    (tmp_path / ".tmp-notes").write_text("a user's file")
+    actions = recover_leftovers(tmp_path)
+    assert len(actions) == 4 and all(a.startswith("removed ") for a in actions), actions
+    assert (tmp_path / "model" / "w.txt").read_text() == "current"
+    assert _names(tmp_path) == [".tmp-notes", ".tmp-step_00000002", "model"]
+
+
+def test_recover_leftovers_of_a_missing_folder_is_nothing(tmp_path: Path) -> None:
+    assert recover_leftovers(tmp_path / "absent") == []
+
+
+def test_crash_point_is_a_no_op_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KILL_AT_ENV, raising=False)
+    crash_point("step")
+    monkeypatch.setenv(KILL_AT_ENV, "export:1")
+    crash_point("step")  # another phase: still alive
