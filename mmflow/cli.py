@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from mmflow.config import ConfigError
 from mmflow.errors import UserError
@@ -49,6 +50,19 @@ examples:
 """
 
 
+def _positive(kind: type) -> Callable[[str], float]:
+    """argparse type: a finite number > 0 (argparse turns the ValueError into a one-line usage error)."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"  # argparse names the type in its message
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmflow", description="Flow-matching generation for images, video and audio.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -56,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("recipe", help="recipe YAML file (see recipes/)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-4 sample.steps=16")
     t.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint of the run")
-    t.add_argument("--overfit-batch", type=int, metavar="N", default=None,
+    t.add_argument("--overfit-batch", type=_positive(int), metavar="N", default=None,
                    help="debug: draw every batch from the same N examples (N=1: one sample), fresh noise each step")
     t.add_argument("--run-dir", default=None, help="run folder (default: the recipe's run_dir or runs/<name>)")
     t.add_argument("--print-config", action="store_true", help="print the validated recipe and exit")
@@ -69,21 +83,21 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", action="append", dest="prompts", default=None, metavar="TEXT",
                    help="text prompt (text-conditional models); repeat for several, num_samples each")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before loading)")
     pr = sub.add_parser("prepare", help="cache a media recipe's latents and text embeddings",
                         description="Encode every item of the recipe's media folder with its tokenizer and text "
                                     "encoders into the cache (data.cache, default <run folder>/cache). Training "
                                     "reads it when it is fresh. Also runs under accelerate launch (data-parallel).")
     pr.add_argument("recipe", help="recipe YAML file (task text_to_media)")
     pr.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.path=my_folder")
-    pr.add_argument("--batch-size", type=int, default=16, help="items encoded together")
+    pr.add_argument("--batch-size", type=_positive(int), default=16, help="items encoded together")
     for verb, what, src_help in (("encode", "media files -> latent files (<stem>.safetensors)", "media files or folders"),
                                  ("decode", "latent files -> media files (PNG / MP4 / WAV)", "latent files or folders")):
         e = sub.add_parser(verb, help=f"run a tokenizer: {what}")
         e.add_argument("tokenizer", help="tokenizer folder (config.json + model.safetensors), or a tokenizer run folder")
         e.add_argument("inputs", nargs="+", help=src_help)
         e.add_argument("--out", required=True, help="output folder")
-        e.add_argument("--device", default="cpu")
+        e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before loading)")
         e.add_argument("--no-ema", action="store_true", help="a run folder: use the raw weights instead of the EMA")
     c = sub.add_parser("convert", help="convert other frameworks' weights into an mmflow model folder",
                        epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,50 +106,52 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("dst", help="output mmflow model folder (written atomically)")
     c.add_argument("--dtype", choices=["keep", "float32", "bfloat16", "float16"], default="keep",
                    help="weight dtype of the output (default: the checkpoint's)")
-    c.add_argument("--max-shard-gb", type=float, default=5.0, help="split model.safetensors into shards of this size")
+    c.add_argument("--max-shard-gb", type=_positive(float), default=5.0, help="split model.safetensors into shards of this size")
     return p
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mmflow.recipe import load_recipe, recipe_to_dict
+    from mmflow.recipe import check_before_work, load_recipe, recipe_to_dict
     from mmflow.tasks import get_task_class
     from mmflow.train.checkpoint import step_dir_name
-    from mmflow.train.trainer import Trainer, make_accelerator
+    from mmflow.train.trainer import Trainer, check_run_folder, make_accelerator
 
     overrides = list(args.overrides)
-    if args.overfit_batch is not None and args.overfit_batch < 1:
-        raise ConfigError(f"--overfit-batch must be >= 1, got {args.overfit_batch}")
     recipe = load_recipe(args.recipe, overrides)
     if args.print_config:
         print(json.dumps(recipe_to_dict(recipe), indent=2))
         return 0
-    run_dir = Path(args.run_dir or recipe.resolved_run_dir())
-    if not args.resume and (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
-        raise ConfigError(f"{run_dir} already holds checkpoints: pass --resume to continue it, "
-                          f"or choose another run folder (--run-dir or run_dir=...)")
+    run_dir = check_before_work(recipe, args.recipe, overrides, run_dir=args.run_dir)  # inputs exist, folder is safe
+    check_run_folder(run_dir, args.resume)  # --resume needs a checkpoint, a fresh start none: before any work
     accelerator = make_accelerator(recipe.train, run_dir)
     task = get_task_class(recipe.task)(recipe)
     result = Trainer(recipe, task, run_dir, resume=args.resume, overfit_batch=args.overfit_batch or 0,
                      accelerator=accelerator).train()
     if accelerator.is_main_process:
-        print(f"run folder: {result.run_dir}   final loss: {result.final_loss:.5f}")
+        def num(value: float | None, spec: str) -> str:  # None: a value that was not known (null in JSON)
+            return "n/a" if value is None else format(value, spec)
+
+        print(f"run folder: {result.run_dir}   final loss: {num(result.final_loss, '.5f')}")
         m = result.metrics
         for prefix, what in (("", f"{recipe.sample.solver} x{recipe.sample.steps}"), ("ode100_", "rk4 x25")):
             if f"{prefix}sliced_w1" in m:
-                print(f"quality ({what}, {int(m[prefix + 'nfe'])} NFE, {recipe.sample.num_samples} samples vs fresh data):\n"
-                      f"  sliced W1 {m[prefix + 'sliced_w1']:.4f}  (data-vs-data floor {m[prefix + 'floor_sliced_w1']:.4f}, "
-                      f"ratio {m[prefix + 'ratio_sliced_w1']:.2f}x)\n"
-                      f"  energy    {m[prefix + 'energy']:.5f} (data-vs-data floor {m[prefix + 'floor_energy']:.5f}, "
-                      f"ratio {m[prefix + 'ratio_energy']:.2f}x)")
+                print(f"quality ({what}, {num(m[prefix + 'nfe'], '.0f')} NFE, {recipe.sample.num_samples} samples vs fresh data):\n"
+                      f"  sliced W1 {num(m[prefix + 'sliced_w1'], '.4f')}  (data-vs-data floor {num(m[prefix + 'floor_sliced_w1'], '.4f')}, "
+                      f"ratio {num(m[prefix + 'ratio_sliced_w1'], '.2f')}x)\n"
+                      f"  energy    {num(m[prefix + 'energy'], '.5f')} (data-vs-data floor {num(m[prefix + 'floor_energy'], '.5f')}, "
+                      f"ratio {num(m[prefix + 'ratio_energy'], '.2f')}x)")
         accuracies = {k: v for k, v in m.items() if "accuracy" in k}
         if accuracies:  # classifier-based checks (e.g. the digits recipe)
-            print("classifier check: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(accuracies.items())))
+            print("classifier check: " + ", ".join(f"{k} {num(v, '.3f')}" for k, v in sorted(accuracies.items())))
         recon = {k: v for k, v in m.items() if k.startswith(("psnr", "stft_distance", "l1"))}
         if recon:  # tokenizers: held-out reconstruction quality
-            print("held-out reconstruction: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(recon.items())))
+            print("held-out reconstruction: " + ", ".join(f"{k} {num(v, '.4g')}" for k, v in sorted(recon.items())))
         if m.get("bad_items"):
             print(f"bad media: {int(m['bad_items'])} of {int(m['items_loaded'])} items asked for were bad and replaced "
                   f"(paths in {result.run_dir / 'train.log'})")
+        if m.get("dropped_rows"):
+            print(f"dropped rows: {int(m['dropped_rows'])} metadata rows were not used as items "
+                  f"(rows and reasons in {result.run_dir / 'train.log'})")
         final = result.run_dir / "validation" / step_dir_name(result.step)
         pictures = sorted(final.glob("*.png")) if final.is_dir() else []
         print("pictures: " + ("  ".join(str(p) for p in pictures) if pictures else str(result.run_dir / "validation")))
@@ -143,30 +159,29 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    import torch
+    from mmflow.pipeline import FlowPipeline, parse_device
 
-    from mmflow.pipeline import FlowPipeline
-
-    pipe = FlowPipeline.from_pretrained(args.path, use_ema=not args.no_ema, device=args.device)
+    device = parse_device(args.device)  # before loading anything
+    pipe = FlowPipeline.from_pretrained(args.path, use_ema=not args.no_ema, device=device)
     cfg = pipe.sample_config(args.overrides)
     out = Path(args.out) if args.out else Path(args.path) / "samples"
-    info = pipe.task.generate(pipe.model, cfg.num_samples, torch.device(args.device), cfg, out, label=args.label,
-                              prompts=args.prompts)
+    info = pipe.generate(cfg.num_samples, device, cfg, out, label=args.label, prompts=args.prompts)
     print(json.dumps({"model": str(pipe.source), **info}, indent=2))
     return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from mmflow.recipe import load_recipe
+    from mmflow.recipe import check_before_work, load_recipe
     from mmflow.tasks import get_task_class
     from mmflow.tasks.media_cache import prepare_cache
     from mmflow.train.trainer import make_accelerator
 
     recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = check_before_work(recipe, args.recipe, args.overrides)  # inputs exist, folder is safe
     task = get_task_class(recipe.task)(recipe)
     if not hasattr(task, "cache_dir"):
         raise ConfigError(f"task {recipe.task!r} has nothing to cache (prepare is for media recipes)", "task", args.recipe)
-    accelerator = make_accelerator(recipe.train, Path(recipe.resolved_run_dir()))
+    accelerator = make_accelerator(recipe.train, run_dir)
     result = prepare_cache(task, accelerator, batch_size=args.batch_size)
     if accelerator.is_main_process:
         print(f"cache: {result.folder}   {result.cached} items cached, {len(result.skipped)} bad items skipped")
@@ -176,11 +191,13 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _encode_decode(args: argparse.Namespace) -> int:
+    from mmflow.pipeline import parse_device
     from mmflow.tokenizers.cli_io import decode_files, encode_files
 
     run = encode_files if args.command == "encode" else decode_files
+    device = parse_device(args.device)  # before loading anything
     try:
-        written = run(args.tokenizer, args.inputs, args.out, device=args.device, use_ema=not args.no_ema)
+        written = run(args.tokenizer, args.inputs, args.out, device=device, use_ema=not args.no_ema)
     except ValueError as e:  # a file that does not fit the tokenizer: the message names it
         raise ConfigError(str(e)) from e
     print(f"{args.command}d {len(written)} file(s) into {args.out}")

@@ -49,7 +49,9 @@ def test_print_config_is_resolved_json(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_overfit_batch_zero_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", TOY, "--overfit-batch", "0", "--print-config"]) == 2
+    with pytest.raises(SystemExit) as info:  # a usage error, before the recipe is read
+        main(["train", TOY, "--overfit-batch", "0", "--print-config"])
+    assert info.value.code == 2
     assert "--overfit-batch" in capsys.readouterr().err
 
 
@@ -80,6 +82,7 @@ def test_missing_recipe_returns_2(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_existing_checkpoints_need_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     (run / "checkpoints" / "step_10").mkdir(parents=True)
+    (run / "checkpoints" / "step_10" / "MANIFEST.json").write_text('{"files": {}}')  # complete: a save that finished
     assert main(["train", TOY, "--run-dir", str(run)]) == 2
     err = capsys.readouterr().err
     assert "--resume" in err and str(run) in err
