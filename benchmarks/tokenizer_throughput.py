@@ -38,18 +38,13 @@ def _rss_mib() -> float:
 
 
 def _item_shape(recipe) -> tuple[int, ...]:
-    d = recipe.data
-    if d.modality == "image":
-        return (3, d.size, d.size)
-    if d.modality == "video":
-        return (3, d.frames, d.size, d.size)
-    return (d.channels, round(d.seconds * d.sample_rate))
+    return recipe.data.spec.media_shape(recipe.data)
 
 
 def worker(name: str, what: str, batch: int, repeats: int) -> dict:
     """One measurement in this process: items/s of `what` (encode | decode) and memory."""
-    from mmflow.recipe import load_recipe
-    from mmflow.tasks.tokenizer import TokenizerTask, decode_like
+    from mmflow.tasks import load_recipe
+    from mmflow.tasks.tokenizer import TokenizerTask
 
     recipe = load_recipe(REPO / "tokenizers" / f"{name}.yaml")
     vae = TokenizerTask(recipe).build_models()["tokenizer"].eval()
@@ -58,7 +53,7 @@ def worker(name: str, what: str, batch: int, repeats: int) -> dict:
         z = vae.encode(x[:1]).mode()
         z = z.expand(batch, *z.shape[1:]).contiguous()  # (B, C_lat, ...)
         base = _rss_mib()
-        run = (lambda: vae.encode(x).mode()) if what == "encode" else (lambda: decode_like(vae, z, x))
+        run = (lambda: vae.encode(x).mode()) if what == "encode" else (lambda: vae.decode(z, like_shape=x.shape))
         run()  # warm-up (allocator, one-time set-up)
         t0 = time.perf_counter()
         for _ in range(repeats):

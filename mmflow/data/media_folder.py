@@ -36,26 +36,20 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mmflow.config import check
-from mmflow.data.audio_reader import read_audio
 from mmflow.data.bad_items import (BadDataError, BadItemLog, BadMedia, BadRecord, call_with_timeout, dropped_summary,
                                    reason_kind)
 from mmflow.data.buckets import BucketBatchSampler, assign_bucket, make_buckets
 from mmflow.data.captions import CaptionMode, MediaEntry, load_captions
-from mmflow.data.image_reader import image_size, read_image
-from mmflow.data.video_reader import VideoBackend, get_video_backend, read_video, video_size
+from mmflow.data.video_reader import VideoBackend
 from mmflow.errors import MissingInput, UserError
-from mmflow.train.random import _mix
+from mmflow.modalities import MODALITIES, Modality, get_modality
+from mmflow.utils.seeding import mix_seed
 
-__all__ = ["DEFAULT_EXTENSIONS", "EmptyMediaFolder", "MediaFolderConfig", "MediaFolderDataset", "collate",
+__all__ = ["EmptyMediaFolder", "MediaFolderConfig", "MediaFolderDataset", "collate",
            "item_generator", "scan"]
 
 logger = logging.getLogger("mmflow.data")
 
-DEFAULT_EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "image": ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"),
-    "video": ("mp4", "mov", "mkv", "webm", "avi", "m4v"),
-    "audio": ("wav", "flac", "ogg", "mp3"),
-}
 MAX_CANDIDATES = 100  # a bad item and this many replacements all bad: the data is broken, stop
 
 
@@ -64,14 +58,15 @@ class MediaFolderConfig:
     """Where the media are and how to turn them into tensors (the `data` section of a media recipe)."""
 
     path: str = field(metadata={"exists": "dir", "help": "folder of media files (searched recursively) and captions"})
-    modality: Literal["image", "video", "audio"] = "image"
+    modality: Literal["image", "video", "audio"] = field(  # the names in mmflow.modalities.MODALITIES
+        default="image", metadata={"help": "kind of media: image | video | audio"})
     captions: CaptionMode = field(default="auto", metadata={"help": "auto: metadata.jsonl > metadata.csv > .txt sidecars > none"})
     text_field: str = field(default="text", metadata={"help": "caption key in metadata.jsonl / .csv rows"})
     extensions: list[str] = field(default_factory=list, metadata={"help": "file extensions; empty: the modality's usual ones"})
     # image / video frames
     size: int = field(default=256, metadata={"min": 8, "help": "output side (square), or the bucket side when bucketing"})
     crop: Literal["center", "random", "start"] | None = field(
-        default=None, metadata={"help": "image/video: center | random; audio: random | start; null: center / random"})
+        default=None, metadata={"help": "image/video: center | random; audio: random | start; null: the first of these"})
     bucketing: bool = field(default=False, metadata={"help": "aspect-ratio buckets of ~size**2 pixels (image, video)"})
     bucket_multiple: int = field(default=16, metadata={"min": 1, "help": "bucket sides are multiples of this (VAE x patch)"})
     bucket_min_aspect: float = field(default=0.5, metadata={"min": 0, "min_exclusive": True, "max": 1, "help": "narrowest W/H"})
@@ -98,21 +93,28 @@ class MediaFolderConfig:
         check(self.path.strip() != "", "path", "must name the media folder")
         check(all(isinstance(e, str) and e.strip(". ") for e in self.extensions), "extensions",
               f"must be non-empty extensions like 'png', got {self.extensions!r}")
+        check(self.modality in MODALITIES, "modality", f"{self.modality!r} is not one of {sorted(MODALITIES)}")
+        spec = self.spec
         if self.crop is not None:
-            allowed = ("random", "start") if self.modality == "audio" else ("center", "random")
-            check(self.crop in allowed, "crop", f"{self.crop!r} is not a {self.modality} crop; expected one of {allowed}")
+            check(self.crop in spec.crops, "crop", f"{self.crop!r} is not a {self.modality} crop; expected one of {spec.crops}")
         check(not (self.fps is not None and self.stride != 1), "fps", "set either fps or stride (stride must stay 1 with fps)")
-        check(not (self.bucketing and self.modality == "audio"), "bucketing", "aspect-ratio buckets are for image and video")
+        check(not (self.bucketing and not spec.spatial), "bucketing",
+              f"aspect-ratio buckets are for {' and '.join(n for n, m in MODALITIES.items() if m.spatial)}")
         if self.bucketing:
             check(self.size >= self.bucket_multiple, "bucket_multiple", f"{self.bucket_multiple} exceeds size {self.size}")
 
     @property
+    def spec(self) -> Modality:
+        """The modality's spec (mmflow.modalities): everything that differs between image, video and audio."""
+        return get_modality(self.modality)
+
+    @property
     def crop_mode(self) -> str:
-        return self.crop or ("random" if self.modality == "audio" else "center")
+        return self.crop or self.spec.default_crop
 
     @property
     def media_extensions(self) -> tuple[str, ...]:
-        return tuple(e.lower().strip(". ") for e in self.extensions) or DEFAULT_EXTENSIONS[self.modality]
+        return tuple(e.lower().strip(". ") for e in self.extensions) or self.spec.extensions
 
 
 class EmptyMediaFolder(UserError, ValueError):
@@ -121,7 +123,7 @@ class EmptyMediaFolder(UserError, ValueError):
 
 def item_generator(seed: int, index: int, epoch: int) -> torch.Generator:
     """The generator of item `index`'s random choices at `epoch` (crop, clip start): no global RNG."""
-    return torch.Generator().manual_seed(_mix(seed, 0x17E4, index, epoch))
+    return torch.Generator().manual_seed(mix_seed(seed, 0x17E4, index, epoch))
 
 
 def _split_reason(reason: str) -> BadMedia:
@@ -164,9 +166,8 @@ class MediaFolderDataset(Dataset):
         if known_bad:
             logger.warning("%s: %d of %d entries are unusable (%s); they will be skipped and counted", root,
                            sum(known_bad.values()), len(self.entries), ", ".join(f"{k} {n}" for k, n in known_bad.items()))
-        self.backend: VideoBackend | None = None
-        if config.modality == "video":
-            self.backend = video_backend or get_video_backend(config.video_backend)  # fails here if not installed
+        self.spec = config.spec
+        self.backend: VideoBackend | None = self.spec.backend(config, video_backend)  # fails here if not installed
         if config.bucketing:
             self.buckets = make_buckets(config.size, config.bucket_multiple, config.bucket_min_aspect,
                                         config.bucket_max_aspect)
@@ -182,7 +183,7 @@ class MediaFolderDataset(Dataset):
     def _header_size(self, e: MediaEntry) -> tuple[int, int]:
         if e.problem is None:
             try:
-                return (image_size if self.config.modality == "image" else video_size)(e.path)
+                return self.spec.header_size(e.path)
             except Exception:  # a header that cannot be read is the reader's to report, as a bad item
                 pass
         return (1, 1)  # unreadable: the squarest bucket; it is replaced when read anyway
@@ -213,18 +214,7 @@ class MediaFolderDataset(Dataset):
     # ------------------------------------------------------------------ loading
     def _read(self, path: Path, size: tuple[int, int], g: torch.Generator,
               thorough: bool = False) -> tuple[Tensor, Tensor | None]:
-        c = self.config
-        if c.modality == "image":
-            return read_image(path, size, c.crop_mode, g), None  # type: ignore[arg-type]
-        if c.modality == "video":
-            assert self.backend is not None
-            media = read_video(path, self.backend, size, c.frames, stride=c.stride, fps=c.fps, start=c.clip_start,
-                               short=c.short_clips, crop=c.crop_mode, generator=g,  # type: ignore[arg-type]
-                               verify_frames=c.verify_frame_count)
-            return media, None
-        clip = read_audio(path, c.sample_rate, c.seconds, channels=c.channels, crop=c.crop_mode,  # type: ignore[arg-type]
-                          generator=g, silence_threshold=c.silence_threshold, whole_file=thorough)
-        return clip.audio, clip.mask
+        return self.spec.read(path, self.config, size, g, backend=self.backend, thorough=thorough)
 
     def load(self, index: int, epoch: int = 0, size: tuple[int, int] | None = None,
              thorough: bool = False) -> dict[str, Any]:

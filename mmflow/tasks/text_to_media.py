@@ -39,9 +39,6 @@ from mmflow.train.task import LossOutput
 
 logger = logging.getLogger("mmflow.tasks")
 
-LATENT_AXES = {"image": 2, "video": 3, "audio": 1}  # spatial/temporal axes of each modality's latents
-
-
 @dataclass
 class MediaDataConfig(MediaFolderConfig):
     cache: str | None = field(default=None, metadata={"help": "folder of `mmflow prepare`; null: <run folder>/cache"})
@@ -99,7 +96,8 @@ class TextToMediaTask(FlowMatchingTask):
     def tokenizer(self) -> nn.Module | None:
         path = self.recipe.model.tokenizer
         if path is not None and self._tokenizer is None:
-            from mmflow.models.registry import load_model
+            import mmflow.builtin_models  # noqa: F401  (whatever type the folder names)
+            from mmflow.model_io import load_model
 
             if not Path(path).is_dir():
                 raise ConfigError(f"{path} is not a folder (train one with `mmflow train tokenizers/<name>.yaml` "
@@ -119,10 +117,7 @@ class TextToMediaTask(FlowMatchingTask):
                 m.to(device)
 
     def media_shape(self) -> tuple[int, ...]:
-        d = self.recipe.data
-        if d.modality == "audio":
-            return (d.channels, round(d.sample_rate * d.seconds))
-        return (3, d.size, d.size) if d.modality == "image" else (3, d.frames, d.size, d.size)
+        return self.recipe.data.spec.media_shape(self.recipe.data)
 
     def latent_shape(self) -> tuple[int, ...]:
         """(C, *axes) of one item's latents: the media shape through the tokenizer (one probe encode)."""
@@ -154,7 +149,7 @@ class TextToMediaTask(FlowMatchingTask):
 
     @classmethod
     def validate_recipe(cls, recipe: Any, source: str | None) -> None:
-        axes = LATENT_AXES[recipe.data.modality]
+        axes = recipe.data.spec.latent_axes
         if len(recipe.model.patch_size) != axes:
             raise ConfigError(f"{list(recipe.model.patch_size)} has {len(recipe.model.patch_size)} entries; "
                               f"{recipe.data.modality} latents have {axes} axes", "model.patch_size", source)
@@ -264,9 +259,7 @@ class TextToMediaTask(FlowMatchingTask):
         return {"sample_std": float(media.std()), "sample_mean": float(media.mean())}
 
     def pipeline_info(self) -> dict[str, Any]:
-        from mmflow.recipe import recipe_to_dict
-
-        return {"task": self.name, "model": VELOCITY, "recipe": recipe_to_dict(self.recipe)}
+        return {"task": self.name, "model": VELOCITY}
 
     def generate(self, model: nn.Module, num: int, device: torch.device, sample_cfg: Any, out_dir: Path,
                  label: int | None = None, prompts: Sequence[str] | None = None) -> dict[str, Any]:
@@ -300,29 +293,17 @@ class CacheOrder:
             yield [self.lookup[key[0] if isinstance(key, (tuple, list)) else key] for key in batch]
 
 
-def write_samples(media: Tensor, prompts: Sequence[str], data: MediaDataConfig, out_dir: Path,
-                per_prompt: int) -> list[Path]:
-    """Samples to files: images as one PNG grid (rows = prompts), videos as a PNG of frames per prompt
-    row plus one MP4 each, audio as one WAV each; prompts.txt lists them."""
-    from mmflow.utils.images import save_image_grid
-    from mmflow.utils.media_io import write_mp4, write_wav
-
+def write_samples(media: Tensor, prompts: Sequence[str], data: MediaFolderConfig, out_dir: Path,
+                  per_prompt: int) -> list[Path]:
+    """Samples (P, C, ...) to files: samples.png, the modality's preview with one row per prompt (its
+    per_prompt samples side by side), then, for media a picture cannot show whole (video, audio), one
+    sample_NNN file each; prompts.txt lists the samples' prompts."""
+    spec = data.spec
     out_dir.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
-    unique = list(dict.fromkeys(prompts))
-    if data.modality == "image":
-        grid = media.view(len(prompts) // per_prompt, per_prompt, *media.shape[1:])
-        files.append(out_dir / "samples.png")
-        save_image_grid(grid, files[-1], row_labels=[p[:24] for p in unique])
-    elif data.modality == "video":
-        frames = media.permute(0, 2, 1, 3, 4)  # (P, T, 3, H, W): one grid row per sample
-        files.append(out_dir / "frames.png")
-        save_image_grid(frames, files[-1], row_labels=[p[:24] for p in prompts])
-        fps = data.fps or 8.0
-        for i, clip in enumerate(media):
-            files.append(write_mp4(clip, out_dir / f"sample_{i:03d}.mp4", fps))
-    else:
-        for i, clip in enumerate(media):
-            files.append(write_wav(clip, out_dir / f"sample_{i:03d}.wav", data.sample_rate))
+    grid = media.view(len(prompts) // per_prompt, per_prompt, *media.shape[1:])  # (rows, per_prompt, C, ...)
+    files = [spec.preview(grid, out_dir / "samples.png", labels=[p[:24] for p in prompts[::per_prompt]])]
+    if spec.item_files:
+        files += [spec.write(item, out_dir / f"sample_{i:03d}{spec.suffix}", fps=data.fps, sample_rate=data.sample_rate)
+                  for i, item in enumerate(media)]
     (out_dir / "prompts.txt").write_text("".join(f"{i}\t{p}\n" for i, p in enumerate(prompts)))
     return files

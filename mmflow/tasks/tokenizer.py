@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import soundfile as sf
 import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
@@ -35,23 +34,37 @@ from mmflow.data.bad_items import BadDataError, BadMedia
 from mmflow.data.media_folder import MAX_CANDIDATES, MediaFolderConfig, MediaFolderDataset, collate
 from mmflow.tasks import register_task
 from mmflow.tokenizers import (
-    AUDIO_VAE_PRESETS, IMAGE_VAE_PRESETS, VIDEO_VAE_PRESETS, AudioVAE, AudioVAEConfig, ImageVAE, ImageVAEConfig,
-    PatchDiscriminator, PatchDiscriminatorConfig, Tokenizer, VAELoss, VAELossConfig, VideoVAE, VideoVAEConfig,
-    apply_latent_stats, measure_latent_stats, stft_distance,
+    AUDIO_VAE_PRESETS, IMAGE_VAE_PRESETS, VIDEO_VAE_PRESETS, AudioVAE, ImageVAE, PatchDiscriminator,
+    PatchDiscriminatorConfig, Tokenizer, VAELoss, VAELossConfig, VideoVAE, apply_latent_stats, measure_latent_stats,
+    stft_distance,
 )
-from mmflow.train.random import BatchRandom, _mix
+from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, Task
-from mmflow.utils.images import save_image_grid
+from mmflow.utils.seeding import mix_seed
 
 logger = logging.getLogger("mmflow.tasks")
 
 TOKENIZER, DISCRIMINATOR = "tokenizer", "discriminator"  # model names
 GENERATOR = "generator"  # optimizer group of the tokenizer
-VAE_KINDS: dict[str, tuple[type[Tokenizer], type, dict[str, dict[str, Any]]]] = {
-    "image": (ImageVAE, ImageVAEConfig, IMAGE_VAE_PRESETS),
-    "video": (VideoVAE, VideoVAEConfig, VIDEO_VAE_PRESETS),
-    "audio": (AudioVAE, AudioVAEConfig, AUDIO_VAE_PRESETS),
+# the VAE class and size presets that train each modality, under the VAE's own `modality`
+VAES: dict[str, tuple[type[Tokenizer], dict[str, dict[str, Any]]]] = {
+    vae.modality: (vae, presets)
+    for vae, presets in ((ImageVAE, IMAGE_VAE_PRESETS), (VideoVAE, VIDEO_VAE_PRESETS), (AudioVAE, AUDIO_VAE_PRESETS))
 }
+
+
+def vae_kind(modality: str, source: str | None = None) -> tuple[type[Tokenizer], dict[str, dict[str, Any]]]:
+    """(VAE class, its presets) for a modality; ConfigError when no VAE trains it."""
+    kind = VAES.get(modality)
+    if kind is None:
+        raise ConfigError(f"no tokenizer trains {modality!r} media; VAEs exist for {sorted(VAES)}", "data.modality",
+                          source)
+    return kind
+
+
+def spatial_factor(vae: Any) -> int:
+    """The H and W downsampling of a VAE config (image VAEs call it downsample_factor, video VAEs spatial_factor)."""
+    return getattr(vae, "spatial_factor", None) or vae.downsample_factor
 
 
 @dataclass
@@ -82,7 +95,7 @@ class TokenizerModelConfig:
 
 def tokenizer_config(data: TokenizerDataConfig, model: TokenizerModelConfig, source: str | None = None) -> Any:
     """The VAE config of a recipe: preset fields, then model.vae, then what the data fixes (channels, rate)."""
-    _, cls, presets = VAE_KINDS[data.modality]
+    vae_cls, presets = vae_kind(data.modality, source)
     fields: dict[str, Any] = {}
     if model.preset is not None:
         if model.preset not in presets:
@@ -90,14 +103,13 @@ def tokenizer_config(data: TokenizerDataConfig, model: TokenizerModelConfig, sou
                               "model.preset", source)
         fields.update(presets[model.preset])
     fields.update(model.vae)
-    implied = ({"sample_rate": data.sample_rate, "channels": data.channels} if data.modality == "audio"
-               else {"in_channels": 3})  # the media folder reads RGB images and videos
+    implied = data.spec.tokenizer_fields(data)  # channels (RGB for images and videos), audio's sample rate
     for key, value in implied.items():
         if key in model.vae and model.vae[key] != value:
             raise ConfigError(f"{model.vae[key]!r} disagrees with the data, which gives {value!r} "
                               f"(set it in the data section, or drop it here)", f"model.vae.{key}", source)
         fields[key] = value
-    return from_dict(cls, to_dict(fields), source=source, prefix="model.vae")
+    return from_dict(vae_cls.config_class, to_dict(fields), source=source, prefix="model.vae")
 
 
 def psnr(x_hat: Tensor, x: Tensor) -> Tensor:
@@ -143,15 +155,6 @@ def frozen(module: nn.Module | None) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def decode_like(vae: nn.Module, z: Tensor, x: Tensor) -> Tensor:
-    """Raw latents -> media of x's shape (video and audio crop back to x's length)."""
-    if isinstance(vae, VideoVAE):
-        return vae.decode(z, num_frames=x.shape[2])
-    if isinstance(vae, AudioVAE):
-        return vae.decode(z, num_samples=x.shape[2])
-    return vae.decode(z)
-
-
 def random_crop(media: Tensor, side: int, g: torch.Generator) -> Tensor:
     """A side x side window of media (C, ..., H, W) at a position drawn from g."""
     h, w = media.shape[-2:]
@@ -173,7 +176,7 @@ class TrainingItems(Dataset):
         if self.crop is None:
             return item
         i, epoch = self._index_epoch(key)
-        g = torch.Generator().manual_seed(_mix(self.folder.seed, 0xC409, i, epoch))
+        g = torch.Generator().manual_seed(mix_seed(self.folder.seed, 0xC409, i, epoch))
         return {**item, "media": random_crop(item["media"], self.crop, g)}
 
     def __len__(self) -> int:
@@ -214,8 +217,9 @@ class TokenizerTask(Task):
     def __init__(self, recipe: Any) -> None:
         super().__init__(recipe)
         self.modality: str = recipe.data.modality
+        self.spec = recipe.data.spec
         self.vae_config = tokenizer_config(recipe.data, recipe.model)
-        rate = recipe.data.sample_rate if self.modality == "audio" else None
+        rate = self.spec.tokenizer_fields(recipe.data).get("sample_rate")  # audio: the STFT / mel losses' rate
         self.vae_loss = VAELoss(recipe.model.loss, sample_rate=rate)
         self._folder: MediaFolderDataset | None = None
         self._recon: tuple[int, list[tuple[Tensor, Tensor]]] = (-1, [])  # (step, [(media, detached x_hat)])
@@ -227,12 +231,12 @@ class TokenizerTask(Task):
 
     # ------------------------------------------------------------------ models
     def build_models(self) -> dict[str, nn.Module]:
-        models: dict[str, nn.Module] = {TOKENIZER: VAE_KINDS[self.modality][0](self.vae_config)}
+        models: dict[str, nn.Module] = {TOKENIZER: vae_kind(self.modality)[0](self.vae_config)}
         if self.adversarial:
             d = self.recipe.model.discriminator
             models[DISCRIMINATOR] = PatchDiscriminator(PatchDiscriminatorConfig(
                 in_channels=3, base_channels=d.base_channels, n_layers=d.n_layers,
-                dims=3 if self.modality == "video" else 2))
+                dims=self.spec.latent_axes))
         return models
 
     def optimizer_groups(self, models: dict[str, nn.Module]) -> dict[str, list[str]]:
@@ -245,9 +249,7 @@ class TokenizerTask(Task):
         return [TOKENIZER]  # the discriminator is thrown away after training
 
     def pipeline_info(self) -> dict[str, Any]:
-        from mmflow.recipe import recipe_to_dict
-
-        return {"task": self.name, "model": TOKENIZER, "modality": self.modality, "recipe": recipe_to_dict(self.recipe)}
+        return {"task": self.name, "model": TOKENIZER, "modality": self.modality}
 
     @classmethod
     def validate_recipe(cls, recipe: Any, source: str | None) -> None:
@@ -257,24 +259,24 @@ class TokenizerTask(Task):
                               "set data.bucketing: false", "data.bucketing", source)
         vae = tokenizer_config(data, model, source)
         loss = model.loss
-        if data.modality == "audio":
+        if not data.spec.spatial:  # waveforms: no square crops, no PatchGAN; STFT / mel losses instead
             if data.train_crop is not None:
-                raise ConfigError("crops are for images and videos; audio clips are cut to data.seconds",
+                raise ConfigError(f"crops are for images and videos; {data.modality} clips are cut to data.seconds",
                                   "data.train_crop", source)
             if loss.adv_weight > 0:
-                raise ConfigError("no audio discriminator yet (PatchDiscriminator judges images and videos); "
+                raise ConfigError(f"no {data.modality} discriminator yet (PatchDiscriminator judges images and videos); "
                                   "set it to 0", "model.loss.adv_weight", source)
             return
         for key in ("stft_weight", "mel_weight"):
             if getattr(loss, key) > 0:
                 raise ConfigError(f"{key} is an audio loss; set it to 0 for {data.modality}", f"model.loss.{key}", source)
-        factor = vae.downsample_factor if data.modality == "image" else vae.spatial_factor
+        factor = spatial_factor(vae)
         if data.size % factor:
             raise ConfigError(f"{data.size} is not a multiple of the VAE's downsampling factor {factor}", "data.size", source)
         if data.train_crop is not None and (data.train_crop > data.size or data.train_crop % factor):
             raise ConfigError(f"{data.train_crop} must be at most data.size ({data.size}) and a multiple of the VAE's "
                               f"downsampling factor {factor}", "data.train_crop", source)
-        if data.modality == "video" and (data.frames - 1) % vae.temporal_factor and not vae.pad_frames:
+        if hasattr(vae, "temporal_factor") and (data.frames - 1) % vae.temporal_factor and not vae.pad_frames:
             tf = vae.temporal_factor
             raise ConfigError(f"{data.frames} frames do not fit the VAE's temporal factor {tf}: use 1 + {tf}k frames "
                               f"(e.g. {1 + 2 * tf}, {1 + 3 * tf}) or model.vae.pad_frames: true", "data.frames", source)
@@ -327,7 +329,7 @@ class TokenizerTask(Task):
         def step(media: Tensor) -> tuple[Tensor, Any]:
             post = vae.encode(media)
             noise = rng.randn(*post.mean.shape[1:]).to(post.mean.dtype)  # (B, C_lat, ...)
-            return decode_like(vae, post.mean + post.std * noise, media), post
+            return vae.decode(post.mean + post.std * noise, like_shape=media.shape), post
 
         return through_forward(model, step, x)
 
@@ -357,37 +359,36 @@ class TokenizerTask(Task):
         out = []
         for lo in range(0, len(x), self.recipe.train.batch_size):
             chunk = x[lo: lo + self.recipe.train.batch_size].to(device)
-            out.append(decode_like(vae, vae.encode(chunk).mode(), chunk).float().cpu())
+            out.append(vae.decode(vae.encode(chunk).mode(), like_shape=chunk.shape).float().cpu())
         return torch.cat(out)
 
     def validate(self, models: dict[str, nn.Module], out_dir: Path, step: int, device: torch.device) -> dict[str, float]:
-        """Reconstruct the held-out items: PSNR (image/video) or STFT distances (audio) + picture / WAVs."""
+        """Reconstruct the held-out items: PSNR (image, video) or STFT distances (audio), a picture of
+        originals above reconstructions, and (video, audio) each of them as a file."""
         x = self.held_out_media()
         x_hat = self.reconstruct_mean(models[TOKENIZER], x, device)
         k = min(self.recipe.data.val_examples, len(x))
         metrics = {"held_out_items": float(len(x)), "l1": float((x_hat - x).abs().mean())}
-        if self.modality == "audio":
+        if self.spec.spatial:
+            per_item = psnr(x_hat, x)  # (N,)
+            metrics.update(psnr=float(per_item.mean()), psnr_min=float(per_item.min()))
+            score = f"PSNR {metrics['psnr']:.2f} dB"
+        else:
             g = torch.Generator().manual_seed(0)
             rms = x.flatten(1).square().mean(1).sqrt().view(-1, 1, 1)  # (N, 1, 1)
             noise = torch.randn(x.shape, generator=g) * rms  # white noise as loud as each item
             metrics.update(stft_distance=float(stft_distance(x_hat, x).mean()),
                            stft_distance_silence=float(stft_distance(torch.zeros_like(x), x).mean()),
                            stft_distance_noise=float(stft_distance(noise, x).mean()))
-            rate = self.recipe.data.sample_rate
+            score = f"STFT distance {metrics['stft_distance']:.3f}"
+        title = f"step {step}: held-out {score} (top: original, below: reconstruction)"
+        pairs = torch.stack([x[:k], x_hat[:k]])  # (2, k, C, ...)
+        self.spec.preview(pairs, out_dir / "reconstructions.png", labels=["original", "reconstruction"], title=title)
+        if self.spec.item_files:
+            d = self.recipe.data
             for i in range(k):
-                sf.write(str(out_dir / f"original_{i}.wav"), x[i].T.clamp(-1, 1).numpy(), rate)
-                sf.write(str(out_dir / f"reconstruction_{i}.wav"), x_hat[i].T.clamp(-1, 1).numpy(), rate)
-            return metrics
-        per_item = psnr(x_hat, x)  # (N,)
-        metrics.update(psnr=float(per_item.mean()), psnr_min=float(per_item.min()))
-        title = f"step {step}: held-out PSNR {metrics['psnr']:.2f} dB (top: original, below: reconstruction)"
-        if self.modality == "image":
-            grid, labels = torch.stack([x[:k], x_hat[:k]]), ["original", "reconstruction"]  # (2, k, 3, H, W)
-        else:
-            k = min(k, 4)
-            pairs = torch.stack([x[:k], x_hat[:k]], 1).flatten(0, 1)  # (2k, 3, T, H, W): original, reconstruction, ...
-            grid, labels = pairs.transpose(1, 2), [f"{w} {i}" for i in range(k) for w in ("orig", "recon")]
-        save_image_grid(grid, out_dir / "reconstructions.png", row_labels=labels, title=title, scale=2)
+                for name, media in (("original", x[i]), ("reconstruction", x_hat[i])):
+                    self.spec.write(media, out_dir / f"{name}_{i}{self.spec.suffix}", fps=d.fps, sample_rate=d.sample_rate)
         return metrics
 
     def finish_models(self, models: dict[str, nn.Module], dataset: Dataset, device: torch.device) -> None:

@@ -6,20 +6,21 @@ of `strides`: the default (2, 4, 5, 8) = 320 at 16 kHz gives 50 latent frames pe
 = 384 gives ~41.7 Hz.
 
 A clip whose length is not a multiple of the hop is padded on the right with silence (zeros) before
-encoding (L = ceil(N / hop) latent frames); `decode(z, num_samples=N)` and `forward` crop back to N.
+encoding (L = ceil(N / hop) latent frames); `decode(z, like_shape=(B, C, N))` and `forward` crop back to N.
 Padding rather than raising keeps arbitrary-length audio files usable; the last latent frame then
 covers partly silence, which the decoder reproduces and the crop removes.
 
     vae = AudioVAE(AudioVAEConfig(sample_rate=16000, channels=1))
     wave = prepare_audio(wave, sr, vae.config.sample_rate, vae.config.channels)  # resample, mix
     post = vae.encode(wave[None])                     # (1, 32, ceil(N / 320))
-    wave_hat = vae.decode(post.mode(), num_samples=wave.shape[-1])
+    wave_hat = vae.decode(post.mode(), like_shape=wave[None].shape)
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmflow.config import check, preset_config
-from mmflow.models.registry import register_model
+from mmflow.model_io import register_model
 from mmflow.tokenizers.audio_blocks import DecoderBlock, EncoderBlock, Snake1d, conv1d
 from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer, check_latent_stats
 
@@ -137,6 +138,7 @@ class AudioDecoder(nn.Module):
 class AudioVAE(Tokenizer):
     """Waveform VAE; see the module docstring. Register name: "audio_vae"."""
 
+    modality = "audio"
     config_class = AudioVAEConfig
 
     def __init__(self, config: AudioVAEConfig) -> None:
@@ -176,16 +178,16 @@ class AudioVAE(Tokenizer):
         mean, logvar = self.encoder(x).chunk(2, dim=1)  # (B, C_lat, n) each
         return DiagonalGaussian(mean, logvar)
 
-    def decode(self, z: Tensor, num_samples: int | None = None) -> Tensor:
-        """Raw latents (B, C_lat, n) -> waveform (B, C, n*hop), cropped to `num_samples` when given."""
+    def decode(self, z: Tensor, like_shape: Sequence[int] | None = None) -> Tensor:
+        """Raw latents (B, C_lat, n) -> waveform (B, C, n*hop), cropped to like_shape (B, C, N)'s N when given."""
         c, hop = self.config.latent_channels, self.config.hop_length
         if z.ndim != 3 or z.shape[1] != c:
             raise ValueError(f"AudioVAE.decode expects latents of shape (B, {c}, L), got {tuple(z.shape)}")
         if not torch.isfinite(z).all():
             raise ValueError("AudioVAE.decode: latents contain NaN or Inf values")
         wave = self.decoder(z)
-        if num_samples is not None:
-            full = wave.shape[2]
+        if like_shape is not None:
+            num_samples, full = like_shape[2], wave.shape[2]
             if not full - hop < num_samples <= full:
                 raise ValueError(f"AudioVAE.decode: num_samples={num_samples} does not match {z.shape[2]} latent "
                                  f"frames (hop {hop}: valid {full - hop + 1}..{full})")
@@ -196,7 +198,7 @@ class AudioVAE(Tokenizer):
         """Training pass: encode, sample (or take the mean), decode, crop to the input's N."""
         posterior = self.encode(x)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return AudioVAEOutput(self.decode(z, num_samples=x.shape[2]), posterior)
+        return AudioVAEOutput(self.decode(z, like_shape=x.shape), posterior)
 
 
 def prepare_audio(wave: Tensor, sample_rate: int, target_sample_rate: int, channels: int) -> Tensor:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -61,11 +63,13 @@ def check_latent_stats(shift: list[float] | None, scale: list[float] | None, cha
 class Tokenizer(nn.Module):
     """Base class of the image, video and audio VAEs.
 
-    Subclasses set `config` (a dataclass with `latent_channels`, `latent_shift` and `latent_scale`:
-    lists of per-channel floats, or None before statistics are measured) and implement `encode`
-    (media -> posterior over raw latents), `decode` (raw latents -> media) and `last_layer_weight`.
+    Subclasses set `modality` (the name of the media they take, a key of mmflow.modalities.MODALITIES),
+    `config` (a dataclass with `latent_channels`, `latent_shift` and `latent_scale`: lists of
+    per-channel floats, or None before statistics are measured) and implement `encode` (media ->
+    posterior over raw latents), `decode` (raw latents -> media) and `last_layer_weight`.
     """
 
+    modality: ClassVar[str]
     config: object
 
     @abstractmethod
@@ -73,8 +77,12 @@ class Tokenizer(nn.Module):
         """Media (B, C, ...) in [-1, 1] (audio: waveform in [-1, 1]) -> posterior over raw latents."""
 
     @abstractmethod
-    def decode(self, z: Tensor) -> Tensor:
-        """Raw latents (B, C_latent, ...) -> media (B, C, ...)."""
+    def decode(self, z: Tensor, like_shape: Sequence[int] | None = None) -> Tensor:
+        """Raw latents (B, C_latent, ...) -> media (B, C, ...).
+
+        `like_shape`: the shape (B, C, ...) of the media these latents were encoded from; a tokenizer
+        that pads on encode (video frames, audio samples) crops its output back to it.
+        """
 
     @abstractmethod
     def last_layer_weight(self) -> nn.Parameter:

@@ -21,30 +21,25 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+import mmflow.builtin_models  # noqa: F401  (a folder of any built-in type loads, then is refused by name)
 from mmflow.data.bad_items import BadMedia
-from mmflow.data.media_folder import DEFAULT_EXTENSIONS
 from mmflow.errors import MissingInput
-from mmflow.models.registry import CONFIG_NAME, load_model
+from mmflow.modalities import Modality, get_modality
+from mmflow.model_io import CONFIG_NAME, load_model
 from mmflow.tokenizers.base import Tokenizer
-from mmflow.utils.media_io import write_media
 
 __all__ = ["LATENT_FORMAT", "LATENT_KEY", "decode_files", "encode_files", "load_tokenizer", "read_media",
-           "resolve_tokenizer_dir", "write_media"]
+           "resolve_tokenizer_dir"]
 
 logger = logging.getLogger("mmflow.tokenizers")
 
 LATENT_KEY = "latents"
 LATENT_FORMAT = "mmflow-latents"  # metadata["format"] of a latent file
-MODALITY = {"image_vae": "image", "video_vae": "video", "audio_vae": "audio"}
-SUFFIX = {"image": ".png", "video": ".mp4", "audio": ".wav"}
-DEFAULT_FPS = 8.0  # a video whose container gives no frame rate
 
 
 # ------------------------------------------------------------------ the tokenizer
@@ -70,90 +65,29 @@ def load_tokenizer(path: str | os.PathLike, device: str | torch.device = "cpu",
     """(tokenizer in eval mode, the model folder it came from)."""
     folder = resolve_tokenizer_dir(path, use_ema)
     model = load_model(folder, map_location=device).eval()
-    if getattr(model, "model_type", None) not in MODALITY:
+    if not isinstance(model, Tokenizer):
         raise ValueError(f"{folder} holds a {getattr(model, 'model_type', type(model).__name__)!r} model, "
-                         f"not a tokenizer ({', '.join(sorted(MODALITY))})")
+                         f"not a tokenizer (an image, video or audio VAE)")
     if getattr(model.config, "latent_scale", None) is None:
         logger.warning("%s has no latent statistics (latent_shift/latent_scale): latents are not normalised", folder)
     return model, folder  # type: ignore[return-value]
 
 
-def _modality(tok: Tokenizer) -> str:
-    return MODALITY[tok.model_type]  # type: ignore[attr-defined]
+def _spec(tok: Tokenizer) -> Modality:
+    return get_modality(tok.modality)
 
 
-# ------------------------------------------------------------------ reading and writing media
-def _pad_to(x: Tensor, multiples: Sequence[int]) -> Tensor:
-    """Repeat the last element along the axes after the first of x (C, ...) up to the given multiples.
-
-    Images (C, H, W) pad two axes, videos (C, T, H, W) three (replicate padding wants a batch axis)."""
-    pads: list[int] = []
-    for size, m in zip(reversed(x.shape[1:]), reversed(multiples)):
-        pads += [0, -size % m]
-    return F.pad(x[None], pads, mode="replicate")[0] if any(pads) else x
-
-
+# ------------------------------------------------------------------ reading media
 def read_media(path: str | os.PathLike, tokenizer: Tokenizer) -> tuple[Tensor, dict[str, str]]:
     """Read one media file for `tokenizer`: (media (C, ...) in [-1, 1], padded as encoding needs, metadata)."""
-    path, modality = Path(path), _modality(tokenizer)
+    path, spec = Path(path), _spec(tokenizer)
     try:
-        if modality == "image":
-            from mmflow.data.image_reader import open_image, pil_to_tensor
-
-            x = pil_to_tensor(open_image(path))  # (3, H, W)
-            meta = {"height": x.shape[1], "width": x.shape[2]}
-            return _pad_to(x, (tokenizer.downsample_factor,) * 2), _strings(meta)  # type: ignore[attr-defined]
-        if modality == "video":
-            return _read_video(path, tokenizer)
-        return _read_audio(path, tokenizer)
+        x, meta = spec.read_file(path, tokenizer.config)
     except BadMedia as exc:
-        raise ValueError(f"{path}: cannot read it as {modality} ({exc.reason})") from None
+        raise ValueError(f"{path}: cannot read it as {spec.name} ({exc.reason})") from None
     except Exception as exc:  # noqa: BLE001  (soundfile / PyAV / decord raise their own types for files they cannot read)
-        raise ValueError(f"{path}: cannot read it as {modality} ({type(exc).__name__}: {exc})") from None
-
-
-def _strings(meta: dict[str, object]) -> dict[str, str]:
-    return {k: str(v) for k, v in meta.items()}
-
-
-def _read_video(path: Path, tokenizer: Tokenizer) -> tuple[Tensor, dict[str, str]]:
-    from mmflow.data.bad_items import check_file
-    from mmflow.data.video_reader import count_packets, get_video_backend
-
-    check_file(path)
-    vf = get_video_backend("auto").open(str(path))
-    try:
-        real = count_packets(path)  # containers may over-report; decode only the frames really present
-        n = vf.num_frames if real is None else min(vf.num_frames, real) if vf.num_frames > 0 else real
-        if not n:
-            raise BadMedia("no frames", "0 decodable frames")
-        frames, fps = vf.read(list(range(n))), vf.fps or DEFAULT_FPS  # (T, H, W, 3) uint8
-    finally:
-        vf.close()
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, T, H, W)
-    cfg = tokenizer.config
-    t, h, w = x.shape[1:]
-    tf, sf = cfg.temporal_factor, cfg.spatial_factor  # type: ignore[attr-defined]
-    extra = -(t - 1) % tf
-    if extra:
-        x = torch.cat([x, x[:, -1:].expand(-1, extra, -1, -1)], dim=1)  # (3, 1 + k tf, H, W)
-    return _pad_to(x, (1, sf, sf)), _strings({"num_frames": t, "height": h, "width": w, "fps": fps})
-
-
-def _read_audio(path: Path, tokenizer: Tokenizer) -> tuple[Tensor, dict[str, str]]:
-    import soundfile as sf
-
-    from mmflow.tokenizers.audio_vae import prepare_audio
-
-    data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C_src)
-    if data.shape[0] == 0:
-        raise BadMedia("empty file", "0 audio samples")
-    if not np.isfinite(data).all():
-        raise BadMedia("non-finite audio", "NaN or Inf samples")
-    cfg = tokenizer.config
-    wave = prepare_audio(torch.from_numpy(np.ascontiguousarray(data.T)), rate, cfg.sample_rate, cfg.channels)  # type: ignore[attr-defined]
-    meta = {"num_samples": wave.shape[-1], "sample_rate": cfg.sample_rate, "source_sample_rate": rate}  # type: ignore[attr-defined]
-    return wave, _strings(meta)  # the audio VAE pads to its hop itself
+        raise ValueError(f"{path}: cannot read it as {spec.name} ({type(exc).__name__}: {exc})") from None
+    return x, {k: str(v) for k, v in meta.items()}
 
 
 # ------------------------------------------------------------------ encode / decode
@@ -191,8 +125,8 @@ def encode_files(tokenizer_dir: str | os.PathLike, inputs: Sequence[str | os.Pat
                  device: str | torch.device = "cpu", use_ema: bool = True) -> list[Path]:
     """Encode media files (or folders of them) into out_dir/<stem>.safetensors; returns the files written."""
     tok, folder = load_tokenizer(tokenizer_dir, device, use_ema)
-    modality = _modality(tok)
-    files = _gather(inputs, DEFAULT_EXTENSIONS[modality], f"{modality} files")
+    spec = _spec(tok)
+    files = _gather(inputs, spec.extensions, f"{spec.name} files")
     out_dir = Path(out_dir)
     targets = _outputs(files, out_dir, ".safetensors")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +134,7 @@ def encode_files(tokenizer_dir: str | os.PathLike, inputs: Sequence[str | os.Pat
         x, meta = read_media(src, tok)
         z = tok.encode_latents(x[None].to(device))[0]  # (C_lat, ...) normalised posterior mean
         meta.update(format=LATENT_FORMAT, tokenizer=str(folder), model_type=tok.model_type,  # type: ignore[attr-defined]
-                    modality=modality, source=str(src), latent_shape=json.dumps(list(z.shape)),
+                    modality=spec.name, source=str(src), latent_shape=json.dumps(list(z.shape)),
                     normalized=str(getattr(tok.config, "latent_scale", None) is not None).lower())
         save_file({LATENT_KEY: z.float().contiguous().cpu()}, str(dst), metadata=meta)
     return targets
@@ -231,10 +165,10 @@ def decode_files(tokenizer_dir: str | os.PathLike, latent_files: Sequence[str | 
                  out_dir: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True) -> list[Path]:
     """Decode latent files written by `encode_files` into out_dir/<stem>.png|.mp4|.wav at their original size."""
     tok, folder = load_tokenizer(tokenizer_dir, device, use_ema)
-    modality = _modality(tok)
+    spec = _spec(tok)
     files = _gather(latent_files, ("safetensors",), "latent files")
     out_dir = Path(out_dir)
-    targets = _outputs(files, out_dir, SUFFIX[modality])
+    targets = _outputs(files, out_dir, spec.suffix)
     for src, dst in zip(files, targets):
         z, meta = _read_latents(src)
         if meta.get("model_type") != tok.model_type:  # type: ignore[attr-defined]
@@ -246,12 +180,7 @@ def decode_files(tokenizer_dir: str | os.PathLike, latent_files: Sequence[str | 
         if meta.get("tokenizer") != str(folder):
             logger.info("%s was encoded by %s, decoding with %s", src, meta.get("tokenizer"), folder)
         x = tok.decode_latents(z[None].to(device, next(tok.parameters()).dtype))[0].float()
-        if modality == "image":
-            x = x[:, : int(meta["height"]), : int(meta["width"])]
-            write_media(x, dst, modality)
-        elif modality == "video":
-            x = x[:, : int(meta["num_frames"]), : int(meta["height"]), : int(meta["width"])]
-            write_media(x, dst, modality, fps=float(meta["fps"]))
-        else:
-            write_media(x[:, : int(meta["num_samples"])], dst, modality, sample_rate=int(meta["sample_rate"]))
+        x = x[(slice(None), *(slice(0, int(meta[key])) for key in spec.size_keys))]  # the size before padding
+        fps, rate = meta.get("fps"), meta.get("sample_rate")
+        spec.write(x, dst, fps=None if fps is None else float(fps), sample_rate=None if rate is None else int(rate))
     return targets

@@ -13,6 +13,7 @@ and SD3/Flux-style (16 channels, no quant convs) weights convert without change
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mmflow.config import check, preset_config
-from mmflow.models.registry import register_model
+from mmflow.model_io import register_model
 from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer, check_latent_stats
 from mmflow.tokenizers.conv_blocks import DownBlock2d, MidBlock2d, UpBlock2d, group_norm
 
@@ -145,6 +146,7 @@ class ImageVAEOutput:
 class ImageVAE(Tokenizer):
     """KL autoencoder for images; see the module docstring. Latent statistics live in `config`."""
 
+    modality = "image"
     config_class = ImageVAEConfig
 
     def __init__(self, config: ImageVAEConfig) -> None:
@@ -201,8 +203,10 @@ class ImageVAE(Tokenizer):
         mean, logvar = moments.chunk(2, dim=1)
         return DiagonalGaussian(mean, logvar)
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Raw latents (B, C_lat, h, w) -> images (B, C, h f, w f), roughly in [-1, 1] (not clamped)."""
+    def decode(self, z: Tensor, like_shape: Sequence[int] | None = None) -> Tensor:
+        """Raw latents (B, C_lat, h, w) -> images (B, C, h f, w f), roughly in [-1, 1] (not clamped).
+
+        `like_shape` is accepted for the common signature: images are never padded, nothing to crop."""
         if z.ndim != 4 or z.shape[1] != self.config.latent_channels:
             raise ValueError(f"ImageVAE.decode expects latents (B, {self.config.latent_channels}, h, w), "
                              f"got shape {tuple(z.shape)}")

@@ -142,7 +142,7 @@ def measure_latent_stats(tokenizer: Tokenizer, batches: Iterable[Tensor | Mappin
 def apply_latent_stats(tokenizer: Tokenizer, shift: Iterable[float], scale: Iterable[float]) -> None:
     """Write per-channel latent_shift / latent_scale (scale ~ 1/std) into `tokenizer.config`.
 
-    Saving the tokenizer afterwards (mmflow.models.save_model) stores them in its config.json.
+    Saving the tokenizer afterwards (mmflow.model_io.save_model) stores them in its config.json.
     """
     shift, scale = [float(v) for v in shift], [float(v) for v in scale]
     channels = tokenizer.config.latent_channels  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmflow.config import check
-from mmflow.models.registry import register_model
+from mmflow.model_io import register_model
 from mmflow.tokenizers.base import DiagonalGaussian
 
 __all__ = [

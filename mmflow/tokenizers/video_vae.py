@@ -11,12 +11,13 @@ last frame is repeated up to the next valid length and decoding crops back.
 
     vae = VideoVAE(VideoVAEConfig())
     post = vae.encode(video)                       # DiagonalGaussian over (B, 16, 1 + (T-1)/4, H/8, W/8)
-    video_hat = vae.decode(post.mode(), num_frames=T)
+    video_hat = vae.decode(post.mode(), like_shape=video.shape)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from mmflow.config import check, preset_config
-from mmflow.models.registry import register_model
+from mmflow.model_io import register_model
 from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer, check_latent_stats
 from mmflow.tokenizers.causal3d import (
     CausalConv3d,
@@ -196,6 +197,7 @@ def _chunks(length: int, first: int, rest: int) -> list[tuple[int, int]]:
 class VideoVAE(Tokenizer):
     """Causal video VAE; see the module docstring. Register name: "video_vae"."""
 
+    modality = "video"
     config_class = VideoVAEConfig
 
     def __init__(self, config: VideoVAEConfig) -> None:
@@ -275,10 +277,10 @@ class VideoVAE(Tokenizer):
         mean, logvar = h.chunk(2, dim=1)  # (B, C_lat, T', H', W') each
         return DiagonalGaussian(mean, logvar)
 
-    def decode(self, z: Tensor, num_frames: int | None = None, chunk_latents: int | None = None) -> Tensor:
+    def decode(self, z: Tensor, like_shape: Sequence[int] | None = None, chunk_latents: int | None = None) -> Tensor:
         """Raw latents (B, C_lat, T', H', W') -> video (B, C, 1 + (T'-1)*tf, H'*sf, W'*sf).
 
-        `num_frames` crops the output to the clip's original length (after pad_frames);
+        `like_shape` (B, C, T, H, W) crops the output to the clip's original T frames (after pad_frames);
         `chunk_latents` (default: config.decode_chunk_latents; 0 = whole) sets the chunk length.
         """
         self._check_latents(z)
@@ -288,8 +290,8 @@ class VideoVAE(Tokenizer):
         else:
             with streaming(self.decoder):
                 video = torch.cat([self.decoder(z[:, :, s:e]) for s, e in _chunks(z.shape[2], 1 + chunk, chunk)], dim=2)
-        if num_frames is not None:
-            full, tf = video.shape[2], self.config.temporal_factor
+        if like_shape is not None:
+            num_frames, full, tf = like_shape[2], video.shape[2], self.config.temporal_factor
             if not full - tf < num_frames <= full:
                 raise ValueError(f"VideoVAE.decode: num_frames={num_frames} does not match {z.shape[2]} latent frames "
                                  f"(they decode to {full} frames; valid: {max(1, full - tf + 1)}..{full})")
@@ -300,4 +302,4 @@ class VideoVAE(Tokenizer):
         """Training pass: encode, sample (or take the mean), decode, crop to the input's T."""
         posterior = self.encode(x)
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return VideoVAEOutput(self.decode(z, num_frames=x.shape[2]), posterior)
+        return VideoVAEOutput(self.decode(z, like_shape=x.shape), posterior)

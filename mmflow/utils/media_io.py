@@ -1,4 +1,6 @@
-"""Writing media: PNG with Pillow, MP4 (H.264) with PyAV, WAV with soundfile. Tensors are in [-1, 1]."""
+"""Writing media: PNG with Pillow, MP4 (H.264) with PyAV, WAV / FLAC with soundfile. Tensors are in [-1, 1].
+
+Which writer a modality uses is its spec's choice (mmflow.modalities: `get_modality(name).write`)."""
 
 from __future__ import annotations
 
@@ -60,25 +62,15 @@ def write_mp4(video: Tensor, path: str | os.PathLike, fps: float = 8.0, crf: int
 
 
 def write_wav(audio: Tensor, path: str | os.PathLike, sample_rate: int) -> Path:
-    """audio (C, N) in [-1, 1] -> 16-bit PCM WAV."""
+    """audio (C, N) in [-1, 1] -> 16-bit PCM WAV, or FLAC when `path` ends in .flac."""
     import soundfile as sf
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(path)
-    sf.write(str(tmp), audio.detach().float().cpu().clamp(-1, 1).numpy().T, sample_rate, subtype="PCM_16", format="WAV")
+    fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
+    sf.write(str(tmp), audio.detach().float().cpu().clamp(-1, 1).numpy().T, sample_rate, subtype="PCM_16", format=fmt)
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return path
 
-
-def write_media(media: Tensor, path: str | os.PathLike, modality: str, fps: float = 8.0,
-                sample_rate: int = 16000) -> Path:
-    """image (C, H, W) -> PNG, video (3, T, H, W) -> MP4, audio (C, N) -> WAV, by `modality`."""
-    if modality == "image":
-        return write_png(media, path)
-    if modality == "video":
-        return write_mp4(media, path, fps)
-    if modality == "audio":
-        return write_wav(media, path, sample_rate)
-    raise ValueError(f"unknown modality {modality!r}; expected image, video or audio")

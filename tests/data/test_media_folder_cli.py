@@ -17,7 +17,7 @@ import numpy as np
 from media_factory import write_image, write_jsonl, write_text_file
 
 from mmflow.config import dump_yaml
-from mmflow.recipe import recipe_from_dict, recipe_to_dict
+from mmflow.tasks import recipe_from_dict
 
 DROPPED = [("../outside/x.png", "outside folder"), ("sub/../../x.png", "outside folder"),
            ("notes.txt", "other extension")]  # plus the absolute path of outside/x.png
@@ -53,7 +53,7 @@ def _recipe_file(tmp_path: Path, data: Path, **extra) -> Path:
         "sample": {"steps": 2, "num_samples": 1},
     }, source="test")
     path = tmp_path / "recipe.yaml"
-    dump_yaml(recipe_to_dict(recipe), path)
+    dump_yaml(recipe, path)
     return path
 
 

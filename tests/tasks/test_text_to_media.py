@@ -16,8 +16,8 @@ from media_factory import write_image, write_zero_byte  # noqa: E402
 
 from mmflow.cli import main  # noqa: E402
 from mmflow.data.cache import StaleCacheError, cache_problem  # noqa: E402
-from mmflow.models.registry import save_model  # noqa: E402
-from mmflow.recipe import recipe_from_dict  # noqa: E402
+from mmflow.model_io import save_model  # noqa: E402
+from mmflow.tasks import recipe_from_dict  # noqa: E402
 from mmflow.tasks.media_cache import prepare_cache  # noqa: E402
 from mmflow.tasks.text_to_media import TextToMediaTask  # noqa: E402
 from mmflow.tokenizers import ImageVAE, image_vae_config  # noqa: E402
@@ -116,9 +116,8 @@ def test_bad_media_are_skipped_counted_and_reported(tmp_path, fresh_accelerate, 
     over = ["data.use_cache=auto", f"run_dir={tmp_path / 'prep'}"]
     recipe_file = tmp_path / "recipe.yaml"
     from mmflow.config import dump_yaml
-    from mmflow.recipe import recipe_to_dict
 
-    dump_yaml(recipe_to_dict(recipe), recipe_file)
+    dump_yaml(recipe, recipe_file)
     assert main(["prepare", str(recipe_file), *over]) == 0
     out = capsys.readouterr().out
     assert "8 items cached, 1 bad items skipped" in out and "broken.png: empty file" in out
@@ -148,6 +147,7 @@ def test_sampling_writes_one_row_per_prompt_and_checks_patch_sizes(tmp_path, vae
 @pytest.mark.parametrize("modality", ["video", "audio"])
 def test_video_and_audio_train_and_sample_as_more_tokens(tmp_path, modality, fresh_accelerate):
     from media_factory import noisy_frames, sine, write_audio, write_mp4
+    from PIL import Image
 
     folder = tmp_path / "media"
     rows = []
@@ -165,6 +165,7 @@ def test_video_and_audio_train_and_sample_as_more_tokens(tmp_path, modality, fre
     result, _ = _train(recipe, tmp_path / "run")
     assert np.isfinite(result.final_loss)
     out = tmp_path / "run" / "validation" / "step_00000003"
+    assert Image.open(out / "samples.png").size[0] > 16  # the modality's preview: frame strips / waveforms
     if modality == "video":
         import av
 
@@ -178,7 +179,7 @@ def test_video_and_audio_train_and_sample_as_more_tokens(tmp_path, modality, fre
 
 
 def test_the_emoji_recipe_validates(tmp_path):
-    from mmflow.recipe import load_recipe
+    from mmflow.tasks import load_recipe
 
     recipe = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "emoji_image.yaml")
     assert recipe.model.text.null_mode == "empty" and recipe.model.text.encoders[0].path == "minilm"
@@ -192,13 +193,12 @@ def test_prepare_on_two_processes_writes_the_same_cache_as_one(tmp_path, vae_dir
 
     from mmflow.config import dump_yaml
     from mmflow.data.cache import CachedDataset
-    from mmflow.recipe import recipe_to_dict
 
     folder = _folder(tmp_path / "media", n=7, bad=True)  # an odd count and a bad file: uneven shares
     recipe = _recipe(tmp_path, folder, vae_dir, use_cache="require", max_bad_fraction=0.5)
     recipe.train.device = "cpu"
     recipe_file = tmp_path / "recipe.yaml"
-    dump_yaml(recipe_to_dict(recipe), recipe_file)
+    dump_yaml(recipe, recipe_file)
     assert main(["prepare", str(recipe_file), f"data.cache={tmp_path / 'one'}"]) == 0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

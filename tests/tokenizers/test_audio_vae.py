@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mmflow.config import ConfigError, from_dict, to_dict
-from mmflow.models.registry import load_model, save_model
+from mmflow.model_io import load_model, save_model
 from mmflow.tokenizers.audio_blocks import Snake1d
 from mmflow.tokenizers.audio_vae import (
     AUDIO_VAE_PRESETS,
@@ -77,10 +77,10 @@ def test_length_not_multiple_of_hop_is_padded_with_silence_and_cropped() -> None
         post = vae.encode(x)
         assert post.mean.shape[2] == math.ceil(803 / 8) == vae.num_latent_frames(803)
         torch.testing.assert_close(post.mean, vae.encode(F.pad(x, (0, 5))).mean)  # zeros on the right
-        assert vae.decode(post.mode(), num_samples=803).shape == x.shape
+        assert vae.decode(post.mode(), like_shape=x.shape).shape == x.shape
         assert vae(x).reconstruction.shape == x.shape
         with pytest.raises(ValueError, match="num_samples=700 does not match 101 latent frames"):
-            vae.decode(post.mode(), num_samples=700)
+            vae.decode(post.mode(), like_shape=(*x.shape[:2], 700))
 
 
 def test_snake_formula_and_learnable_alpha() -> None:

@@ -20,13 +20,14 @@ from media_factory import (  # noqa: E402
     noisy_frames, pattern_rgb, sine, write_audio, write_image, write_mp4, write_text_file,
 )
 
-from mmflow.models.registry import save_model  # noqa: E402
+from mmflow.model_io import save_model  # noqa: E402
+from mmflow.modalities import get_modality  # noqa: E402
 from mmflow.tokenizers import (  # noqa: E402
     AudioVAE, ImageVAE, PatchDiscriminator, PatchDiscriminatorConfig, VideoVAE, apply_latent_stats, audio_vae_config,
     image_vae_config, video_vae_config,
 )
 from mmflow.tokenizers.cli_io import (  # noqa: E402
-    LATENT_KEY, decode_files, encode_files, load_tokenizer, resolve_tokenizer_dir, write_media,
+    LATENT_KEY, decode_files, encode_files, load_tokenizer, resolve_tokenizer_dir,
 )
 
 
@@ -108,7 +109,7 @@ def test_mp4_writer_keeps_frame_order_and_pads_odd_sides(tmp_path):
     video = levels.view(1, 6, 1, 1).expand(3, 6, 15, 17).clone()
     video[:, :, -1, :] = 1.0  # a white last row and ...
     video[:, :, :, -1] = -1.0  # ... a black last column: repeated into the padding
-    path = write_media(video, tmp_path / "v.mp4", "video", fps=25)
+    path = get_modality("video").write(video, tmp_path / "v.mp4", fps=25)
     with av.open(str(path)) as c:
         got = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(np.float64)  # (6, 16, 18, 3)
     assert got.shape == (6, 16, 18, 3)

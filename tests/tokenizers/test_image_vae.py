@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmflow.config import ConfigError
-from mmflow.models import build_model, load_model, save_model
+from mmflow.model_io import build_model, load_model, save_model
 from mmflow.tokenizers import ImageVAE, ImageVAEConfig, image_vae_config
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mmflow.models import load_model, save_model
+from mmflow.model_io import load_model, save_model
 from mmflow.tokenizers import ImageVAE, LatentMoments, apply_latent_stats, image_vae_config, measure_latent_stats
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mmflow.config import ConfigError, from_dict
-from mmflow.models.registry import load_model, save_model
+from mmflow.model_io import load_model, save_model
 from mmflow.tokenizers.base import DiagonalGaussian
 from mmflow.tokenizers.losses import (
     MelLoss,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmflow.config import ConfigError, from_dict, to_dict
-from mmflow.models.registry import load_model, save_model
+from mmflow.model_io import load_model, save_model
 from mmflow.tokenizers.causal3d import Upsample3d
 from mmflow.tokenizers.video_vae import (
     VIDEO_VAE_PRESETS,
@@ -146,10 +146,10 @@ def test_pad_frames_repeats_last_frame_and_crops() -> None:
         assert post.mean.shape[2] == 3  # 6 frames padded to 9
         padded = torch.cat([x, x[:, :, -1:].expand(-1, -1, 3, -1, -1)], dim=2)
         torch.testing.assert_close(post.mean, vae.encode(padded).mean)
-        assert vae.decode(post.mode(), num_frames=6).shape == x.shape
+        assert vae.decode(post.mode(), like_shape=x.shape).shape == x.shape
         assert vae(x).reconstruction.shape == x.shape
         with pytest.raises(ValueError, match="num_frames=4 does not match 3 latent frames"):
-            vae.decode(post.mode(), num_frames=4)
+            vae.decode(post.mode(), like_shape=(*x.shape[:2], 4, *x.shape[3:]))
 
 
 def test_bad_inputs() -> None:

@@ -1,0 +1,111 @@
+"""Audio: (C, N) waveforms at the recipe's sample rate, read with soundfile (mmflow.data.audio_reader),
+written as WAV (or FLAC, by suffix) at that rate, previewed as waveform + spectrogram per clip.
+
+    spec = get_modality("audio")
+    wave, mask = spec.read(Path("a.flac"), cfg, (0, 0), torch.Generator())   # (C, N), (N,)
+    spec.write(wave, "a.wav", sample_rate=cfg.sample_rate)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmflow.data.audio_reader import read_audio
+from mmflow.data.bad_items import BadMedia
+from mmflow.modalities.base import Modality, register_modality
+from mmflow.utils.media_io import write_wav
+
+__all__ = ["AudioModality", "spectrogram_db"]
+
+
+def spectrogram_db(wave: Tensor, n_fft: int = 512) -> Tensor:
+    """Mono waveform (N,) -> log-magnitude STFT (n_fft // 2 + 1, frames) in dB, peak at 0."""
+    n_fft = max(16, min(n_fft, 1 << (max(wave.numel(), 2) - 1).bit_length()))  # short clips: a shorter window
+    spec = torch.stft(wave.float(), n_fft, hop_length=n_fft // 4, window=torch.hann_window(n_fft),
+                      return_complex=True, center=True).abs()
+    db = 20 * torch.log10(spec.clamp_min(1e-5))
+    return (db - db.max()).clamp_min(-80.0)  # an 80 dB range, as most spectrogram viewers show
+
+
+@register_modality
+class AudioModality(Modality):
+    name = "audio"
+    extensions = ("wav", "flac", "ogg", "mp3")
+    suffix = ".wav"
+    crops = ("random", "start")
+    latent_axes = 1
+    size_keys = ("num_samples",)
+    item_files = True
+
+    def media_shape(self, cfg: Any) -> tuple[int, ...]:
+        return (cfg.channels, round(cfg.sample_rate * cfg.seconds))
+
+    def tokenizer_fields(self, cfg: Any) -> dict[str, Any]:
+        return {"sample_rate": cfg.sample_rate, "channels": cfg.channels}
+
+    def read(self, path: Path, cfg: Any, size: tuple[int, int], generator: torch.Generator, *,
+             backend: Any = None, thorough: bool = False) -> tuple[Tensor, Tensor | None]:
+        clip = read_audio(path, cfg.sample_rate, cfg.seconds, channels=cfg.channels, crop=cfg.crop_mode,
+                          generator=generator, silence_threshold=cfg.silence_threshold, whole_file=thorough)
+        return clip.audio, clip.mask
+
+    def read_file(self, path: Path, vae_config: Any) -> tuple[Tensor, dict[str, Any]]:
+        """The whole file, resampled and mixed to the tokenizer's rate and channels (the VAE pads to its hop)."""
+        import soundfile as sf
+
+        from mmflow.tokenizers.audio_vae import prepare_audio  # deferred: the tokenizer's own conversion
+
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C_src)
+        if data.shape[0] == 0:
+            raise BadMedia("empty file", "0 audio samples")
+        if not np.isfinite(data).all():
+            raise BadMedia("non-finite audio", "NaN or Inf samples")
+        out_rate = vae_config.sample_rate
+        wave = prepare_audio(torch.from_numpy(np.ascontiguousarray(data.T)), rate, out_rate, vae_config.channels)
+        return wave, {"num_samples": wave.shape[-1], "sample_rate": out_rate, "source_sample_rate": rate}
+
+    def write(self, media: Tensor, path: str | os.PathLike, *, fps: float | None = None,
+              sample_rate: int | None = None) -> Path:
+        if sample_rate is None:
+            raise ValueError(f"writing audio to {path} needs its sample_rate")
+        return write_wav(media, path, sample_rate)
+
+    def preview(self, media: Tensor, path: str | os.PathLike, labels: Sequence[str] | None = None,
+                title: str = "") -> Path:
+        """Media (R, K, C, N): per clip its waveform (channels overlaid) above its spectrogram (channel mean);
+        row r's label on its first clip. Axes count samples: the picture needs no sample rate."""
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, never a window
+        import matplotlib.pyplot as plt
+
+        r, k = media.shape[:2]
+        x = media.detach().float().cpu().clamp(-1, 1)
+        fig, axes = plt.subplots(2 * r, k, figsize=(3 * k, 2.4 * r), squeeze=False)
+        for i in range(r):
+            for j in range(k):
+                wave_ax, spec_ax = axes[2 * i, j], axes[2 * i + 1, j]
+                for ch in x[i, j]:
+                    wave_ax.plot(ch.numpy(), linewidth=0.5)
+                wave_ax.set_ylim(-1, 1)
+                wave_ax.set_xticks([])
+                spec_ax.imshow(spectrogram_db(x[i, j].mean(0)).numpy(), origin="lower", aspect="auto", cmap="magma")
+                spec_ax.set_xticks([])
+                spec_ax.set_yticks([])
+            if labels is not None:
+                axes[2 * i, 0].set_ylabel(labels[i][:24], fontsize=8)
+        if title:
+            fig.suptitle(title, fontsize=9)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        return path
