@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from mmflow.models.mlp import MLPVelocity, MLPVelocityConfig
+from mmflow.models.toy_mlp import MLPVelocity, MLPVelocityConfig
 from mmflow.sampling.grids import uniform_grid
 from mmflow.sampling.guidance import cfg_velocity
 from mmflow.sampling.solvers import ode_solve

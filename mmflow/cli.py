@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mmflow.config import ConfigError
+from mmflow.config import ConfigError, to_dict
 from mmflow.errors import UserError
 
 TRAIN_EPILOG = """\
@@ -111,15 +111,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from mmflow.recipe import check_before_work, load_recipe, recipe_to_dict
-    from mmflow.tasks import get_task_class
+    from mmflow.recipe import check_before_work
+    from mmflow.tasks import get_task_class, load_recipe
     from mmflow.train.checkpoint import step_dir_name
     from mmflow.train.trainer import Trainer, check_run_folder, make_accelerator
 
     overrides = list(args.overrides)
     recipe = load_recipe(args.recipe, overrides)
     if args.print_config:
-        print(json.dumps(recipe_to_dict(recipe), indent=2))
+        print(json.dumps(to_dict(recipe), indent=2))
         return 0
     run_dir = check_before_work(recipe, args.recipe, overrides, run_dir=args.run_dir)  # inputs exist, folder is safe
     check_run_folder(run_dir, args.resume)  # --resume needs a checkpoint, a fresh start none: before any work
@@ -171,8 +171,8 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from mmflow.recipe import check_before_work, load_recipe
-    from mmflow.tasks import get_task_class
+    from mmflow.recipe import check_before_work
+    from mmflow.tasks import get_task_class, load_recipe
     from mmflow.tasks.media_cache import prepare_cache
     from mmflow.train.trainer import make_accelerator
 
@@ -208,7 +208,7 @@ def _convert(args: argparse.Namespace) -> int:
     import torch
 
     from mmflow.interop import load_diffusers_sd3, load_diffusers_vae
-    from mmflow.models.registry import save_model
+    from mmflow.model_io import save_model
 
     dtype = None if args.dtype == "keep" else getattr(torch, args.dtype)
     loader = {"diffusers-sd3": load_diffusers_sd3, "diffusers-vae": load_diffusers_vae}[args.format]

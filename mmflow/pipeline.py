@@ -16,10 +16,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+import mmflow.builtin_models  # noqa: F401  (pipeline.json's models may be of any built-in type)
 from mmflow.config import ConfigError, apply_overrides, from_dict, to_dict
 from mmflow.errors import MissingInput, UserError
-from mmflow.models.registry import CorruptModel, load_model, read_json_object
-from mmflow.recipe import Recipe, SampleConfig, recipe_from_dict
+from mmflow.model_io import CorruptModel, load_model, read_json_object
+from mmflow.recipe import Recipe, SampleConfig
+from mmflow.tasks import get_task_class, recipe_from_dict
 from mmflow.train.checkpoint import MANIFEST, list_checkpoints, verify_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -120,8 +122,6 @@ class FlowPipeline:
             if key not in info:
                 raise CorruptModel(f"{info_path}: missing key {key!r}")
         recipe = recipe_from_dict(info["recipe"], source=str(info_path))
-        from mmflow.tasks import get_task_class
-
         task = get_task_class(info["task"], source=str(info_path))(recipe)
 
         def model_dir(name: str) -> Path:

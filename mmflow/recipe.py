@@ -1,9 +1,10 @@
 """The recipe: one YAML file that says what to train, on what, how, and how to sample.
 
 Sections: name, task, seed, data, model, flow, train, sample, run_dir. `data` and `model` are typed
-by the task (mmflow.tasks); everything else is shared. Loading validates the whole file before any
-work starts: an unknown key, a wrong type or an impossible value is a ConfigError that names the key,
-the file and the allowed values. `mmflow train` and `prepare` then call `check_before_work`: every
+by the task, so loading a file lives beside the task registry (`mmflow.tasks.load_recipe`); this
+module is the schema only, and knows no task. Loading validates the whole file before any work
+starts: an unknown key, a wrong type or an impossible value is a ConfigError that names the key, the
+file and the allowed values. `mmflow train` and `prepare` then call `check_before_work`: every
 input path exists and the run folder is a folder of its own (not the working directory, a parent of
 it, or inside an input folder), still before anything is written.
 """
@@ -16,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from mmflow.config import (ConfigError, build_with_overrides, check, check_paths, from_dict, input_paths,
-                           override_for, to_dict)
+from mmflow.config import ConfigError, check, check_paths, input_paths, override_for
 from mmflow.train.config import TrainConfig
 
 
@@ -125,30 +125,3 @@ def _checked_run_dir(run_dir: Path, recipe: Recipe, key: str | None, source: str
             raise ConfigError(f"the run folder {run_dir} is inside {input_key} ({path}), which the run reads: "
                               f"its outputs would be read as input; choose a folder outside it", key, source)
     return run_dir
-
-
-def recipe_from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
-    """Validate a recipe mapping into typed configs (the task decides the data/model schema)."""
-    from mmflow.tasks import get_task_class
-
-    if not isinstance(raw, dict):
-        raise ConfigError("the top level must be a mapping", None, source)
-    task_name = raw.get("task")
-    if task_name is None:
-        raise ConfigError("required key is missing (the task decides the data and model schema)", "task", source)
-    task_cls = get_task_class(task_name, source)
-    typed = dict(raw)
-    typed["data"] = from_dict(task_cls.data_config_class, raw.get("data") or {}, source=source, prefix="data")
-    typed["model"] = from_dict(task_cls.model_config_class, raw.get("model") or {}, source=source, prefix="model")
-    recipe = from_dict(Recipe, typed, source=source)
-    task_cls.validate_recipe(recipe, source)
-    return recipe
-
-
-def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
-    """Read, override (dotted `key=value`) and validate a recipe file."""
-    return build_with_overrides(recipe_from_dict, path, overrides)
-
-
-def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
-    return to_dict(recipe)

@@ -40,7 +40,7 @@ def fresh_accelerate():
 
 
 def toy_recipe(*overrides: str, base: Sequence[str] = SMALL_TOY):
-    from mmflow.recipe import load_recipe
+    from mmflow.tasks import load_recipe
 
     return load_recipe(REPO / "recipes" / "toy2d.yaml", [*base, *overrides])
 

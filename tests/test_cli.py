@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from mmflow.cli import main
-from mmflow.recipe import recipe_from_dict
+from mmflow.tasks import recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = str(ROOT / "recipes" / "toy2d.yaml")
@@ -122,7 +122,7 @@ def test_encode_then_decode_round_trips_an_image_through_a_tokenizer(tmp_path: P
     import numpy as np
     from PIL import Image
 
-    from mmflow.models.registry import save_model
+    from mmflow.model_io import save_model
     from mmflow.tokenizers import ImageVAE, image_vae_config
 
     save_model(ImageVAE(image_vae_config("test", latent_channels=4)), tmp_path / "vae")
@@ -133,7 +133,7 @@ def test_encode_then_decode_round_trips_an_image_through_a_tokenizer(tmp_path: P
 
 
 def test_decode_of_a_file_that_is_not_latents_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from mmflow.models.registry import save_model
+    from mmflow.model_io import save_model
     from mmflow.tokenizers import ImageVAE, image_vae_config
 
     save_model(ImageVAE(image_vae_config("test")), tmp_path / "vae")

@@ -32,7 +32,7 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Comp
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained tiny toy run, a tiny image tokenizer and a few broken files, made once."""
-    from mmflow.models.registry import save_model
+    from mmflow.model_io import save_model
     from mmflow.tokenizers import ImageVAE, image_vae_config
 
     root = tmp_path_factory.mktemp("sweep")

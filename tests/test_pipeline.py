@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from mmflow.cli import main
 from mmflow.config import ConfigError
-from mmflow.models.registry import CorruptModel
+from mmflow.model_io import CorruptModel
 from mmflow.pipeline import FlowPipeline, NonFiniteSamples, parse_device
 from mmflow.tasks.toy2d import Toy2DTask
 from mmflow.train.trainer import Trainer

@@ -9,8 +9,9 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from mmflow.config import ConfigError, from_dict
-from mmflow.recipe import Recipe, load_recipe, recipe_from_dict, recipe_to_dict
+from mmflow.config import ConfigError, from_dict, to_dict
+from mmflow.recipe import Recipe
+from mmflow.tasks import load_recipe, recipe_from_dict
 from mmflow.tasks import get_task_class
 from mmflow.tasks.toy2d import Toy2DDataConfig, Toy2DModelConfig, Toy2DTask
 from mmflow.train.config import TrainConfig
@@ -57,7 +58,7 @@ def test_overrides_apply() -> None:
 
 def test_round_trip_through_dict() -> None:
     r = load_recipe(TOY, ["data.dataset=two_moons"])
-    again = recipe_from_dict(recipe_to_dict(r), source="dict")
+    again = recipe_from_dict(to_dict(r), source="dict")
     assert again == r
 
 

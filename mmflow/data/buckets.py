@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from mmflow.train.random import _mix
+from mmflow.utils.seeding import mix_seed
 
 __all__ = ["BucketBatchSampler", "assign_bucket", "make_buckets"]
 
@@ -91,12 +91,12 @@ class BucketBatchSampler:
             g = self.global_batch
             batches = []
             for b, m in zip(self.bucket_ids, self.members):
-                gen = torch.Generator().manual_seed(_mix(self.seed, 0xB0C7, epoch, b))
+                gen = torch.Generator().manual_seed(mix_seed(self.seed, 0xB0C7, epoch, b))
                 order = m[torch.randperm(len(m), generator=gen)].tolist()
                 n = math.ceil(len(order) / g) * g
                 order = [order[k % len(order)] for k in range(n)]  # fill the last batch from the start
                 batches += [(b, order[k : k + g]) for k in range(0, n, g)]
-            gen = torch.Generator().manual_seed(_mix(self.seed, 0xB0C8, epoch))
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, 0xB0C8, epoch))
             self._plan = [batches[k] for k in torch.randperm(len(batches), generator=gen).tolist()]
             self._epoch = epoch
         return self._plan

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from mmflow.errors import MissingInput
-from mmflow.models.registry import load_state_dict, read_json_object
+from mmflow.model_io import load_state_dict, read_json_object
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 INDEX = "diffusion_pytorch_model.safetensors.index.json"

@@ -35,7 +35,7 @@ from mmflow.interop.diffusers_common import (
     resolve_config,
 )
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
-from mmflow.models.registry import DEFAULT_MAX_SHARD_BYTES, save_model
+from mmflow.model_io import DEFAULT_MAX_SHARD_BYTES, save_model
 
 __all__ = ["mmdit_config_from_sd3", "convert_sd3_state_dict", "load_diffusers_sd3", "convert_diffusers_sd3"]
 

@@ -33,7 +33,7 @@ from mmflow.interop.diffusers_common import (
     read_weights,
     resolve_config,
 )
-from mmflow.models.registry import DEFAULT_MAX_SHARD_BYTES, save_model
+from mmflow.model_io import DEFAULT_MAX_SHARD_BYTES, save_model
 from mmflow.tokenizers.image_vae import ImageVAE, ImageVAEConfig
 
 __all__ = ["image_vae_config_from_diffusers", "convert_diffusers_vae_state_dict", "load_diffusers_vae",

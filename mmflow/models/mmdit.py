@@ -34,7 +34,7 @@ from mmflow.config import check, preset_config
 from mmflow.models.attention import attention, resolve_attention_backend
 from mmflow.models.embeddings import LabelEmbedder, timestep_embedding
 from mmflow.models.patchify import check_latent, patchify, unpatchify
-from mmflow.models.registry import register_model
+from mmflow.model_io import register_model
 from mmflow.models.rope import apply_rope, crop_sincos_table, rope_angles, sincos_2d_table
 
 __all__ = ["MMDiTConfig", "MMDiT", "MMDiTBlock", "MMDIT_PRESETS", "mmdit_config"]

@@ -2,7 +2,7 @@
 
 Images: the 1797 8x8 digits upsampled to 16x16 (or 32x32), 1 channel in [-1, 1]. Text: captions such
 as "a handwritten seven" or "the number 7" go through a stand-in text encoder (a word tokenizer and a
-learned token embedding, mmflow.models.token_text) trained jointly with the MM-DiT; CFG dropout
+learned token embedding, mmflow.text.token_text) trained jointly with the MM-DiT; CFG dropout
 swaps the text for the MM-DiT's learned null condition. Quality: for each digit, samples of
 "a handwritten <digit>" at each guidance scale are classified by an SVC fitted on real digits
 (mmflow.metrics.digit_classifier); accuracy = the fraction classified as the prompted digit.
@@ -27,7 +27,7 @@ from mmflow.data.digits import DIGIT_NAMES, DigitsDataset, all_captions, prompt_
 from mmflow.flow.cfg import Condition
 from mmflow.metrics.digit_classifier import digit_classifier
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
-from mmflow.models.token_text import TokenTextConfig, TokenTextEmbedder, WordTokenizer, build_vocabulary, split_words
+from mmflow.text.token_text import TokenTextConfig, TokenTextEmbedder, WordTokenizer, build_vocabulary, split_words
 from mmflow.tasks import register_task
 from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
 from mmflow.train.random import BatchRandom
@@ -100,9 +100,7 @@ class DigitsImageTask(FlowMatchingTask):
         self.text_embedder = models[TEXT]
 
     def pipeline_info(self) -> dict[str, Any]:
-        from mmflow.recipe import recipe_to_dict
-
-        return {"task": self.name, "model": VELOCITY, "extra_models": [TEXT], "recipe": recipe_to_dict(self.recipe),
+        return {"task": self.name, "model": VELOCITY, "extra_models": [TEXT],
                 "text_vocabulary": list(self.text_config().vocab)}  # informative; the embedder's config.json rules
 
     @classmethod

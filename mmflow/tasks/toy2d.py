@@ -19,7 +19,7 @@ from mmflow.config import ConfigError
 from mmflow.data.toy2d import TOY_DATASETS, Toy2DDataset, sample_toy
 from mmflow.flow.loss import TBinStats
 from mmflow.metrics.two_sample import two_sample_report
-from mmflow.models.mlp import MLPVelocity, MLPVelocityConfig
+from mmflow.models.toy_mlp import MLPVelocity, MLPVelocityConfig
 from mmflow.tasks import register_task
 from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
 from mmflow.tasks.toy2d_plots import plot_samples, plot_t_diagnostics, plot_trajectories
@@ -76,9 +76,7 @@ class Toy2DTask(FlowMatchingTask):
         return torch.tensor(model.null_label, dtype=torch.long)
 
     def pipeline_info(self) -> dict[str, Any]:
-        from mmflow.recipe import recipe_to_dict
-
-        return {"task": self.name, "model": VELOCITY, "recipe": recipe_to_dict(self.recipe)}
+        return {"task": self.name, "model": VELOCITY}
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, model: nn.Module, device: torch.device, sample_cfg: Any | None = None,

@@ -15,14 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-
-def _mix(*values: int) -> int:
-    # splitmix-style hashing so nearby (seed, step) pairs give unrelated generator seeds
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h ^= (v + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFFFFFFFFFFFFFF
-        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    return h & 0x7FFFFFFFFFFFFFFF
+from mmflow.utils.seeding import mix_seed
 
 
 class BatchRandom:
@@ -40,7 +33,7 @@ class BatchRandom:
         self._draws = 0
 
     def _generator(self) -> torch.Generator:
-        g = torch.Generator().manual_seed(_mix(*self.key, self._draws))
+        g = torch.Generator().manual_seed(mix_seed(*self.key, self._draws))
         self._draws += 1
         return g
 

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from mmflow.train.random import _mix
+from mmflow.utils.seeding import mix_seed
 
 
 class StreamBatchSampler:
@@ -36,7 +36,7 @@ class StreamBatchSampler:
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._perm_epoch:
             if self.shuffle:
-                g = torch.Generator().manual_seed(_mix(self.seed, 0xDA7A, epoch))
+                g = torch.Generator().manual_seed(mix_seed(self.seed, 0xDA7A, epoch))
                 self._perm = torch.randperm(self.n, generator=g)
             else:
                 self._perm = torch.arange(self.n)

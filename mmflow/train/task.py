@@ -89,7 +89,8 @@ class Task(ABC):
         """What a sampler needs beside the model weights (written as pipeline.json).
 
         "model" names the model to sample with; "extra_models" (optional) lists other saved models it
-        needs (e.g. a text embedder), which FlowPipeline loads and hands to `attach_models`.
+        needs (e.g. a text embedder), which FlowPipeline loads and hands to `attach_models`. The trainer
+        adds the resolved recipe as "recipe".
         """
         return {"task": self.name}
 

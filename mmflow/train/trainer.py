@@ -35,10 +35,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mmflow.config import ConfigError, dump_yaml
+from mmflow.config import ConfigError, dump_yaml, to_dict
 from mmflow.data.bad_items import BadItemLog
 from mmflow.errors import UserError
-from mmflow.models.registry import load_weights_strict, save_model
+from mmflow.model_io import load_weights_strict, save_model
 from mmflow.train import checkpoint as ckpt
 from mmflow.train.ema import EMA
 from mmflow.train.lr import lr_at
@@ -167,9 +167,7 @@ class Trainer:
             sh.setFormatter(logging.Formatter("[mmflow] %(message)s"))
             sh._mmflow_console = True  # type: ignore[attr-defined]
             root.addHandler(sh)
-        from mmflow.recipe import recipe_to_dict
-
-        dump_yaml(recipe_to_dict(self.recipe), self.run_dir / "recipe.yaml")  # the resolved recipe
+        dump_yaml(self.recipe, self.run_dir / "recipe.yaml")  # the resolved recipe
 
     def _build(self) -> None:
         acc = self.accelerator
@@ -236,7 +234,8 @@ class Trainer:
             save_model(acc.unwrap_model(self.models[n]), dest / "models" / n)
         for n, e in self.emas.items():
             save_model(e.shadow, dest / "models" / f"{n}_ema")
-        write_json_atomic(dest / "pipeline.json", self.task.pipeline_info())
+        # the recipe rides along once, here, so a sampler can rebuild the task without the recipe file
+        write_json_atomic(dest / "pipeline.json", {**self.task.pipeline_info(), "recipe": to_dict(self.recipe)})
 
     def _export_model_folder(self, checkpoint: Path) -> None:
         """model/ <- the models and pipeline.json of `checkpoint` (main process), replaced atomically."""

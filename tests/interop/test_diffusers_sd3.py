@@ -11,7 +11,8 @@ diffusers = pytest.importorskip("diffusers")
 
 from mmflow.cli import main  # noqa: E402
 from mmflow.interop import convert_sd3_state_dict, load_diffusers_sd3, mmdit_config_from_sd3  # noqa: E402
-from mmflow.models import MMDiT, load_model  # noqa: E402
+from mmflow.model_io import load_model  # noqa: E402
+from mmflow.models import MMDiT  # noqa: E402
 
 BASE = dict(sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
             joint_attention_dim=24, caption_projection_dim=32, pooled_projection_dim=12, out_channels=4,

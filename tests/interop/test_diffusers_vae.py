@@ -17,7 +17,7 @@ from mmflow.interop.diffusers_vae import (  # noqa: E402
     image_vae_config_from_diffusers,
     load_diffusers_vae,
 )
-from mmflow.models import load_model  # noqa: E402
+from mmflow.model_io import load_model  # noqa: E402
 from mmflow.tokenizers import ImageVAE  # noqa: E402
 
 SD3_SCALING, SD3_SHIFT = 1.5305, 0.0609  # SD3's VAE config.json

@@ -11,7 +11,8 @@ import torch
 
 from mmflow.config import ConfigError, from_dict, to_dict
 from mmflow.flow.cfg import apply_condition_dropout
-from mmflow.models import MMDIT_PRESETS, MMDiT, MMDiTConfig, load_model, mmdit_config, save_model
+from mmflow.model_io import load_model, save_model
+from mmflow.models import MMDIT_PRESETS, MMDiT, MMDiTConfig, mmdit_config
 
 TEXT, POOLED, CLASSES = 12, 6, 5
 

@@ -17,9 +17,9 @@ from mmflow.config import ConfigError
 from mmflow.data.digits import (CAPTION_TEMPLATES, DIGIT_NAMES, DigitsDataset, all_captions, digits_to_pixels,
                                 load_digits_8x8)
 from mmflow.metrics.digit_classifier import HELD_OUT, SPLIT_SEED, digit_accuracy, digit_classifier
-from mmflow.models.token_text import PAD_ID, TokenTextConfig, TokenTextEmbedder, UnknownWordError, build_vocabulary
+from mmflow.text.token_text import PAD_ID, TokenTextConfig, TokenTextEmbedder, UnknownWordError, build_vocabulary
 from mmflow.pipeline import FlowPipeline
-from mmflow.recipe import load_recipe
+from mmflow.tasks import load_recipe
 from mmflow.tasks.digits import TEXT, DigitsImageTask
 from mmflow.tasks.flow_task import VELOCITY
 from mmflow.train.trainer import Trainer

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from media_factory import pattern_rgb, write_image  # noqa: E402
 
-from mmflow.recipe import load_recipe  # noqa: E402
+from mmflow.tasks import load_recipe  # noqa: E402
 from mmflow.tasks.tokenizer import DISCRIMINATOR, TOKENIZER, TokenizerTask  # noqa: E402
 from mmflow.train.trainer import Trainer  # noqa: E402
 

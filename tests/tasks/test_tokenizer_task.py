@@ -22,8 +22,8 @@ from media_factory import (  # noqa: E402
 from mmflow.cli import main  # noqa: E402
 from mmflow.config import ConfigError  # noqa: E402
 from mmflow.data.media_folder import collate  # noqa: E402
-from mmflow.models.registry import load_model  # noqa: E402
-from mmflow.recipe import load_recipe  # noqa: E402
+from mmflow.model_io import load_model  # noqa: E402
+from mmflow.tasks import load_recipe  # noqa: E402
 from mmflow.tasks.tokenizer import DISCRIMINATOR, GENERATOR, TOKENIZER, TokenizerTask, psnr  # noqa: E402
 from mmflow.train import checkpoint as ckpt  # noqa: E402
 from mmflow.train.random import BatchRandom  # noqa: E402

@@ -10,8 +10,8 @@ import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
-from mmflow.models.mlp import MLPVelocity
-from mmflow.models.registry import load_model
+from mmflow.models.toy_mlp import MLPVelocity
+from mmflow.model_io import load_model
 from mmflow.tasks.toy2d import Toy2DTask
 from mmflow.train import checkpoint as ckpt
 from mmflow.train.task import LossOutput
@@ -40,7 +40,7 @@ def test_training_lowers_loss_and_fills_the_run_folder(tmp_path, make_toy_recipe
     losses = [loss for _, loss in result.loss_history]
     assert losses[-1] < 0.6 * losses[0], losses
     assert (tmp_path / "train.log").read_text().count("step 120 loss") == 1
-    from mmflow.recipe import load_recipe
+    from mmflow.tasks import load_recipe
 
     assert load_recipe(tmp_path / "recipe.yaml") == recipe  # the resolved recipe reloads identically
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*")), "tensorboard events were not written"

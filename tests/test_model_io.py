@@ -1,4 +1,4 @@
-"""Tests for mmflow/models/registry.py: the on-disk model folder (config.json + safetensors shards)."""
+"""Tests for mmflow/model_io.py: the model registry and the on-disk model folder (config.json + safetensors shards)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import mmflow.models.registry as registry
+import mmflow.model_io as model_io
 from mmflow.config import ConfigError
-from mmflow.models.mlp import MLPVelocity, MLPVelocityConfig
-from mmflow.models.registry import (INDEX_NAME, WEIGHTS_NAME, CorruptModel, build_model, load_model,
+from mmflow.models.toy_mlp import MLPVelocity, MLPVelocityConfig
+from mmflow.model_io import (INDEX_NAME, WEIGHTS_NAME, CorruptModel, build_model, load_model,
                                    save_model)
 
 
@@ -144,8 +144,8 @@ def test_register_model_refuses_a_second_class_under_the_same_name() -> None:
         config_class = MLPVelocityConfig
 
     with pytest.raises(ValueError, match="mlp_velocity"):
-        registry.register_model("mlp_velocity")(Other)
-    assert registry.MODEL_REGISTRY["mlp_velocity"] is MLPVelocity
+        model_io.register_model("mlp_velocity")(Other)
+    assert model_io.MODEL_REGISTRY["mlp_velocity"] is MLPVelocity
 
 
 @pytest.mark.parametrize("fail_on_call", [1, 2])
@@ -155,7 +155,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path: Path, monkeypatch: pytest.M
     before = _listing(folder)
 
     calls = {"n": 0}
-    real_save_file = registry.save_file
+    real_save_file = model_io.save_file
 
     def failing_save_file(*args, **kwargs):
         calls["n"] += 1
@@ -163,7 +163,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path: Path, monkeypatch: pytest.M
             raise OSError("disk full (simulated)")
         return real_save_file(*args, **kwargs)
 
-    monkeypatch.setattr(registry, "save_file", failing_save_file)
+    monkeypatch.setattr(model_io, "save_file", failing_save_file)
     with pytest.raises(OSError, match="disk full"):
         save_model(_model(seed=1), folder, max_shard_bytes=1024)  # sharded: fails after 0 or 1 shards
     assert calls["n"] == fail_on_call
@@ -182,17 +182,22 @@ def test_save_overwrites_previous_model(tmp_path: Path) -> None:
     assert torch.equal(_outputs(load_model(tmp_path / "m")), _outputs(new))
 
 
-def test_tokenizer_folders_load_without_importing_their_package_first(tmp_path):
+def test_tokenizer_folders_load_in_a_fresh_interpreter_once_the_builtins_are_imported(tmp_path):
     import subprocess
     import sys
 
     from mmflow.tokenizers import ImageVAE, image_vae_config
 
     save_model(ImageVAE(image_vae_config("test")), tmp_path / "vae")
-    code = ("from mmflow.models.registry import load_model; "
-            f"m = load_model({str(tmp_path / 'vae')!r}); print(type(m).__name__)")
+    load = f"m = load_model({str(tmp_path / 'vae')!r}); print(type(m).__name__)"
+    code = f"import mmflow.builtin_models; from mmflow.model_io import load_model; {load}"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ImageVAE"
+    # model_io alone knows no model package (it is the ground floor): the error says what to import
+    bare = subprocess.run([sys.executable, "-c", f"from mmflow.model_io import load_model; {load}"],
+                          capture_output=True, text=True)
+    assert bare.returncode != 0
+    assert "unknown model type 'image_vae'" in bare.stderr and "import mmflow.builtin_models" in bare.stderr
 
 
 # ------------------------------------------------------------------ a corrupt folder is refused, naming the file

@@ -1,6 +1,7 @@
-"""A stand-in text encoder: a word-level tokenizer plus a small learned token embedding.
+"""A word-level text embedder for closed caption vocabularies: a word tokenizer plus a small learned
+token embedding, the light alternative to the frozen transformers encoders of mmflow.text.encoder.
 
-Until real text encoders arrive, tasks with a closed caption vocabulary (e.g. "a handwritten seven")
+Tasks whose captions come from a fixed word list (e.g. "a handwritten seven", the digits task)
 condition the MM-DiT on this: captions -> word ids (B, S) with a padding mask -> nn.Embedding (+ a
 learned position) -> the MM-DiT's "text" (B, S, dim) / "text_mask" (B, S) / "pooled" (B, dim).
 The vocabulary is part of the model config, so a saved embedder tokenizes on its own (no recipe).
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from mmflow.config import check
 from mmflow.errors import UserError
-from mmflow.models.registry import register_model
+from mmflow.model_io import register_model
 
 __all__ = ["PAD_ID", "TokenTextConfig", "TokenTextEmbedder", "UnknownWordError", "WordTokenizer",
            "build_vocabulary", "split_words"]

@@ -1,8 +1,14 @@
-"""Model registry and the on-disk model format: a folder with config.json + model.safetensors.
+"""The on-disk model format and the registry of model types: a folder with config.json + model.safetensors.
 
 config.json holds {"model_type": <registered name>, "config": {...dataclass fields...}} so a model
 loads without the recipe that trained it. Large models are split into shards with an index file
-(`model.safetensors.index.json`, the Hugging Face layout).
+(`model.safetensors.index.json`, the Hugging Face layout). This is the ground floor every model
+package (velocity models, tokenizers, text embedders) registers into with `@register_model`; it
+imports none of them, so a loader of arbitrary folders imports the built-in ones first
+(`import mmflow.builtin_models`).
+
+    save_model(model, "runs/x/model/models/velocity")
+    model = load_model("runs/x/model/models/velocity")   # the class its config.json names
 """
 
 from __future__ import annotations
@@ -48,18 +54,11 @@ def register_model(name: str) -> Callable[[M], M]:
     return wrap
 
 
-def _load_builtin() -> None:
-    """Import the packages whose modules register the built-in model types (velocity models, tokenizers)."""
-    import mmflow.models  # noqa: F401
-    import mmflow.tokenizers  # noqa: F401
-
-
 def build_model(model_type: str, config: dict[str, Any] | Any, source: str | None = None) -> nn.Module:
     """Build a registered model from its type name and a config dict (validated strictly) or dataclass."""
     if model_type not in MODEL_REGISTRY:
-        _load_builtin()
-    if model_type not in MODEL_REGISTRY:
-        raise ConfigError(f"{source or 'model'}: unknown model type {model_type!r}; known: {sorted(MODEL_REGISTRY)}")
+        raise ConfigError(f"{source or 'model'}: unknown model type {model_type!r}; known: {sorted(MODEL_REGISTRY)} "
+                          f"(import the package that registers it; `import mmflow.builtin_models` registers the built-in ones)")
     cls = MODEL_REGISTRY[model_type]
     if isinstance(config, dict):
         config = from_dict(cls.config_class, config, source=source)  # type: ignore[attr-defined]

@@ -1,11 +1,11 @@
-"""Tests for mmflow/models/mlp.py: the toy MLP velocity network u_theta(x, t, y)."""
+"""Tests for mmflow/models/toy_mlp.py: the toy MLP velocity network u_theta(x, t, y)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mmflow.models.mlp import MLPVelocity, MLPVelocityConfig
+from mmflow.models.toy_mlp import MLPVelocity, MLPVelocityConfig
 
 
 def _model(seed: int = 0, perturb: bool = True, **kw) -> MLPVelocity:

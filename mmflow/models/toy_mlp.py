@@ -1,4 +1,4 @@
-"""A small velocity network for low-dimensional data (the toy 2-D recipes).
+"""A small toy velocity network for low-dimensional data (the toy 2-D recipes); registered as "mlp_velocity".
 
 u_theta(x, t, y): x (B, d), t (B,), y (B,) class labels or None -> (B, d).
 Time and label enter through FiLM-style (scale, shift) modulation of every hidden layer, so t can
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from mmflow.models.embeddings import LabelEmbedder, TimestepEmbedder
-from mmflow.models.registry import register_model
+from mmflow.model_io import register_model
 
 
 @dataclass
