@@ -21,16 +21,13 @@ from mmflow.config import ConfigError, apply_overrides, from_dict, to_dict
 from mmflow.errors import MissingInput, UserError
 from mmflow.model_io import CorruptModel, load_model, read_json_object
 from mmflow.recipe import Recipe, SampleConfig
+from mmflow.sampling.generate import NonFiniteSamples
 from mmflow.tasks import get_task_class, recipe_from_dict
 from mmflow.train.checkpoint import MANIFEST, list_checkpoints, verify_checkpoint
 
 logger = logging.getLogger(__name__)
 PIPELINE_FILE = "pipeline.json"
 DEVICE_FORMS = "cpu, cuda, cuda:N or mps"
-
-
-class NonFiniteSamples(UserError, ArithmeticError):
-    """Sampling produced NaN or inf: nothing is written (finite weights, so the sample settings overflow)."""
 
 
 def parse_device(value: str | torch.device) -> torch.device:
@@ -138,25 +135,14 @@ class FlowPipeline:
                  label: int | None = None, prompts: Sequence[str] | None = None) -> dict[str, Any]:
         """The task's `generate` (which writes the samples into out_dir), refusing non-finite values.
 
-        Every task samples by calling the velocity model once per solver step, so a hook on it sees
-        every state x_t and velocity: a NaN or inf stops sampling before any file is written.
+        Every task samples through mmflow.sampling.generate, which checks each velocity and the result:
+        a NaN or inf stops sampling before any file is written.
         """
-
-        def check(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            x, t = (list(args) + [None, None])[:2]  # the model is called as model(x_t, t, cond)
-            for what, value in (("state x_t", x), ("velocity", output)):
-                if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
-                    when = f"t={float(t.flatten()[0]):.3g}" if isinstance(t, torch.Tensor) and t.numel() else "a step"
-                    raise NonFiniteSamples(
-                        f"sampling {self.source} gave a non-finite {what} (NaN or inf) at {when}; nothing was "
-                        f"written. The weights are finite: check the sample settings ({sample_cfg.solver} "
-                        f"x{sample_cfg.steps}, guidance={sample_cfg.guidance:g})")
-
-        handle = self.model.register_forward_hook(check)
         try:
             return self.task.generate(self.model, num, device, sample_cfg, out_dir, label=label, prompts=prompts)
-        finally:
-            handle.remove()
+        except NonFiniteSamples as e:  # name the model, and what to change
+            raise NonFiniteSamples(f"sampling {self.source} gave {e}; nothing was written. The weights are finite: "
+                                   "check the sample settings") from None
 
     def sample_config(self, overrides: Sequence[str] = ()) -> SampleConfig:
         """The recipe's sampling defaults with `sample.key=value` (or `key=value`) overrides applied."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from mmflow.flow.cfg import Condition, apply_condition_dropout, condition_dropout_mask
@@ -17,8 +16,7 @@ from mmflow.flow.loss import cfm_loss
 from mmflow.flow.paths import GaussianPath
 from mmflow.flow.schedules import get_schedule
 from mmflow.flow.time_samplers import get_time_sampler
-from mmflow.sampling.guidance import cfg_velocity
-from mmflow.sampling.run import solve
+from mmflow.sampling.generate import generate
 from mmflow.sampling.solvers import SampleOutput
 from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, Task
@@ -58,16 +56,11 @@ class FlowMatchingTask(Task):
         out = cfm_loss(pred.float(), ps.target.float(), t, self.recipe.flow.loss_weighting)
         return LossOutput(out.loss, {}, out.per_example.detach(), t.detach())
 
-    def sample(self, model: nn.Module, x0: Tensor, cond: Condition | None, sample_cfg: Any,
-               generator: torch.Generator | None = None, return_trajectory: bool = False,
-               guidance: float | None = None) -> SampleOutput:
-        """Integrate noise x0 (B, ...) to data with CFG scale `guidance` (default: the recipe's)."""
-        w = sample_cfg.guidance if guidance is None else guidance
-        if cond is None:
-            fn = lambda x, t: model(x, t, None)  # noqa: E731
-        else:
-            fn = cfg_velocity(model, cond, self.null_condition(model), w)
-        return solve(fn, x0, sample_cfg, self.path, generator=generator, return_trajectory=return_trajectory)
+    def sample(self, model: nn.Module, x0: Tensor, cond: Condition | None, sample_cfg: Any, **kwargs: Any) -> SampleOutput:
+        """`generate` (mmflow/sampling/generate.py) with this task's path and null condition: noise x0
+        (B, ...) -> samples, float32 on CPU; kwargs: guidance, generator, decode, clamp, batch_size, ..."""
+        null = None if cond is None else self.null_condition(model)
+        return generate(model, x0, cond, null, sample_cfg, self.path, **kwargs)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

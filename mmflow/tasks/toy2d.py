@@ -20,6 +20,7 @@ from mmflow.data.toy2d import TOY_DATASETS, Toy2DDataset, sample_toy
 from mmflow.flow.loss import TBinStats
 from mmflow.metrics.two_sample import two_sample_report
 from mmflow.models.toy_mlp import MLPVelocity, MLPVelocityConfig
+from mmflow.sampling.generate import seeded_noise
 from mmflow.tasks import register_task
 from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
 from mmflow.tasks.toy2d_plots import plot_samples, plot_t_diagnostics, plot_trajectories
@@ -90,11 +91,12 @@ class Toy2DTask(FlowMatchingTask):
         n = cfg.num_samples
         refs = [sample_toy(self.recipe.data.dataset, n, EVAL_SEED + 10 + k)[0] for k in range(EVAL_REFERENCES)]
         data_again, labels = sample_toy(self.recipe.data.dataset, n, EVAL_SEED + 1)
-        g = torch.Generator().manual_seed(cfg.seed)
-        x0 = torch.randn(n, 2, generator=g).to(device)
+        x0, g = seeded_noise((n, 2), cfg.seed)
         cond = labels.to(device) if self.recipe.data.conditional else None  # samples follow data_again's labels
-        out = self.sample(model, x0, cond, cfg, generator=g, return_trajectory=out_dir is not None)
-        samples = out.x.float().cpu()
+        # validation reports non-finite samples as unknown metrics (the trainer writes them as null)
+        out = self.sample(model, x0.to(device), cond, cfg, generator=g, return_trajectory=out_dir is not None,
+                          check_finite=False)
+        samples = out.x
         report = two_sample_report(samples, refs, data_again, n_projections=256, seed=cfg.seed)
         metrics = {**report.to_dict(), "nfe": float(out.nfe)}
         if out_dir is not None:
@@ -139,8 +141,7 @@ class Toy2DTask(FlowMatchingTask):
         """`mmflow sample` for toy models: samples.safetensors + samples.png (+ trajectories.png)."""
         if prompts:
             raise ConfigError("--prompt given, but toy2d models take no text (use --label for a class)")
-        g = torch.Generator().manual_seed(sample_cfg.seed)
-        x0 = torch.randn(num, 2, generator=g).to(device)
+        x0, g = seeded_noise((num, 2), sample_cfg.seed)
         cond = None
         if self.recipe.data.conditional:
             if label is None:
@@ -152,10 +153,9 @@ class Toy2DTask(FlowMatchingTask):
             cond = labels.to(device)
         elif label is not None:
             raise ConfigError("--label given, but this model is unconditional")
-        with torch.no_grad():
-            out = self.sample(model, x0, cond, sample_cfg, generator=g, return_trajectory=True)
+        out = self.sample(model, x0.to(device), cond, sample_cfg, generator=g, return_trajectory=True)
         out_dir.mkdir(parents=True, exist_ok=True)
-        tensors = {"samples": out.x.float().cpu().contiguous()}
+        tensors = {"samples": out.x.contiguous()}
         if cond is not None:
             tensors["labels"] = cond.cpu()
         save_file(tensors, str(out_dir / "samples.safetensors"))
