@@ -5,7 +5,8 @@ a deterministic replacement item and puts the record `(path, "kind: detail")` in
 list. Records travel inside batches because DataLoader workers are separate processes: the main
 process sums them with `BadItemLog.update(batch)`, which logs each bad path once (logger
 "mmflow.data") and counts them per kind, and `check(max_fraction)` stops a run whose data is mostly
-broken with an error that names the files.
+broken with an error that names the files. A training task does this through the Task counter hooks
+(mmflow/tasks/media_accounting.py), so the trainer itself knows nothing of media.
 
 Reason kinds (the text before the first colon) used by the readers:
     "empty file", "missing file", "decode error", "not a media file", "too few frames",

@@ -33,6 +33,7 @@ from mmflow.config import ConfigError, from_dict, to_dict
 from mmflow.data.bad_items import BadDataError, BadMedia
 from mmflow.data.media_folder import MAX_CANDIDATES, MediaFolderConfig, MediaFolderDataset, collate
 from mmflow.tasks import register_task
+from mmflow.tasks.media_accounting import MediaAccounting
 from mmflow.tokenizers import (
     AUDIO_VAE_PRESETS, IMAGE_VAE_PRESETS, VIDEO_VAE_PRESETS, AudioVAE, ImageVAE, PatchDiscriminator,
     PatchDiscriminatorConfig, Tokenizer, VAELoss, VAELossConfig, VideoVAE, apply_latent_stats, measure_latent_stats,
@@ -209,7 +210,7 @@ class TrainingItems(Dataset):
 
 
 @register_task
-class TokenizerTask(Task):
+class TokenizerTask(MediaAccounting, Task):
     name = "tokenizer"
     data_config_class = TokenizerDataConfig
     model_config_class = TokenizerModelConfig

@@ -14,7 +14,7 @@ from mmflow.models.toy_mlp import MLPVelocity
 from mmflow.model_io import load_model
 from mmflow.tasks.toy2d import Toy2DTask
 from mmflow.train import checkpoint as ckpt
-from mmflow.train.task import LossOutput
+from mmflow.train.task import CounterReport, LossOutput
 from mmflow.train.trainer import NoUsableCheckpoint, Trainer
 
 
@@ -265,3 +265,45 @@ def test_a_non_finite_metric_is_written_as_null_never_as_nan(tmp_path, make_toy_
         assert "NaN" not in path.read_text() and "Infinity" not in path.read_text()
         assert json.loads(path.read_text())["psnr"] is None
     assert json.loads((tmp_path / "metrics.json").read_text())["final_loss"] == result.final_loss
+
+
+class _Counting(Toy2DTask):
+    """Counts the micro-batches and rows it is shown, through the task counter hooks."""
+
+    def __init__(self, recipe):
+        super().__init__(recipe)
+        self.seen = {"batches": 0.0, "rows": 0.0}
+
+    def observe_batch(self, batch):
+        self.seen["batches"] += 1
+        self.seen["rows"] += len(batch[0])  # (points, labels)
+
+    def counters(self):
+        return dict(self.seen)
+
+    def counters_state(self):
+        return {"seen": dict(self.seen)}
+
+    def load_counters_state(self, state):
+        self.seen = dict(state["seen"])
+
+    def report(self, totals):
+        return CounterReport({f"count_{k}": v for k, v in totals.items()}, f"counted {int(totals['batches'])} batches")
+
+
+class _CountingCrash(_Counting, _CrashAt):
+    pass
+
+
+def test_task_counters_are_observed_summed_checkpointed_and_reported(tmp_path, make_toy_recipe):
+    recipe = make_toy_recipe("train.max_steps=20", "train.batch_size=16", "train.grad_accum=2", "train.checkpoint_every=10",
+                             "sample.num_samples=200", "sample.steps=2")
+    straight = _train(recipe, tmp_path / "straight", task_cls=_Counting)
+    assert straight.metrics["count_batches"] == 40 and straight.metrics["count_rows"] == 640
+    assert "counted 40 batches" in (tmp_path / "straight" / "train.log").read_text()
+    state = json.loads((tmp_path / "straight" / "checkpoints" / ckpt.step_dir_name(10) / "trainer_state.json").read_text())
+    assert state["task_counters"] == {"seen": {"batches": 20, "rows": 320}}
+    with pytest.raises(KeyboardInterrupt):
+        _train(recipe, tmp_path / "killed", task_cls=_CountingCrash)
+    resumed = _train(recipe, tmp_path / "killed", task_cls=_Counting, resume=True)  # counts from step 10 on
+    assert resumed.metrics == straight.metrics
