@@ -42,7 +42,11 @@ class CorruptModel(UserError, ValueError):
 
 
 def register_model(name: str) -> Callable[[M], M]:
-    """Class decorator: the class needs `config_class` (a dataclass) and `__init__(self, config)`."""
+    """Class decorator: the class needs `config_class` (a dataclass) and `__init__(self, config)`.
+
+    An optional `legacy_config_keys` (tuple of str) names keys that older config.json files hold but
+    the config no longer has (run-time settings moved out of it): `build_model` drops them.
+    """
 
     def wrap(cls: M) -> M:
         if name in MODEL_REGISTRY and MODEL_REGISTRY[name] is not cls:
@@ -61,6 +65,8 @@ def build_model(model_type: str, config: dict[str, Any] | Any, source: str | Non
                           f"(import the package that registers it; `import mmflow.builtin_models` registers the built-in ones)")
     cls = MODEL_REGISTRY[model_type]
     if isinstance(config, dict):
+        legacy = getattr(cls, "legacy_config_keys", ())
+        config = {k: v for k, v in config.items() if k not in legacy}
         config = from_dict(cls.config_class, config, source=source)  # type: ignore[attr-defined]
     return cls(config)
 

@@ -119,6 +119,16 @@ def test_unknown_model_type_raises_config_error(tmp_path: Path) -> None:
         load_model(folder)
 
 
+def test_legacy_config_keys_are_dropped_others_still_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = {"dim": 2, "hidden": 8, "depth": 2, "time_frequency_dim": 4, "num_classes": 3, "old_knob": True}
+    with pytest.raises(ConfigError, match="old_knob"):
+        build_model("mlp_velocity", config)
+    monkeypatch.setattr(MLPVelocity, "legacy_config_keys", ("old_knob",), raising=False)
+    assert build_model("mlp_velocity", config).config == _model().config
+    with pytest.raises(ConfigError, match="new_knob"):
+        build_model("mlp_velocity", {**config, "new_knob": 1})
+
+
 def test_missing_config_json_raises_naming_folder(tmp_path: Path) -> None:
     folder = tmp_path / "not_a_model"
     folder.mkdir()

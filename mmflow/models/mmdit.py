@@ -15,6 +15,9 @@ and MLP, and ONE joint attention over the concatenated sequence (SD3's JointTran
 the last block only supplies keys and values from the text stream (SD3's context_pre_only). The
 conditioning vector is c = time embedding + pooled-text projection (+ label embedding).
 
+Run-time settings, not saved with the model: `MMDiT(config, attention_backend=..., gradient_checkpointing=...)`
+or later `model.set_attention_backend("math")` / `model.set_gradient_checkpointing(True)`.
+
 Time enters as s = time_shift + time_scale * t through the sinusoidal embedding; SD3 weights
 (converted in mmflow.interop) use shift 1000, scale -1000, i.e. s = 1000 sigma.
 """
@@ -70,8 +73,8 @@ class MMDiTConfig:
     time_scale: float = _field(1000.0, "(SD3 weights: shift 1000, scale -1000, i.e. s = 1000 sigma)")
     null_text: Literal["learned", "zeros"] = _field("learned", "CFG null condition: learned text + pooled, or zeros")
     null_text_length: int = _field(1, "learned null tokens; the null text is masked after them", min=1)
-    attention_backend: Literal["auto", "sdpa", "xformers", "math"] = _field("auto", "see mmflow.models.attention")
-    gradient_checkpointing: bool = _field(False, "recompute each block in backward (training only)")
+    # The attention backend and gradient checkpointing are run-time settings of MMDiT, not fields here:
+    # an exported config.json describes the weights, not the machine that trained them.
 
     @property
     def head_dim(self) -> int:
@@ -307,17 +310,24 @@ class FinalLayer(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
+AttentionBackend = Literal["auto", "sdpa", "xformers", "math"]
+
+
 @register_model("mmdit")
 class MMDiT(nn.Module):
     config_class = MMDiTConfig
+    # run-time settings that older exports saved in config.json: dropped on load (mmflow.model_io)
+    legacy_config_keys = ("attention_backend", "gradient_checkpointing")
 
-    def __init__(self, config: MMDiTConfig) -> None:
+    def __init__(self, config: MMDiTConfig, attention_backend: AttentionBackend = "auto",
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         config.validate()
         self.config = config
         h, p = config.hidden_size, tuple(config.patch_size)
         self.out_channels = config.out_channels or config.in_channels
-        self.backend = resolve_attention_backend(config.attention_backend)
+        self.backend = resolve_attention_backend(attention_backend)
+        self.gradient_checkpointing = gradient_checkpointing
 
         self.x_embedder = nn.Linear(math.prod(p) * config.in_channels, h)  # one patch (p..., C) -> a token
         self.t_embedder = TimeEmbedder(h, config.time_shift, config.time_scale)
@@ -342,6 +352,18 @@ class MMDiT(nn.Module):
         )
         self.final_layer = FinalLayer(h, math.prod(p) * self.out_channels)
         self.initialize_weights()
+
+    # ---- run-time settings (not saved) --------------------------------------------------------------
+
+    def set_attention_backend(self, requested: AttentionBackend) -> None:
+        """Switch every block to `requested` (resolved as in mmflow.models.attention; weights unchanged)."""
+        self.backend = resolve_attention_backend(requested)
+        for block in self.blocks:
+            block.backend = self.backend
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block in backward (training only: eval and no-grad calls run plainly)."""
+        self.gradient_checkpointing = enabled
 
     def initialize_weights(self) -> None:
         """DiT's init; every zero-init is here: adaLN modulations and the final layer, so each block
@@ -472,7 +494,7 @@ class MMDiT(nn.Module):
             ctx = self.context_embedder(text)  # (B, S, D)
 
         for block in self.blocks:
-            if cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 h, ctx = checkpoint(block, h, ctx, c, rope, key_mask, use_reentrant=False)
             else:
                 h, ctx = block(h, ctx, c, rope, key_mask)

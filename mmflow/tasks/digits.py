@@ -27,6 +27,7 @@ from mmflow.data.digits import DIGIT_NAMES, DigitsDataset, all_captions, prompt_
 from mmflow.flow.cfg import Condition
 from mmflow.metrics.digit_classifier import digit_classifier
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
+from mmflow.sampling.generate import seeded_noise
 from mmflow.text.token_text import TokenTextConfig, TokenTextEmbedder, WordTokenizer, build_vocabulary, split_words
 from mmflow.tasks import register_task
 from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
@@ -77,8 +78,7 @@ class DigitsImageTask(FlowMatchingTask):
         m = self.recipe.model
         return MMDiTConfig(in_channels=1, patch_size=(m.patch_size, m.patch_size), hidden_size=m.hidden_size,
                            depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, qk_norm=m.qk_norm,
-                           context_dim=m.text_dim, pooled_dim=m.text_dim, pos_embed="rope", null_text="learned",
-                           attention_backend=m.attention_backend)
+                           context_dim=m.text_dim, pooled_dim=m.text_dim, pos_embed="rope", null_text="learned")
 
     def text_config(self) -> TokenTextConfig:
         # the vocabulary is a function of the caption templates only, so every run builds the same one
@@ -86,7 +86,8 @@ class DigitsImageTask(FlowMatchingTask):
         return TokenTextConfig(vocab=build_vocabulary(all_captions()), dim=m.text_dim, max_length=m.max_text_length)
 
     def build_models(self) -> dict[str, nn.Module]:
-        return {VELOCITY: MMDiT(self.mmdit_config()), TEXT: TokenTextEmbedder(self.text_config())}
+        velocity = MMDiT(self.mmdit_config(), attention_backend=self.recipe.model.attention_backend)
+        return {VELOCITY: velocity, TEXT: TokenTextEmbedder(self.text_config())}
 
     def optimizer_groups(self, models: dict[str, nn.Module]) -> dict[str, list[str]]:
         return {"main": [VELOCITY, TEXT]}  # the embedder learns only through the flow loss
@@ -140,23 +141,17 @@ class DigitsImageTask(FlowMatchingTask):
 
     # ------------------------------------------------------------------ sampling and quality
     def sample_images(self, velocity: nn.Module, text_embedder: TokenTextEmbedder, prompts: Sequence[str],
-                      device: torch.device, sample_cfg: Any, guidance: float | None = None) -> Tensor:
+                      device: torch.device, sample_cfg: Any, guidance: float | None = None,
+                      check_finite: bool = True) -> Tensor:
         """One image per prompt (errors name unknown words), noise from sample_cfg.seed -> (P, 1, S, S) on CPU.
 
         The noise depends only on the seed and the row, so two guidance scales see the same x0.
         """
         size = self.recipe.data.image_size
-        g = torch.Generator().manual_seed(sample_cfg.seed)
-        x0 = torch.randn(len(prompts), 1, size, size, generator=g)
-        cond = text_embedder.embed(prompts)  # (P, ...) on the embedder's device
-        out = []
-        with torch.no_grad():
-            for lo in range(0, len(prompts), SAMPLE_CHUNK):
-                c = {k: v[lo: lo + SAMPLE_CHUNK].to(device) for k, v in cond.items()}
-                res = self.sample(velocity, x0[lo: lo + SAMPLE_CHUNK].to(device), c, sample_cfg, generator=g,
-                                  guidance=guidance)
-                out.append(res.x.float().cpu())
-        return torch.cat(out).clamp(-1.0, 1.0)
+        x0, g = seeded_noise((len(prompts), 1, size, size), sample_cfg.seed)
+        cond = {k: v.to(device) for k, v in text_embedder.embed(prompts).items()}  # (P, ...)
+        return self.sample(velocity, x0.to(device), cond, sample_cfg, guidance=guidance, generator=g, clamp=True,
+                           batch_size=SAMPLE_CHUNK, check_finite=check_finite).x
 
     def evaluate(self, velocity: nn.Module, text_embedder: TokenTextEmbedder, device: torch.device,
                  sample_cfg: Any | None = None, out_dir: Path | None = None, per_digit: int | None = None,
@@ -175,7 +170,9 @@ class DigitsImageTask(FlowMatchingTask):
         metrics: dict[str, float] = {"classifier_accuracy_real": clf.held_out_accuracy}
         per_digit_acc: dict[str, list[float]] = {}
         for w in guidances or self.recipe.data.eval_guidance:
-            images = self.sample_images(velocity, text_embedder, prompts, device, cfg, guidance=w)  # (10 n, 1, S, S)
+            # validation reports non-finite samples as unknown metrics (the trainer writes them as null)
+            images = self.sample_images(velocity, text_embedder, prompts, device, cfg, guidance=w,
+                                        check_finite=False)  # (10 n, 1, S, S)
             hit = clf.predict(images) == labels  # (10 n,)
             metrics[f"accuracy_w{w:g}"] = float(hit.mean())
             rows = hit.reshape(10, n).mean(axis=1)  # (10,) per digit

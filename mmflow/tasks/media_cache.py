@@ -82,7 +82,7 @@ def prepare_cache(task: Any, accelerator: Any, batch_size: int = 16) -> PrepareR
     if acc.is_main_process:
         writer.begin()
     acc.wait_for_everyone()
-    task._to(acc.device)
+    task.place_frozen_models(acc.device)
     mine = list(range(acc.process_index, len(raw), acc.num_processes))
     skipped: list[tuple[str, str]] = []
     cached = 0

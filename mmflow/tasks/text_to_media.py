@@ -29,8 +29,10 @@ from mmflow.data.cache import CachedDataset, cache_problem
 from mmflow.data.media_folder import MediaFolderConfig, MediaFolderDataset, collate
 from mmflow.flow.cfg import Condition, condition_dropout_mask
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
+from mmflow.sampling.generate import seeded_noise
 from mmflow.tasks import register_task
 from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
+from mmflow.tasks.media_accounting import MediaAccounting
 from mmflow.tasks.media_cache import cache_describe
 from mmflow.text.combine import TextConditioner, TextConditionerConfig, combine_parts
 from mmflow.text.encoder import TextEmbedding
@@ -79,7 +81,7 @@ def _frozen(module: nn.Module) -> nn.Module:
 
 
 @register_task
-class TextToMediaTask(FlowMatchingTask):
+class TextToMediaTask(MediaAccounting, FlowMatchingTask):
     name = "text_to_media"
     data_config_class = MediaDataConfig
     model_config_class = MediaModelConfig
@@ -111,10 +113,12 @@ class TextToMediaTask(FlowMatchingTask):
             self._text = _frozen(TextConditioner(self.recipe.model.text))  # type: ignore[assignment]
         return self._text  # type: ignore[return-value]
 
-    def _to(self, device: torch.device) -> None:
-        for m in (self._tokenizer, self._text):
-            if m is not None:
-                m.to(device)
+    def frozen_models(self) -> dict[str, nn.Module]:
+        """The text conditioner and the tokenizer (if any), loaded on first call."""
+        frozen: dict[str, nn.Module] = {"text": self.text}
+        if self.tokenizer is not None:
+            frozen["tokenizer"] = self.tokenizer
+        return frozen
 
     def media_shape(self) -> tuple[int, ...]:
         return self.recipe.data.spec.media_shape(self.recipe.data)
@@ -136,8 +140,7 @@ class TextToMediaTask(FlowMatchingTask):
         return MMDiTConfig(in_channels=self.latent_shape()[0], patch_size=tuple(m.patch_size), hidden_size=m.hidden_size,
                            depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, qk_norm=m.qk_norm,
                            context_dim=self.text.out_width, pooled_dim=self.text.pooled_width, pos_embed="rope",
-                           null_text="zeros",  # u(null) comes from the text encoders (empty prompt), not the MM-DiT
-                           attention_backend=m.attention_backend, gradient_checkpointing=m.gradient_checkpointing)
+                           null_text="zeros")  # u(null) comes from the text encoders (empty prompt), not the MM-DiT
 
     def build_models(self) -> dict[str, nn.Module]:
         shape, p = self.latent_shape(), self.recipe.model.patch_size
@@ -145,7 +148,9 @@ class TextToMediaTask(FlowMatchingTask):
         if bad:
             raise ConfigError(f"{list(p)} does not divide the latent sizes {bad} of latents {list(shape)}",
                               "model.patch_size")
-        return {VELOCITY: MMDiT(self.mmdit_config())}
+        m = self.recipe.model
+        return {VELOCITY: MMDiT(self.mmdit_config(), attention_backend=m.attention_backend,
+                                gradient_checkpointing=m.gradient_checkpointing)}
 
     @classmethod
     def validate_recipe(cls, recipe: Any, source: str | None) -> None:
@@ -171,7 +176,7 @@ class TextToMediaTask(FlowMatchingTask):
         raw = self.raw_dataset()
         use = self.recipe.data.use_cache
         if use == "off":
-            return raw
+            return self.track_dropped(raw)
         problem = cache_problem(self.cache_dir(), self.describe(raw))
         if problem is None:
             logger.info("reading the cache %s", self.cache_dir())
@@ -181,7 +186,7 @@ class TextToMediaTask(FlowMatchingTask):
 
             raise StaleCacheError(f"{problem}; data.use_cache is 'require': run `mmflow prepare` with this recipe")
         logger.warning("%s; training from the raw media (run `mmflow prepare` to cache them)", problem)
-        return raw
+        return self.track_dropped(raw)
 
     def collate(self, items: list[Any]) -> Any:
         return collate(items) if "path" in items[0] else default_collate(items)  # raw media items carry a path
@@ -214,8 +219,7 @@ class TextToMediaTask(FlowMatchingTask):
                 for n in self.recipe.model.text.names}
 
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
-        self._to(rng.device)
-        z = self._latents(batch, rng)
+        z = self._latents(batch, rng)  # the trainer placed the frozen models on the batch's device
         cfg = self.recipe.model.text
         drop = {e.key: rng.draw(lambda n, g, p=e.dropout: condition_dropout_mask(n, p, generator=g))
                 for e in cfg.encoders if e.dropout > 0}
@@ -226,22 +230,18 @@ class TextToMediaTask(FlowMatchingTask):
         return batch["z"], batch["cond"]
 
     def null_condition(self, model: nn.Module) -> dict[str, Tensor]:
-        device = next(model.parameters()).device
-        self._to(device)
-        return self.text.null_condition().as_condition()
+        return self.text.null_condition().as_condition()  # on the device the frozen models were placed on
 
     # ------------------------------------------------------------------ sampling
     def sample_media(self, velocity: nn.Module, prompts: Sequence[str], device: torch.device, sample_cfg: Any,
-                     guidance: float | None = None) -> Tensor:
+                     guidance: float | None = None, check_finite: bool = True) -> Tensor:
         """One item per prompt -> media (P, *media_shape) on CPU, clamped to [-1, 1]; noise from sample_cfg.seed."""
-        self._to(device)
-        g = torch.Generator().manual_seed(sample_cfg.seed)
-        x0 = torch.randn(len(prompts), *self.latent_shape(), generator=g).to(device)
+        self.place_frozen_models(device)  # sampling outside the trainer (`mmflow sample --device`)
+        x0, g = seeded_noise((len(prompts), *self.latent_shape()), sample_cfg.seed)
         cond = self.text(list(prompts)).as_condition()
-        with torch.no_grad():
-            z = self.sample(velocity, x0, cond, sample_cfg, generator=g, guidance=guidance).x
-            media = z if self.tokenizer is None else self.tokenizer.decode_latents(z)
-        return media.float().cpu().clamp(-1.0, 1.0)
+        decode = None if self.tokenizer is None else self.tokenizer.decode_latents
+        return self.sample(velocity, x0.to(device), cond, sample_cfg, guidance=guidance, generator=g, decode=decode,
+                           clamp=True, check_finite=check_finite).x
 
     def eval_prompts(self) -> list[str]:
         d = self.recipe.data
@@ -254,7 +254,8 @@ class TextToMediaTask(FlowMatchingTask):
 
     def validate(self, models: dict[str, nn.Module], out_dir: Path, step: int, device: torch.device) -> dict[str, float]:
         prompts = [p for p in self.eval_prompts() for _ in range(self.recipe.data.eval_per_prompt)]
-        media = self.sample_media(models[VELOCITY], prompts, device, self.recipe.sample)
+        # check_finite off: a diverged model's metrics are reported unknown (null), the run goes on
+        media = self.sample_media(models[VELOCITY], prompts, device, self.recipe.sample, check_finite=False)
         write_samples(media, prompts, self.recipe.data, out_dir, per_prompt=self.recipe.data.eval_per_prompt)
         return {"sample_std": float(media.std()), "sample_mean": float(media.mean())}
 

@@ -30,6 +30,14 @@ class LossOutput:
     t: Tensor | None = None
 
 
+@dataclass
+class CounterReport:
+    """metrics: written into the run's final metrics; text: a paragraph the trainer logs (None: nothing)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    text: str | None = None
+
+
 class Task(ABC):
     """Subclasses set `name`, `data_config_class`, `model_config_class` and register in mmflow.tasks."""
 
@@ -56,6 +64,17 @@ class Task(ABC):
         """Models that get an EMA copy (used for validation and export)."""
         return self.optimizer_groups(models)[next(iter(self.optimizer_groups(models)))]
 
+    def frozen_models(self) -> dict[str, nn.Module]:
+        """Modules the task computes with but never trains (a tokenizer, text encoders), by name, in eval
+        mode. May load them (lazily built parts). The trainer places them once after building, with
+        `place_frozen_models`; they keep their dtype (autocast covers mixed precision)."""
+        return {}
+
+    def place_frozen_models(self, device: torch.device) -> None:
+        """Move every module of `frozen_models` to `device` (the trainer, `mmflow prepare`, sampling)."""
+        for module in self.frozen_models().values():
+            module.to(device)
+
     @abstractmethod
     def build_dataset(self) -> Dataset:
         """A map-style dataset; items are collated with `collate`."""
@@ -69,9 +88,27 @@ class Task(ABC):
         the trainer's default (StreamBatchSampler). Media tasks return their dataset's bucketed sampler."""
         return None
 
-    def max_bad_fraction(self) -> float | None:
-        """Largest share of bad media items the run tolerates (None: the data cannot be bad)."""
-        return getattr(self.recipe.data, "max_bad_fraction", None)
+    # ------------------------------------------------------------------ run counters
+    def observe_batch(self, batch: Any) -> None:
+        """Called with every collated micro-batch on its own rank, before it moves to the device: count what
+        the batch reports (e.g. bad media items, see MediaAccounting); raise a UserError to stop the run."""
+
+    def counters(self) -> dict[str, float]:
+        """This rank's counts so far by name; the trainer sums them over ranks with one all-reduce at the end
+        of the run and hands the totals to `report`. Every rank must return the same names in the same order."""
+        return {}
+
+    def counters_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the counts (the main process's; the other ranks restart from zero)."""
+        return {}
+
+    def load_counters_state(self, state: dict[str, Any]) -> None:
+        """Restore `counters_state` (main process, on resume)."""
+
+    def report(self, totals: dict[str, float]) -> CounterReport:
+        """The final metrics and the end-of-run paragraph from `counters` summed over ranks (every rank calls
+        it; the main process logs the text). Default: the totals as metrics, no text."""
+        return CounterReport(dict(totals))
 
     @abstractmethod
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:

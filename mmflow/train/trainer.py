@@ -36,7 +36,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mmflow.config import ConfigError, dump_yaml, to_dict
-from mmflow.data.bad_items import BadItemLog
 from mmflow.errors import UserError
 from mmflow.model_io import load_weights_strict, save_model
 from mmflow.train import checkpoint as ckpt
@@ -196,9 +195,8 @@ class Trainer:
         self.optimizers = dict(zip(optimizers, prepared[len(models):]))
         ema_names = self.task.ema_models(models) if self.cfg.ema_decay else []
         self.emas = {n: EMA(acc.unwrap_model(self.models[n]), self.cfg.ema_decay, self.cfg.ema_warmup) for n in ema_names}
+        self.task.place_frozen_models(acc.device)  # untrained parts: moved once, never wrapped
         self.dataset = self.task.build_dataset()
-        self.bad_items = BadItemLog()
-        self.bad_items.add_dropped(getattr(self.dataset, "dropped", ()))  # metadata rows the dataset never made items
 
     def _dataloader(self, start_micro: int) -> tuple[Any, Any]:
         acc = self.accelerator
@@ -223,7 +221,7 @@ class Trainer:
             "num_processes": acc.num_processes,
             "ema_updates": {n: e.num_updates for n, e in self.emas.items()},
             "overfit_batch": self.overfit_batch,
-            "bad_items": self.bad_items.state_dict(),  # rank 0's count; other ranks restart theirs from zero
+            "task_counters": self.task.counters_state(),  # rank 0's counts; other ranks restart theirs from zero
             "loss_history": [[s, loss] for s, loss in self.loss_history],
             "loss_window": loss_window,  # the losses since the last log line, averaged over ranks
         }
@@ -300,8 +298,8 @@ class Trainer:
             load_weights_strict(e.shadow, load_file(str(path / "models" / f"{n}_ema" / "model.safetensors")), str(path))
             e.shadow.to(self.accelerator.device)
             e.num_updates = state["ema_updates"][n]
-        if self.is_main and "bad_items" in state:
-            self.bad_items.load_state_dict(state["bad_items"])
+        if self.is_main:  # older checkpoints kept the counters at the top level
+            self.task.load_counters_state(state.get("task_counters", state))
         # older checkpoints have neither: the history then starts at the resume
         self.loss_history = [(int(s), float(loss)) for s, loss in state.get("loss_history", [])]
         self._loss_window = [float(v) for v in state.get("loss_window", [])]
@@ -310,30 +308,26 @@ class Trainer:
             logger.warning("global batch changed from %d to %d: data order after resume differs from the original run",
                            state["global_batch"], gb)
 
-    # ------------------------------------------------------------------ bad media
-    def _account(self, batch: Any) -> Any:
-        """Count the bad media items a collated media batch reports (each rank counts its own), stop the
-        run past the task's tolerated fraction, and move the batch to the device."""
-        if isinstance(batch, dict) and "bad" in batch and "index" in batch:
-            self.bad_items.update(batch)
-            limit = self.task.max_bad_fraction()
-            if limit is not None:
-                self.bad_items.check(limit)
+    # ------------------------------------------------------------------ task counters
+    def _observe(self, batch: Any) -> Any:
+        """Show a collated micro-batch to the task (each rank its own; it may stop the run), then move it
+        to the device."""
+        self.task.observe_batch(batch)
         return _to_device(batch, self.accelerator.device)
 
-    def _bad_item_summary(self) -> dict[str, float]:
-        """All ranks' bad-item totals (a collective: every rank calls it); logged on the main process."""
+    def _counter_metrics(self) -> dict[str, float]:
+        """The task's counters summed over ranks (a collective: every rank calls it), as the task reports
+        them; its paragraph is logged on the main process."""
         acc = self.accelerator
-        totals = acc.reduce(torch.tensor([self.bad_items.seen, self.bad_items.bad, len(self.bad_items.paths)],
-                                         device=acc.device), "sum").tolist()
-        if totals[0] == 0:
-            return {}
-        if self.is_main:
-            logger.info("%s", self.bad_items.summary() if acc.num_processes == 1 else
-                        f"{self.bad_items.summary()}\n(this is rank 0's list; all ranks: {int(totals[1])} bad of "
-                        f"{int(totals[0])} items asked for)")
-        dropped = {"dropped_rows": float(len(self.bad_items.dropped))} if self.bad_items.dropped else {}
-        return {"bad_items": totals[1], "items_loaded": totals[0], **dropped}  # dropped: the same on every rank
+        local = self.task.counters()
+        totals: dict[str, float] = {}
+        if local:  # float64: exact counts up to 2**53
+            summed = acc.reduce(torch.tensor(list(local.values()), dtype=torch.float64, device=acc.device), "sum")
+            totals = dict(zip(local, summed.tolist()))
+        report = self.task.report(totals)
+        if report.text and self.is_main:
+            logger.info("%s", report.text)
+        return report.metrics
 
     # ------------------------------------------------------------------ loop
     def _eval_models(self) -> dict[str, nn.Module]:
@@ -458,7 +452,7 @@ class Trainer:
         with tqdm(total=self.cfg.max_steps, initial=start, disable=not self.is_main, desc="train",
                   dynamic_ncols=True) as progress:
             for step in range(start, self.cfg.max_steps):
-                batches = [self._account(next(data)) for _ in range(accum)]
+                batches = [self._observe(next(data)) for _ in range(accum)]
                 lr = lr_at(step, self.cfg.lr, self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.min_lr_ratio)
                 logs: dict[str, float] = {"lr": lr}
                 for gi, (gname, names) in enumerate(self.groups.items()):
@@ -522,7 +516,7 @@ class Trainer:
                     self.validate(done)
         # resumed at the end: the final validation is done again only if its metrics were never written
         metrics = earlier if start == final and earlier is not None else self.validate(final)
-        metrics = {**metrics, **self._bad_item_summary()}
+        metrics = {**metrics, **self._counter_metrics()}
         last_loss = self.loss_history[-1][1] if self.loss_history else None  # null in JSON, never NaN
         if self.is_main:
             write_json_atomic(self.run_dir / "metrics.json", {"step": final, "final_loss": last_loss, **metrics})

@@ -23,10 +23,11 @@ def _config(**kw) -> MMDiTConfig:
     return MMDiTConfig(**{**base, **kw})
 
 
-def _model(seed: int = 0, perturb: bool = True, **kw) -> MMDiT:
+def _model(seed: int = 0, perturb: bool = True, attention_backend: str = "auto", gradient_checkpointing: bool = False,
+           **kw) -> MMDiT:
     """A tiny model; `perturb` replaces the zero-inits with random weights so every path is live."""
     torch.manual_seed(seed)
-    model = MMDiT(_config(**kw))
+    model = MMDiT(_config(**kw), attention_backend=attention_backend, gradient_checkpointing=gradient_checkpointing)
     if perturb:
         with torch.no_grad():
             for p in model.parameters():
@@ -130,6 +131,11 @@ def test_math_backend_equals_sdpa() -> None:
     b = _model(attention_backend="math")
     x, t, cond = _inputs(a)
     assert torch.allclose(a(x, t, cond), b(x, t, cond), atol=1e-5)
+    b.set_attention_backend("sdpa")  # a run-time switch: same weights, every block follows
+    assert b.backend == "sdpa" and all(block.backend == "sdpa" for block in b.blocks)
+    assert torch.equal(a(x, t, cond), b(x, t, cond))
+    with pytest.raises(ValueError, match="unknown attention backend 'flash'"):
+        b.set_attention_backend("flash")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("xformers") is not None, reason="xformers is installed here")
@@ -143,7 +149,8 @@ def test_xformers_request_without_xformers_logs_and_uses_sdpa(caplog: pytest.Log
 
 def test_gradient_checkpointing_matches() -> None:
     plain = _model().train()
-    ckpt = _model(gradient_checkpointing=True).train()
+    ckpt = _model().train()
+    ckpt.set_gradient_checkpointing(True)
     x, t, cond = _inputs(plain)
     target = torch.randn_like(x)
     grads, calls = [], []
@@ -174,6 +181,22 @@ def test_save_load_round_trip_sharded(tmp_path) -> None:
         assert torch.equal(loaded(x, t, cond), model(x, t, cond))
 
 
+def test_runtime_settings_are_not_saved_and_old_configs_still_load(tmp_path) -> None:
+    model = _model(attention_backend="math", gradient_checkpointing=True)
+    save_model(model, tmp_path / "new")
+    meta = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert not {"attention_backend", "gradient_checkpointing"} & set(meta["config"])
+    # an export from before they became run-time settings: the keys are dropped, the defaults apply
+    meta["config"] |= {"attention_backend": "xformers", "gradient_checkpointing": True}
+    (tmp_path / "new" / "config.json").write_text(json.dumps(meta))
+    loaded = load_model(tmp_path / "new").eval()
+    assert loaded.config == model.config and loaded.backend == "sdpa" and not loaded.gradient_checkpointing
+    x, t, cond = _inputs(model)
+    assert torch.allclose(loaded(x, t, cond), model(x, t, cond), atol=1e-5)
+    with pytest.raises(ConfigError, match="attention_backend"):  # not a config field any more
+        from_dict(MMDiTConfig, {**to_dict(_config()), "attention_backend": "sdpa"})
+
+
 def test_config_round_trips_and_validates() -> None:
     cfg = _config(dual_attention_layers=(0, 1), pos_embed="sincos")
     assert from_dict(MMDiTConfig, json.loads(json.dumps(to_dict(cfg)))) == cfg
@@ -181,8 +204,7 @@ def test_config_round_trips_and_validates() -> None:
            ({"patch_size": [2, 2, 2], "pos_embed": "sincos"}, "pos_embed: sincos is SD3's 2-D table"),
            ({"dual_attention_layers": [3]}, r"dual_attention_layers: indices \[3\] are not blocks of a depth-3"),
            ({"patch_size": [1, 1, 1, 1]}, "patch_size: needs 1, 2 or 3 entries"),
-           ({"qk_norm": "layer_norm"}, "qk_norm"),
-           ({"attention_backend": "flash"}, "attention_backend")]
+           ({"qk_norm": "layer_norm"}, "qk_norm")]
     for change, message in bad:
         with pytest.raises(ConfigError, match=message):
             from_dict(MMDiTConfig, {**to_dict(_config()), **change}, source="model.yaml")

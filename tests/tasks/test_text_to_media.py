@@ -144,6 +144,23 @@ def test_sampling_writes_one_row_per_prompt_and_checks_patch_sizes(tmp_path, vae
         TextToMediaTask(bad).build_models()
 
 
+def test_frozen_models_load_lazily_and_runtime_settings_stay_out_of_the_export(tmp_path, vae_dir):
+    recipe = _recipe(tmp_path, _folder(tmp_path / "media", n=4), vae_dir, use_cache="off")
+    recipe.model.attention_backend, recipe.model.gradient_checkpointing = "math", True
+    task = TextToMediaTask(recipe)
+    assert task._tokenizer is None  # nothing loaded until asked
+    frozen = task.frozen_models()
+    assert sorted(frozen) == ["text", "tokenizer"] and frozen["tokenizer"] is task.tokenizer
+    assert all(not m.training and not any(p.requires_grad for p in m.parameters()) for m in frozen.values())
+    task.place_frozen_models(torch.device("meta"))  # the one public way the trainer and `prepare` place them
+    assert {p.device.type for m in frozen.values() for p in m.parameters()} == {"meta"}
+
+    velocity = TextToMediaTask(recipe).build_models()["velocity"]
+    assert velocity.backend == "math" and velocity.gradient_checkpointing  # applied from the recipe...
+    config = json.loads((save_model(velocity, tmp_path / "v") / "config.json").read_text())["config"]
+    assert not {"attention_backend", "gradient_checkpointing"} & set(config)  # ...not saved with the weights
+
+
 @pytest.mark.parametrize("modality", ["video", "audio"])
 def test_video_and_audio_train_and_sample_as_more_tokens(tmp_path, modality, fresh_accelerate):
     from media_factory import noisy_frames, sine, write_audio, write_mp4
