@@ -89,24 +89,15 @@ def _rewrite_weights(folder: Path, edit) -> None:
     save_file(state, str(folder / WEIGHTS_NAME))
 
 
-def test_extra_key_raises_naming_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("edit,message", [
+    (lambda s: s.__setitem__("bogus.weight", torch.zeros(2)), r"unexpected keys: \['bogus.weight'\]"),
+    (lambda s: s.pop("out.bias"), r"missing keys: \['out.bias'\]"),
+    (lambda s: s.__setitem__("out.bias", torch.zeros(5)), r"out\.bias: checkpoint \(5,\) vs model \(2,\)"),
+], ids=["extra key", "missing key", "shape mismatch"])
+def test_weights_that_do_not_fit_raise_naming_the_key(tmp_path: Path, edit, message: str) -> None:
     folder = save_model(_model(), tmp_path / "m")
-    _rewrite_weights(folder, lambda s: s.__setitem__("bogus.weight", torch.zeros(2)))
-    with pytest.raises(ValueError, match=r"unexpected keys: \['bogus.weight'\]"):
-        load_model(folder)
-
-
-def test_missing_key_raises_naming_it(tmp_path: Path) -> None:
-    folder = save_model(_model(), tmp_path / "m")
-    _rewrite_weights(folder, lambda s: s.pop("out.bias"))
-    with pytest.raises(ValueError, match=r"missing keys: \['out.bias'\]"):
-        load_model(folder)
-
-
-def test_shape_mismatch_raises_naming_it(tmp_path: Path) -> None:
-    folder = save_model(_model(), tmp_path / "m")
-    _rewrite_weights(folder, lambda s: s.__setitem__("out.bias", torch.zeros(5)))
-    with pytest.raises(ValueError, match=r"out\.bias: checkpoint \(5,\) vs model \(2,\)"):
+    _rewrite_weights(folder, edit)
+    with pytest.raises(ValueError, match=message):
         load_model(folder)
 
 
