@@ -24,7 +24,6 @@ from torch import Tensor, nn
 
 from mmflow.config import ConfigError, check
 from mmflow.data.digits import DIGIT_NAMES, DigitsDataset, all_captions, prompt_for
-from mmflow.flow.cfg import Condition
 from mmflow.metrics.digit_classifier import digit_classifier
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
 from mmflow.sampling.generate import seeded_noise
@@ -32,7 +31,7 @@ from mmflow.text.token_text import TokenTextConfig, TokenTextEmbedder, WordToken
 from mmflow.tasks import register_task
 from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
 from mmflow.train.random import BatchRandom
-from mmflow.train.task import LossOutput
+from mmflow.train.task import LossOutput, format_metric
 from mmflow.utils.fs import write_json_atomic
 from mmflow.utils.images import save_image_grid
 
@@ -127,10 +126,7 @@ class DigitsImageTask(FlowMatchingTask):
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
         # embed the captions here (the embedder trains with the MM-DiT), then the generic CFM loss
         cond = models[TEXT](batch["ids"], batch["mask"])
-        return super().loss(models, {"image": batch["image"], "cond": cond}, rng, optimizer, step)
-
-    def split_batch(self, batch: Any) -> tuple[Tensor, Condition]:
-        return batch["image"], batch["cond"]
+        return self.flow_loss(models[VELOCITY], batch["image"], cond, rng)
 
     def null_condition(self, model: nn.Module) -> dict[str, Tensor]:
         """The MM-DiT's learned null text, one row (batch 1), padded to max_text_length tokens."""
@@ -221,3 +217,10 @@ class DigitsImageTask(FlowMatchingTask):
                 "classified_as": [" ".join(f"{d}:{c}" for d, c in sorted(enumerate(np.bincount(p, minlength=10)),
                                                                        key=lambda dc: -dc[1]) if c)
                                   for p in predicted]}
+
+    def summary_lines(self, metrics: dict[str, float | None], run_dir: Path) -> list[str]:
+        """The classifier check: accuracy per guidance scale and the classifier's own on real digits."""
+        accuracies = {k: v for k, v in metrics.items() if "accuracy" in k}
+        if not accuracies:
+            return []
+        return ["classifier check: " + ", ".join(f"{k} {format_metric(v, '.3f')}" for k, v in sorted(accuracies.items()))]

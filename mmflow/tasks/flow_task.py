@@ -1,7 +1,8 @@
 """Flow matching as a trainer task: the CFM loss with CFG condition dropout, for any velocity model.
 
-Subclasses say how a batch becomes (data z, condition) and what the null condition is; the model is
-called as model(x_t, t, cond) -> velocity, the same signature the samplers use.
+A subclass's `loss` turns its batch into (data z, condition) and calls `flow_loss`; the default `loss`
+does that through `split_batch`. The model is called as model(x_t, t, cond) -> velocity, the same
+signature the samplers use.
 """
 
 from __future__ import annotations
@@ -33,17 +34,22 @@ class FlowMatchingTask(Task):
         eps = 1e-5 if recipe.flow.schedule == "vp" else 0.0
         self.time_sampler = get_time_sampler(ts.name, eps=eps, **ts.kwargs())
 
-    @abstractmethod
     def split_batch(self, batch: Any) -> tuple[Tensor, Condition | None]:
-        """batch -> (z (B, ...) data, condition or None)."""
+        """batch -> (z (B, ...) data, condition or None), for the default `loss`; a task that overrides
+        `loss` and calls `flow_loss` itself needs none."""
+        raise NotImplementedError(f"{type(self).__name__}: override loss (calling flow_loss) or split_batch")
 
     @abstractmethod
     def null_condition(self, model: nn.Module) -> Condition | None:
         """The condition that means "unconditional" (one row, no batch dim), or None if unconditional."""
 
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
-        model = models[VELOCITY]
         z, cond = self.split_batch(batch)
+        return self.flow_loss(models[VELOCITY], z, cond, rng)
+
+    def flow_loss(self, model: nn.Module, z: Tensor, cond: Condition | None, rng: BatchRandom) -> LossOutput:
+        """The CFM loss of data z (B, ...) under cond (entries (B, ...), or None): draws t (B,), then the
+        noise eps (B, ...), then (with cond and flow.cfg_dropout > 0) the CFG drop mask (B,) from rng."""
         t = rng.draw(lambda n, g: self.time_sampler.sample(n, generator=g)).to(z.dtype)  # (B,)
         eps = rng.randn(*z.shape[1:]).to(z.dtype)  # (B, ...)
         ps = self.path.sample(z, t, eps)

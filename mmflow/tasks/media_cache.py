@@ -1,10 +1,11 @@
 """`mmflow prepare`: precompute a media recipe's latents and text embeddings into the cache.
 
-Each item is stored as the tokenizer's posterior mean and std (so training still samples z ~ q(z|x))
-or, without a tokenizer, the media tensor itself, plus every text encoder's tokens, mask and pooled
-vector under "text.<encoder>.<part>". The cache's `describe` names everything those values depend on:
-the tokenizer's and encoders' weights, the preprocessing settings and the media files (size, mtime),
-so a change to any of them makes the cache stale with the reason spelled out.
+Each item is stored as its `MediaEncoders.cache_fields` (mmflow/tasks/encoders.py, the one place that
+knows their names): the tokenizer's posterior mean and std (so training still samples z ~ q(z|x)) or,
+without a tokenizer, the media tensor itself, plus every text encoder's tokens, mask and pooled vector.
+The cache's `describe` names everything those values depend on: the tokenizer's and encoders' weights,
+the preprocessing settings and the media files (size, mtime), so a change to any of them makes the
+cache stale with the reason spelled out.
 
     mmflow prepare recipes/emoji_image.yaml
     accelerate launch --multi_gpu --num_processes 8 -m mmflow prepare recipes/emoji_image.yaml
@@ -12,7 +13,6 @@ so a change to any of them makes the cache stale with the reason spelled out.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ import torch
 from mmflow.data.bad_items import BadDataError, BadMedia
 from mmflow.data.cache import CacheWriter
 from mmflow.data.media_folder import MediaFolderDataset
+from mmflow.tasks.encoders import MediaEncoders
 
 logger = logging.getLogger("mmflow.tasks")
 
@@ -32,20 +33,9 @@ PREPROCESSING_KEYS = ("modality", "captions", "text_field", "extensions", "size"
                       "clip_start", "short_clips", "sample_rate", "seconds", "channels", "silence_threshold")
 
 
-def folder_fingerprint(folder: str | Path) -> str:
-    """sha256 over a model folder's config.json and weight files (contents), in name order."""
-    h = hashlib.sha256()
-    for f in sorted(Path(folder).iterdir()):
-        if f.is_file() and (f.name == "config.json" or f.suffix == ".safetensors" or f.name.endswith(".index.json")):
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
-
-
-def cache_describe(recipe: Any, dataset: MediaFolderDataset, has_tokenizer: bool) -> dict[str, Any]:
-    """Everything the cached values of `recipe` depend on (see mmflow.data.cache)."""
+def cache_describe(recipe: Any, dataset: MediaFolderDataset, encoders: MediaEncoders) -> dict[str, Any]:
+    """Everything the cached values of `recipe` depend on (see mmflow.data.cache): the encoders' part
+    ("tokenizer", "text") and the data's."""
     d = recipe.data
     root = Path(d.path)
     files = {}
@@ -58,8 +48,7 @@ def cache_describe(recipe: Any, dataset: MediaFolderDataset, has_tokenizer: bool
     return {
         "format": "text_to_media/1",
         "seed": recipe.seed,  # random crops and clip starts of epoch 0 are frozen into the cache
-        "tokenizer": folder_fingerprint(recipe.model.tokenizer) if has_tokenizer else None,
-        "text": recipe.model.text.fingerprint(),
+        **encoders.describe(),
         "data": {k: getattr(d, k) for k in PREPROCESSING_KEYS},
         "files": files,
     }
@@ -82,7 +71,7 @@ def prepare_cache(task: Any, accelerator: Any, batch_size: int = 16) -> PrepareR
     if acc.is_main_process:
         writer.begin()
     acc.wait_for_everyone()
-    task.place_frozen_models(acc.device)
+    encoders = task.encoders.to(acc.device)
     mine = list(range(acc.process_index, len(raw), acc.num_processes))
     skipped: list[tuple[str, str]] = []
     cached = 0
@@ -98,19 +87,9 @@ def prepare_cache(task: Any, accelerator: Any, batch_size: int = 16) -> PrepareR
         if not items:
             continue
         media = torch.stack([it["media"] for it in items]).to(acc.device)  # (b, *media_shape)
-        with torch.no_grad():
-            if task.tokenizer is not None:
-                post = task.tokenizer.encode(media)
-                fields = {"latent_mean": post.mean, "latent_std": post.std}
-            else:
-                fields = {"media": media}
-            parts = task.text.encode_each([it["text"] for it in items])
+        fields = encoders.cache_fields(media, [it["text"] for it in items])  # {name: (b, ...)}
         for k, it in enumerate(items):
-            tensors = {name: t[k] for name, t in fields.items()}
-            for n, emb in parts.items():
-                tensors.update({f"text.{n}.tokens": emb.tokens[k], f"text.{n}.mask": emb.mask[k],
-                                f"text.{n}.pooled": emb.pooled[k]})
-            writer.add(it["index"], tensors)
+            writer.add(it["index"], {name: t[k] for name, t in fields.items()})
             cached += 1
     writer.close()
     totals = acc.reduce(torch.tensor([cached, len(skipped)], device=acc.device), "sum").tolist()

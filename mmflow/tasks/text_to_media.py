@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -27,15 +28,14 @@ from torch.utils.data import Dataset, default_collate
 from mmflow.config import ConfigError, check
 from mmflow.data.cache import CachedDataset, cache_problem
 from mmflow.data.media_folder import MediaFolderConfig, MediaFolderDataset, collate
-from mmflow.flow.cfg import Condition, condition_dropout_mask
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
 from mmflow.sampling.generate import seeded_noise
 from mmflow.tasks import register_task
+from mmflow.tasks.encoders import MediaEncoders
 from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
 from mmflow.tasks.media_accounting import MediaAccounting
 from mmflow.tasks.media_cache import cache_describe
-from mmflow.text.combine import TextConditioner, TextConditionerConfig, combine_parts
-from mmflow.text.encoder import TextEmbedding
+from mmflow.text.combine import TextConditionerConfig
 from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput
 
@@ -73,13 +73,6 @@ class MediaModelConfig:
     gradient_checkpointing: bool = False
 
 
-def _frozen(module: nn.Module) -> nn.Module:
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
 @register_task
 class TextToMediaTask(MediaAccounting, FlowMatchingTask):
     name = "text_to_media"
@@ -88,58 +81,27 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
 
     def __init__(self, recipe: Any) -> None:
         super().__init__(recipe)
-        self._tokenizer: nn.Module | None = None
-        self._text: TextConditioner | None = None
-        self._latent_shape: tuple[int, ...] | None = None
+        # tokenizer + text encoders, frozen and loaded on first use: training, `mmflow prepare`, sampling
+        self.encoders = MediaEncoders(recipe.model.tokenizer, recipe.model.text)
         self.run_dir: Path = Path(recipe.resolved_run_dir())
-
-    # ------------------------------------------------------------------ frozen parts
-    @property
-    def tokenizer(self) -> nn.Module | None:
-        path = self.recipe.model.tokenizer
-        if path is not None and self._tokenizer is None:
-            import mmflow.builtin_models  # noqa: F401  (whatever type the folder names)
-            from mmflow.model_io import load_model
-
-            if not Path(path).is_dir():
-                raise ConfigError(f"{path} is not a folder (train one with `mmflow train tokenizers/<name>.yaml` "
-                                  f"or convert one with `mmflow convert diffusers-vae`)", "model.tokenizer")
-            self._tokenizer = _frozen(load_model(path))
-        return self._tokenizer
-
-    @property
-    def text(self) -> TextConditioner:
-        if self._text is None:
-            self._text = _frozen(TextConditioner(self.recipe.model.text))  # type: ignore[assignment]
-        return self._text  # type: ignore[return-value]
 
     def frozen_models(self) -> dict[str, nn.Module]:
         """The text conditioner and the tokenizer (if any), loaded on first call."""
-        frozen: dict[str, nn.Module] = {"text": self.text}
-        if self.tokenizer is not None:
-            frozen["tokenizer"] = self.tokenizer
-        return frozen
+        return self.encoders.modules()
 
     def media_shape(self) -> tuple[int, ...]:
         return self.recipe.data.spec.media_shape(self.recipe.data)
 
     def latent_shape(self) -> tuple[int, ...]:
-        """(C, *axes) of one item's latents: the media shape through the tokenizer (one probe encode)."""
-        if self._latent_shape is None:
-            if self.tokenizer is None:
-                self._latent_shape = self.media_shape()
-            else:
-                with torch.no_grad():
-                    probe = torch.zeros(1, *self.media_shape(), device=next(self.tokenizer.parameters()).device)
-                    self._latent_shape = tuple(self.tokenizer.encode(probe).mean.shape[1:])
-        return self._latent_shape
+        """(C, *axes) of one item's latents: the media shape through the tokenizer."""
+        return self.encoders.latent_shape(self.media_shape())
 
     # ------------------------------------------------------------------ models
     def mmdit_config(self) -> MMDiTConfig:
         m = self.recipe.model
         return MMDiTConfig(in_channels=self.latent_shape()[0], patch_size=tuple(m.patch_size), hidden_size=m.hidden_size,
                            depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, qk_norm=m.qk_norm,
-                           context_dim=self.text.out_width, pooled_dim=self.text.pooled_width, pos_embed="rope",
+                           context_dim=self.encoders.context_dim, pooled_dim=self.encoders.pooled_dim, pos_embed="rope",
                            null_text="zeros")  # u(null) comes from the text encoders (empty prompt), not the MM-DiT
 
     def build_models(self) -> dict[str, nn.Module]:
@@ -170,7 +132,7 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         return MediaFolderDataset(self.recipe.data, seed=self.recipe.seed)
 
     def describe(self, dataset: MediaFolderDataset) -> dict[str, Any]:
-        return cache_describe(self.recipe, dataset, self.tokenizer is not None)
+        return cache_describe(self.recipe, dataset, self.encoders)
 
     def build_dataset(self) -> Dataset:
         raw = self.raw_dataset()
@@ -200,37 +162,13 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         return CacheOrder(raw, [int(k) for k in dataset.keys], len(self.raw_dataset()))
 
     # ------------------------------------------------------------------ loss
-    def _latents(self, batch: dict[str, Any], rng: BatchRandom) -> Tensor:
-        """Normalised latents (B, C, ...): a posterior sample from cached mean/std or a fresh encode."""
-        if "latent_mean" in batch:
-            mean, std = batch["latent_mean"], batch["latent_std"]
-            return self.tokenizer.normalize(mean + std * rng.randn(*mean.shape[1:]).to(mean.dtype))  # type: ignore[union-attr]
-        media = batch["media"]
-        if self.tokenizer is None:
-            return media
-        with torch.no_grad():
-            post = self.tokenizer.encode(media)
-        return self.tokenizer.normalize(post.mean + post.std * rng.randn(*post.mean.shape[1:]).to(post.mean.dtype))
-
-    def _text_parts(self, batch: dict[str, Any]) -> dict[str, TextEmbedding]:
-        if "text" in batch:  # raw media: encode the captions now
-            return self.text.encode_each(batch["text"])
-        return {n: TextEmbedding(batch[f"text.{n}.tokens"], batch[f"text.{n}.mask"].bool(), batch[f"text.{n}.pooled"])
-                for n in self.recipe.model.text.names}
-
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
-        z = self._latents(batch, rng)  # the trainer placed the frozen models on the batch's device
-        cfg = self.recipe.model.text
-        drop = {e.key: rng.draw(lambda n, g, p=e.dropout: condition_dropout_mask(n, p, generator=g))
-                for e in cfg.encoders if e.dropout > 0}
-        emb = combine_parts(cfg, self._text_parts(batch), self.text.null_each(), drop)
-        return super().loss(models, {"z": z, "cond": emb.as_condition()}, rng, optimizer, step)
-
-    def split_batch(self, batch: Any) -> tuple[Tensor, Condition]:
-        return batch["z"], batch["cond"]
+        # raw or cached batch -> latents and text with per-encoder dropout (the trainer placed the encoders)
+        enc = self.encoders.encode_batch(batch, rng)
+        return self.flow_loss(models[VELOCITY], enc.z, enc.text.as_condition(), rng)
 
     def null_condition(self, model: nn.Module) -> dict[str, Tensor]:
-        return self.text.null_condition().as_condition()  # on the device the frozen models were placed on
+        return self.encoders.null().as_condition()  # on the device the frozen models were placed on
 
     # ------------------------------------------------------------------ sampling
     def sample_media(self, velocity: nn.Module, prompts: Sequence[str], device: torch.device, sample_cfg: Any,
@@ -238,8 +176,9 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         """One item per prompt -> media (P, *media_shape) on CPU, clamped to [-1, 1]; noise from sample_cfg.seed."""
         self.place_frozen_models(device)  # sampling outside the trainer (`mmflow sample --device`)
         x0, g = seeded_noise((len(prompts), *self.latent_shape()), sample_cfg.seed)
-        cond = self.text(list(prompts)).as_condition()
-        decode = None if self.tokenizer is None else self.tokenizer.decode_latents
+        cond = self.encoders.encode_prompts(prompts).as_condition()
+        # like_shape: a tokenizer that pads on encode (video frames, audio samples) crops back to the data's
+        decode = partial(self.encoders.decode, like_shape=(1, *self.media_shape())) if self.encoders.has_tokenizer else None
         return self.sample(velocity, x0.to(device), cond, sample_cfg, guidance=guidance, generator=g, decode=decode,
                            clamp=True, check_finite=check_finite).x
 

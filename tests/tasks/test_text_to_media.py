@@ -148,9 +148,8 @@ def test_frozen_models_load_lazily_and_runtime_settings_stay_out_of_the_export(t
     recipe = _recipe(tmp_path, _folder(tmp_path / "media", n=4), vae_dir, use_cache="off")
     recipe.model.attention_backend, recipe.model.gradient_checkpointing = "math", True
     task = TextToMediaTask(recipe)
-    assert task._tokenizer is None  # nothing loaded until asked
-    frozen = task.frozen_models()
-    assert sorted(frozen) == ["text", "tokenizer"] and frozen["tokenizer"] is task.tokenizer
+    frozen = task.frozen_models()  # the encoders' modules, loaded on first call
+    assert sorted(frozen) == ["text", "tokenizer"] and frozen == task.encoders.modules()
     assert all(not m.training and not any(p.requires_grad for p in m.parameters()) for m in frozen.values())
     task.place_frozen_models(torch.device("meta"))  # the one public way the trainer and `prepare` place them
     assert {p.device.type for m in frozen.values() for p in m.parameters()} == {"meta"}
