@@ -114,6 +114,7 @@ def _train(args: argparse.Namespace) -> int:
     from mmflow.recipe import check_before_work
     from mmflow.tasks import get_task_class, load_recipe
     from mmflow.train.checkpoint import step_dir_name
+    from mmflow.train.task import format_metric
     from mmflow.train.trainer import Trainer, check_run_folder, make_accelerator
 
     overrides = list(args.overrides)
@@ -128,30 +129,9 @@ def _train(args: argparse.Namespace) -> int:
     result = Trainer(recipe, task, run_dir, resume=args.resume, overfit_batch=args.overfit_batch or 0,
                      accelerator=accelerator).train()
     if accelerator.is_main_process:
-        def num(value: float | None, spec: str) -> str:  # None: a value that was not known (null in JSON)
-            return "n/a" if value is None else format(value, spec)
-
-        print(f"run folder: {result.run_dir}   final loss: {num(result.final_loss, '.5f')}")
-        m = result.metrics
-        for prefix, what in (("", f"{recipe.sample.solver} x{recipe.sample.steps}"), ("ode100_", "rk4 x25")):
-            if f"{prefix}sliced_w1" in m:
-                print(f"quality ({what}, {num(m[prefix + 'nfe'], '.0f')} NFE, {recipe.sample.num_samples} samples vs fresh data):\n"
-                      f"  sliced W1 {num(m[prefix + 'sliced_w1'], '.4f')}  (data-vs-data floor {num(m[prefix + 'floor_sliced_w1'], '.4f')}, "
-                      f"ratio {num(m[prefix + 'ratio_sliced_w1'], '.2f')}x)\n"
-                      f"  energy    {num(m[prefix + 'energy'], '.5f')} (data-vs-data floor {num(m[prefix + 'floor_energy'], '.5f')}, "
-                      f"ratio {num(m[prefix + 'ratio_energy'], '.2f')}x)")
-        accuracies = {k: v for k, v in m.items() if "accuracy" in k}
-        if accuracies:  # classifier-based checks (e.g. the digits recipe)
-            print("classifier check: " + ", ".join(f"{k} {num(v, '.3f')}" for k, v in sorted(accuracies.items())))
-        recon = {k: v for k, v in m.items() if k.startswith(("psnr", "stft_distance", "l1"))}
-        if recon:  # tokenizers: held-out reconstruction quality
-            print("held-out reconstruction: " + ", ".join(f"{k} {num(v, '.4g')}" for k, v in sorted(recon.items())))
-        if m.get("bad_items"):
-            print(f"bad media: {int(m['bad_items'])} of {int(m['items_loaded'])} items asked for were bad and replaced "
-                  f"(paths in {result.run_dir / 'train.log'})")
-        if m.get("dropped_rows"):
-            print(f"dropped rows: {int(m['dropped_rows'])} metadata rows were not used as items "
-                  f"(rows and reasons in {result.run_dir / 'train.log'})")
+        print(f"run folder: {result.run_dir}   final loss: {format_metric(result.final_loss, '.5f')}")
+        for line in task.summary_lines(result.metrics, result.run_dir):
+            print(line)
         final = result.run_dir / "validation" / step_dir_name(result.step)
         pictures = sorted(final.glob("*.png")) if final.is_dir() else []
         print("pictures: " + ("  ".join(str(p) for p in pictures) if pictures else str(result.run_dir / "validation")))

@@ -140,3 +140,48 @@ def test_decode_of_a_file_that_is_not_latents_names_it(tmp_path: Path, capsys: p
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     assert main(["decode", str(tmp_path / "vae"), str(tmp_path / "junk.safetensors"), "--out", str(tmp_path / "o")]) == 2
     assert "junk.safetensors" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the end-of-run summary (Task.summary_lines)
+def test_toy2d_summary_lines_are_the_quality_of_both_solvers(make_toy_recipe, tmp_path):
+    from mmflow.tasks.toy2d import Toy2DTask
+
+    recipe = make_toy_recipe("sample.solver=heun", "sample.steps=8", "sample.num_samples=300")
+    one = {"nfe": 16.0, "sliced_w1": 0.40664, "floor_sliced_w1": 0.35861, "ratio_sliced_w1": 1.134,
+           "energy": 0.074861, "floor_energy": 0.067972, "ratio_energy": None}  # None: not finite, printed n/a
+    metrics = {**one, **{f"ode100_{k}": v for k, v in one.items()}, "ode100_nfe": 100.0, "loss_t0": 1.1}
+    lines = Toy2DTask(recipe).summary_lines(metrics, tmp_path)
+    assert lines == [
+        "quality (heun x8, 16 NFE, 300 samples vs fresh data):\n"
+        "  sliced W1 0.4066  (data-vs-data floor 0.3586, ratio 1.13x)\n"
+        "  energy    0.07486 (data-vs-data floor 0.06797, ratio n/ax)",
+        "quality (rk4 x25, 100 NFE, 300 samples vs fresh data):\n"
+        "  sliced W1 0.4066  (data-vs-data floor 0.3586, ratio 1.13x)\n"
+        "  energy    0.07486 (data-vs-data floor 0.06797, ratio n/ax)"]
+    assert Toy2DTask(recipe).summary_lines({"loss_t0": 1.0}, tmp_path) == []
+
+
+def test_digits_summary_line_is_the_classifier_check(tmp_path):
+    from mmflow.tasks import load_recipe
+    from mmflow.tasks.digits import DigitsImageTask
+
+    task = DigitsImageTask(load_recipe(ROOT / "recipes" / "digits_image.yaml", []))
+    metrics = {"accuracy_w3": 0.9, "accuracy_w1": 0.61234, "classifier_accuracy_real": 0.9933, "sample_std": 0.5}
+    assert task.summary_lines(metrics, tmp_path) == [
+        "classifier check: accuracy_w1 0.612, accuracy_w3 0.900, classifier_accuracy_real 0.993"]
+    assert task.summary_lines({}, tmp_path) == []
+
+
+def test_tokenizer_summary_is_its_reconstruction_then_the_media_accounting(tmp_path):
+    from mmflow.tasks import load_recipe
+    from mmflow.tasks.tokenizer import TokenizerTask
+
+    task = TokenizerTask(load_recipe(ROOT / "tokenizers" / "image_f8.yaml", [f"data.path={tmp_path}"]))
+    metrics = {"l1": 0.0512345, "psnr": 24.56789, "psnr_min": None, "held_out_items": 4.0,
+               "bad_items": 2.0, "items_loaded": 40.0, "dropped_rows": 3.0}
+    log = tmp_path / "run" / "train.log"
+    assert task.summary_lines(metrics, tmp_path / "run") == [
+        "held-out reconstruction: l1 0.05123, psnr 24.57, psnr_min n/a",
+        f"bad media: 2 of 40 items asked for were bad and replaced (paths in {log})",
+        f"dropped rows: 3 metadata rows were not used as items (rows and reasons in {log})"]
+    assert task.summary_lines({"bad_items": 0.0, "items_loaded": 8.0, "held_out_items": 0.0}, tmp_path) == []

@@ -1,13 +1,15 @@
 """Audio: (C, N) waveforms at the recipe's sample rate, read with soundfile (mmflow.data.audio_reader),
-written as WAV (or FLAC, by suffix) at that rate, previewed as waveform + spectrogram per clip.
+written as WAV (or FLAC, by suffix) at that rate with metadata in a `<file>.json` sidecar, previewed as
+waveform + spectrogram per clip.
 
     spec = get_modality("audio")
     wave, mask = spec.read(Path("a.flac"), cfg, (0, 0), torch.Generator())   # (C, N), (N,)
-    spec.write(wave, "a.wav", sample_rate=cfg.sample_rate)
+    spec.write(wave, "a.wav", sample_rate=cfg.sample_rate, metadata={"seed": 3})   # + a.wav.json
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +21,17 @@ from torch import Tensor
 
 from mmflow.data.audio_reader import read_audio
 from mmflow.data.bad_items import BadMedia
-from mmflow.modalities.base import Modality, register_modality
+from mmflow.modalities.base import MediaMetadata, Modality, register_modality
+from mmflow.utils.fs import write_json_atomic
 from mmflow.utils.media_io import write_wav
 
-__all__ = ["AudioModality", "spectrogram_db"]
+__all__ = ["AudioModality", "sidecar_path", "spectrogram_db"]
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where an audio file's metadata lives: `a.wav` -> `a.wav.json` (WAV and FLAC have no common tag set)."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
 
 
 def spectrogram_db(wave: Tensor, n_fft: int = 512) -> Tensor:
@@ -72,10 +81,20 @@ class AudioModality(Modality):
         return wave, {"num_samples": wave.shape[-1], "sample_rate": out_rate, "source_sample_rate": rate}
 
     def write(self, media: Tensor, path: str | os.PathLike, *, fps: float | None = None,
-              sample_rate: int | None = None) -> Path:
+              sample_rate: int | None = None, metadata: MediaMetadata | None = None) -> Path:
         if sample_rate is None:
             raise ValueError(f"writing audio to {path} needs its sample_rate")
-        return write_wav(media, path, sample_rate)
+        out = write_wav(media, path, sample_rate)
+        if metadata:
+            write_json_atomic(sidecar_path(out), dict(metadata))
+        else:  # a sidecar left by an earlier write of this name would describe other audio
+            sidecar_path(out).unlink(missing_ok=True)
+        return out
+
+    def read_metadata(self, path: str | os.PathLike) -> dict[str, Any]:
+        """The sidecar's JSON object (values keep their types); {} without a sidecar."""
+        side = sidecar_path(path)
+        return json.loads(side.read_text()) if side.is_file() else {}
 
     def preview(self, media: Tensor, path: str | os.PathLike, labels: Sequence[str] | None = None,
                 title: str = "") -> Path:

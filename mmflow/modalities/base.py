@@ -8,6 +8,11 @@ compare modality names:
     spec = get_modality(cfg.modality)            # cfg: a MediaFolderConfig (the recipe's data section)
     x, mask = spec.read(path, cfg, (256, 256), generator)
     spec.write(x, "out/sample" + spec.suffix, fps=cfg.fps, sample_rate=cfg.sample_rate)
+    spec.write(x, "out/a" + spec.suffix, metadata={"prompt": "a cat", "seed": 3})   # provenance, see below
+    spec.read_metadata("out/a" + spec.suffix)                                        # {"prompt": "a cat", ...}
+
+Provenance metadata goes where each format has room for it: PNG text chunks (values come back as
+text), one JSON object in the MP4 `comment` tag, a `<file>.json` sidecar next to audio files.
 
 Media tensors are float in [-1, 1]: image (C, H, W), video (C, T, H, W), audio (C, N). A new modality
 is one new module with a `@register_modality` subclass, imported by `mmflow/modalities/__init__.py`.
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -26,8 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmflow.errors import UserError
+from mmflow.utils.media_io import MetadataValue
 
-__all__ = ["MODALITIES", "Modality", "UnknownModality", "get_modality", "pad_to", "register_modality"]
+__all__ = ["MODALITIES", "MediaMetadata", "Modality", "UnknownModality", "get_modality", "pad_to",
+           "register_modality"]
+
+MediaMetadata = Mapping[str, MetadataValue]  # a sample's provenance: prompt, seed, guidance, solver, steps, ...
 
 
 class UnknownModality(UserError, ValueError):
@@ -84,8 +93,13 @@ class Modality(ABC):
 
     @abstractmethod
     def write(self, media: Tensor, path: str | os.PathLike, *, fps: float | None = None,
-              sample_rate: int | None = None) -> Path:
-        """One item (C, ...) in [-1, 1] -> a file at `path` (settings a modality has no use for are ignored)."""
+              sample_rate: int | None = None, metadata: MediaMetadata | None = None) -> Path:
+        """One item (C, ...) in [-1, 1] -> a file at `path` (settings a modality has no use for are ignored),
+        carrying `metadata` (None: the bare file)."""
+
+    @abstractmethod
+    def read_metadata(self, path: str | os.PathLike) -> dict[str, Any]:
+        """The `metadata` that `write` stored with the file at `path`; {} when it carries none."""
 
     @abstractmethod
     def preview(self, media: Tensor, path: str | os.PathLike, labels: Sequence[str] | None = None,

@@ -1,4 +1,5 @@
-"""Images: (3, H, W) tensors, read with Pillow (mmflow.data.image_reader), written as PNG.
+"""Images: (3, H, W) tensors, read with Pillow (mmflow.data.image_reader), written as PNG (metadata as
+text chunks).
 
     spec = get_modality("image")
     x, _ = spec.read(Path("cat.jpg"), cfg, (256, 256), torch.Generator())   # (3, 256, 256)
@@ -16,9 +17,9 @@ import torch
 from torch import Tensor
 
 from mmflow.data.image_reader import image_size, open_image, pil_to_tensor, read_image
-from mmflow.modalities.base import Modality, pad_to, register_modality
+from mmflow.modalities.base import MediaMetadata, Modality, pad_to, register_modality
 from mmflow.utils.images import save_image_grid
-from mmflow.utils.media_io import write_png
+from mmflow.utils.media_io import read_png_text, write_png
 
 __all__ = ["ImageModality"]
 
@@ -49,8 +50,12 @@ class ImageModality(Modality):
         return pad_to(x, (f, f)), {"height": x.shape[1], "width": x.shape[2]}
 
     def write(self, media: Tensor, path: str | os.PathLike, *, fps: float | None = None,
-              sample_rate: int | None = None) -> Path:
-        return write_png(media, path)
+              sample_rate: int | None = None, metadata: MediaMetadata | None = None) -> Path:
+        return write_png(media, path, metadata)
+
+    def read_metadata(self, path: str | os.PathLike) -> dict[str, Any]:
+        """The PNG's text chunks: values are strings (a PNG stores text)."""
+        return read_png_text(path)
 
     def preview(self, media: Tensor, path: str | os.PathLike, labels: Sequence[str] | None = None,
                 title: str = "") -> Path:

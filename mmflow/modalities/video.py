@@ -1,5 +1,5 @@
 """Videos: (3, T, H, W) clips, read through a VideoBackend (mmflow.data.video_reader), written as
-H.264 MP4 with PyAV at the clip's frame rate, previewed as strips of frames.
+H.264 MP4 with PyAV at the clip's frame rate (metadata as JSON in the comment tag), previewed as strips of frames.
 
     spec = get_modality("video")
     backend = spec.backend(cfg)                       # decord / PyAV / torchcodec, per cfg.video_backend
@@ -19,9 +19,9 @@ from torch import Tensor
 
 from mmflow.data.bad_items import BadMedia, check_file
 from mmflow.data.video_reader import VideoBackend, count_packets, get_video_backend, read_video, video_size
-from mmflow.modalities.base import Modality, pad_to, register_modality
+from mmflow.modalities.base import MediaMetadata, Modality, pad_to, register_modality
 from mmflow.utils.images import save_image_grid
-from mmflow.utils.media_io import write_mp4
+from mmflow.utils.media_io import read_mp4_metadata, write_mp4
 
 __all__ = ["DEFAULT_FPS", "MAX_PREVIEW_CLIPS", "VideoModality"]
 
@@ -77,8 +77,12 @@ class VideoModality(Modality):
         return pad_to(x, (1, sf, sf)), {"num_frames": t, "height": h, "width": w, "fps": fps}
 
     def write(self, media: Tensor, path: str | os.PathLike, *, fps: float | None = None,
-              sample_rate: int | None = None) -> Path:
-        return write_mp4(media, path, fps or DEFAULT_FPS)
+              sample_rate: int | None = None, metadata: MediaMetadata | None = None) -> Path:
+        return write_mp4(media, path, fps or DEFAULT_FPS, metadata=metadata)
+
+    def read_metadata(self, path: str | os.PathLike) -> dict[str, Any]:
+        """The JSON object in the MP4's comment tag (values keep their types)."""
+        return read_mp4_metadata(path)
 
     def preview(self, media: Tensor, path: str | os.PathLike, labels: Sequence[str] | None = None,
                 title: str = "") -> Path:

@@ -9,6 +9,7 @@ dataset never made items, the same on every rank) and logs the summary paragraph
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from mmflow.data.bad_items import BadItemLog
@@ -62,3 +63,14 @@ class MediaAccounting:
             text += f"\n(this is rank 0's list; all ranks: {bad} bad of {loaded} items asked for)"
         dropped = {"dropped_rows": float(len(log.dropped))} if log.dropped else {}  # the same on every rank
         return CounterReport({"bad_items": bad, "items_loaded": loaded, **dropped}, text)
+
+    def summary_lines(self, metrics: dict[str, float | None], run_dir: Path) -> list[str]:
+        """Bad media and dropped metadata rows, pointing at the run's train.log for the paths; then the task's own."""
+        lines = []
+        if metrics.get("bad_items"):
+            lines.append(f"bad media: {int(metrics['bad_items'])} of {int(metrics['items_loaded'])} items asked for "
+                         f"were bad and replaced (paths in {run_dir / 'train.log'})")
+        if metrics.get("dropped_rows"):
+            lines.append(f"dropped rows: {int(metrics['dropped_rows'])} metadata rows were not used as items "
+                         f"(rows and reasons in {run_dir / 'train.log'})")
+        return super().summary_lines(metrics, run_dir) + lines  # type: ignore[misc]  (the Task after this mixin)

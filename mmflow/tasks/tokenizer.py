@@ -40,7 +40,7 @@ from mmflow.tokenizers import (
     stft_distance,
 )
 from mmflow.train.random import BatchRandom
-from mmflow.train.task import LossOutput, Task
+from mmflow.train.task import LossOutput, Task, format_metric
 from mmflow.utils.seeding import mix_seed
 
 logger = logging.getLogger("mmflow.tasks")
@@ -407,3 +407,9 @@ class TokenizerTask(MediaAccounting, Task):
         std = moments.std
         logger.info("latent statistics over %d items (%d values per channel): |mean| <= %.3g, std in [%.3g, %.3g]",
                     n, moments.count, float(moments.mean.abs().max()), float(std.min()), float(std.max()))
+
+    def summary_lines(self, metrics: dict[str, float | None], run_dir: Path) -> list[str]:
+        """Held-out reconstruction quality, then the media accounting's lines."""
+        recon = {k: v for k, v in metrics.items() if k.startswith(("psnr", "stft_distance", "l1"))}
+        own = ["held-out reconstruction: " + ", ".join(f"{k} {format_metric(v, '.4g')}" for k, v in sorted(recon.items()))]
+        return (own if recon else []) + super().summary_lines(metrics, run_dir)

@@ -24,6 +24,7 @@ from mmflow.sampling.generate import seeded_noise
 from mmflow.tasks import register_task
 from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
 from mmflow.tasks.toy2d_plots import plot_samples, plot_t_diagnostics, plot_trajectories
+from mmflow.train.task import format_metric
 
 # Evaluation draws use seeds far from any training seed, so the data they compare against is unseen.
 EVAL_SEED = 1_000_003
@@ -164,3 +165,17 @@ class Toy2DTask(FlowMatchingTask):
                      f"{sample_cfg.solver} x{sample_cfg.steps}, w={sample_cfg.guidance}")
         plot_trajectories(out.trajectory, out_dir / "trajectories.png", f"{sample_cfg.solver}, {out.nfe} NFE")
         return {"num_samples": num, "nfe": out.nfe, "out_dir": str(out_dir)}
+
+    def summary_lines(self, metrics: dict[str, float | None], run_dir: Path) -> list[str]:
+        """The quality of the recipe's sampler and of the accurate RK4 solve, each against its floor."""
+        lines, cfg = [], self.recipe.sample
+        for prefix, what in (("", f"{cfg.solver} x{cfg.steps}"), ("ode100_", f"rk4 x{REFERENCE_RK4_STEPS}")):
+            if f"{prefix}sliced_w1" not in metrics:
+                continue
+            m = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+            lines.append(f"quality ({what}, {format_metric(m['nfe'], '.0f')} NFE, {cfg.num_samples} samples vs fresh data):\n"
+                         f"  sliced W1 {format_metric(m['sliced_w1'], '.4f')}  (data-vs-data floor "
+                         f"{format_metric(m['floor_sliced_w1'], '.4f')}, ratio {format_metric(m['ratio_sliced_w1'], '.2f')}x)\n"
+                         f"  energy    {format_metric(m['energy'], '.5f')} (data-vs-data floor "
+                         f"{format_metric(m['floor_energy'], '.5f')}, ratio {format_metric(m['ratio_energy'], '.2f')}x)")
+        return lines

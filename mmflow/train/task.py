@@ -38,6 +38,11 @@ class CounterReport:
     text: str | None = None
 
 
+def format_metric(value: float | None, spec: str) -> str:
+    """A metric for the end-of-run summary: format(value, spec), or "n/a" for a value not known (null in JSON)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 class Task(ABC):
     """Subclasses set `name`, `data_config_class`, `model_config_class` and register in mmflow.tasks."""
 
@@ -109,6 +114,12 @@ class Task(ABC):
         """The final metrics and the end-of-run paragraph from `counters` summed over ranks (every rank calls
         it; the main process logs the text). Default: the totals as metrics, no text."""
         return CounterReport(dict(totals))
+
+    def summary_lines(self, metrics: dict[str, float | None], run_dir: Path) -> list[str]:
+        """What `mmflow train` prints about the run's final `metrics` (None: a value not known), between its
+        "run folder ... final loss" and "pictures" lines; `run_dir` for lines that point at its files.
+        Default: nothing. A subclass that adds lines to a mixin's calls super() and extends them."""
+        return []
 
     @abstractmethod
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:

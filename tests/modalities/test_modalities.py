@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -153,3 +154,58 @@ def test_video_preview_is_a_strip_of_frames_per_row_of_at_most_a_few_clips(tmp_p
     cell = 8 * 2 + 2  # save_image_grid: scale 2, pad 2
     assert few == (4 * cell + 2, 2 * cell + 2)  # 4 frames wide, 2 rows
     assert many == (MAX_PREVIEW_CLIPS * 4 * cell + 2, 2 * cell + 2)
+
+
+# ------------------------------------------------------------------ provenance metadata
+PROVENANCE = {"prompt": "a cat — näive ☕", "seed": 7, "guidance": 3.5, "solver": "heun", "steps": 8,
+              "model": "sha256:0123abcd"}
+
+
+def test_image_metadata_are_png_text_chunks_and_leave_the_pixels_alone(tmp_path):
+    spec, x = get_modality("image"), torch.rand(3, 8, 12) * 2 - 1
+    path = spec.write(x, tmp_path / "a.png", metadata=PROVENANCE)
+    with Image.open(path) as img:
+        assert img.text == {k: str(v) for k, v in PROVENANCE.items()}  # what any PNG reader shows
+        pixels = np.asarray(img)
+    with Image.open(spec.write(x, tmp_path / "bare.png")) as bare:
+        assert bare.text == {} and np.array_equal(np.asarray(bare), pixels)
+    assert spec.read_metadata(path) == {k: str(v) for k, v in PROVENANCE.items()}
+    assert spec.read_metadata(tmp_path / "bare.png") == {}
+
+
+def test_video_metadata_are_one_json_object_in_the_mp4_comment_tag(tmp_path):
+    spec = get_modality("video")
+    path = spec.write(_levels(3, 16, 16), tmp_path / "c.mp4", fps=8, metadata=PROVENANCE)
+    with av.open(str(path)) as container:
+        assert json.loads(container.metadata["comment"]) == PROVENANCE  # read back by PyAV itself
+        assert container.streams.video[0].frames == 3
+    assert spec.read_metadata(path) == PROVENANCE  # numbers stay numbers
+    bare = spec.write(_levels(3, 16, 16), tmp_path / "bare.mp4", fps=8)
+    with av.open(str(bare)) as container:
+        assert "comment" not in container.metadata
+    assert spec.read_metadata(bare) == {}
+
+
+def test_video_read_metadata_ignores_a_comment_it_did_not_write(tmp_path):
+    path = tmp_path / "other.mp4"
+    with av.open(str(path), mode="w", format="mp4") as container:
+        container.metadata["comment"] = "shot on a phone"
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert get_modality("video").read_metadata(path) == {}
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac"])
+def test_audio_metadata_go_to_a_json_sidecar(tmp_path, suffix):
+    spec, wave = get_modality("audio"), torch.zeros(1, 400)
+    path = spec.write(wave, tmp_path / f"a{suffix}", sample_rate=8000, metadata=PROVENANCE)
+    assert json.loads((tmp_path / f"a{suffix}.json").read_text()) == PROVENANCE
+    assert spec.read_metadata(path) == PROVENANCE
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"a{suffix}", f"a{suffix}.json"]  # no temporaries left
+    spec.write(wave, path, sample_rate=8000)  # rewritten bare: the old sidecar would describe other audio
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"a{suffix}"]
+    assert spec.read_metadata(path) == {}
