@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -218,3 +219,22 @@ class CachedDataset(Dataset):
         item["index"] = int(key)
         return self.transform(item) if self.transform else item
 
+
+class CacheOrder:
+    """A raw media batch sampler's batches as positions in a cache (which lacks the bad items).
+
+    (index, epoch) keys become the cache position of `index`, or of the next cached index after it
+    when `index` was bad (the raw dataset substitutes the same way, in its unbucketed order).
+    """
+
+    def __init__(self, raw_sampler: Any, cached: list[int], num_items: int) -> None:
+        self.raw = raw_sampler
+        position = {index: k for k, index in enumerate(cached)}
+        self.lookup: list[int] = []
+        for index in range(num_items):
+            j = next((index + d) % num_items for d in range(num_items) if (index + d) % num_items in position)
+            self.lookup.append(position[j])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.raw:
+            yield [self.lookup[key[0] if isinstance(key, (tuple, list)) else key] for key in batch]

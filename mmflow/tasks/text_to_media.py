@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
 from mmflow.config import ConfigError, check
-from mmflow.data.cache import CachedDataset, cache_problem
+from mmflow.data.cache import CachedDataset, CacheOrder, cache_problem
 from mmflow.data.media_folder import MediaFolderConfig, MediaFolderDataset, collate
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
 from mmflow.sampling.generate import seeded_noise
@@ -211,26 +211,6 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         media = self.sample_media(model, rows, device, sample_cfg)
         files = write_samples(media, rows, self.recipe.data, out_dir, per_prompt=num)
         return {"num_per_prompt": num, "prompts": prompts, "files": [str(f) for f in files]}
-
-
-class CacheOrder:
-    """A raw media batch sampler's batches as positions in a cache (which lacks the bad items).
-
-    (index, epoch) keys become the cache position of `index`, or of the next cached index after it
-    when `index` was bad (the raw dataset substitutes the same way, in its unbucketed order).
-    """
-
-    def __init__(self, raw_sampler: Any, cached: list[int], num_items: int) -> None:
-        self.raw = raw_sampler
-        position = {index: k for k, index in enumerate(cached)}
-        self.lookup = []
-        for index in range(num_items):
-            j = next((index + d) % num_items for d in range(num_items) if (index + d) % num_items in position)
-            self.lookup.append(position[j])
-
-    def __iter__(self):
-        for batch in self.raw:
-            yield [self.lookup[key[0] if isinstance(key, (tuple, list)) else key] for key in batch]
 
 
 def write_samples(media: Tensor, prompts: Sequence[str], data: MediaFolderConfig, out_dir: Path,

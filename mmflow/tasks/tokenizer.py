@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mmflow.config import ConfigError, from_dict, to_dict
 from mmflow.data.bad_items import BadDataError, BadMedia
 from mmflow.data.media_folder import MAX_CANDIDATES, MediaFolderConfig, MediaFolderDataset, collate
+from mmflow.metrics.reconstruction import psnr
 from mmflow.tasks import register_task
 from mmflow.tasks.media_accounting import MediaAccounting
 from mmflow.tokenizers import (
@@ -90,6 +91,8 @@ class DiscriminatorSection:
 class TokenizerModelConfig:
     preset: str | None = field(default="tiny", metadata={"help": "size preset of the modality's VAE; null: the config defaults"})
     vae: dict[str, Any] = field(default_factory=dict, metadata={"help": "VAE config fields over the preset, e.g. latent_channels: 16"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute each VAE level in backward: less memory, more compute (image VAE only; not saved with it)"})
     discriminator: DiscriminatorSection = field(default_factory=DiscriminatorSection)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
 
@@ -103,6 +106,9 @@ def tokenizer_config(data: TokenizerDataConfig, model: TokenizerModelConfig, sou
             raise ConfigError(f"{model.preset!r} is not a {data.modality} VAE preset; known: {sorted(presets)}",
                               "model.preset", source)
         fields.update(presets[model.preset])
+    if "gradient_checkpointing" in model.vae:  # was a VAE config field; now a run-time setting of the task
+        raise ConfigError("gradient_checkpointing is a training setting, not saved with the VAE: set "
+                          "model.gradient_checkpointing instead", "model.vae.gradient_checkpointing", source)
     fields.update(model.vae)
     implied = data.spec.tokenizer_fields(data)  # channels (RGB for images and videos), audio's sample rate
     for key, value in implied.items():
@@ -111,12 +117,6 @@ def tokenizer_config(data: TokenizerDataConfig, model: TokenizerModelConfig, sou
                               f"(set it in the data section, or drop it here)", f"model.vae.{key}", source)
         fields[key] = value
     return from_dict(vae_cls.config_class, to_dict(fields), source=source, prefix="model.vae")
-
-
-def psnr(x_hat: Tensor, x: Tensor) -> Tensor:
-    """Per-item PSNR in dB of media (B, C, ...) in [-1, 1], both mapped to [0, 1] (x_hat clamped): (B,)."""
-    mse = ((x_hat.float().clamp(-1, 1) - x.float()) / 2).square().flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -232,7 +232,10 @@ class TokenizerTask(MediaAccounting, Task):
 
     # ------------------------------------------------------------------ models
     def build_models(self) -> dict[str, nn.Module]:
-        models: dict[str, nn.Module] = {TOKENIZER: vae_kind(self.modality)[0](self.vae_config)}
+        vae = vae_kind(self.modality)[0](self.vae_config)
+        if self.recipe.model.gradient_checkpointing:  # validate_recipe: only VAEs that have it
+            vae.set_gradient_checkpointing(True)
+        models: dict[str, nn.Module] = {TOKENIZER: vae}
         if self.adversarial:
             d = self.recipe.model.discriminator
             models[DISCRIMINATOR] = PatchDiscriminator(PatchDiscriminatorConfig(
@@ -259,6 +262,9 @@ class TokenizerTask(MediaAccounting, Task):
             raise ConfigError("the tokenizer task trains on one size (the trainer's sampler mixes buckets); "
                               "set data.bucketing: false", "data.bucketing", source)
         vae = tokenizer_config(data, model, source)
+        if model.gradient_checkpointing and not hasattr(vae_kind(data.modality)[0], "set_gradient_checkpointing"):
+            raise ConfigError(f"the {data.modality} VAE has no gradient checkpointing (the image VAE has); set it to false",
+                              "model.gradient_checkpointing", source)
         loss = model.loss
         if not data.spec.spatial:  # waveforms: no square crops, no PatchGAN; STFT / mel losses instead
             if data.train_crop is not None:

@@ -9,6 +9,9 @@ to 2 * latent_channels (mean, logvar). The decoder mirrors it with nearest-neigh
 one resnet more per level, exactly as diffusers builds it, so SD1/SDXL (4 channels, quant convs)
 and SD3/Flux-style (16 channels, no quant convs) weights convert without change
 (mmflow.interop.diffusers_vae). Initialisation is PyTorch's default, as in diffusers.
+
+Run-time setting, not saved with the model: `ImageVAE(config, gradient_checkpointing=True)` or later
+`vae.set_gradient_checkpointing(True)`.
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ class ImageVAEConfig:
     dropout: float = _field(0.0, "dropout inside every resnet", min=0.0, max=1.0, max_exclusive=True)
     latent_shift: list[float] | None = _field(None, "per-channel shift of raw latents (None = 0); see latent_stats")
     latent_scale: list[float] | None = _field(None, "per-channel scale, ~1/std of raw latents (None = 1)")
-    gradient_checkpointing: bool = _field(False, "recompute each level in backward (training only)")
 
     @property
     def downsample_factor(self) -> int:
@@ -90,7 +92,7 @@ class ImageEncoder(nn.Module):
     def __init__(self, config: ImageVAEConfig) -> None:
         super().__init__()
         widths, g = list(config.block_out_channels), config.norm_num_groups
-        self.recompute = config.gradient_checkpointing
+        self.recompute = False  # set by ImageVAE.set_gradient_checkpointing
         self.conv_in = nn.Conv2d(config.in_channels, widths[0], 3, padding=1)
         self.down = nn.ModuleList(
             DownBlock2d(widths[max(i - 1, 0)], w, config.layers_per_block, g, downsample=i < len(widths) - 1,
@@ -115,7 +117,7 @@ class ImageDecoder(nn.Module):
     def __init__(self, config: ImageVAEConfig) -> None:
         super().__init__()
         widths, g = list(reversed(config.block_out_channels)), config.norm_num_groups  # widest first
-        self.recompute = config.gradient_checkpointing
+        self.recompute = False  # set by ImageVAE.set_gradient_checkpointing
         self.conv_in = nn.Conv2d(config.latent_channels, widths[0], 3, padding=1)
         self.mid = MidBlock2d(widths[0], g, config.mid_block_attention, config.dropout)
         self.up = nn.ModuleList(
@@ -148,8 +150,10 @@ class ImageVAE(Tokenizer):
 
     modality = "image"
     config_class = ImageVAEConfig
+    # a run-time setting that older exports saved in config.json: dropped on load (mmflow.model_io)
+    legacy_config_keys = ("gradient_checkpointing",)
 
-    def __init__(self, config: ImageVAEConfig) -> None:
+    def __init__(self, config: ImageVAEConfig, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         config.validate()
         self.config = config
@@ -158,6 +162,15 @@ class ImageVAE(Tokenizer):
         c = config.latent_channels
         self.quant_conv = nn.Conv2d(2 * c, 2 * c, 1) if config.use_quant_conv else None
         self.post_quant_conv = nn.Conv2d(c, c, 1) if config.use_quant_conv else None
+        self.set_gradient_checkpointing(gradient_checkpointing)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.encoder.recompute
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each encoder and decoder level in backward (training only: no-grad calls run plainly)."""
+        self.encoder.recompute = self.decoder.recompute = enabled
 
     @property
     def downsample_factor(self) -> int:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mmflow.data.cache import CachedDataset, CacheWriter, StaleCacheError, cache_problem, read_index
+from mmflow.data.cache import CachedDataset, CacheOrder, CacheWriter, StaleCacheError, cache_problem, read_index
 
 DESCRIBE = {"tokenizer": "abc", "text": {"encoder": "minilm", "max_length": 16}, "files": {"a.png": [10, 1.0]}}
 
@@ -103,3 +103,11 @@ def test_skipped_items_are_recorded_and_the_dataset_works_in_workers(tmp_path):
     loaded = [b["index"].tolist() for b in DataLoader(ds, batch_size=2, num_workers=2,
                                                        collate_fn=lambda xs: {"index": torch.tensor([x["index"] for x in xs])})]
     assert sorted(sum(loaded, [])) == [0, 1, 2, 3]
+
+
+def test_cache_order_maps_raw_batches_to_cache_positions_skipping_bad_items() -> None:
+    # items 0..5, item 2 and item 5 bad (not cached): the cache holds 0, 1, 3, 4 at positions 0..3
+    raw = [[(0, 0), (2, 0)], [(5, 1), (3, 1)], [4, 1]]  # (index, epoch) keys, or plain indices (4 and 1)
+    order = CacheOrder(raw, cached=[0, 1, 3, 4], num_items=6)
+    # a bad index reads the next cached one after it, wrapping around: 2 -> 3, 5 -> 0
+    assert list(order) == [[0, 2], [0, 2], [3, 1]]

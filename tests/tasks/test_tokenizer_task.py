@@ -20,11 +20,12 @@ from media_factory import (  # noqa: E402
 )
 
 from mmflow.cli import main  # noqa: E402
-from mmflow.config import ConfigError  # noqa: E402
+from mmflow.config import ConfigError, to_dict  # noqa: E402
 from mmflow.data.media_folder import collate  # noqa: E402
+from mmflow.metrics.reconstruction import psnr  # noqa: E402
 from mmflow.model_io import load_model  # noqa: E402
 from mmflow.tasks import load_recipe  # noqa: E402
-from mmflow.tasks.tokenizer import DISCRIMINATOR, GENERATOR, TOKENIZER, TokenizerTask, psnr  # noqa: E402
+from mmflow.tasks.tokenizer import DISCRIMINATOR, GENERATOR, TOKENIZER, TokenizerTask  # noqa: E402
 from mmflow.train import checkpoint as ckpt  # noqa: E402
 from mmflow.train.random import BatchRandom  # noqa: E402
 from mmflow.train.trainer import Trainer  # noqa: E402
@@ -231,6 +232,8 @@ def test_audio_recipe_trains_from_the_command_line(tmp_path, capsys):
     ("audio", ["data.train_crop=16"], "data.train_crop"),
     ("audio", ["model.loss.adv_weight=0.5"], "model.loss.adv_weight"),
     ("audio", ["model.vae.sample_rate=24000"], "model.vae.sample_rate"),
+    ("image_f8", ["model.vae.gradient_checkpointing=true"], "model.vae.gradient_checkpointing"),  # moved out
+    ("video", ["model.gradient_checkpointing=true"], "model.gradient_checkpointing"),  # image VAE only
 ])
 def test_bad_recipes_name_the_key(recipe, overrides, key):
     with pytest.raises(ConfigError) as e:
@@ -244,5 +247,8 @@ def test_every_shipped_recipe_validates_and_builds(tmp_path):
         assert recipe.task == "tokenizer" and recipe.train.ema_decay is None
         models = TokenizerTask(recipe).build_models()
         assert set(models) == {TOKENIZER}
+    # activation checkpointing is a recipe setting the task applies, not saved in the VAE's config
+    vae = TokenizerTask(load_recipe(RECIPES / "image_f4.yaml", ["model.gradient_checkpointing=true"])).build_models()[TOKENIZER]
+    assert vae.gradient_checkpointing and "gradient_checkpointing" not in to_dict(vae.config)
     with pytest.raises(FileNotFoundError, match="data.path"):
         TokenizerTask(_recipe("image_f8", tmp_path / "missing")).build_dataset()

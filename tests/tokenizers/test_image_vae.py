@@ -3,12 +3,13 @@ latent normalisation and a short training that lowers the reconstruction error."
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
-from mmflow.config import ConfigError
+from mmflow.config import ConfigError, from_dict
 from mmflow.model_io import build_model, load_model, save_model
 from mmflow.tokenizers import ImageVAE, ImageVAEConfig, image_vae_config
 
@@ -115,7 +116,8 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     x = torch.rand(2, 3, 8, 8) * 2 - 1
     grads, calls = [], []
     for flag in (False, True):
-        vae = _vae("tiny", gradient_checkpointing=flag).train()
+        vae = _vae("tiny").train()
+        vae.set_gradient_checkpointing(flag)
         count, forward = [0], vae.decoder.mid.res1.forward
 
         def counted(h: torch.Tensor, forward=forward, count=count) -> torch.Tensor:
@@ -129,6 +131,21 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
         calls.append(count[0])
     assert calls == [1, 2]  # with checkpointing the block runs again in backward
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_gradient_checkpointing_is_not_saved_and_old_configs_still_load(tmp_path) -> None:
+    vae = ImageVAE(image_vae_config("test"), gradient_checkpointing=True)
+    assert vae.gradient_checkpointing
+    save_model(vae, tmp_path / "new")
+    meta = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert "gradient_checkpointing" not in meta["config"]
+    # an export from before it became a run-time setting: the key is dropped, the default applies
+    meta["config"]["gradient_checkpointing"] = True
+    (tmp_path / "new" / "config.json").write_text(json.dumps(meta))
+    loaded = load_model(tmp_path / "new")
+    assert loaded.config == vae.config and not loaded.gradient_checkpointing
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):  # not a config field any more
+        from_dict(ImageVAEConfig, {"gradient_checkpointing": True})
 
 
 def _structured_images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Training: the Accelerate trainer, the task contract, checkpoints, EMA, LR schedules, samplers and per-batch RNG."""
