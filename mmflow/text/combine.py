@@ -225,6 +225,10 @@ class TextConditioner(nn.Module):
         """{name: that encoder's TextEmbedding}: what a cache stores (no dropout)."""
         return {name: enc(prompts) for name, enc in self.encoders.items()}
 
+    def truncation_warnings(self, prompts: Sequence[str]) -> list[str]:
+        """Every encoder's messages for prompts longer than its max_length, in encoder order."""
+        return [msg for enc in self.encoders.values() for msg in enc.truncation_warnings(prompts)]
+
     def null_each(self) -> dict[str, TextEmbedding]:
         """{name: batch-1 null condition} under the configured null mode (the empty prompt's is cached)."""
         return {name: enc.null(self.config.null_mode) for name, enc in self.encoders.items()}

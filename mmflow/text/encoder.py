@@ -8,7 +8,8 @@ Kinds (from config.json's model_type unless `kind` says):
         sentence-transformers models such as all-MiniLM-L6-v2 use (or CLS / the model's pooler).
 Token embeddings come from the last hidden state or the penultimate layer (`hidden_states[-2]`,
 SD3's choice for CLIP); the pooled vector always comes from the final layer, as in SD3 and
-sentence-transformers. Prompts are padded to `max_length` so batches and caches are rectangular.
+sentence-transformers. Prompts are padded to `max_length` so batches and caches are rectangular;
+longer ones are truncated to it (`truncation_warnings` says which, for sampling logs).
 
 Nothing downloads: models load with `local_files_only=True` from a checked local folder (or the
 default encoder's package folder, see mmflow.text.default) and HF_HUB_OFFLINE is set to 1 unless
@@ -43,6 +44,7 @@ from mmflow.text.default import (
     resolve_encoder_path,
     resolve_tokenizer_path,
 )
+from mmflow.text.truncation import truncation_warnings
 
 __all__ = ["DTYPES", "EncoderInfo", "TextEmbedding", "TextEncoder", "TextEncoderConfig", "config_summary", "encoder_info"]
 
@@ -202,6 +204,10 @@ class TextEncoderConfig:
     group: str = field(default="", metadata={
         "help": "encoders sharing a group are channel-concatenated (SD3's CLIP-L+G); '' = its own group"})
     dtype: Literal["float32", "bfloat16", "float16"] = field(default="float32", metadata={"help": "weights and outputs"})
+    export: Literal["auto", "copy", "reference"] = field(default="auto", metadata={
+        "help": "in an exported model: copy = the folder goes inside it, reference = it records this path and the "
+                "fingerprint (for very large encoders); auto = reference for the default encoder (it ships with "
+                "mmflow's install), copy for a local folder"})
 
     def validate(self) -> None:
         try:
@@ -263,10 +269,11 @@ class TextEncoderConfig:
     def fingerprint(self) -> str:
         """sha256 of what decides this encoder's embeddings: resolved settings, config, tokenizer and weight files.
 
-        `dropout`, `group` and `name` change no embedding and are left out, so a cache survives them.
+        `dropout`, `group`, `name` and `export` change no embedding and are left out, so a cache survives them.
         """
         model, tok = self.model_path(), self.tokenizer_path()
-        settings = {k: v for k, v in to_dict(self).items() if k not in ("dropout", "group", "name", "path", "tokenizer")}
+        settings = {k: v for k, v in to_dict(self).items()
+                    if k not in ("dropout", "group", "name", "export", "path", "tokenizer")}
         settings.update(kind=self.info().kind, pooled=self.pooled_mode(), normalize_pooled=self.normalize())
         files = {"model": _file_hashes(model, ("config.json", "*.safetensors", "*.safetensors.index.json")),
                  "tokenizer": _file_hashes(tok, ("tokenizer*.json", "special_tokens_map.json", "added_tokens.json",
@@ -284,6 +291,12 @@ def _mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
     """Mean over real tokens: hidden (B, S, D), mask (B, S) -> (B, D), in float32."""
     m = mask.unsqueeze(-1).float()  # (B, S, 1)
     return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1e-9)  # sentence-transformers' clamp: no 0/0
+
+
+def _prompt_list(prompts: Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):  # a str is a Sequence[str] of characters: almost surely a mistake
+        raise TypeError("prompts must be a sequence of strings, got one str")
+    return list(prompts)
 
 
 class TextEncoder(nn.Module):
@@ -348,11 +361,20 @@ class TextEncoder(nn.Module):
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """input_ids (B, S) long and attention mask (B, S) bool, padded/truncated to max_length, on device."""
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a sequence of strings, got one str")
-        batch = self.tokenizer(list(prompts), padding="max_length", max_length=self.config.max_length,
+        batch = self.tokenizer(_prompt_list(prompts), padding="max_length", max_length=self.config.max_length,
                                truncation=True, return_tensors="pt")
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device).bool()
+
+    def token_counts(self, prompts: Sequence[str]) -> list[int]:
+        """Tokens of each prompt before truncation, special tokens included (as tokenize counts them)."""
+        # verbose=False: transformers' own "longer than the maximum" log would repeat truncation_warnings
+        batch = self.tokenizer(_prompt_list(prompts), truncation=False, verbose=False)
+        return [len(ids) for ids in batch["input_ids"]]
+
+    def truncation_warnings(self, prompts: Sequence[str]) -> list[str]:
+        """One message per prompt longer than max_length tokens (forward keeps its first max_length)."""
+        return truncation_warnings(prompts, self.token_counts(prompts), self.config.max_length,
+                                   f"text encoder {self.config.key!r}", "its max_length")
 
     @torch.no_grad()
     def forward(self, prompts: Sequence[str]) -> TextEmbedding:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from mmflow.config import check
 from mmflow.errors import UserError
 from mmflow.model_io import register_model
+from mmflow.text.truncation import truncation_warnings
 
 __all__ = ["PAD_ID", "TokenTextConfig", "TokenTextEmbedder", "UnknownWordError", "WordTokenizer",
            "build_vocabulary", "split_words"]
@@ -63,10 +64,12 @@ class WordTokenizer:
         self.max_length = max_length
         self.word_to_id = {w: i + 1 for i, w in enumerate(self.vocab)}
 
-    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+    def encode(self, prompts: Sequence[str], truncate: bool = False) -> tuple[Tensor, Tensor]:
         """Prompts -> ids (B, S) long (PAD_ID after the words) and mask (B, S) bool (True = a word).
 
-        Raises UnknownWordError naming the word and the vocabulary, ValueError for empty or too long prompts.
+        truncate: keep the first max_length words of longer prompts (sampling; see truncation_warnings)
+        instead of raising. Raises UnknownWordError naming the word and the vocabulary (any word, kept
+        or not: a typo stays an error), ValueError for empty prompts or, without truncate, too long ones.
         """
         s = self.max_length
         ids = torch.full((len(prompts), s), PAD_ID, dtype=torch.long)
@@ -78,10 +81,17 @@ class WordTokenizer:
                     f"prompt {prompt!r}: {', '.join(repr(w) for w in unknown)} "
                     f"{'is' if len(unknown) == 1 else 'are'} not in the vocabulary of this text embedder "
                     f"(a learned stand-in that knows only its training captions' words): {', '.join(self.vocab)}")
-            if not words or len(words) > s:
+            if not words or (len(words) > s and not truncate):
                 raise ValueError(f"prompt {prompt!r} has {len(words)} words; this text embedder takes 1 to {s}")
+            words = words[:s]
             ids[row, : len(words)] = torch.tensor([self.word_to_id[w] for w in words])
         return ids, ids != PAD_ID
+
+    def truncation_warnings(self, prompts: Sequence[str]) -> list[str]:
+        """One message per prompt with more than max_length words (encode(truncate=True) keeps the first ones)."""
+        # the digits recipe sets this limit as model.max_text_length; a saved embedder's config.json as max_length
+        return truncation_warnings(prompts, [len(split_words(p)) for p in prompts], self.max_length,
+                                   "the word-level text embedder", "max_text_length", unit="words")
 
     def decode(self, ids: Tensor) -> list[str]:
         """ids (B, S) -> the prompts' normalised words joined by spaces (padding dropped)."""
@@ -121,8 +131,13 @@ class TokenTextEmbedder(nn.Module):
         text = (words + self.positions[:s]) * m  # (B, S, dim)
         return {"text": text, "text_mask": mask, "pooled": pooled}
 
-    def embed(self, prompts: Sequence[str]) -> dict[str, Tensor]:
-        """Prompts -> the MM-DiT's text condition, on this model's device (errors as WordTokenizer.encode)."""
-        ids, mask = self.tokenizer.encode(prompts)
+    def embed(self, prompts: Sequence[str], truncate: bool = False) -> dict[str, Tensor]:
+        """Prompts -> the MM-DiT's text condition, on this model's device (truncate and errors as
+        WordTokenizer.encode)."""
+        ids, mask = self.tokenizer.encode(prompts, truncate)
         device = self.tokens.weight.device
         return self(ids.to(device), mask.to(device))
+
+    def truncation_warnings(self, prompts: Sequence[str]) -> list[str]:
+        """Messages for prompts longer than max_length words, as WordTokenizer.truncation_warnings."""
+        return self.tokenizer.truncation_warnings(prompts)

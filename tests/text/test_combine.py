@@ -179,3 +179,16 @@ def test_feeds_the_mmdit(tiny_models, conditioner):
     assert out.shape == (2, 2, 4, 4) and torch.isfinite(out).all()
     null = conditioner.null_condition().expand(2)
     assert model(torch.randn(2, 2, 4, 4), torch.rand(2), null.as_condition()).shape == (2, 2, 4, 4)
+
+
+def test_truncation_warnings_from_every_encoder_that_truncates(conditioner):
+    # CLIP and BERT add 2 special tokens and take 8, T5 adds 1 and takes 6
+    five, six, seven = "a happy dog with a", "a happy dog with a drum", "a happy dog with a red drum"
+    assert conditioner.truncation_warnings([five, "red cat"]) == []
+    (only_t5,) = conditioner.truncation_warnings([five, six])
+    assert only_t5.startswith(f"prompt 1 ({six!r}) has 7 tokens; text encoder 't5' takes 6 (its max_length)")
+    messages = conditioner.truncation_warnings([seven])
+    assert [m.split("; ")[1] for m in messages] == [
+        "text encoder 'clip' takes 8 (its max_length): truncated to 8",
+        "text encoder 'bert' takes 8 (its max_length): truncated to 8",
+        "text encoder 't5' takes 6 (its max_length): truncated to 6"]

@@ -184,3 +184,35 @@ def test_fingerprint(tiny_models, copy_model, builders):
     tok = folder / "tokenizer.json"
     tok.write_text(tok.read_text().replace('"drum"', '"drums"'))
     assert base.fingerprint() not in (fp, fp_weights)
+
+
+LONG = "the happy dog with a red drum and a sad cat"  # 11 words, all in the tiny vocabulary
+
+
+@pytest.mark.parametrize("kind, specials", [("bert", 2), ("t5", 1), ("clip", 2)])
+def test_token_counts_include_special_tokens(tiny_models, kind, specials):
+    enc = encoder(tiny_models[kind], max_length=6)
+    # [CLS] w [SEP] (BERT), w </s> (T5), <|startoftext|> w <|endoftext|> (CLIP); uncapped by max_length
+    assert enc.token_counts(["", "a smiling face", LONG]) == [specials, 3 + specials, 11 + specials]
+    with pytest.raises(TypeError, match="one str"):
+        enc.token_counts("a smiling face")
+
+
+@pytest.mark.parametrize("kind", ["bert", "t5", "clip"])
+def test_truncated_prompt_encodes_as_the_words_that_fit(tiny_models, kind):
+    enc = encoder(tiny_models[kind], max_length=6)
+    fit = 6 - enc.token_counts([""])[0]  # words left beside the special tokens
+    emb = enc([LONG, " ".join(LONG.split()[:fit])])
+    assert emb.mask.all()  # both fill all 6 tokens ...
+    torch.testing.assert_close(emb.tokens[0], emb.tokens[1])  # ... with the same ones, special tokens kept
+    torch.testing.assert_close(emb.pooled[0], emb.pooled[1])
+
+
+def test_truncation_warnings_name_the_prompt_the_encoder_and_the_limit(tiny_models):
+    enc = encoder(tiny_models["bert"], max_length=6, name="small")
+    assert enc.truncation_warnings(["a smiling face", "the happy dog with"]) == []  # 5 and 6 tokens fit
+    assert enc.truncation_warnings(["a dog", LONG, "a red cat", "a happy dog with a drum"]) == [
+        "prompt 1 ('the happy dog with a r...') has 13 tokens; text encoder 'small' takes 6 (its max_length): "
+        "truncated to 6",
+        "prompt 3 ('a happy dog with a drum') has 8 tokens; text encoder 'small' takes 6 (its max_length): "
+        "truncated to 6"]
