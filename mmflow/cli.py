@@ -28,9 +28,15 @@ examples:
 
 SAMPLE_EPILOG = """\
 PATH is a run folder (its model/ export), a checkpoint folder (runs/x/checkpoints/step_N) or an
-exported model folder (anything holding pipeline.json). Overrides set the recipe's sample section:
+exported model folder (anything holding pipeline.json). Overrides set the recipe's sample section
+(num_samples = samples per prompt or label). Each sample is one file (PNG / MP4 / WAV; points:
+samples.safetensors) carrying its prompt, seed, settings and the model's fingerprint, plus a preview
+samples.png and an index samples.json. Sample i uses seed+i: the same command gives the same files.
+  mmflow sample runs/emoji_image --prompt "a red heart" --prompt "a cat face" num_samples=4 guidance=4
+  mmflow sample runs/emoji_video --prompt-file prompts.txt --num-frames 8 --batch-size 4
+  mmflow sample runs/music --prompt "a slow piano melody" --seconds 8 --negative-prompt "noise"
+  mmflow sample runs/digits_image num_samples=16 --label 7 --label 3
   mmflow sample runs/toy2d steps=32 solver=rk4 guidance=3.0 num_samples=2000 --label 3
-  mmflow sample runs/digits_image num_samples=16 --prompt "a handwritten seven" --prompt "the digit 3"
 """
 
 
@@ -79,9 +85,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("path", help="run folder, checkpoint folder or exported model folder")
     s.add_argument("overrides", nargs="*", help="sample settings, e.g. steps=16 solver=rk4 guidance=3 num_samples=1000")
     s.add_argument("--out", default=None, help="output folder (default: <path>/samples)")
-    s.add_argument("--label", type=int, default=None, help="class label to sample (class-conditional models)")
     s.add_argument("--prompt", action="append", dest="prompts", default=None, metavar="TEXT",
                    help="text prompt (text-conditional models); repeat for several, num_samples each")
+    s.add_argument("--prompt-file", default=None, metavar="FILE", help="a UTF-8 file of prompts, one per line")
+    s.add_argument("--label", action="append", dest="labels", type=int, default=None,
+                   help="class label (class-conditional models; digits: the digit); repeat for several")
+    s.add_argument("--negative-prompt", default=None, metavar="TEXT", help="what CFG steers away from")
+    s.add_argument("--size", type=_positive(int), default=None, help="image / video side (default: the training size)")
+    s.add_argument("--num-frames", type=_positive(int), default=None, help="video frames (default: the training length)")
+    s.add_argument("--seconds", type=_positive(float), default=None, help="audio length (default: the training length)")
+    s.add_argument("--batch-size", type=_positive(int), default=None,
+                   help="samples solved together (bounds memory; default 16 for media, all for points)")
+    s.add_argument("--text-encoder", action="append", dest="text_encoders", default=None, metavar="NAME=PATH",
+                   help="folder of a text encoder the model references by path (see pipeline.json components)")
+    s.add_argument("--overwrite", action="store_true", help="replace samples already in the output folder")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before loading)")
     pr = sub.add_parser("prepare", help="cache a media recipe's latents and text embeddings",
@@ -142,12 +159,48 @@ def _sample(args: argparse.Namespace) -> int:
     from mmflow.pipeline import FlowPipeline, parse_device
 
     device = parse_device(args.device)  # before loading anything
-    pipe = FlowPipeline.from_pretrained(args.path, use_ema=not args.no_ema, device=device)
+    prompts = list(args.prompts or []) + _prompt_file(args.prompt_file)
+    encoders = dict(_pair(p, "--text-encoder") for p in args.text_encoders or [])
+    pipe = FlowPipeline.from_pretrained(args.path, use_ema=not args.no_ema, device=device, text_encoders=encoders)
     cfg = pipe.sample_config(args.overrides)
-    out = Path(args.out) if args.out else Path(args.path) / "samples"
-    info = pipe.generate(cfg.num_samples, device, cfg, out, label=args.label, prompts=args.prompts)
-    print(json.dumps({"model": str(pipe.source), **info}, indent=2))
+    out_dir = Path(args.out) if args.out else Path(args.path) / "samples"
+    out = pipe(prompts or None, labels=args.labels, num_per_prompt=cfg.num_samples, sample_config=cfg,
+               negative_prompt=args.negative_prompt, size=args.size, num_frames=args.num_frames, seconds=args.seconds,
+               batch_size=args.batch_size, progress=True)
+    files = pipe.save(out, out_dir, overwrite=args.overwrite)
+    inputs = list(dict.fromkeys(out.inputs))
+    print(json.dumps({"model": str(pipe.source), "out_dir": str(out_dir), "media": out.layout.describe(),
+                      "samples": len(out.media), "num_per_prompt": out.num_per_prompt,
+                      "inputs": inputs if len(inputs) <= 20 else inputs[:20] + ["..."], "nfe": out.nfe,
+                      "files": [str(f) for f in files[:3]] + (["..."] if len(files) > 5 else []) + [str(f) for f in files[-2:]],
+                      **out.report}, indent=2))
     return 0
+
+
+def _prompt_file(path: str | None) -> list[str]:
+    """The non-empty lines of a UTF-8 prompt file (none without a file)."""
+    if path is None:
+        return []
+    from mmflow.errors import MissingInput
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise MissingInput(f"--prompt-file {path} does not exist") from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        raise ConfigError(f"--prompt-file {path} is not a UTF-8 text file ({type(e).__name__})") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ConfigError(f"--prompt-file {path} holds no prompt (one per line)")
+    return prompts
+
+
+def _pair(text: str, flag: str) -> tuple[str, str]:
+    """NAME=VALUE of a repeatable flag, or ConfigError naming it."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise ConfigError(f"{flag} {text!r}: expected NAME=PATH")
+    return name, value
 
 
 def _prepare(args: argparse.Namespace) -> int:

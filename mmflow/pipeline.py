@@ -1,32 +1,58 @@
 """A saved flow model, ready to sample: run folder / checkpoint / export folder -> FlowPipeline.
 
 A folder with `pipeline.json` (written beside the exported models at every checkpoint) holds the
-recipe that trained it, so sampling needs nothing else. Everything is verified before use: a
-checkpoint against its MANIFEST (sha256 of every file), every JSON file parsed, every weight finite;
-a run whose `model/` export is broken falls back to its newest intact checkpoint and says so.
+recipe that trained it and, under models/, every component sampling needs: the velocity model and
+the frozen tokenizer and text encoders (copied at export, or referenced by path plus fingerprint for
+a very large encoder, see mmflow.tasks.encoders). So a copied folder samples on another machine.
+Everything is verified before use: a checkpoint against its MANIFEST (sha256 of every file), every
+JSON file parsed, every weight finite; a run whose `model/` export is broken falls back to its newest
+intact checkpoint and says so.
+
+    pipe = FlowPipeline.from_pretrained("runs/emoji_image")
+    out = pipe(["a red heart", "a cat face"], num_per_prompt=4, seed=0, guidance=4.0, steps=16)
+    out.media                                   # (8, 3, 32, 32) in [-1, 1]; video (B, 3, T, H, W); audio (B, C, N)
+    pipe.save(out, "samples/")                  # sample_0000.png ... + samples.png + samples.json
+    pipe.save_pretrained("exported/emoji")      # a self-contained copy
+
+Sample i's noise is drawn from seed + i alone, and its file records that seed, the prompt, the
+sampler settings and the model's fingerprint: the same call gives the same output bit for bit on CPU.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
-from torch import nn
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 import mmflow.builtin_models  # noqa: F401  (pipeline.json's models may be of any built-in type)
+from mmflow import __version__
 from mmflow.config import ConfigError, apply_overrides, from_dict, to_dict
 from mmflow.errors import MissingInput, UserError
-from mmflow.model_io import CorruptModel, load_model, read_json_object
-from mmflow.recipe import Recipe, SampleConfig
-from mmflow.sampling.generate import NonFiniteSamples
+from mmflow.modalities import get_modality
+from mmflow.model_io import CorruptModel, load_model, read_json_object, save_model
+from mmflow.recipe import Recipe
+from mmflow.sampling.config import SampleConfig
+from mmflow.sampling.generate import NonFiniteSamples, generate
+from mmflow.sampling.layout import SampleLayout, WrongOutputRequest
 from mmflow.tasks import get_task_class, recipe_from_dict
+from mmflow.tasks.encoders import folder_fingerprint
+from mmflow.tasks.flow_task import FlowMatchingTask
+from mmflow.text.default import TextEncoderNotFound
 from mmflow.train.checkpoint import MANIFEST, list_checkpoints, verify_checkpoint
+from mmflow.utils.fs import atomic_folder, write_json_atomic
+from mmflow.utils.seeding import mix_seed
 
 logger = logging.getLogger(__name__)
 PIPELINE_FILE = "pipeline.json"
+SAMPLES_INDEX = "samples.json"  # what `save` wrote: the settings and each file's prompt and seed
+PREVIEW = "samples.png"
+MEDIA_BATCH = 16  # rows solved together by default (media; points go all at once): bounds memory
 DEVICE_FORMS = "cpu, cuda, cuda:N or mps"
 
 
@@ -80,18 +106,66 @@ def _verified(folder: Path) -> Path:
     return folder
 
 
-@dataclass
-class FlowPipeline:
-    recipe: Recipe
-    task: Any  # a FlowMatchingTask
-    model: nn.Module
-    source: Path
-    extra_models: dict[str, nn.Module] = field(default_factory=dict)  # e.g. a text embedder, see below
+class OutputExists(UserError, FileExistsError):
+    """`save` would overwrite samples already in the output folder."""
 
+
+@dataclass
+class PipelineOutput:
+    """media: (N, *layout.media_shape) float32 on CPU, in [-1, 1] for media (points: (N, D)); inputs: each
+    row's prompt / label (None: unconditional), num_per_prompt rows per input in order; seeds: each row's
+    seed (its noise comes from that seed alone); settings: the sampler settings used; model: the velocity
+    weights' fingerprint; report: task facts about the samples (e.g. what a digit classifier sees)."""
+
+    media: Tensor
+    inputs: list[Any]
+    seeds: list[int]
+    settings: dict[str, Any]
+    layout: SampleLayout
+    num_per_prompt: int
+    model: str
+    nfe: int
+    report: dict[str, Any]
+
+    def metadata(self, i: int) -> dict[str, str | float | int]:
+        """Sample i's provenance: prompt or label, seed, sampler settings, model fingerprint."""
+        row = self.inputs[i]
+        who = {} if row is None else {"prompt": row} if isinstance(row, str) else {"label": int(row)}
+        return {**who, "seed": self.seeds[i], **{k: v for k, v in self.settings.items() if v is not None},
+                "model": self.model, "mmflow": __version__}
+
+
+class FlowPipeline:
+    """A trained flow model and what it needs to turn user input into media.
+
+    Components: `velocity` (the model), `task` (how prompts / labels become a condition, what one sample
+    is; it owns the frozen encoders), `path` (the probability path of training), `sample_defaults` (the
+    recipe's sampler settings), `extra_models` (other trained parts, e.g. the digits' text embedder).
+    """
+
+    def __init__(self, task: FlowMatchingTask, velocity: nn.Module, extra_models: dict[str, nn.Module],
+                 info: dict[str, Any], source: Path) -> None:
+        self.task, self.velocity, self.extra_models = task, velocity, extra_models
+        self.recipe: Recipe = task.recipe
+        self.path = task.path
+        self.sample_defaults: SampleConfig = task.recipe.sample
+        self.info, self.source = info, source
+        self.model_name = info.get("model", "velocity")
+        self.fingerprint = folder_fingerprint(source)  # the velocity weights' sha256: each sample file records it
+        self.device = torch.device("cpu")
+
+    @property
+    def components(self) -> dict[str, nn.Module]:
+        """Every module sampling runs: the velocity model, extra models and the frozen encoders by name."""
+        return {self.model_name: self.velocity, **self.extra_models, **self.task.frozen_models()}
+
+    # ------------------------------------------------------------------ loading and saving
     @classmethod
-    def from_pretrained(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu") -> "FlowPipeline":
+    def from_pretrained(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu",
+                        text_encoders: Mapping[str, str] | None = None) -> "FlowPipeline":
         """Load a saved pipeline, verified (see the module docstring); a run folder whose `model/` export
-        does not load falls back to its newest intact checkpoint with a warning naming what was wrong."""
+        does not load falls back to its newest intact checkpoint with a warning naming what was wrong.
+        text_encoders: {encoder name: folder} for encoders the model references rather than holds."""
         device = parse_device(device)
         candidates, explicit = model_candidates(path)
         if not candidates:
@@ -99,53 +173,193 @@ class FlowPipeline:
         tried: list[str] = []
         for folder in candidates:
             try:
-                pipe = cls._load(_verified(folder), use_ema, device)
+                pipe = cls._load(_verified(folder), use_ema, text_encoders)
             except UserError as e:
-                if explicit:
+                # a referenced encoder that is missing, or text_encoders that do not fit: not the folder's
+                # fault, so every folder of the run would say the same
+                if explicit or isinstance(e, TextEncoderNotFound) or getattr(e, "key", None) == "text_encoders":
                     raise
                 tried.append(str(e) if str(e).startswith(str(folder)) else f"{folder}: {e}")  # name the folder once
                 continue
             if tried:
                 logger.warning("skipped %s; sampling from %s instead", "; skipped ".join(tried), folder)
-            return pipe
+            return pipe.to(device)
         raise CorruptModel(f"{path}: no usable model ({len(tried)} tried): " + "; ".join(tried))
 
     @classmethod
-    def _load(cls, folder: Path, use_ema: bool, device: torch.device) -> "FlowPipeline":
-        """Load the model pipeline.json names, and the "extra_models" it lists (handed to task.attach_models)."""
+    def _load(cls, folder: Path, use_ema: bool, text_encoders: Mapping[str, str] | None) -> "FlowPipeline":
+        """The models pipeline.json names (EMA weights where saved) and the frozen components it lists."""
         info_path = folder / PIPELINE_FILE
         info = read_json_object(info_path)
         for key in ("task", "recipe"):
             if key not in info:
                 raise CorruptModel(f"{info_path}: missing key {key!r}")
-        recipe = recipe_from_dict(info["recipe"], source=str(info_path))
-        task = get_task_class(info["task"], source=str(info_path))(recipe)
+        task_class = get_task_class(info["task"], source=str(info_path))
+        # the bundled (or referenced) tokenizer and text encoders replace the recipe's original paths
+        recipe_dict = task_class.resolve_exported(info["recipe"], info.get("components", {}), folder, text_encoders)
+        task = task_class(recipe_from_dict(recipe_dict, source=str(info_path)))
+        if not isinstance(task, FlowMatchingTask):
+            raise CorruptModel(f"{info_path}: task {info['task']!r} is not a flow model (nothing to sample)")
 
         def model_dir(name: str) -> Path:
             ema = folder / "models" / f"{name}_ema"
             return ema if use_ema and ema.exists() else folder / "models" / name
 
         main = model_dir(info.get("model", "velocity"))
-        model = load_model(main, map_location=device).eval()
-        extras = {n: load_model(model_dir(n), map_location=device).eval() for n in info.get("extra_models", [])}
+        velocity = load_model(main).eval()
+        extras = {n: load_model(model_dir(n)).eval() for n in info.get("extra_models", [])}
         task.attach_models(extras)
-        return cls(recipe, task, model, main, extras)
+        return cls(task, velocity, extras, info, main)
 
-    def generate(self, num: int, device: torch.device, sample_cfg: SampleConfig, out_dir: Path,
-                 label: int | None = None, prompts: Sequence[str] | None = None) -> dict[str, Any]:
-        """The task's `generate` (which writes the samples into out_dir), refusing non-finite values.
+    def to(self, device: str | torch.device) -> "FlowPipeline":
+        """Move every component to `device` (checked: cpu, cuda, cuda:N or mps)."""
+        self.device = parse_device(device)
+        self.velocity.to(self.device)
+        for m in self.extra_models.values():
+            m.to(self.device)
+        self.task.place_frozen_models(self.device)
+        return self
 
-        Every task samples through mmflow.sampling.generate, which checks each velocity and the result:
-        a NaN or inf stops sampling before any file is written.
-        """
-        try:
-            return self.task.generate(self.model, num, device, sample_cfg, out_dir, label=label, prompts=prompts)
-        except NonFiniteSamples as e:  # name the model, and what to change
-            raise NonFiniteSamples(f"sampling {self.source} gave {e}; nothing was written. The weights are finite: "
-                                   "check the sample settings") from None
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write this pipeline as a self-contained model folder (models/, pipeline.json), atomically: the
+        velocity and extra models as loaded (EMA weights where loaded), the frozen components copied or
+        referenced as at export."""
+        folder = Path(folder)
+        with atomic_folder(folder) as out:
+            for name, module in {self.model_name: self.velocity, **self.extra_models}.items():
+                save_model(module, out / "models" / name)
+            info = {k: v for k, v in self.info.items() if k not in ("recipe", "components")}
+            components = self.task.export_frozen(out / "models")
+            write_json_atomic(out / PIPELINE_FILE, {**info, "recipe": to_dict(self.recipe),
+                                                    **({"components": components} if components else {})})
+        return folder
 
-    def sample_config(self, overrides: Sequence[str] = ()) -> SampleConfig:
-        """The recipe's sampling defaults with `sample.key=value` (or `key=value`) overrides applied."""
+    # ------------------------------------------------------------------ sampling
+    def sample_config(self, overrides: Sequence[str] = (), **settings: Any) -> SampleConfig:
+        """The recipe's sampling defaults with `sample.key=value` (or `key=value`) overrides, then the
+        keyword settings (None: keep), validated: errors name the key and the allowed values."""
         keys = [o if o.startswith("sample.") else f"sample.{o}" for o in overrides]
-        data = apply_overrides({"sample": to_dict(self.recipe.sample)}, keys)
-        return from_dict(SampleConfig, data["sample"], source="command line", prefix="sample")
+        data = apply_overrides({"sample": to_dict(self.sample_defaults)}, keys)["sample"]
+        data.update({k: v for k, v in settings.items() if v is not None})
+        return from_dict(SampleConfig, data, source="sampling settings", prefix="sample")
+
+    def __call__(self, prompts: str | Sequence[str] | None = None, *, labels: Sequence[int] | None = None,
+                 num_per_prompt: int = 1, seed: int | None = None, guidance: float | None = None,
+                 steps: int | None = None, solver: str | None = None, negative_prompt: str | None = None,
+                 size: int | None = None, num_frames: int | None = None, seconds: float | None = None,
+                 sample_config: SampleConfig | None = None, batch_size: int | None = None,
+                 progress: bool = False) -> PipelineOutput:
+        """Sample num_per_prompt items per prompt (or label; neither: the model's default inputs) -> media.
+
+        seed / guidance / steps / solver override `sample_config` (default: the recipe's sample section);
+        negative_prompt replaces u(null) in CFG; size (image, video), num_frames (video) or seconds (audio)
+        ask for another output size where the model allows; batch_size rows are solved together.
+        """
+        given = {"seed": seed, "guidance": guidance, "steps": steps, "solver": solver}
+        cfg = self.sample_config(**{**(to_dict(sample_config) if sample_config else {}),
+                                    **{k: v for k, v in given.items() if v is not None}})
+        num_per_prompt = _count(num_per_prompt, "num_per_prompt")
+        layout = self.task.sample_layout(size=size, num_frames=num_frames, seconds=seconds)
+        inputs = self._inputs(prompts, labels)
+        rows = [x for x in inputs for _ in range(num_per_prompt)]
+        seeds = [cfg.seed + i for i in range(len(rows))]
+        rows, warnings = self.task.prepare_inputs(rows, seeds)
+        for message in warnings:
+            logger.warning(message)
+        step = _count(batch_size, "batch_size") if batch_size is not None else (
+            MEDIA_BATCH if layout.modality else len(rows))
+        media, nfe = [], 0
+        with torch.no_grad(), tqdm(total=len(rows), unit="sample", disable=not progress, desc="sampling") as bar:
+            null = self._null(negative_prompt)
+            for lo in range(0, len(rows), step):
+                x0 = torch.stack([torch.randn(layout.x_shape, generator=torch.Generator().manual_seed(s))
+                                  for s in seeds[lo: lo + step]])  # (b, *x_shape): row i from its seed alone
+                cond = self.task.input_condition(self.velocity, rows[lo: lo + step], self.device)
+                sde_noise = torch.Generator().manual_seed(mix_seed(cfg.seed, lo))
+                try:
+                    out = generate(self.velocity, x0.to(self.device), cond, null if cond is not None else None, cfg,
+                                   self.path, generator=sde_noise, decode=layout.decode, clamp=layout.clamp)
+                except NonFiniteSamples as e:  # name the model, and what to change
+                    raise NonFiniteSamples(f"sampling {self.source} gave {e}; nothing was written. The weights are "
+                                           "finite: check the sample settings") from None
+                media.append(out.x)
+                nfe = out.nfe
+                bar.update(len(x0))
+        x = torch.cat(media)
+        settings = {"solver": cfg.solver, "steps": cfg.steps, "guidance": cfg.guidance, "grid": cfg.grid,
+                    "shift": cfg.shift, "negative_prompt": negative_prompt}
+        if cfg.solver == "sde":
+            settings.update(noise_scale=cfg.noise_scale, diffusion=cfg.diffusion)
+        return PipelineOutput(x, rows, seeds, settings, layout, num_per_prompt, self.fingerprint, nfe,
+                              self.task.sample_report(x, rows))
+
+    def _inputs(self, prompts: str | Sequence[str] | None, labels: Sequence[int] | None) -> list[Any]:
+        """The user's prompts or labels as the task's inputs (the model's defaults when neither is given)."""
+        kind = self.task.input_kind
+        if prompts is not None and labels is not None:
+            raise WrongOutputRequest("give prompts (--prompt) or labels (--label), not both")
+        if prompts is not None:
+            prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+            if kind != "text":
+                takes = "class labels (--label)" if kind == "label" else "no input (it is unconditional)"
+                raise WrongOutputRequest(f"prompts (--prompt) given, but this {self.task.name} model takes {takes}")
+            if not prompts or not all(isinstance(p, str) for p in prompts):
+                raise WrongOutputRequest(f"prompts must be a non-empty list of strings, got {prompts!r}")
+            return prompts
+        if labels is not None:
+            if not labels or not all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+                raise WrongOutputRequest(f"labels must be a non-empty list of integers, got {list(labels)!r}")
+            return self.task.inputs_from_labels(list(labels))
+        return list(self.info.get("default_inputs") or self.task.default_inputs())
+
+    def _null(self, negative_prompt: str | None) -> Any:
+        """What CFG steers away from: the negative prompt's condition, else the model's u(null)."""
+        if negative_prompt is not None:
+            return self.task.negative_condition(self.velocity, negative_prompt, self.device)
+        return None if self.task.input_kind == "none" else self.task.null_condition(self.velocity)
+
+    def save(self, output: PipelineOutput, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
+        """Write `output` into out_dir: media one file each (sample_NNNN.png / .mp4 / .wav, carrying their
+        provenance: see PipelineOutput.metadata) or points as samples.safetensors; a preview samples.png
+        (one row per input); samples.json (the settings and each file's input and seed). Refuses to overwrite
+        earlier samples unless `overwrite`. Returns the written files, preview and index last."""
+        out_dir = Path(out_dir)
+        layout, n = output.layout, len(output.media)
+        spec = get_modality(layout.modality) if layout.modality else None
+        names = [f"sample_{i:04d}{spec.suffix}" for i in range(n)] if spec else ["samples.safetensors"]
+        if not overwrite:
+            taken = [out_dir / f for f in (*names, PREVIEW, SAMPLES_INDEX) if (out_dir / f).exists()]
+            if taken:
+                raise OutputExists(f"{taken[0]} already exists: choose another output folder (--out) or pass "
+                                   "--overwrite to replace earlier samples")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        title = f"{output.settings['solver']} x{output.settings['steps']}, w={output.settings['guidance']:g}"
+        if spec is not None:
+            files = [spec.write(output.media[i], out_dir / names[i], fps=layout.fps, sample_rate=layout.sample_rate,
+                                metadata=output.metadata(i)) for i in range(n)]
+            k = output.num_per_prompt
+            grid = output.media.view(n // k, k, *output.media.shape[1:])  # (inputs, per input, C, ...)
+            labels = [str(x)[:24] for x in output.inputs[::k]] if output.inputs[0] is not None else None
+            files.append(spec.preview(grid, out_dir / PREVIEW, labels=labels, title=title))
+        else:
+            tensors = {"samples": output.media.contiguous(), "seeds": torch.tensor(output.seeds)}
+            if output.inputs and output.inputs[0] is not None:
+                tensors["labels"] = torch.tensor(output.inputs)
+            meta = {k: str(v) for k, v in output.metadata(0).items() if k not in ("seed", "label")}
+            save_file(tensors, str(out_dir / names[0]), metadata=meta)
+            files = [out_dir / names[0]]
+            preview = self.task.points_preview(output.media, out_dir / PREVIEW, title)
+            files += [preview] if preview else []
+        index = {"model": output.model, "source": str(self.source), "settings": output.settings,
+                 "media": layout.describe(), "num_per_prompt": output.num_per_prompt, **output.report,
+                 "samples": [{"file": names[i] if spec else names[0], "input": output.inputs[i], "seed": output.seeds[i]}
+                             for i in range(n)]}
+        write_json_atomic(out_dir / SAMPLES_INDEX, index)
+        return files + [out_dir / SAMPLES_INDEX]
+
+
+def _count(value: Any, name: str) -> int:
+    """A positive int argument, or WrongOutputRequest naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise WrongOutputRequest(f"{name} must be a positive integer, got {value!r}")
+    return value

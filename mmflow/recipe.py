@@ -15,51 +15,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 from mmflow.config import ConfigError, check, check_paths, input_paths, override_for
+from mmflow.flow.config import FlowConfig, TimeSamplerConfig
+from mmflow.sampling.config import SampleConfig
 from mmflow.train.config import TrainConfig
 
-
-@dataclass
-class TimeSamplerConfig:
-    """Training-time distribution of t (SD3's samplers; see mmflow.flow.time_samplers)."""
-
-    name: Literal["uniform", "logit_normal", "mode", "cosmap"] = "uniform"
-    m: float = field(default=0.0, metadata={"help": "logit_normal location (in SD3's sigma = 1 - t)"})
-    s: float = field(default=1.0, metadata={"min": 0.0, "min_exclusive": True, "help": "logit_normal scale"})
-    scale: float = field(default=1.29, metadata={"help": "mode sampler's scale"})
-
-    def kwargs(self) -> dict[str, float]:
-        return {"logit_normal": {"m": self.m, "s": self.s}, "mode": {"scale": self.scale}}.get(self.name, {})
-
-
-@dataclass
-class FlowConfig:
-    schedule: Literal["condot", "cosine", "vp"] = "condot"
-    time_sampler: TimeSamplerConfig = field(default_factory=TimeSamplerConfig)
-    loss_weighting: Literal["none", "sigma_sqrt", "cosmap"] = "none"
-    cfg_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0, "help": "P(condition -> null) in training"})
-
-
-@dataclass
-class SampleConfig:
-    solver: Literal["euler", "midpoint", "heun", "rk4", "sde"] = "heun"
-    steps: int = field(default=8, metadata={"min": 1, "help": "solver steps (heun/midpoint use 2 evaluations each)"})
-    grid: Literal["uniform", "shifted"] = "uniform"
-    shift: float = field(default=1.0, metadata={"min": 0.0, "min_exclusive": True, "help": "SD3 shift for grid: shifted"})
-    guidance: float = field(default=1.0, metadata={
-        "min": 0.0, "help": "CFG scale w: 0 = unconditional, 1 = plain conditional, > 1 = stronger guidance. "
-                            "Negative w (steering away from the condition) is refused: it is only an experiment, "
-                            "and usually a typo"})
-    noise_scale: float = field(default=1.0, metadata={"min": 0.0, "help": "sde only"})
-    diffusion: Literal["beta", "constant"] = field(default="beta", metadata={"help": "sde only: g(t) shape"})
-    num_samples: int = field(default=10000, metadata={"min": 1})
-    seed: int = 0
-
-    def validate(self) -> None:
-        check(self.grid == "shifted" or self.shift == 1.0, "shift",
-              f"{self.shift} only applies with grid: shifted (the uniform grid has no shift)")
+__all__ = ["FlowConfig", "Recipe", "SampleConfig", "TimeSamplerConfig", "TrainConfig", "check_before_work"]
 
 
 @dataclass

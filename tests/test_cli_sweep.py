@@ -43,6 +43,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "not_yaml.yaml").write_text("name: [unclosed\n")
     (root / "list.yaml").write_text("- a\n- b\n")
     (root / "notes.txt").write_text("not media\n")
+    (root / "blank.txt").write_text("\n  \n")  # a prompt file without a prompt
     (root / "junk.safetensors").write_bytes(b"\x00garbage, not a safetensors file")
     (root / "garbage_json").mkdir()
     (root / "garbage_json" / "config.json").write_text("{not json")
@@ -116,6 +117,13 @@ CASES = [
     Case("sample-unknown-key", ["sample", "{a}/run", "stepz=3"], ["sample.stepz"]),
     Case("sample-label-out-of-range", ["sample", "{a}/run", "--label", "99"], ["--label", "99"]),
     Case("sample-prompt-on-class-model", ["sample", "{a}/run", "--prompt", "a cat"], ["--prompt"]),
+    Case("sample-missing-prompt-file", ["sample", "{a}/run", "--prompt-file", "{a}/absent.txt"], ["--prompt-file", "absent.txt"]),
+    Case("sample-empty-prompt-file", ["sample", "{a}/run", "--prompt-file", "{a}/blank.txt"], ["--prompt-file", "no prompt"]),
+    Case("sample-frames-of-a-points-model", ["sample", "{a}/run", "--num-frames", "8"], ["num_frames", "points"]),
+    Case("sample-zero-size", ["sample", "{a}/run", "--size", "0"], ["--size"]),
+    Case("sample-bad-text-encoder-pair", ["sample", "{a}/run", "--text-encoder", "clip"], ["--text-encoder", "NAME=PATH"]),
+    Case("sample-text-encoder-of-a-toy", ["sample", "{a}/run", "--text-encoder", "clip={a}"], ["references no text encoder"]),
+    Case("sample-zero-batch", ["sample", "{a}/run", "--batch-size", "0"], ["--batch-size"]),
     # prepare
     Case("prepare-missing-recipe", ["prepare", "{a}/absent.yaml"], ["absent.yaml"]),
     Case("prepare-task-without-cache", ["prepare", TOY], ["toy2d", "prepare"]),

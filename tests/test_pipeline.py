@@ -19,6 +19,7 @@ from mmflow.cli import main
 from mmflow.config import ConfigError
 from mmflow.model_io import CorruptModel
 from mmflow.pipeline import FlowPipeline, NonFiniteSamples, parse_device
+from mmflow.sampling.layout import WrongOutputRequest
 from mmflow.tasks.toy2d import Toy2DTask
 from mmflow.train.trainer import Trainer
 
@@ -173,7 +174,7 @@ def test_intact_run_loads_its_export_without_warning(run: Path, caplog: pytest.L
     pipe = FlowPipeline.from_pretrained(run)
     assert pipe.source == run / "model" / "models" / "velocity_ema"
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
-    assert not pipe.model._forward_hooks  # sampling's finiteness hook is not left behind by loading
+    assert not pipe.velocity._forward_hooks  # sampling's finiteness hook is not left behind by loading
 
 
 def test_explicit_folder_is_never_swapped_for_another(run: Path) -> None:
@@ -183,16 +184,14 @@ def test_explicit_folder_is_never_swapped_for_another(run: Path) -> None:
     assert FlowPipeline.from_pretrained(run).source == run / NEWEST / "models" / "velocity_ema"  # a run falls back
 
 
-def test_generate_names_the_model_and_writes_nothing_on_overflow(run: Path, tmp_path: Path) -> None:
+def test_sampling_names_the_model_on_overflow(run: Path) -> None:
     pipe = FlowPipeline.from_pretrained(run)
     with torch.no_grad():
-        for p in pipe.model.parameters():
+        for p in pipe.velocity.parameters():
             p.mul_(1e30)
-    cfg = pipe.sample_config(["num_samples=4"])
     with pytest.raises(NonFiniteSamples, match="non-finite") as info:
-        pipe.generate(4, torch.device("cpu"), cfg, tmp_path / "out")
+        pipe(num_per_prompt=4)
     assert str(pipe.source) in str(info.value) and "nothing was written" in str(info.value)
-    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("value", ["cpu", torch.device("cpu")])
@@ -216,3 +215,22 @@ def test_parse_device_refuses_naming_the_value(value: str, message: str) -> None
 def test_parse_device_refuses_cuda_without_a_gpu() -> None:
     with pytest.raises(ConfigError, match="no CUDA device"):
         parse_device("cuda:0")
+
+
+def test_a_moved_toy_export_samples_alone_from_python_and_the_command_line(run: Path, tmp_path: Path) -> None:
+    moved = Path(shutil.move(str(run / "model"), str(tmp_path / "moved")))
+    shutil.rmtree(run)  # no run folder, no checkpoints, no recipe file
+    pipe = FlowPipeline.from_pretrained(moved)
+    out = pipe(labels=[3, 5], num_per_prompt=4, seed=2)
+    assert out.media.shape == (8, 2) and out.inputs == [3] * 4 + [5] * 4 and out.seeds == list(range(2, 10))
+    assert torch.equal(out.media, pipe(labels=[3, 5], num_per_prompt=4, seed=2).media)
+    assert not torch.equal(out.media, pipe(labels=[3, 5], num_per_prompt=4, seed=3).media)
+    unlabelled = pipe(num_per_prompt=16)  # labels drawn from each row's seed, recorded
+    assert all(0 <= label < 8 for label in unlabelled.inputs) and len(set(unlabelled.inputs)) > 1
+    done = _sample(tmp_path, "moved", "seed=2", "--label", "3", "--label", "5", "--out", "s")
+    assert done.returncode == 0, done.stderr
+    tensors = load_file(str(tmp_path / "s" / "samples.safetensors"))
+    assert tensors["labels"].tolist() == [3] * 8 + [5] * 8 and tensors["seeds"].tolist() == list(range(2, 18))
+    torch.testing.assert_close(tensors["samples"][:4], out.media[:4])  # rows 0-3: the same seeds and label
+    with pytest.raises(WrongOutputRequest, match="size cannot be set: this toy2d model makes points"):
+        pipe(labels=[3], size=32)

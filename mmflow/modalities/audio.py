@@ -51,6 +51,7 @@ class AudioModality(Modality):
     crops = ("random", "start")
     latent_axes = 1
     size_keys = ("num_samples",)
+    sample_options = {"seconds": "seconds"}
     item_files = True
 
     def media_shape(self, cfg: Any) -> tuple[int, ...]:

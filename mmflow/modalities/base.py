@@ -56,6 +56,8 @@ class Modality(ABC):
     spatial: ClassVar[bool] = False
     # a picture cannot show an item whole (motion, sound): samples are also written one file each
     item_files: ClassVar[bool] = False
+    # what a sampler may be asked to change (FlowPipeline's size / num_frames / seconds) -> the data field it sets
+    sample_options: ClassVar[dict[str, str]] = {}
 
     @property
     def default_crop(self) -> str:

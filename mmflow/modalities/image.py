@@ -32,6 +32,7 @@ class ImageModality(Modality):
     crops = ("center", "random")
     latent_axes = 2
     size_keys = ("height", "width")
+    sample_options = {"size": "size"}
     spatial = True
 
     def media_shape(self, cfg: Any) -> tuple[int, ...]:

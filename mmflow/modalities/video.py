@@ -37,6 +37,7 @@ class VideoModality(Modality):
     crops = ("center", "random")
     latent_axes = 3
     size_keys = ("num_frames", "height", "width")
+    sample_options = {"size": "size", "num_frames": "frames"}
     spatial = True
     item_files = True
 

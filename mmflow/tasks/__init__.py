@@ -35,6 +35,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
     if task_name is None:
         raise ConfigError("required key is missing (the task decides the data and model schema)", "task", source)
     task_cls = get_task_class(task_name, source)
+    raw = task_cls.upgrade_recipe_dict(raw, source)
     typed = dict(raw)
     typed["data"] = from_dict(task_cls.data_config_class, raw.get("data") or {}, source=source, prefix="data")
     typed["model"] = from_dict(task_cls.model_config_class, raw.get("model") or {}, source=source, prefix="model")

@@ -19,7 +19,6 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from mmflow.config import ConfigError, check
@@ -27,9 +26,10 @@ from mmflow.data.digits import DIGIT_NAMES, DigitsDataset, all_captions, prompt_
 from mmflow.metrics.digit_classifier import digit_classifier
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
 from mmflow.sampling.generate import seeded_noise
+from mmflow.sampling.layout import SampleLayout, WrongOutputRequest
 from mmflow.text.token_text import TokenTextConfig, TokenTextEmbedder, WordTokenizer, build_vocabulary, split_words
 from mmflow.tasks import register_task
-from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
+from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask, fixed_layout
 from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, format_metric
 from mmflow.utils.fs import write_json_atomic
@@ -184,39 +184,49 @@ class DigitsImageTask(FlowMatchingTask):
     def validate(self, models: dict[str, nn.Module], out_dir: Path, step: int, device: torch.device) -> dict[str, float]:
         return self.evaluate(models[VELOCITY], models[TEXT], device, out_dir=out_dir)
 
-    def generate(self, model: nn.Module, num: int, device: torch.device, sample_cfg: Any, out_dir: Path,
-                 label: int | None = None, prompts: Sequence[str] | None = None) -> dict[str, Any]:
-        """`mmflow sample`: `num` images per prompt -> samples.safetensors + grid.png (rows = prompts).
+    # ------------------------------------------------------------------ sampling (FlowPipeline)
+    input_kind = "text"
 
-        prompts default to "a handwritten <digit>" for `label` (0..9) or, without one, for every digit.
-        """
+    def sample_layout(self, size: Any = None, num_frames: int | None = None, seconds: float | None = None) -> SampleLayout:
+        s = self.recipe.data.image_size
+        return fixed_layout(SampleLayout((1, s, s), (1, s, s), "image"), self.name, size=size, num_frames=num_frames,
+                            seconds=seconds)
+
+    def default_inputs(self) -> list[Any]:
+        return [prompt_for(d) for d in range(10)]
+
+    def inputs_from_labels(self, labels: Sequence[int]) -> list[Any]:
+        """Digit d -> "a handwritten <d>"."""
+        bad = [d for d in labels if not 0 <= d <= 9]
+        if bad:
+            raise WrongOutputRequest(f"--label {bad[0]} is out of range: this model draws digits 0..9")
+        return [prompt_for(d) for d in labels]
+
+    def _embedder(self) -> TokenTextEmbedder:
         if self.text_embedder is None:
             raise ConfigError(f"{self.name}: no text embedder attached (load the model with FlowPipeline)")
-        if prompts and label is not None:
-            raise ConfigError("give --prompt or --label, not both")
-        if label is not None and not 0 <= label <= 9:
-            raise ConfigError(f"--label {label} is out of range: this model draws digits 0..9")
-        if not prompts:
-            prompts = [prompt_for(label)] if label is not None else [prompt_for(d) for d in range(10)]
-        rows = [p for p in prompts for _ in range(num)]
-        try:
-            self.text_embedder.tokenizer.encode(prompts)  # fail on a bad prompt before any sampling
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
-        images = self.sample_images(model, self.text_embedder, rows, device, sample_cfg)  # (P num, 1, S, S)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        index = torch.arange(len(prompts)).repeat_interleave(num)  # (P num,) row -> prompt
-        save_file({"samples": images.contiguous(), "prompt_index": index}, str(out_dir / "samples.safetensors"),
-                  metadata={f"prompt_{i}": p for i, p in enumerate(prompts)})
-        predicted = digit_classifier().predict(images).reshape(len(prompts), num)
-        save_image_grid(images.view(len(prompts), num, *images.shape[1:]), out_dir / "grid.png",
-                        row_labels=[str(i) for i in range(len(prompts))],
-                        title=f"{sample_cfg.solver} x{sample_cfg.steps}, w={sample_cfg.guidance:g}")
-        return {"num_per_prompt": num, "prompts": list(prompts), "out_dir": str(out_dir),
-                # per prompt, "digit:count" of what the real-digit classifier sees, e.g. "7:15 1:1"
-                "classified_as": [" ".join(f"{d}:{c}" for d, c in sorted(enumerate(np.bincount(p, minlength=10)),
-                                                                       key=lambda dc: -dc[1]) if c)
-                                  for p in predicted]}
+        return self.text_embedder
+
+    def prepare_inputs(self, rows: Sequence[Any], seeds: Sequence[int]) -> tuple[list[Any], list[str]]:
+        """Unknown words are refused (UnknownWordError names them); over-long prompts are truncated, with a warning."""
+        embedder = self._embedder()
+        embedder.tokenizer.encode(sorted(set(rows)), truncate=True)  # fail on a bad prompt before any sampling
+        return list(rows), embedder.truncation_warnings(sorted(set(rows)))
+
+    def input_condition(self, velocity: nn.Module, rows: Sequence[Any], device: torch.device) -> dict[str, Tensor]:
+        return {k: v.to(device) for k, v in self._embedder().embed(list(rows), truncate=True).items()}
+
+    def negative_condition(self, velocity: nn.Module, prompt: str, device: torch.device) -> dict[str, Tensor]:
+        return self.input_condition(velocity, [prompt], device)
+
+    def sample_report(self, media: Tensor, inputs: Sequence[Any]) -> dict[str, Any]:
+        """Per distinct prompt, "digit:count" of what the real-digit classifier sees in its samples, e.g. "7:15 1:1"."""
+        predicted = digit_classifier().predict(media)
+        out = {}
+        for prompt in dict.fromkeys(inputs):
+            counts = np.bincount(predicted[[i for i, p in enumerate(inputs) if p == prompt]], minlength=10)
+            out[prompt] = " ".join(f"{d}:{c}" for d, c in sorted(enumerate(counts), key=lambda dc: -dc[1]) if c)
+        return {"classified_as": out}
 
     def summary_lines(self, metrics: dict[str, float | None], run_dir: Path) -> list[str]:
         """The classifier check: accuracy per guidance scale and the classifier's own on real digits."""

@@ -10,22 +10,29 @@ the text conditioner. Training, `mmflow prepare` and sampling all go through thi
     fields = enc.cache_fields(media, captions)     # `mmflow prepare`: batched cache fields
     out = enc.encode_batch(batch, rng)             # training: raw {"media", "text"} or cached fields
     media = enc.decode(z, like_shape)              # sampling: normalised latents -> media
+
+An exported model folder carries its frozen components (`export`; layout there), so it samples after
+every source path is gone; `resolve_exported` points a saved recipe at them.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from mmflow.config import ConfigError
+from mmflow.config import ConfigError, from_dict
 from mmflow.flow.cfg import condition_dropout_mask
+from mmflow.model_io import CorruptModel
 from mmflow.text.combine import TextConditioner, TextConditionerConfig, combine_parts
-from mmflow.text.encoder import TextEmbedding
+from mmflow.text.default import DEFAULT_ENCODER, TextEncoderNotFound, is_default_name, resolve_encoder_path
+from mmflow.text.encoder import TextEmbedding, TextEncoderConfig
 from mmflow.train.random import BatchRandom
 
 LATENT_MEAN, LATENT_STD, MEDIA = "latent_mean", "latent_std", "media"
@@ -36,11 +43,16 @@ def _text_field(encoder: str, part: str) -> str:
     return f"text.{encoder}.{part}"
 
 
+def _is_model_file(f: Path) -> bool:
+    """config.json, *.safetensors and their *.index.json: what a model folder is (and its fingerprint covers)."""
+    return f.is_file() and (f.name == "config.json" or f.suffix == ".safetensors" or f.name.endswith(".index.json"))
+
+
 def folder_fingerprint(folder: str | Path) -> str:
     """sha256 over a model folder's config.json and weight files (contents), in name order."""
     h = hashlib.sha256()
     for f in sorted(Path(folder).iterdir()):
-        if f.is_file() and (f.name == "config.json" or f.suffix == ".safetensors" or f.name.endswith(".index.json")):
+        if _is_model_file(f):
             h.update(f.name.encode())
             with open(f, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -60,6 +72,52 @@ def _frozen(module: nn.Module) -> nn.Module:
     return module
 
 
+# Other runtimes' copies of a text encoder's weights (only safetensors load) and VCS data: left out of an export.
+_OTHER_FORMATS = (".bin", ".pt", ".pth", ".ckpt", ".onnx", ".h5", ".msgpack", ".ot", ".tflite")
+_OTHER_DIRS = ("onnx", "openvino", ".git")
+
+
+def _skip_other_formats(folder: str, names: list[str]) -> set[str]:
+    """shutil.copytree's `ignore`: weights in other formats and folders of other runtimes."""
+    return {n for n in names if n.endswith(_OTHER_FORMATS) or (n in _OTHER_DIRS and (Path(folder) / n).is_dir())}
+
+
+def _skip_all_but_model_files(folder: str, names: list[str]) -> set[str]:
+    """shutil.copytree's `ignore` for a byte-exact model folder: config.json and weights only, no subfolders."""
+    return {n for n in names if not _is_model_file(Path(folder) / n)}
+
+
+def _copy_folder(src: Path, dest: Path, ignore: Callable[[str, list[str]], set[str]]) -> None:
+    if dest.is_dir() and dest.resolve() == src.resolve():
+        return  # a pipeline loaded from an exported folder, saved into that same folder
+    shutil.copytree(src, dest, ignore=ignore, dirs_exist_ok=True)
+
+
+def export_mode(encoder: TextEncoderConfig) -> str:
+    """"copy" or "reference": `export`, where auto references the default encoder (mmflow's install ships it)."""
+    if encoder.export != "auto":
+        return encoder.export
+    return "reference" if is_default_name(encoder.path) else "copy"
+
+
+def _encoder_key(entry: Mapping[str, Any]) -> str:
+    """The key of a recipe dict's text encoder entry (as TextEncoderConfig.key derives it)."""
+    return TextEncoderConfig(path=entry.get("path", DEFAULT_ENCODER), name=entry.get("name", "")).key
+
+
+def _bundled(folder: Path, record: Mapping[str, Any], what: str) -> Path:
+    path = folder / record["folder"]
+    if not path.is_dir():
+        raise CorruptModel(f"{folder}: the bundled {what} folder {path} is missing; an exported model folder must be "
+                           f"copied whole (pipeline.json and all of models/)")
+    return path
+
+
+def _remedy(key: str) -> str:
+    return (f'point to it with text_encoders={{"{key}": "/path/to/encoder"}} (FlowPipeline.from_pretrained) or '
+            f"--text-encoder {key}=/path/to/encoder (mmflow sample)")
+
+
 @dataclass
 class EncodedBatch:
     """z: (B, C, ...) normalised latents (a posterior sample); text: the combined condition after each
@@ -77,7 +135,7 @@ class MediaEncoders:
         self.text_config = text
         self._tokenizer: nn.Module | None = None
         self._text: TextConditioner | None = None
-        self._latent_shape: tuple[int, ...] | None = None
+        self._latent_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}  # media shape -> latent shape
 
     # ------------------------------------------------------------------ the modules
     @property
@@ -127,16 +185,17 @@ class MediaEncoders:
         return self.text_config.pooled_width
 
     def latent_shape(self, media_shape: Sequence[int]) -> tuple[int, ...]:
-        """(C, *axes) of one item's latents: media_shape through the tokenizer (one probe encode)."""
-        if self._latent_shape is None:
+        """(C, *axes) of one item's latents: media_shape through the tokenizer (one probe encode per shape)."""
+        key = tuple(media_shape)
+        if key not in self._latent_shapes:
             tok = self.tokenizer
             if tok is None:
-                self._latent_shape = tuple(media_shape)
+                self._latent_shapes[key] = key
             else:
                 with torch.no_grad():
-                    probe = torch.zeros(1, *media_shape, device=next(tok.parameters()).device)
-                    self._latent_shape = tuple(tok.encode(probe).mean.shape[1:])
-        return self._latent_shape
+                    probe = torch.zeros(1, *key, device=next(tok.parameters()).device)
+                    self._latent_shapes[key] = tuple(tok.encode(probe).mean.shape[1:])
+        return self._latent_shapes[key]
 
     # ------------------------------------------------------------------ cache
     def describe(self) -> dict[str, Any]:
@@ -157,6 +216,92 @@ class MediaEncoders:
             for n, emb in self.text.encode_each(list(captions)).items():
                 fields.update({_text_field(n, part): getattr(emb, part) for part in TEXT_PARTS})
         return fields
+
+    # ------------------------------------------------------------------ export
+    def export(self, models_dir: Path) -> dict[str, Any]:
+        """Copy the frozen components into `models_dir` (an exported folder's models/) and return their record
+        (pipeline.json's "components"; its folders are relative to models_dir's parent):
+
+            models/tokenizer/              byte-exact config.json + *.safetensors (+ index): the same fingerprint
+            models/text_encoders/<key>/    an encoder whose `export` is copy: its model folder (other weight
+                                           formats left out), a separate tokenizer folder in <key>/tokenizer/
+
+        {"tokenizer": {"folder", "fingerprint"} (absent without one), "text_encoders": {key: {"mode": "copy",
+        "folder"} or {"mode": "reference", "path": as the recipe says, "fingerprint": the encoder's}}}.
+        """
+        root = models_dir.parent
+        record: dict[str, Any] = {}
+        if self.tokenizer_path is not None:
+            dest = models_dir / "tokenizer"
+            _copy_folder(Path(self.tokenizer_path), dest, _skip_all_but_model_files)
+            record["tokenizer"] = {"folder": dest.relative_to(root).as_posix(), "fingerprint": folder_fingerprint(dest)}
+        encoders: dict[str, Any] = {}
+        for e in self.text_config.encoders:
+            if export_mode(e) == "reference":
+                encoders[e.key] = {"mode": "reference", "path": e.path, "fingerprint": e.fingerprint()}
+                continue
+            dest = models_dir / "text_encoders" / e.key
+            _copy_folder(e.model_path(), dest, _skip_other_formats)
+            if e.tokenizer:
+                _copy_folder(e.tokenizer_path(), dest / "tokenizer", _skip_other_formats)
+            encoders[e.key] = {"mode": "copy", "folder": dest.relative_to(root).as_posix()}
+        record["text_encoders"] = encoders
+        return record
+
+    @staticmethod
+    def resolve_exported(recipe: dict, components: Mapping[str, Any], folder: Path,
+                         text_encoders: Mapping[str, str] | None = None) -> dict:
+        """A copy of an exported `recipe` dict whose tokenizer and text encoder paths point at the copies
+        bundled in `folder` (the one holding pipeline.json), or at the referenced encoders; `text_encoders`
+        gives a referenced encoder a new path by key. A recipe without `components` (older exports) keeps its
+        paths. Raises CorruptModel for a missing or changed bundled folder, TextEncoderNotFound for a referenced
+        encoder that is missing or changed since the export, ConfigError for a key that takes no path.
+        """
+        folder, recipe = Path(folder), copy.deepcopy(recipe)
+        overrides = dict(text_encoders or {})
+        model = recipe.get("model") or {}
+        if "tokenizer" in components:
+            tok = _bundled(folder, components["tokenizer"], "tokenizer")
+            if folder_fingerprint(tok) != components["tokenizer"]["fingerprint"]:
+                raise CorruptModel(f"{folder}: the bundled tokenizer {tok} changed since the export (its fingerprint "
+                                   "differs from pipeline.json's); copy the exported folder again")
+            model["tokenizer"] = str(tok)
+        records = components.get("text_encoders", {})
+        entries = model.get("text", {}).get("encoders", [])
+        referenced = [k for k in map(_encoder_key, entries) if records.get(k, {}).get("mode") != "copy"]
+        unknown = sorted(set(overrides) - set(referenced))
+        if unknown:
+            bundled = sorted(k for k, r in records.items() if r.get("mode") == "copy")
+            raise ConfigError(f"{unknown} name no referenced text encoder of {folder}; it references {referenced}"
+                              + (f" and bundles {bundled} (a bundled encoder takes no path)" if bundled else ""),
+                              "text_encoders")
+        for i, entry in enumerate(entries):
+            key = _encoder_key(entry)
+            record = records.get(key, {"mode": "reference", "path": entry.get("path", DEFAULT_ENCODER)})
+            if record["mode"] == "copy":
+                dest = _bundled(folder, record, f"text encoder {key!r}")
+                tokenizer = str(dest / "tokenizer") if entry.get("tokenizer") else ""  # a separate one went there
+                entry.update(path=str(dest), name=key, tokenizer=tokenizer)
+                continue
+            path = overrides.get(key, record["path"])
+            try:
+                resolve_encoder_path(path)
+            except TextEncoderNotFound as e:
+                raise TextEncoderNotFound(f"{folder}: its text encoder {key!r} is referenced at {path!r}, which is not "
+                                          f"usable: {e}; {_remedy(key)}") from e
+            if key in overrides:  # the key would otherwise follow the new folder's name
+                entry.update(path=path, name=key)
+                if entry.get("tokenizer") and not Path(entry["tokenizer"]).expanduser().is_dir():
+                    entry["tokenizer"] = ""  # the old separate tokenizer is gone too: read the given folder's
+            if "fingerprint" in record:
+                found = from_dict(TextEncoderConfig, entry, prefix=f"model.text.encoders[{i}]").fingerprint()
+                if found != record["fingerprint"]:
+                    raise TextEncoderNotFound(
+                        f"{folder}: its text encoder {key!r} at {path!r} changed since the export (other weights, "
+                        f"tokenizer or settings: fingerprint {found[:12]}, exported with "
+                        f"{record['fingerprint'][:12]}); "
+                        f"the model was trained on the original: {_remedy(key)}")
+        return recipe
 
     # ------------------------------------------------------------------ training
     def encode_batch(self, batch: Mapping[str, Any], rng: BatchRandom, dropout: bool = True) -> EncodedBatch:

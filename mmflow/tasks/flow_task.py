@@ -8,7 +8,10 @@ signature the samplers use.
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Sequence
+
+import torch
 
 from torch import Tensor, nn
 
@@ -18,6 +21,7 @@ from mmflow.flow.paths import GaussianPath
 from mmflow.flow.schedules import get_schedule
 from mmflow.flow.time_samplers import get_time_sampler
 from mmflow.sampling.generate import generate
+from mmflow.sampling.layout import SampleLayout, WrongOutputRequest
 from mmflow.sampling.solvers import SampleOutput
 from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, Task
@@ -67,6 +71,60 @@ class FlowMatchingTask(Task):
         (B, ...) -> samples, float32 on CPU; kwargs: guidance, generator, decode, clamp, batch_size, ..."""
         null = None if cond is None else self.null_condition(model)
         return generate(model, x0, cond, null, sample_cfg, self.path, **kwargs)
+
+
+    # ------------------------------------------------------------------ sampling from user input (FlowPipeline)
+    # What the pipeline asks a task: the kind of input, how it becomes a condition, and what is drawn.
+    input_kind: ClassVar[Literal["text", "label", "none"]] = "none"
+
+    def sample_layout(self, size: int | tuple[int, int] | None = None, num_frames: int | None = None,
+                      seconds: float | None = None) -> SampleLayout:
+        """What one sample is (x0's shape, decode, output modality) at the asked output size; the defaults
+        are the training size. Refuses (WrongOutputRequest) what the model cannot make, saying what it is."""
+        raise NotImplementedError(f"{type(self).__name__} does not sample through FlowPipeline")
+
+    def default_inputs(self) -> list[Any]:
+        """The prompts / labels sampled when the user gives none ([None]: unconditional rows)."""
+        return [None]
+
+    def inputs_from_labels(self, labels: Sequence[int]) -> list[Any]:
+        """Class labels as this model's inputs (a text model may map them to prompts, see digits)."""
+        if self.input_kind == "label":
+            return list(labels)
+        if self.input_kind == "text":
+            raise WrongOutputRequest(f"this {self.name} model is text-conditional: give prompts (--prompt), not --label")
+        raise WrongOutputRequest(f"--label given, but this {self.name} model is unconditional")
+
+    def prepare_inputs(self, rows: Sequence[Any], seeds: Sequence[int]) -> tuple[list[Any], list[str]]:
+        """The rows' inputs as sampled (e.g. a missing label drawn from the row's seed) and warnings (e.g. a
+        prompt truncated to the encoder's limit); inputs the model cannot take raise a UserError naming them,
+        before any sampling."""
+        return list(rows), []
+
+    def input_condition(self, velocity: nn.Module, rows: Sequence[Any], device: torch.device) -> Condition | None:
+        """One condition row per prepared input (prompt or label) on `device`; None: unconditional."""
+        return None
+
+    def negative_condition(self, velocity: nn.Module, prompt: str, device: torch.device) -> Condition:
+        """The condition CFG steers away from instead of u(null) (text models), one row."""
+        raise WrongOutputRequest(f"a negative prompt needs a text-conditional model; {self.name} takes "
+                                 f"{'class labels' if self.input_kind == 'label' else 'no input'}")
+
+    def sample_report(self, media: Tensor, inputs: Sequence[Any]) -> dict[str, Any]:
+        """Extra facts about sampled media for `mmflow sample`'s summary (e.g. what a classifier sees)."""
+        return {}
+
+    def points_preview(self, points: Tensor, path: Path, title: str) -> Path | None:
+        """A picture of samples that are not media (layout.modality None), e.g. 2-D points over the data."""
+        return None
+
+
+def fixed_layout(layout: SampleLayout, task: str, **asked: Any) -> SampleLayout:
+    """`layout`, refusing any output size asked of a model that makes one size only."""
+    given = [k for k, v in asked.items() if v is not None]
+    if given:
+        raise WrongOutputRequest(f"{given[0]} cannot be set: this {task} model makes {layout.describe()} only")
+    return layout
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -15,21 +15,23 @@ empty prompt's encoding (or zeros, model.text.null), which is also u(null) when 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
-from mmflow.config import ConfigError, check
+from mmflow.config import ConfigError, check, from_dict
 from mmflow.data.cache import CachedDataset, CacheOrder, cache_problem
 from mmflow.data.media_folder import MediaFolderConfig, MediaFolderDataset, collate
-from mmflow.models.mmdit import MMDiT, MMDiTConfig
+from mmflow.models.mmdit import MMDIT_PRESETS, MMDiT, MMDiTConfig
 from mmflow.sampling.generate import seeded_noise
+from mmflow.sampling.layout import SampleLayout, WrongOutputRequest, describe_media
 from mmflow.tasks import register_task
 from mmflow.tasks.encoders import MediaEncoders
 from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
@@ -55,6 +57,62 @@ class MediaDataConfig(MediaFolderConfig):
               "the cache holds one item size; with bucketing set use_cache: off")
 
 
+# The MM-DiT's size where model.mmdit names no preset (this recipe's defaults from before presets).
+DEFAULT_MMDIT_SIZE: dict[str, Any] = {"hidden_size": 256, "depth": 6, "num_heads": 4}
+# model.<key> before the MM-DiT's settings moved under model.mmdit (older recipes and pipeline.json)
+LEGACY_MMDIT_KEYS = ("hidden_size", "depth", "num_heads", "mlp_ratio", "patch_size", "qk_norm")
+
+
+@dataclass
+class MMDiTSection:
+    """model.mmdit: a size preset, then MMDiTConfig fields over it. A field whose default is null keeps the
+    preset's value; the task fills in in_channels, context_dim and pooled_dim from the tokenizer and encoders."""
+
+    preset: str | None = field(default=None, metadata={
+        "help": "size preset of mmflow.models.mmdit.MMDIT_PRESETS (test, tiny, S, B, L, XL, SD3-2B, SD3.5-8B); "
+                "null: hidden_size 256, depth 6, num_heads 4"})
+    hidden_size: int | None = field(default=None, metadata={"min": 1, "help": "token width; null: the preset's"})
+    depth: int | None = field(default=None, metadata={"min": 1, "help": "joint blocks; null: the preset's"})
+    num_heads: int | None = field(default=None, metadata={"min": 1, "help": "must divide hidden_size; null: the preset's"})
+    mlp_ratio: float | None = field(default=None, metadata={
+        "min": 0.0, "min_exclusive": True, "help": "MLP width / hidden_size; null: the preset's (4.0)"})
+    patch_size: tuple[int, ...] = field(default=(2, 2), metadata={
+        "min": 1, "help": "one per latent axis: image (h, w), video (t, h, w), audio (l,)"})
+    qk_norm: Literal["rms_norm"] | None = field(default="rms_norm", metadata={"help": "null: no q/k normalisation"})
+    rope_theta: float | None = field(default=None, metadata={
+        "min": 0.0, "min_exclusive": True, "help": "base of the RoPE frequencies; null: 10000"})
+    dual_attention_layers: tuple[int, ...] = field(default=(), metadata={
+        "min": 0, "help": "blocks with SD3.5's extra latent self-attention"})
+
+
+def mmdit_fields(section: MMDiTSection, source: str | None = None) -> dict[str, Any]:
+    """The MMDiTConfig fields model.mmdit sets: its preset's (or DEFAULT_MMDIT_SIZE), then every field set."""
+    if section.preset is None:
+        fields = dict(DEFAULT_MMDIT_SIZE)
+    elif section.preset in MMDIT_PRESETS:
+        fields = dict(MMDIT_PRESETS[section.preset])
+    else:
+        raise ConfigError(f"{section.preset!r} is not an MM-DiT preset; known: {sorted(MMDIT_PRESETS)}",
+                          "model.mmdit.preset", source)
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if f.name != "preset" and (value is not None or f.default is not None):  # null default: the preset's
+            fields[f.name] = value
+    return fields
+
+
+def resolve_mmdit(section: MMDiTSection, source: str | None = None, **filled: Any) -> MMDiTConfig:
+    """The validated MMDiTConfig of model.mmdit plus what the task fills in; errors name model.mmdit.<key>."""
+    fields = {**mmdit_fields(section, source), "pos_embed": "rope", "null_text": "zeros", **filled}
+    try:  # null_text zeros: u(null) comes from the text encoders (empty prompt), not the MM-DiT
+        return from_dict(MMDiTConfig, fields, source=source, prefix="model.mmdit")
+    except ConfigError as exc:
+        if exc.key != "model.mmdit.pos_embed":
+            raise
+        # rope is fixed here: what the recipe can change is the head width, hidden_size / num_heads
+        raise ConfigError(exc.message, "model.mmdit.num_heads", source) from exc
+
+
 @dataclass
 class MediaModelConfig:
     tokenizer: str | None = field(default=None, metadata={
@@ -62,13 +120,8 @@ class MediaModelConfig:
         "exists_hint": "train one with `mmflow train tokenizers/<name>.yaml` or convert one with "
                        "`mmflow convert diffusers-vae`"})
     text: TextConditionerConfig = field(default_factory=TextConditionerConfig)
-    hidden_size: int = field(default=256, metadata={"min": 1, "help": "MM-DiT token width"})
-    depth: int = field(default=6, metadata={"min": 1})
-    num_heads: int = field(default=4, metadata={"min": 1})
-    mlp_ratio: float = field(default=4.0, metadata={"min": 0.0, "min_exclusive": True})
-    patch_size: tuple[int, ...] = field(default=(2, 2), metadata={
-        "min": 1, "help": "one per latent axis: image (h, w), video (t, h, w), audio (l,)"})
-    qk_norm: Literal["rms_norm"] | None = "rms_norm"
+    mmdit: MMDiTSection = field(default_factory=MMDiTSection)
+    # run-time settings of the MMDiT module, not saved into its exported config.json
     attention_backend: Literal["auto", "sdpa", "xformers", "math"] = "auto"
     gradient_checkpointing: bool = False
 
@@ -98,31 +151,46 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
 
     # ------------------------------------------------------------------ models
     def mmdit_config(self) -> MMDiTConfig:
-        m = self.recipe.model
-        return MMDiTConfig(in_channels=self.latent_shape()[0], patch_size=tuple(m.patch_size), hidden_size=m.hidden_size,
-                           depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, qk_norm=m.qk_norm,
-                           context_dim=self.encoders.context_dim, pooled_dim=self.encoders.pooled_dim, pos_embed="rope",
-                           null_text="zeros")  # u(null) comes from the text encoders (empty prompt), not the MM-DiT
+        """model.mmdit with the latent channels and the text widths filled in."""
+        return resolve_mmdit(self.recipe.model.mmdit, in_channels=self.latent_shape()[0],
+                             context_dim=self.encoders.context_dim, pooled_dim=self.encoders.pooled_dim)
 
     def build_models(self) -> dict[str, nn.Module]:
-        shape, p = self.latent_shape(), self.recipe.model.patch_size
+        shape, p = self.latent_shape(), self.recipe.model.mmdit.patch_size
         bad = [f"{n} (axis {i})" for i, (n, k) in enumerate(zip(shape[1:], p)) if n % k]
         if bad:
             raise ConfigError(f"{list(p)} does not divide the latent sizes {bad} of latents {list(shape)}",
-                              "model.patch_size")
+                              "model.mmdit.patch_size")
         m = self.recipe.model
         return {VELOCITY: MMDiT(self.mmdit_config(), attention_backend=m.attention_backend,
                                 gradient_checkpointing=m.gradient_checkpointing)}
 
     @classmethod
+    def upgrade_recipe_dict(cls, raw: dict[str, Any], source: str | None) -> dict[str, Any]:
+        """model.hidden_size, depth, ... (before model.mmdit existed) moved under model.mmdit, with a warning."""
+        model = raw.get("model")
+        if not isinstance(model, dict) or not isinstance(model.get("mmdit", {}), dict):
+            return raw  # from_dict reports what is wrong with it
+        flat = [k for k in LEGACY_MMDIT_KEYS if k in model]
+        if not flat:
+            return raw
+        mmdit = model.get("mmdit") or {}
+        both = [k for k in flat if k in mmdit]
+        if both:
+            raise ConfigError(f"moved to model.mmdit.{both[0]}, which is set too: keep model.mmdit.{both[0]} only",
+                              f"model.{both[0]}", source)
+        logger.warning("%s: model.%s moved under model.mmdit (read as model.mmdit.%s); please update the recipe",
+                       source or "recipe", ", ".join(flat), ", ".join(flat))
+        rest = {k: v for k, v in model.items() if k not in flat}
+        return {**raw, "model": {**rest, "mmdit": {**mmdit, **{k: model[k] for k in flat}}}}
+
+    @classmethod
     def validate_recipe(cls, recipe: Any, source: str | None) -> None:
-        axes = recipe.data.spec.latent_axes
-        if len(recipe.model.patch_size) != axes:
-            raise ConfigError(f"{list(recipe.model.patch_size)} has {len(recipe.model.patch_size)} entries; "
-                              f"{recipe.data.modality} latents have {axes} axes", "model.patch_size", source)
-        if recipe.model.hidden_size % recipe.model.num_heads:
-            raise ConfigError(f"{recipe.model.num_heads} does not divide hidden_size {recipe.model.hidden_size}",
-                              "model.num_heads", source)
+        axes, p = recipe.data.spec.latent_axes, recipe.model.mmdit.patch_size
+        if len(p) != axes:
+            raise ConfigError(f"{list(p)} has {len(p)} entries; {recipe.data.modality} latents have {axes} axes",
+                              "model.mmdit.patch_size", source)
+        resolve_mmdit(recipe.model.mmdit, source)  # preset, head width: the MM-DiT's own checks, before any loading
 
     # ------------------------------------------------------------------ data
     def cache_dir(self) -> Path:
@@ -199,18 +267,60 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         return {"sample_std": float(media.std()), "sample_mean": float(media.mean())}
 
     def pipeline_info(self) -> dict[str, Any]:
-        return {"task": self.name, "model": VELOCITY}
+        # the prompts `mmflow sample` uses when given none, kept here: the captions may not travel with the model
+        return {"task": self.name, "model": VELOCITY, "default_inputs": self.eval_prompts()}
 
-    def generate(self, model: nn.Module, num: int, device: torch.device, sample_cfg: Any, out_dir: Path,
-                 label: int | None = None, prompts: Sequence[str] | None = None) -> dict[str, Any]:
-        """`mmflow sample`: `num` items per prompt (default: the validation prompts) into out_dir."""
-        if label is not None:
-            raise ConfigError(f"{self.name} is text-conditional: use --prompt, not --label")
-        prompts = list(prompts or self.eval_prompts())
-        rows = [p for p in prompts for _ in range(num)]
-        media = self.sample_media(model, rows, device, sample_cfg)
-        files = write_samples(media, rows, self.recipe.data, out_dir, per_prompt=num)
-        return {"num_per_prompt": num, "prompts": prompts, "files": [str(f) for f in files]}
+    def export_frozen(self, models_dir: Path) -> dict[str, Any]:
+        """The tokenizer and text encoders into the exported folder (see MediaEncoders.export)."""
+        return self.encoders.export(models_dir)
+
+    @classmethod
+    def resolve_exported(cls, recipe: dict, components: dict, folder: Path,
+                         text_encoders: Mapping[str, str] | None = None) -> dict:
+        """The recipe pointed at the exported folder's components (see MediaEncoders.resolve_exported)."""
+        return MediaEncoders.resolve_exported(recipe, components, folder, text_encoders)
+
+    # ------------------------------------------------------------------ sampling (FlowPipeline)
+    input_kind = "text"
+
+    def sample_layout(self, size: Any = None, num_frames: int | None = None, seconds: float | None = None) -> SampleLayout:
+        """The training media size, or the one asked where the modality allows (image: size; video: size,
+        num_frames; audio: seconds) and the latents still divide into patches."""
+        d = self.recipe.data
+        spec = d.spec
+        changes = {}
+        for key, value in (("size", size), ("num_frames", num_frames), ("seconds", seconds)):
+            if value is None:
+                continue
+            if key not in spec.sample_options:
+                what = describe_media(d.modality, self.media_shape(), d.sample_rate)
+                can = ", ".join(spec.sample_options)
+                raise WrongOutputRequest(f"{key} does not apply: this model makes {what} (it can be asked for {can})")
+            changes[spec.sample_options[key]] = value
+        data = replace(d, **changes) if changes else d
+        media_shape = spec.media_shape(data)
+        x_shape = self.encoders.latent_shape(media_shape)
+        patch = self.mmdit_config().patch_size
+        if changes and any(n % p for n, p in zip(x_shape[1:], patch)):
+            per_latent = [m // n for m, n in zip(media_shape[1:], x_shape[1:])]  # media samples per latent, per axis
+            raise WrongOutputRequest(
+                f"{', '.join(f'{k}={v}' for k, v in changes.items())} gives {describe_media(d.modality, media_shape, data.sample_rate)} "
+                f"with latents {list(x_shape)}, which patches {list(patch)} do not divide; each axis must be a multiple "
+                f"of {[a * p for a, p in zip(per_latent, patch)]} media samples")
+        decode = partial(self.encoders.decode, like_shape=(1, *media_shape)) if self.encoders.has_tokenizer else None
+        return SampleLayout(x_shape, media_shape, d.modality, decode, fps=data.fps, sample_rate=data.sample_rate)
+
+    def default_inputs(self) -> list[Any]:
+        return self.eval_prompts()
+
+    def prepare_inputs(self, rows: Sequence[Any], seeds: Sequence[int]) -> tuple[list[Any], list[str]]:
+        return list(rows), self.encoders.text.truncation_warnings(sorted(set(rows)))
+
+    def input_condition(self, velocity: nn.Module, rows: Sequence[Any], device: torch.device) -> dict[str, Tensor]:
+        return self.encoders.encode_prompts(list(rows)).as_condition()  # on the device the encoders were placed on
+
+    def negative_condition(self, velocity: nn.Module, prompt: str, device: torch.device) -> dict[str, Tensor]:
+        return self.input_condition(velocity, [prompt], device)
 
 
 def write_samples(media: Tensor, prompts: Sequence[str], data: MediaFolderConfig, out_dir: Path,

@@ -4,7 +4,7 @@ One task, `tokenizer`; `data.modality` picks the VAE. Models: "tokenizer" (the V
 model.loss.adv_weight > 0, "discriminator" (a PatchGAN, 2-D for images, 3-D for videos). Optimizer
 groups "generator" then "discriminator" are stepped in turn each step; the discriminator group is
 switched on at model.loss.adv_start_step and judges the reconstruction the generator step made from
-the same batch (kept detached on the task). The folder's last `data.held_out` items are never trained
+the same micro-batch (handed on detached through LossOutput.extras). The folder's last `data.held_out` items are never trained
 on: validation reconstructs them and reports PSNR (image, video; pixels mapped to [0, 1]) or the
 multi-scale STFT distance beside those of silence and of noise (audio). After the last step the
 latent statistics are measured on training items and written into the tokenizer's config, so the
@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -37,8 +36,8 @@ from mmflow.tasks import register_task
 from mmflow.tasks.media_accounting import MediaAccounting
 from mmflow.tokenizers import (
     AUDIO_VAE_PRESETS, IMAGE_VAE_PRESETS, VIDEO_VAE_PRESETS, AudioVAE, ImageVAE, PatchDiscriminator,
-    PatchDiscriminatorConfig, Tokenizer, VAELoss, VAELossConfig, VideoVAE, apply_latent_stats, measure_latent_stats,
-    stft_distance,
+    PatchDiscriminatorConfig, Tokenizer, TokenizerOutput, VAELoss, VAELossConfig, VideoVAE, apply_latent_stats,
+    measure_latent_stats, stft_distance,
 )
 from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, Task, format_metric
@@ -48,6 +47,7 @@ logger = logging.getLogger("mmflow.tasks")
 
 TOKENIZER, DISCRIMINATOR = "tokenizer", "discriminator"  # model names
 GENERATOR = "generator"  # optimizer group of the tokenizer
+RECONSTRUCTION = "reconstruction"  # the generator step's LossOutput.extras key: its detached x_hat
 # the VAE class and size presets that train each modality, under the VAE's own `modality`
 VAES: dict[str, tuple[type[Tokenizer], dict[str, dict[str, Any]]]] = {
     vae.modality: (vae, presets)
@@ -117,30 +117,6 @@ def tokenizer_config(data: TokenizerDataConfig, model: TokenizerModelConfig, sou
                               f"(set it in the data section, or drop it here)", f"model.vae.{key}", source)
         fields[key] = value
     return from_dict(vae_cls.config_class, to_dict(fields), source=source, prefix="model.vae")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return extract_model_from_parallel(model)
-
-
-def through_forward(model: nn.Module, fn: Callable[..., Any], *args: Any) -> Any:
-    """fn(*args), run as the forward of `model`'s parallel wrapper when it has one.
-
-    A tokenizer step calls encode and decode rather than forward (its noise comes from BatchRandom);
-    under DDP the gradient all-reduce is armed only by a call through the wrapper's forward.
-    """
-    inner = unwrap(model)
-    if inner is model:
-        return fn(*args)
-    saved = inner.__dict__.get("forward")  # accelerate patches forward under mixed precision: restore it
-    inner.forward = fn
-    try:
-        return model(*args)
-    finally:
-        if saved is None:
-            del inner.forward
-        else:
-            inner.forward = saved
 
 
 @contextmanager
@@ -223,7 +199,6 @@ class TokenizerTask(MediaAccounting, Task):
         rate = self.spec.tokenizer_fields(recipe.data).get("sample_rate")  # audio: the STFT / mel losses' rate
         self.vae_loss = VAELoss(recipe.model.loss, sample_rate=rate)
         self._folder: MediaFolderDataset | None = None
-        self._recon: tuple[int, list[tuple[Tensor, Tensor]]] = (-1, [])  # (step, [(media, detached x_hat)])
         self._held_out: Tensor | None = None
 
     @property
@@ -329,34 +304,35 @@ class TokenizerTask(MediaAccounting, Task):
         return self._held_out
 
     # ------------------------------------------------------------------ loss
-    def reconstruct(self, model: nn.Module, x: Tensor, rng: BatchRandom) -> tuple[Tensor, Any]:
-        """Encode x (B, C, ...), sample the posterior with noise from `rng`, decode: (x_hat like x, posterior)."""
-        vae = unwrap(model)
+    def reconstruct(self, model: nn.Module, x: Tensor, rng: BatchRandom) -> tuple[Tensor, TokenizerOutput]:
+        """The VAE's training pass on x (B, C, ...), posterior noise from `rng`: (x_hat like x, the VAE's output).
 
-        def step(media: Tensor) -> tuple[Tensor, Any]:
-            post = vae.encode(media)
-            noise = rng.randn(*post.mean.shape[1:]).to(post.mean.dtype)  # (B, C_lat, ...)
-            return vae.decode(post.mean + post.std * noise, like_shape=media.shape), post
+        `model` may be DDP-wrapped: the call goes through its forward, which arms the gradient all-reduce.
+        x_hat takes x's dtype, as accelerate's wrapper would give a tuple's tensors under mixed precision.
+        """
+        out = model(x, noise=rng.randn)
+        return out.reconstruction.to(x.dtype), out
 
-        return through_forward(model, step, x)
-
-    def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
+    def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int,
+             carry: dict[str, Tensor] | None = None) -> LossOutput:
+        """The generator step hands its detached reconstruction on (extras); the discriminator step judges
+        it when the trainer passes it back as `carry`, or reconstructs the micro-batch again without it."""
         # audio: zero padding past a short file's end (batch["mask"]) is a target like any other:
         # silence in, silence out
         x = batch["media"]
         loss_fn = self.vae_loss.to(x.device)
         if optimizer == GENERATOR:
-            x_hat, posterior = self.reconstruct(models[TOKENIZER], x, rng)
-            cached = self._recon[1] if self._recon[0] == step else []
-            self._recon = (step, [*cached, (x, x_hat.detach())])  # the discriminator step judges these
-            disc = unwrap(models[DISCRIMINATOR]) if DISCRIMINATOR in models else None
+            x_hat, vae_out = self.reconstruct(models[TOKENIZER], x, rng)
+            disc = models.get(DISCRIMINATOR)  # its gradients are not this group's: the trainer skips their sync
             with frozen(disc):
-                out = loss_fn.generator_loss(x, x_hat, posterior, step, disc, unwrap(models[TOKENIZER]).last_layer_weight())
-            return LossOutput(out.loss, out.logs)
-        x_hat = next((r for m, r in self._recon[1] if m is x), None) if self._recon[0] == step else None
-        if x_hat is None:  # not from this step's generator pass (e.g. the generator group was skipped)
+                out = loss_fn.generator_loss(x, x_hat, vae_out.posterior, step, disc, vae_out.last_layer)
+            return LossOutput(out.loss, out.logs, extras={RECONSTRUCTION: x_hat.detach()})
+        x_hat = (carry or {}).get(RECONSTRUCTION)
+        if x_hat is None:  # called without the generator step's hand-off (e.g. on its own)
             with torch.no_grad():
                 x_hat, _ = self.reconstruct(models[TOKENIZER], x, rng)
+        elif x_hat.shape != x.shape:
+            raise ValueError(f"the carried reconstruction {tuple(x_hat.shape)} is not of this micro-batch {tuple(x.shape)}")
         out = loss_fn.discriminator_loss(x, x_hat, models[DISCRIMINATOR], step)
         return LossOutput(out.loss, out.logs)
 

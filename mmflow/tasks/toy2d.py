@@ -12,19 +12,19 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from mmflow.config import ConfigError
 from mmflow.data.toy2d import TOY_DATASETS, Toy2DDataset, sample_toy
 from mmflow.flow.loss import TBinStats
 from mmflow.metrics.two_sample import two_sample_report
 from mmflow.models.toy_mlp import MLPVelocity, MLPVelocityConfig
 from mmflow.sampling.generate import seeded_noise
+from mmflow.sampling.layout import SampleLayout, WrongOutputRequest
 from mmflow.tasks import register_task
-from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
+from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask, fixed_layout
 from mmflow.tasks.toy2d_plots import plot_samples, plot_t_diagnostics, plot_trajectories
 from mmflow.train.task import format_metric
+from mmflow.utils.seeding import mix_seed
 
 # Evaluation draws use seeds far from any training seed, so the data they compare against is unseen.
 EVAL_SEED = 1_000_003
@@ -137,34 +137,34 @@ class Toy2DTask(FlowMatchingTask):
         metrics.update({f"ode100_{k}": v for k, v in reference.items()})
         return metrics
 
-    def generate(self, model: nn.Module, num: int, device: torch.device, sample_cfg: Any, out_dir: Path,
-                 label: int | None = None, prompts: Sequence[str] | None = None) -> dict[str, Any]:
-        """`mmflow sample` for toy models: samples.safetensors + samples.png (+ trajectories.png)."""
-        if prompts:
-            raise ConfigError("--prompt given, but toy2d models take no text (use --label for a class)")
-        x0, g = seeded_noise((num, 2), sample_cfg.seed)
-        cond = None
-        if self.recipe.data.conditional:
-            if label is None:
-                labels = torch.randint(0, self.num_classes, (num,), generator=g)
-            else:
-                if not 0 <= label < self.num_classes:
-                    raise ConfigError(f"--label {label} is out of range: this model knows labels 0..{self.num_classes - 1}")
-                labels = torch.full((num,), label)
-            cond = labels.to(device)
-        elif label is not None:
-            raise ConfigError("--label given, but this model is unconditional")
-        out = self.sample(model, x0.to(device), cond, sample_cfg, generator=g, return_trajectory=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tensors = {"samples": out.x.contiguous()}
-        if cond is not None:
-            tensors["labels"] = cond.cpu()
-        save_file(tensors, str(out_dir / "samples.safetensors"))
-        data, _ = sample_toy(self.recipe.data.dataset, num, EVAL_SEED)
-        plot_samples(tensors["samples"], data, out_dir / "samples.png",
-                     f"{sample_cfg.solver} x{sample_cfg.steps}, w={sample_cfg.guidance}")
-        plot_trajectories(out.trajectory, out_dir / "trajectories.png", f"{sample_cfg.solver}, {out.nfe} NFE")
-        return {"num_samples": num, "nfe": out.nfe, "out_dir": str(out_dir)}
+    # ------------------------------------------------------------------ sampling (FlowPipeline)
+    @property
+    def input_kind(self) -> str:  # type: ignore[override]
+        return "label" if self.recipe.data.conditional else "none"
+
+    def sample_layout(self, size: Any = None, num_frames: int | None = None, seconds: float | None = None) -> SampleLayout:
+        return fixed_layout(SampleLayout((2,), (2,), None, clamp=False), self.name, size=size, num_frames=num_frames,
+                            seconds=seconds)
+
+    def prepare_inputs(self, rows: Sequence[Any], seeds: Sequence[int]) -> tuple[list[Any], list[str]]:
+        """A row without a label gets one drawn from its own seed (mixed, so it is independent of its noise)."""
+        out = []
+        for row, seed in zip(rows, seeds):
+            if row is None and self.num_classes:
+                g = torch.Generator().manual_seed(mix_seed(seed, 1))
+                row = int(torch.randint(0, self.num_classes, (1,), generator=g))
+            elif row is not None and not 0 <= row < self.num_classes:
+                raise WrongOutputRequest(f"--label {row} is out of range: this model knows labels 0..{self.num_classes - 1}")
+            out.append(row)
+        return out, []
+
+    def input_condition(self, velocity: nn.Module, rows: Sequence[Any], device: torch.device) -> Tensor | None:
+        return torch.tensor(list(rows), device=device) if self.num_classes else None
+
+    def points_preview(self, points: Tensor, path: Path, title: str) -> Path:
+        data, _ = sample_toy(self.recipe.data.dataset, len(points), EVAL_SEED)
+        plot_samples(points, data, path, title)
+        return path
 
     def summary_lines(self, metrics: dict[str, float | None], run_dir: Path) -> list[str]:
         """The quality of the recipe's sampler and of the accurate RK4 solve, each against its floor."""

@@ -33,7 +33,7 @@ from mmflow.model_io import register_model
 from mmflow.tokenizers.audio_blocks import DecoderBlock, EncoderBlock, Snake1d, conv1d
 from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer, check_latent_stats
 
-__all__ = ["AUDIO_VAE_PRESETS", "AudioVAE", "AudioVAEConfig", "AudioVAEOutput", "audio_vae_config", "prepare_audio"]
+__all__ = ["AUDIO_VAE_PRESETS", "AudioVAE", "AudioVAEConfig", "audio_vae_config", "prepare_audio"]
 
 logger = logging.getLogger("mmflow.tokenizers")
 
@@ -87,14 +87,6 @@ AUDIO_VAE_PRESETS: dict[str, dict[str, Any]] = {
 def audio_vae_config(preset: str, **overrides: Any) -> AudioVAEConfig:
     """AudioVAEConfig of a named preset (AUDIO_VAE_PRESETS) with `overrides` applied, validated."""
     return preset_config(AudioVAEConfig, AUDIO_VAE_PRESETS, preset, "audio VAE", **overrides)
-
-
-@dataclass
-class AudioVAEOutput:
-    """reconstruction (B, C, N), cropped to the input length; posterior over (B, C_lat, ceil(N / hop))."""
-
-    reconstruction: Tensor
-    posterior: DiagonalGaussian
 
 
 class AudioEncoder(nn.Module):
@@ -193,12 +185,6 @@ class AudioVAE(Tokenizer):
                                  f"frames (hop {hop}: valid {full - hop + 1}..{full})")
             wave = wave[:, :, :num_samples]
         return wave
-
-    def forward(self, x: Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None) -> AudioVAEOutput:
-        """Training pass: encode, sample (or take the mean), decode, crop to the input's N."""
-        posterior = self.encode(x)
-        z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return AudioVAEOutput(self.decode(z, like_shape=x.shape), posterior)
 
 
 def prepare_audio(wave: Tensor, sample_rate: int, target_sample_rate: int, channels: int) -> Tensor:

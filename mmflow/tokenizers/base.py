@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -19,6 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from mmflow.config import check
+
+# noise(*latent_shape) -> (B, *latent_shape) standard normal, one row per example (e.g. BatchRandom.randn)
+NoiseFn = Callable[..., Tensor]
 
 
 @dataclass
@@ -36,9 +39,13 @@ class DiagonalGaussian:
     def std(self) -> Tensor:
         return torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.std * noise
+    def sample(self, generator: torch.Generator | None = None, noise: NoiseFn | None = None) -> Tensor:
+        """mean + std * eps; eps from `noise` (per-example shape in), else drawn with `generator`."""
+        if noise is not None:
+            eps = noise(*self.mean.shape[1:]).to(self.mean.dtype)
+        else:
+            eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps
 
     def mode(self) -> Tensor:
         return self.mean
@@ -58,6 +65,18 @@ def check_latent_stats(shift: list[float] | None, scale: list[float] | None, cha
               f"has {len(value)} entries but latent_channels is {channels} (one per channel)")
         check(all(math.isfinite(v) for v in value), key, f"must be finite, got {list(value)}")
     check(scale is None or all(v != 0 for v in scale), "latent_scale", f"entries must be non-zero, got {scale}")
+
+
+@dataclass
+class TokenizerOutput:
+    """A training pass (`Tokenizer.forward`): reconstruction like the input (B, C, ...), the posterior and
+    the latents decoded (B, C_lat, ...), and the decoder's output weight for the adaptive adversarial weight
+    (here because a caller holding the DDP wrapper cannot reach `last_layer_weight()`)."""
+
+    reconstruction: Tensor
+    posterior: DiagonalGaussian
+    latents: Tensor
+    last_layer: Tensor
 
 
 class Tokenizer(nn.Module):
@@ -87,6 +106,15 @@ class Tokenizer(nn.Module):
     @abstractmethod
     def last_layer_weight(self) -> nn.Parameter:
         """The decoder's output weight (VQGAN's adaptive adversarial weight compares gradients there)."""
+
+    def forward(self, x: Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None,
+                noise: NoiseFn | None = None) -> TokenizerOutput:
+        """The training pass: encode x (B, C, ...), take a posterior sample (eps from `noise`, else from
+        `generator`) or the mean, decode back to x's shape. Training calls it through the parallel wrapper,
+        so DDP arms its gradient all-reduce."""
+        posterior = self.encode(x)
+        z = posterior.sample(generator, noise) if sample_posterior else posterior.mode()
+        return TokenizerOutput(self.decode(z, like_shape=x.shape), posterior, z, self.last_layer_weight())
 
     def _stats(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Per-channel shift and scale, shaped to broadcast over z (B, C, ...)."""

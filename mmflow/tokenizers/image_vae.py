@@ -29,7 +29,7 @@ from mmflow.model_io import register_model
 from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer, check_latent_stats
 from mmflow.tokenizers.conv_blocks import DownBlock2d, MidBlock2d, UpBlock2d, group_norm
 
-__all__ = ["ImageVAEConfig", "ImageVAE", "ImageVAEOutput", "ImageEncoder", "ImageDecoder", "IMAGE_VAE_PRESETS",
+__all__ = ["ImageVAEConfig", "ImageVAE", "ImageEncoder", "ImageDecoder", "IMAGE_VAE_PRESETS",
            "image_vae_config"]
 
 
@@ -135,15 +135,6 @@ class ImageDecoder(nn.Module):
         return self.conv_out(nn.functional.silu(self.norm_out(h)))  # (B, C, h f, w f)
 
 
-@dataclass
-class ImageVAEOutput:
-    """What a training step needs: the reconstruction (B, C, H, W), the posterior and the latent decoded."""
-
-    sample: Tensor
-    posterior: DiagonalGaussian
-    latents: Tensor
-
-
 @register_model("image_vae")
 class ImageVAE(Tokenizer):
     """KL autoencoder for images; see the module docstring. Latent statistics live in `config`."""
@@ -227,10 +218,3 @@ class ImageVAE(Tokenizer):
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         return self.decoder(z)
-
-    def forward(self, x: Tensor, sample_posterior: bool = True,
-                generator: torch.Generator | None = None) -> ImageVAEOutput:
-        """Encode, take a posterior sample (or the mean), decode: the autoencoder's training pass."""
-        posterior = self.encode(x)
-        z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return ImageVAEOutput(sample=self.decode(z), posterior=posterior, latents=z)

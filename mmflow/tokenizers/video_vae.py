@@ -36,7 +36,7 @@ from mmflow.tokenizers.causal3d import (
     streaming,
 )
 
-__all__ = ["VIDEO_VAE_PRESETS", "VideoVAE", "VideoVAEConfig", "VideoVAEOutput", "video_vae_config"]
+__all__ = ["VIDEO_VAE_PRESETS", "VideoVAE", "VideoVAEConfig", "video_vae_config"]
 
 
 def _field(default: Any, doc: str = "", **bounds: Any) -> Any:
@@ -109,14 +109,6 @@ VIDEO_VAE_PRESETS: dict[str, dict[str, Any]] = {
 def video_vae_config(preset: str, **overrides: Any) -> VideoVAEConfig:
     """VideoVAEConfig of a named preset (VIDEO_VAE_PRESETS) with `overrides` applied, validated."""
     return preset_config(VideoVAEConfig, VIDEO_VAE_PRESETS, preset, "video VAE", **overrides)
-
-
-@dataclass
-class VideoVAEOutput:
-    """reconstruction (B, C, T, H, W), cropped to the input length; posterior over (B, C_lat, T', H', W')."""
-
-    reconstruction: Tensor
-    posterior: DiagonalGaussian
 
 
 class VideoEncoder(nn.Module):
@@ -297,9 +289,3 @@ class VideoVAE(Tokenizer):
                                  f"(they decode to {full} frames; valid: {max(1, full - tf + 1)}..{full})")
             video = video[:, :, :num_frames]
         return video
-
-    def forward(self, x: Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None) -> VideoVAEOutput:
-        """Training pass: encode, sample (or take the mean), decode, crop to the input's T."""
-        posterior = self.encode(x)
-        z = posterior.sample(generator) if sample_posterior else posterior.mode()
-        return VideoVAEOutput(self.decode(z, like_shape=x.shape), posterior)

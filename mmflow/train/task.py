@@ -8,26 +8,30 @@ discriminator) simply declares two optimizer groups; the trainer steps them in t
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
+from mmflow.config import ConfigError
 from mmflow.train.random import BatchRandom
 
 
 @dataclass
 class LossOutput:
-    """loss: scalar to minimise; logs: extra scalars; per_example (B,) and t (B,) feed the t-bin stats."""
+    """loss: scalar to minimise; logs: extra scalars; per_example (B,) and t (B,) feed the t-bin stats;
+    extras: tensors for the next optimizer group's loss on the same micro-batch (see `Task.loss`)."""
 
     loss: Tensor
     logs: dict[str, float] = field(default_factory=dict)
     per_example: Tensor | None = None
     t: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,7 +127,13 @@ class Task(ABC):
 
     @abstractmethod
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
-        """Loss of one micro-batch for optimizer group `optimizer`. Draw all randomness from `rng`."""
+        """Loss of one micro-batch for optimizer group `optimizer`. Draw all randomness from `rng`.
+
+        `models` are as the trainer holds them (DDP-wrapped when distributed): call a trained model, never
+        unwrap it, so its gradients are all-reduced. A group that returns `extras` hands them on: the trainer
+        calls the next group stepped this step, on the same micro-batch, with them as keyword `carry` (a
+        task that returns none is never passed one). A GAN's generator hands its reconstruction on this way.
+        """
 
     def validate(self, models: dict[str, nn.Module], out_dir: Path, step: int, device: torch.device) -> dict[str, float]:
         """Sample and measure with `models` (EMA weights where kept, eval mode); write files to out_dir."""
@@ -142,10 +152,34 @@ class Task(ABC):
         """
         return {"task": self.name}
 
+    def export_frozen(self, models_dir: Path) -> dict[str, Any]:
+        """Copy the frozen components a sampler needs (a tokenizer, text encoders) into `models_dir`, an
+        exported folder's models/ (main process, after the trained models are saved), so the folder samples
+        where it is copied. Returns their record, which the trainer stores in pipeline.json as "components"
+        (paths relative to models_dir's parent); {} (the default): nothing frozen to export."""
+        return {}
+
+    @classmethod
+    def resolve_exported(cls, recipe: dict, components: dict, folder: Path,
+                         text_encoders: Mapping[str, str] | None = None) -> dict:
+        """A copy of an exported recipe dict whose frozen-component paths point at the copies bundled in
+        `folder` (the exported folder, holding pipeline.json) or at referenced ones; `text_encoders` gives a
+        referenced text encoder a new path by key. Default: the recipe unchanged, no text encoder taken."""
+        if text_encoders:
+            raise ConfigError(f"this model references no text encoder ({cls.name}), so {sorted(text_encoders)} "
+                              "cannot be given a path", "text_encoders")
+        return copy.deepcopy(recipe)
+
     def attach_models(self, models: dict[str, nn.Module]) -> None:
         """Sampling: receive the loaded "extra_models" of pipeline_info (eval mode, EMA where saved)."""
         if models:
             raise ValueError(f"task {self.name} takes no extra models, got {sorted(models)}")
+
+    @classmethod
+    def upgrade_recipe_dict(cls, raw: dict[str, Any], source: str | None) -> dict[str, Any]:
+        """The recipe mapping with keys an older version wrote moved to where they live now (logging a
+        deprecation note), before it is typed: old run folders and pipeline.json still load. Default: as is."""
+        return raw
 
     @classmethod
     def validate_recipe(cls, recipe: Any, source: str | None) -> None:

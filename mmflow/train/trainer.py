@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from mmflow.config import ConfigError, dump_yaml, to_dict
 from mmflow.errors import UserError
+from mmflow.flow.loss import TBinStats
 from mmflow.model_io import load_weights_strict, save_model
 from mmflow.train import checkpoint as ckpt
 from mmflow.train.ema import EMA
@@ -47,6 +48,7 @@ from mmflow.train.task import Task
 from mmflow.utils.fs import atomic_folder, crash_point, recover_leftovers, write_json_atomic
 
 logger = logging.getLogger("mmflow.train")
+T_BINS = 10  # bins of t for the logged per-t training loss
 
 
 @dataclass
@@ -211,6 +213,17 @@ class Trainer:
                             num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
         return sampler, iter(loader)
 
+    def _t_bin_logs(self) -> dict[str, float]:
+        """The main loss per t-bin since the last log line, over all ranks (the seeds' "loss per t"
+        diagnostic; trackers only): loss_t0 .. loss_t9 for the bins that saw examples. Resets the bins."""
+        acc, bins = self.accelerator, self._t_bins
+        if not int(bins.counts.sum()):
+            return {}
+        both = torch.stack([bins.sums, bins.counts.double()]).to(acc.device)  # (2, T_BINS), one collective
+        sums, counts = acc.reduce(both, "sum").cpu()
+        bins.reset()
+        return {f"loss_t{k}": float(sums[k] / counts[k]) for k in range(bins.n_bins) if counts[k] > 0}
+
     # ------------------------------------------------------------------ checkpoints
     def _trainer_state(self, step: int, loss_window: list[float]) -> dict[str, Any]:
         acc = self.accelerator
@@ -232,8 +245,11 @@ class Trainer:
             save_model(acc.unwrap_model(self.models[n]), dest / "models" / n)
         for n, e in self.emas.items():
             save_model(e.shadow, dest / "models" / f"{n}_ema")
+        # the frozen components go inside too (main process only), so the folder samples where it is copied
+        components = self.task.export_frozen(dest / "models")
         # the recipe rides along once, here, so a sampler can rebuild the task without the recipe file
-        write_json_atomic(dest / "pipeline.json", {**self.task.pipeline_info(), "recipe": to_dict(self.recipe)})
+        info = {**self.task.pipeline_info(), "recipe": to_dict(self.recipe)}
+        write_json_atomic(dest / "pipeline.json", {**info, "components": components} if components else info)
 
     def _export_model_folder(self, checkpoint: Path) -> None:
         """model/ <- the models and pipeline.json of `checkpoint` (main process), replaced atomically."""
@@ -415,6 +431,7 @@ class Trainer:
                         self.cfg.batch_size * acc.num_processes, self.cfg.grad_accum)
         self.loss_history: list[tuple[int, float]] = []
         self._loss_window: list[float] = []  # this rank's main losses since the last log line
+        self._t_bins = TBinStats(T_BINS)  # this rank's main per-example losses by t since the last log line
         start = self.load_newest_checkpoint() if self.resume else 0
         final = self.cfg.max_steps
         every = self.cfg.validate_every
@@ -455,6 +472,7 @@ class Trainer:
                 batches = [self._observe(next(data)) for _ in range(accum)]
                 lr = lr_at(step, self.cfg.lr, self.cfg.warmup_steps, self.cfg.max_steps, self.cfg.min_lr_ratio)
                 logs: dict[str, float] = {"lr": lr}
+                carry: list[dict[str, torch.Tensor]] = [{} for _ in batches]  # LossOutput.extras of the group stepped last
                 for gi, (gname, names) in enumerate(self.groups.items()):
                     if not self.task.optimizer_active(gname, step):
                         continue
@@ -463,16 +481,19 @@ class Trainer:
                         self.models[n].zero_grad(set_to_none=True)
                     for group in opt.param_groups:
                         group["lr"] = lr
-                    group_loss = 0.0
+                    group_loss, extras = 0.0, []
                     for mi, batch in enumerate(batches):
                         rng = BatchRandom(self.recipe.seed, step, gi, mi * acc.num_processes + acc.process_index,
                                           self.cfg.batch_size, accum * acc.num_processes, acc.device)
                         with ExitStack() as stack:
-                            if mi < accum - 1:  # skip the gradient all-reduce until the last micro-batch
-                                for n in names:
+                            # all-reduce only this group's gradients, after its last micro-batch: another group's
+                            # model computed with here (a GAN's frozen discriminator) must not arm DDP's reducer
+                            for n in self.models:
+                                if n not in names or mi < accum - 1:
                                     stack.enter_context(acc.no_sync(self.models[n]))
+                            handed = {"carry": carry[mi]} if carry[mi] else {}
                             with acc.autocast():
-                                out = self.task.loss(self.models, batch, rng, gname, step)
+                                out = self.task.loss(self.models, batch, rng, gname, step, **handed)
                             if not torch.isfinite(out.loss):
                                 raise NonFiniteLoss(
                                     f"step {step + 1}: the {gname} loss is {out.loss.item()} (not finite); training "
@@ -480,6 +501,9 @@ class Trainer:
                                     f"continues from them); try a lower train.lr, a train.grad_clip, or "
                                     f"train.mixed_precision: no")
                             acc.backward(out.loss / accum)
+                        extras.append(out.extras)
+                        if gi == 0 and out.per_example is not None and out.t is not None:
+                            self._t_bins.update(out.per_example, out.t)
                         group_loss += out.loss.detach().float().item() / accum
                         for k, v in out.logs.items():
                             logs[f"{gname}/{k}"] = logs.get(f"{gname}/{k}", 0.0) + v / accum
@@ -490,6 +514,7 @@ class Trainer:
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                     logs[f"{gname}/loss"] = group_loss
+                    carry = extras
                 for n, e in self.emas.items():
                     e.update(acc.unwrap_model(self.models[n]))
                 main_key = f"{next(iter(self.groups))}/loss"
@@ -501,6 +526,7 @@ class Trainer:
                     window.clear()
                     self.loss_history.append((done, mean))
                     logs["loss_avg"] = mean
+                    logs.update(self._t_bin_logs())
                     logs["steps_per_s"] = (done - start) / max(1e-9, time.time() - t0)
                     acc.log(logs, step=done)
                     if self.is_main:

@@ -47,7 +47,7 @@ def _recipe_file(tmp_path: Path, data: Path, **extra) -> Path:
         "data": {"path": str(data), "modality": "image", "size": 16, "eval_prompts": ["grey 1"],
                  "eval_per_prompt": 1, "use_cache": "off", "cache": str(tmp_path / "cache"), **extra},
         "model": {"tokenizer": None, "text": {"encoders": [{"path": "minilm", "max_length": 8}]},
-                  "hidden_size": 32, "depth": 1, "num_heads": 2, "patch_size": [4, 4]},
+                  "mmdit": {"preset": "test", "depth": 1, "patch_size": [4, 4]}},
         "train": {"batch_size": 4, "max_steps": 2, "log_every": 1, "checkpoint_every": 2, "trackers": [],
                   "ema_decay": None, "device": "cpu"},
         "sample": {"steps": 2, "num_samples": 1},

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from mmflow.cli import main
@@ -18,6 +19,7 @@ from mmflow.data.digits import (CAPTION_TEMPLATES, DIGIT_NAMES, DigitsDataset, a
                                 load_digits_8x8)
 from mmflow.metrics.digit_classifier import HELD_OUT, SPLIT_SEED, digit_accuracy, digit_classifier
 from mmflow.text.token_text import PAD_ID, TokenTextConfig, TokenTextEmbedder, UnknownWordError, build_vocabulary
+from mmflow.modalities import get_modality
 from mmflow.pipeline import FlowPipeline
 from mmflow.tasks import load_recipe
 from mmflow.tasks.digits import TEXT, DigitsImageTask
@@ -157,15 +159,6 @@ def test_models_share_one_optimizer_and_get_ema():
     assert null["text"].shape == (1, 8, 32) and null["text_mask"].tolist() == [[True] + [False] * 7]
 
 
-def test_toy_task_rejects_prompts(make_toy_recipe, tmp_path):
-    from mmflow.tasks.toy2d import Toy2DTask
-
-    task = Toy2DTask(make_toy_recipe())
-    model = task.build_models()[VELOCITY]
-    with pytest.raises(ConfigError, match="--prompt"):
-        task.generate(model, 4, torch.device("cpu"), task.recipe.sample, tmp_path / "x", prompts=["a seven"])
-
-
 # ---------------------------------------------------------------------------------------------- training
 
 
@@ -213,15 +206,24 @@ def test_exported_model_samples_from_its_folder_alone(trained_run, tmp_path, cap
             "--prompt", "the digit 3", "--out", str(out)]
     assert main(argv) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["prompts"] == ["a handwritten seven", "the digit 3"] and len(info["classified_as"]) == 2
-    tensors = load_file(str(out / "samples.safetensors"))
-    assert tensors["samples"].shape == (6, 1, 16, 16) and tensors["prompt_index"].tolist() == [0, 0, 0, 1, 1, 1]
-    assert tensors["samples"].abs().max() <= 1 and (out / "grid.png").stat().st_size > 200
-    # same seed and prompt -> the same images, from the CLI and from Python
-    prompts = ["a handwritten seven"] * 3 + ["the digit 3"] * 3
-    again = pipe.task.sample_images(pipe.model, pipe.task.text_embedder, prompts, torch.device("cpu"),
-                                    pipe.sample_config(["steps=2"]))
-    assert torch.allclose(again, tensors["samples"], atol=1e-5)
+    assert info["inputs"] == ["a handwritten seven", "the digit 3"] and len(info["classified_as"]) == 2
+    assert info["media"] == "image 1x16x16" and info["samples"] == 6
+    files = sorted(out.glob("sample_*.png"))
+    assert [f.name for f in files] == [f"sample_{i:04d}.png" for i in range(6)]
+    pixels = np.stack([np.asarray(Image.open(f)) for f in files])
+    assert pixels.shape == (6, 16, 16) and pixels.dtype == np.uint8  # grayscale, the training size
+    meta = get_modality("image").read_metadata(files[4])
+    assert meta["prompt"] == "the digit 3" and meta["seed"] == "4" and meta["steps"] == "2"
+    assert meta["model"] == pipe.fingerprint and (out / "samples.png").stat().st_size > 200
+    # the same seed and prompts -> the same images, from the CLI and from Python; another seed differs
+    again = pipe(["a handwritten seven", "the digit 3"], num_per_prompt=3, steps=2)
+    assert torch.equal(again.media, pipe(["a handwritten seven", "the digit 3"], num_per_prompt=3, steps=2).media)
+    as_png = np.round((again.media[:, 0].numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    assert np.abs(as_png.astype(int) - pixels.astype(int)).max() <= 1
+    other = pipe(["a handwritten seven", "the digit 3"], num_per_prompt=3, steps=2, seed=1)
+    assert not torch.equal(other.media, again.media)
+    # row i depends on seed + i alone: seed 1's first two sevens are seed 0's second and third
+    assert torch.allclose(other.media[0:2], again.media[1:3], atol=1e-5)
 
 
 @pytest.mark.slow

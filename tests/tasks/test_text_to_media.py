@@ -47,18 +47,22 @@ def _folder(root: Path, n: int = 8, bad: bool = False) -> Path:
 
 
 def _recipe(tmp_path: Path, folder: Path, tokenizer: Path | None, patch_size=(2, 2), **data):
-    return recipe_from_dict({
+    return recipe_from_dict(_raw_recipe(tmp_path, folder, tokenizer, patch_size, **data), source="test")
+
+
+def _raw_recipe(tmp_path: Path, folder: Path, tokenizer: Path | None, patch_size=(2, 2), **data) -> dict:
+    return {
         "name": "t2m", "task": "text_to_media", "seed": 0, "run_dir": str(tmp_path / "run"),
         "data": {"path": str(folder), "modality": "image", "size": 16, "eval_prompts": CAPTIONS[:2],
                  "eval_per_prompt": 1, **data},
         "model": {"tokenizer": None if tokenizer is None else str(tokenizer),
                   "text": {"encoders": [{"path": "minilm", "max_length": 8, "dropout": 0.2}]},
-                  "hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": list(patch_size)},
+                  "mmdit": {"preset": "test", "patch_size": list(patch_size)}},
         "flow": {"cfg_dropout": 0.1},
         "train": {"batch_size": 4, "max_steps": 3, "lr": 1e-3, "log_every": 1, "checkpoint_every": 3,
                   "trackers": [], "ema_decay": None},
         "sample": {"steps": 2, "num_samples": 2, "guidance": 2.0},
-    }, source="test")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +141,11 @@ def test_sampling_writes_one_row_per_prompt_and_checks_patch_sizes(tmp_path, vae
                  "--out", str(tmp_path / "one")]) == 0
     two_rows, one_row = Image.open(tmp_path / "out" / "samples.png"), Image.open(tmp_path / "one" / "samples.png")
     assert two_rows.size[1] > 1.5 * one_row.size[1]  # a row per prompt (widths follow the labels)
-    assert (tmp_path / "out" / "prompts.txt").read_text().count("\n") == 4
+    index = json.loads((tmp_path / "out" / "samples.json").read_text())
+    assert [r["input"] for r in index["samples"]] == ["a red square"] * 2 + ["a green circle"] * 2
+    assert sorted(p.name for p in (tmp_path / "out").glob("sample_*.png")) == [f"sample_{i:04d}.png" for i in range(4)]
     bad = _recipe(tmp_path, folder, vae_dir, use_cache="off")
-    bad.model.patch_size = (3, 3)  # the test VAE makes 8x8 latents
+    bad.model.mmdit.patch_size = (3, 3)  # the test VAE makes 8x8 latents
     with pytest.raises(Exception, match="does not divide the latent sizes"):
         TextToMediaTask(bad).build_models()
 
@@ -201,6 +207,71 @@ def test_the_emoji_recipe_validates(tmp_path):
     assert recipe.model.text.null_mode == "empty" and recipe.model.text.encoders[0].path == "minilm"
 
 
+def _with_model(raw: dict, **model) -> dict:
+    return {**raw, "model": {**raw["model"], **model}}
+
+
+def test_mmdit_preset_with_overrides_and_the_filled_in_widths(tmp_path):
+    raw = _raw_recipe(tmp_path, _folder(tmp_path / "media", n=4), None)
+    task = TextToMediaTask(recipe_from_dict(_with_model(raw, mmdit={"preset": "S", "depth": 3, "qk_norm": None})))
+    config = task.mmdit_config()
+    assert (config.hidden_size, config.num_heads, config.depth, config.qk_norm) == (384, 6, 3, None)  # S, then overrides
+    assert config.in_channels == 3 and config.context_dim == config.pooled_dim == 384  # pixels, MiniLM
+    assert (config.pos_embed, config.null_text, config.patch_size) == ("rope", "zeros", (2, 2))
+    default = TextToMediaTask(recipe_from_dict(_with_model(raw, mmdit={}))).mmdit_config()
+    assert (default.hidden_size, default.depth, default.num_heads, default.qk_norm) == (256, 6, 4, "rms_norm")
+
+
+@pytest.mark.parametrize("mmdit,key,words", [
+    ({"preset": "XXL"}, "model.mmdit.preset", ["'XXL'", "'tiny'"]),
+    ({"hidden": 64}, "model.mmdit.hidden", ["unknown key", "'hidden_size'", "'patch_size'"]),
+    ({"in_channels": 8}, "model.mmdit.in_channels", ["unknown key"]),  # the task fills it in
+    ({"patch_size": [2, 2, 2]}, "model.mmdit.patch_size", ["3 entries", "image latents have 2 axes"]),
+    ({"patch_size": [0, 2]}, "model.mmdit.patch_size[0]", ["out of bounds"]),
+    ({"preset": "test", "num_heads": 3}, "model.mmdit.num_heads", ["does not divide hidden_size 32"]),
+    ({"hidden_size": 12, "num_heads": 6}, "model.mmdit.num_heads", ["even head_dim"]),  # rope's 2-wide heads
+])
+def test_mmdit_section_errors_name_the_dotted_key(tmp_path, mmdit, key, words):
+    from mmflow.config import ConfigError
+
+    raw = _with_model(_raw_recipe(tmp_path, _folder(tmp_path / "media", n=4), None), mmdit=mmdit)
+    with pytest.raises(ConfigError) as info:
+        recipe_from_dict(raw, source="test")
+    assert info.value.key == key and info.value.source == "test", str(info.value)
+    assert all(w in info.value.message for w in words), str(info.value)
+
+
+def test_flat_mmdit_keys_of_older_recipes_still_load(tmp_path, caplog):
+    from mmflow.config import ConfigError
+    from mmflow.tasks import load_recipe
+
+    raw = _raw_recipe(tmp_path, _folder(tmp_path / "media", n=4), None)
+    flat = {"hidden_size": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "patch_size": [4, 4], "qk_norm": None}
+    model = {k: v for k, v in raw["model"].items() if k != "mmdit"}
+    old = {**raw, "model": {**model, **flat}}  # what pipeline.json held before model.mmdit
+    with caplog.at_level("WARNING", logger="mmflow.tasks"):
+        legacy = recipe_from_dict(old, source="old/pipeline.json")
+    assert [r.getMessage() for r in caplog.records if "moved under model.mmdit" in r.getMessage()] == [
+        "old/pipeline.json: model.hidden_size, depth, num_heads, mlp_ratio, patch_size, qk_norm moved under "
+        "model.mmdit (read as model.mmdit.hidden_size, depth, num_heads, mlp_ratio, patch_size, qk_norm); "
+        "please update the recipe"]
+    nested = recipe_from_dict(_with_model(raw, mmdit=flat))
+    assert legacy.model == nested.model
+    assert TextToMediaTask(legacy).mmdit_config() == TextToMediaTask(nested).mmdit_config()
+
+    import yaml
+
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({**old, "model": {**model, "depth": 3}}))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmflow.tasks"):
+        assert load_recipe(path).model.mmdit.depth == 3  # a YAML recipe: one warning, not an error
+    assert sum("moved under model.mmdit" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(ConfigError, match="keep model.mmdit.depth only") as info:
+        recipe_from_dict(_with_model(raw, mmdit={"depth": 2}, depth=3))
+    assert info.value.key == "model.depth"
+
+
 @pytest.mark.slow
 def test_prepare_on_two_processes_writes_the_same_cache_as_one(tmp_path, vae_dir, fresh_accelerate):
     import os
@@ -232,3 +303,39 @@ def test_prepare_on_two_processes_writes_the_same_cache_as_one(tmp_path, vae_dir
         a, b = one[k], two[k]
         for field_name in one.fields:
             torch.testing.assert_close(a[field_name], b[field_name], atol=1e-5, rtol=1e-5, msg=field_name)
+
+
+def test_a_trained_model_folder_carries_its_tokenizer_and_text_encoder(tmp_path, vae_dir, fresh_accelerate):
+    import shutil
+
+    from test_encoders import tiny_bert
+
+    from mmflow.model_io import load_model
+    from mmflow.text import TextConditionerConfig, TextEncoderConfig
+    from mmflow.train.checkpoint import verify_checkpoint
+
+    src = tmp_path / "src"
+    vae, bert = Path(shutil.copytree(vae_dir, src / "vae")), tiny_bert(src / "bert")
+    recipe = _recipe(tmp_path, _folder(tmp_path / "media", n=4), vae, use_cache="off")
+    recipe.model.text = TextConditionerConfig(encoders=[TextEncoderConfig(path=str(bert), max_length=8, dropout=0.2)])
+    run = tmp_path / "run"
+    _train(recipe, run)
+    checkpoint = run / "checkpoints" / "step_00000003"
+    assert verify_checkpoint(checkpoint) is None  # the MANIFEST covers the bundled copies under models/
+    for folder in (checkpoint, run / "model"):
+        components = json.loads((folder / "pipeline.json").read_text())["components"]
+        assert components["text_encoders"] == {"bert": {"mode": "copy", "folder": "models/text_encoders/bert"}}
+        assert components["tokenizer"]["folder"] == "models/tokenizer"
+        assert (folder / "models" / "text_encoders" / "bert" / "model.safetensors").is_file()
+
+    moved = Path(shutil.move(str(run / "model"), str(tmp_path / "moved")))
+    shutil.rmtree(src)
+    shutil.rmtree(run)
+    info = json.loads((moved / "pipeline.json").read_text())
+    resolved = TextToMediaTask.resolve_exported(info["recipe"], info["components"], moved)
+    again = recipe_from_dict(resolved, source=str(moved / "pipeline.json"))  # parses: no path points at src
+    assert again.model.tokenizer == str(moved / "models" / "tokenizer")
+    task = TextToMediaTask(again)
+    velocity = load_model(moved / "models" / "velocity").eval()
+    media = task.sample_media(velocity, ["a red square"], torch.device("cpu"), again.sample)
+    assert media.shape == (1, 3, 16, 16) and torch.isfinite(media).all()

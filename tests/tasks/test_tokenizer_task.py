@@ -25,7 +25,9 @@ from mmflow.data.media_folder import collate  # noqa: E402
 from mmflow.metrics.reconstruction import psnr  # noqa: E402
 from mmflow.model_io import load_model  # noqa: E402
 from mmflow.tasks import load_recipe  # noqa: E402
-from mmflow.tasks.tokenizer import DISCRIMINATOR, GENERATOR, TOKENIZER, TokenizerTask  # noqa: E402
+from mmflow.tasks.tokenizer import (  # noqa: E402
+    DISCRIMINATOR, GENERATOR, RECONSTRUCTION, TOKENIZER, TokenizerTask,
+)
 from mmflow.train import checkpoint as ckpt  # noqa: E402
 from mmflow.train.random import BatchRandom  # noqa: E402
 from mmflow.train.trainer import Trainer  # noqa: E402
@@ -141,10 +143,13 @@ def test_adversarial_term_from_the_start_step_and_the_discriminator_reuses_the_r
     after.loss.backward()
     assert all(p.grad is None for p in models[DISCRIMINATOR].parameters())  # G's step leaves D's gradients alone
     assert any(p.grad is not None for p in models[TOKENIZER].parameters())
-    d = task.loss(models, batch, rng(1, 2), DISCRIMINATOR, 2)
+    assert set(after.extras) == {RECONSTRUCTION} and not after.extras[RECONSTRUCTION].requires_grad
+    d = task.loss(models, batch, rng(1, 2), DISCRIMINATOR, 2, carry=after.extras)
     assert len(calls) == 2 and d.loss.requires_grad and "d_loss" in d.logs  # reused step 2's reconstruction
     task.loss(models, collate([task.build_dataset()[i] for i in range(2, 4)]), rng(1, 2), DISCRIMINATOR, 2)
-    assert len(calls) == 3  # a batch the generator did not see is reconstructed again
+    assert len(calls) == 3  # no hand-off (a batch the generator did not see): reconstructed again
+    with pytest.raises(ValueError, match="not of this micro-batch"):
+        task.loss(models, collate([task.build_dataset()[0]]), rng(1, 2), DISCRIMINATOR, 2, carry=after.extras)
     # same rng key -> same posterior noise -> same reconstruction; another step's key -> different
     with torch.no_grad():
         a, _ = original(models[TOKENIZER], batch["media"], rng(0, 7))

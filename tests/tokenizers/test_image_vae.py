@@ -30,7 +30,7 @@ def test_shapes_follow_the_downsampling_factor(preset: str, factor: int) -> None
         assert vae.latent_shape((3, 16, 24)) == (4, 16 // factor, 24 // factor)
         assert vae.decode(post.mean).shape == x.shape
         out = vae(x, sample_posterior=False)
-    assert torch.equal(out.latents, post.mean) and torch.equal(out.sample, vae.decode(post.mean))
+    assert torch.equal(out.latents, post.mean) and torch.equal(out.reconstruction, vae.decode(post.mean))
 
 
 def test_config_defaults_are_f8_with_16_channels() -> None:
@@ -126,7 +126,7 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
 
         vae.decoder.mid.res1.forward = counted
         out = vae(x, sample_posterior=False)
-        ((out.sample - x).abs().mean() + 1e-3 * out.posterior.kl().mean()).backward()
+        ((out.reconstruction - x).abs().mean() + 1e-3 * out.posterior.kl().mean()).backward()
         grads.append(torch.cat([p.grad.flatten() for p in vae.parameters()]))
         calls.append(count[0])
     assert calls == [1, 2]  # with checkpointing the block runs again in backward
@@ -170,7 +170,7 @@ def test_short_training_lowers_reconstruction_error() -> None:
     losses = []
     for _ in range(30):
         out = vae(x, generator=gen)
-        l1 = (out.sample - x).abs().mean()
+        l1 = (out.reconstruction - x).abs().mean()
         loss = l1 + 1e-6 * out.posterior.kl().mean()
         opt.zero_grad()
         loss.backward()

@@ -188,7 +188,7 @@ def test_gan_step_with_the_vae_and_its_discriminator(modality: str) -> None:
     loss = VAELoss(VAELossConfig(adv_weight=0.5))
     x = torch.rand(1, 3, 16, 16) * 2 - 1 if image else torch.rand(1, 3, 5, 16, 16) * 2 - 1
     out = vae(x)
-    x_hat = out.sample if image else out.reconstruction  # ImageVAEOutput keeps diffusers' name
+    x_hat = out.reconstruction
     assert vae.last_layer_weight() is vae.decoder.state_dict(keep_vars=True)[
         "conv_out.weight" if image else "conv_out.conv.weight"]
     g = loss.generator_loss(x, x_hat, out.posterior, step=0, discriminator=disc,

@@ -43,7 +43,14 @@ def test_training_lowers_loss_and_fills_the_run_folder(tmp_path, make_toy_recipe
     from mmflow.tasks import load_recipe
 
     assert load_recipe(tmp_path / "recipe.yaml") == recipe  # the resolved recipe reloads identically
-    assert list((tmp_path / "tb").rglob("events.out.tfevents.*")), "tensorboard events were not written"
+    events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert events, "tensorboard events were not written"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(events[0].parent)).Reload()
+    bins = [[e.value for e in tb.Scalars(f"loss_t{k}")] for k in range(10)]  # the training loss per t-bin
+    assert all(len(b) == 6 for b in bins)  # one value per log line (every 20 of 120 steps)
+    assert len({round(b[-1], 4) for b in bins}) == 10  # the loss depends on t: the bins differ
     steps = [r.step for r in ckpt.list_checkpoints(tmp_path / "checkpoints")]
     assert steps == [120, 60]
     for s in steps:

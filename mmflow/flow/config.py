@@ -1,0 +1,28 @@
+"""The recipe's `flow:` section: the probability path, the training-time distribution of t, the loss
+weighting and CFG dropout (the schema; the objects are built in mmflow.tasks.flow_task)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class TimeSamplerConfig:
+    """Training-time distribution of t (SD3's samplers; see mmflow.flow.time_samplers)."""
+
+    name: Literal["uniform", "logit_normal", "mode", "cosmap"] = "uniform"
+    m: float = field(default=0.0, metadata={"help": "logit_normal location (in SD3's sigma = 1 - t)"})
+    s: float = field(default=1.0, metadata={"min": 0.0, "min_exclusive": True, "help": "logit_normal scale"})
+    scale: float = field(default=1.29, metadata={"help": "mode sampler's scale"})
+
+    def kwargs(self) -> dict[str, float]:
+        return {"logit_normal": {"m": self.m, "s": self.s}, "mode": {"scale": self.scale}}.get(self.name, {})
+
+
+@dataclass
+class FlowConfig:
+    schedule: Literal["condot", "cosine", "vp"] = "condot"
+    time_sampler: TimeSamplerConfig = field(default_factory=TimeSamplerConfig)
+    loss_weighting: Literal["none", "sigma_sqrt", "cosmap"] = "none"
+    cfg_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0, "help": "P(condition -> null) in training"})

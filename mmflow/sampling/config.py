@@ -1,0 +1,29 @@
+"""The recipe's `sample:` section: solver, grid, guidance and seed, the defaults of validation and
+`mmflow sample` (overridden per call by FlowPipeline and the command line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mmflow.config import check
+
+
+@dataclass
+class SampleConfig:
+    solver: Literal["euler", "midpoint", "heun", "rk4", "sde"] = "heun"
+    steps: int = field(default=8, metadata={"min": 1, "help": "solver steps (heun/midpoint use 2 evaluations each)"})
+    grid: Literal["uniform", "shifted"] = "uniform"
+    shift: float = field(default=1.0, metadata={"min": 0.0, "min_exclusive": True, "help": "SD3 shift for grid: shifted"})
+    guidance: float = field(default=1.0, metadata={
+        "min": 0.0, "help": "CFG scale w: 0 = unconditional, 1 = plain conditional, > 1 = stronger guidance. "
+                            "Negative w (steering away from the condition) is refused: it is only an experiment, "
+                            "and usually a typo"})
+    noise_scale: float = field(default=1.0, metadata={"min": 0.0, "help": "sde only"})
+    diffusion: Literal["beta", "constant"] = field(default="beta", metadata={"help": "sde only: g(t) shape"})
+    num_samples: int = field(default=10000, metadata={"min": 1})
+    seed: int = 0
+
+    def validate(self) -> None:
+        check(self.grid == "shifted" or self.shift == 1.0, "shift",
+              f"{self.shift} only applies with grid: shifted (the uniform grid has no shift)")
