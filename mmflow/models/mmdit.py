@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mmflow.config import check, preset_config
+from mmflow.flow.cfg import apply_condition_dropout
 from mmflow.models.attention import attention, resolve_attention_backend
 from mmflow.models.embeddings import LabelEmbedder, timestep_embedding
 from mmflow.models.patchify import check_latent, patchify, unpatchify
@@ -459,16 +460,20 @@ class MMDiT(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------
 
-    def forward(self, x: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None, drop: Tensor | None = None) -> Tensor:
         """x (B, C, *S), t (B,) or scalar, cond (see the module docstring; None = the null condition)
-        -> velocity (B, C_out, *S)."""
+        -> velocity (B, C_out, *S). drop (B,) bool: those rows see the null condition instead (CFG
+        dropout in training, done here as DiT's label embedder does, so no caller needs the bare model)."""
         cfg = self.config
         check_latent(x, tuple(cfg.patch_size), cfg.in_channels)
         b = x.shape[0]
         t = t.expand(b) if t.ndim == 0 else t
         if t.shape != (b,):
             raise ValueError(f"t must be a scalar or shaped ({b},), got {tuple(t.shape)}")
-        cond = self.null_condition(x) if cond is None else cond
+        if cond is None:
+            cond = self.null_condition(x)
+        elif drop is not None:
+            cond = apply_condition_dropout(cond, self.null_condition(cond), drop)
         self._check_condition(cond, b)
 
         tokens, grid = patchify(x, tuple(cfg.patch_size))  # (B, N, prod(p) * C), grid (g_1..g_k)

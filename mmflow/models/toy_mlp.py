@@ -69,7 +69,9 @@ class MLPVelocity(nn.Module):
     def null_label(self) -> int | None:
         return self.label.null_label if self.label is not None else None
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, drop: Tensor | None = None) -> Tensor:
+        """x (B, dim), t (B,) or scalar, y (B,) labels (None: the null label) -> velocity (B, dim).
+        drop (B,) bool: those rows get the null label (CFG dropout in training)."""
         if x.ndim != 2 or x.shape[1] != self.config.dim:
             raise ValueError(f"MLPVelocity expects x of shape (B, {self.config.dim}), got {tuple(x.shape)}")
         if t.ndim == 0:
@@ -80,6 +82,8 @@ class MLPVelocity(nn.Module):
         if self.label is not None:
             if y is None:
                 y = torch.full((x.shape[0],), self.label.null_label, device=x.device, dtype=torch.long)
+            elif drop is not None:
+                y = torch.where(drop.to(y.device), torch.full_like(y, self.label.null_label), y)
             c = c + self.label(y)
         c = nn.functional.silu(c)
         h = self.inp(x)  # (B, hidden)

@@ -45,7 +45,13 @@ class FlowMatchingTask(Task):
 
     @abstractmethod
     def null_condition(self, model: nn.Module) -> Condition | None:
-        """The condition that means "unconditional" (one row, no batch dim), or None if unconditional."""
+        """The condition that means "unconditional" (one row, no batch dim), or None if unconditional; `model`
+        is the bare velocity model (sampling)."""
+
+    def task_null(self) -> Condition | None:
+        """A null condition the task owns rather than the model (a text encoder's empty prompt), used for CFG
+        dropout in training; None (default): the velocity model's forward swaps in its own for `drop` rows."""
+        return None
 
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
         z, cond = self.split_batch(batch)
@@ -58,11 +64,14 @@ class FlowMatchingTask(Task):
         eps = rng.randn(*z.shape[1:]).to(z.dtype)  # (B, ...)
         ps = self.path.sample(z, t, eps)
         p_drop = self.recipe.flow.cfg_dropout
+        drop = None
         if cond is not None and p_drop > 0:
             drop = rng.draw(lambda n, g: condition_dropout_mask(n, p_drop, generator=g))  # (B,) bool
-            null = self.null_condition(_unwrap(model))
-            cond = apply_condition_dropout(cond, null, drop)
-        pred = model(ps.x_t, t, cond)
+            null = self.task_null()
+            if null is not None:  # the task's own null (e.g. the empty prompt's encoding) goes in here
+                cond, drop = apply_condition_dropout(cond, null, drop), None
+        # else the model swaps in its own null for the dropped rows (its forward's `drop`)
+        pred = model(ps.x_t, t, cond) if drop is None else model(ps.x_t, t, cond, drop=drop)
         out = cfm_loss(pred.float(), ps.target.float(), t, self.recipe.flow.loss_weighting)
         return LossOutput(out.loss, {}, out.per_example.detach(), t.detach())
 
@@ -126,6 +135,3 @@ def fixed_layout(layout: SampleLayout, task: str, **asked: Any) -> SampleLayout:
         raise WrongOutputRequest(f"{given[0]} cannot be set: this {task} model makes {layout.describe()} only")
     return layout
 
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DDP keeps the model in .module

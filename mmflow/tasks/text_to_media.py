@@ -235,8 +235,11 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         enc = self.encoders.encode_batch(batch, rng)
         return self.flow_loss(models[VELOCITY], enc.z, enc.text.as_condition(), rng)
 
-    def null_condition(self, model: nn.Module) -> dict[str, Tensor]:
+    def task_null(self) -> dict[str, Tensor]:
         return self.encoders.null().as_condition()  # on the device the frozen models were placed on
+
+    def null_condition(self, model: nn.Module) -> dict[str, Tensor]:
+        return self.task_null()  # u(null) comes from the text encoders, not the MM-DiT
 
     # ------------------------------------------------------------------ sampling
     def sample_media(self, velocity: nn.Module, prompts: Sequence[str], device: torch.device, sample_cfg: Any,

@@ -326,3 +326,14 @@ def test_mlp_recomputes_gelu_same_gradients_less_saved_memory() -> None:
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     activations = 3 * 5 * 64  # one (B, N, mlp_hidden) tensor
     assert sum(saved["plain"]) - sum(saved["ours"]) == activations  # gelu(a) is no longer kept
+
+
+@pytest.mark.parametrize("null_text", ["learned", "zeros"])
+def test_dropped_rows_see_the_models_own_null_condition(null_text) -> None:
+    model = _model(null_text=null_text)
+    x, t, cond = _inputs(model)
+    drop = torch.tensor([True, False])
+    expected = apply_condition_dropout(cond, model.null_condition(cond), drop)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, cond, drop=drop), model(x, t, expected), atol=0, rtol=0)
+        assert not torch.allclose(model(x, t, cond, drop=drop), model(x, t, cond))

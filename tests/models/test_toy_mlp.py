@@ -110,3 +110,13 @@ def test_batch_items_are_independent() -> None:
     full = model(x, t, y)
     for i in range(5):
         torch.testing.assert_close(model(x[i : i + 1], t[i : i + 1], y[i : i + 1]), full[i : i + 1])
+
+
+def test_dropped_rows_get_the_null_label() -> None:
+    model = _model(num_classes=4)
+    x, t = _inputs(b=3)
+    y = torch.tensor([0, 1, 2])
+    drop = torch.tensor([False, True, False])
+    with torch.no_grad():
+        expected = model(x, t, torch.tensor([0, model.null_label, 2]))
+        torch.testing.assert_close(model(x, t, y, drop=drop), expected, atol=0, rtol=0)
