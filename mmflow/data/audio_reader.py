@@ -25,10 +25,11 @@ from torch import Tensor
 from mmflow.data.bad_items import BadMedia, check_file
 from mmflow.data.image_reader import rand_below
 
-__all__ = ["AudioClip", "audio_info", "check_whole_file", "read_audio"]
+__all__ = ["CHANNEL_NAMES", "AudioClip", "audio_info", "check_whole_file", "prepare_audio", "read_audio"]
 
 logger = logging.getLogger("mmflow.data")
 _logged_rates: set[tuple[int, int]] = set()  # (source rate, target rate) pairs already announced
+CHANNEL_NAMES = {1: "mono", 2: "stereo"}
 
 
 @dataclass
@@ -117,3 +118,31 @@ def read_audio(path: str | Path, sample_rate: int, seconds: float, *, channels: 
     mask = torch.zeros(n_out, dtype=torch.bool)
     mask[:real] = True
     return AudioClip(audio, mask)
+
+
+def prepare_audio(wave: Tensor, sample_rate: int, target_sample_rate: int, channels: int) -> Tensor:
+    """A whole waveform as a tokenizer takes it: resample (torchaudio.functional.resample) and mix/duplicate channels: (..., C, N) -> (..., channels, N').
+
+    Mono from many channels is their mean; stereo from mono duplicates it. Other channel changes raise.
+    """
+    if wave.ndim not in (2, 3):
+        raise ValueError(f"prepare_audio expects (C, N) or (B, C, N), got shape {tuple(wave.shape)}")
+    if channels not in CHANNEL_NAMES:
+        raise ValueError(f"prepare_audio: channels must be 1 (mono) or 2 (stereo), got {channels}")
+    if sample_rate <= 0 or target_sample_rate <= 0:
+        raise ValueError(f"prepare_audio: sample rates must be positive, got {sample_rate} -> {target_sample_rate}")
+    c = wave.shape[-2]
+    if c != channels:
+        if channels == 1:
+            logger.info("mixing %d channels down to mono", c)
+            wave = wave.mean(dim=-2, keepdim=True)
+        elif c == 1:
+            logger.info("duplicating mono audio to %d channels", channels)
+            wave = wave.expand(*wave.shape[:-2], channels, wave.shape[-1]).contiguous()
+        else:
+            raise ValueError(f"prepare_audio: cannot turn {c}-channel audio into {CHANNEL_NAMES[channels]}; "
+                             "only mixing down to mono or duplicating mono is supported")
+    if sample_rate != target_sample_rate:
+        logger.info("resampling audio from %d Hz to %d Hz", sample_rate, target_sample_rate)
+        wave = AF.resample(wave.float(), sample_rate, target_sample_rate)
+    return wave

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmflow.data.audio_reader import read_audio
+from mmflow.data.audio_reader import prepare_audio, read_audio
 from mmflow.data.bad_items import BadMedia
 from mmflow.modalities.base import MediaMetadata, Modality, register_modality
 from mmflow.utils.fs import write_json_atomic
@@ -69,8 +69,6 @@ class AudioModality(Modality):
     def read_file(self, path: Path, vae_config: Any) -> tuple[Tensor, dict[str, Any]]:
         """The whole file, resampled and mixed to the tokenizer's rate and channels (the VAE pads to its hop)."""
         import soundfile as sf
-
-        from mmflow.tokenizers.audio_vae import prepare_audio  # deferred: the tokenizer's own conversion
 
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C_src)
         if data.shape[0] == 0:

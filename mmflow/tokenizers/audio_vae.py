@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmflow.config import check, preset_config
+from mmflow.data.audio_reader import CHANNEL_NAMES, prepare_audio
 from mmflow.model_io import register_model
 from mmflow.tokenizers.audio_blocks import DecoderBlock, EncoderBlock, Snake1d, conv1d
 from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer, check_latent_stats
@@ -37,7 +38,6 @@ __all__ = ["AUDIO_VAE_PRESETS", "AudioVAE", "AudioVAEConfig", "audio_vae_config"
 
 logger = logging.getLogger("mmflow.tokenizers")
 
-_CHANNEL_NAMES = {1: "mono", 2: "stereo"}
 
 
 def _field(default: Any, doc: str = "", **bounds: Any) -> Any:
@@ -153,7 +153,7 @@ class AudioVAE(Tokenizer):
             hint = "; add the batch dim with x.unsqueeze(0)" if x.ndim == 2 else ""
             raise ValueError(f"AudioVAE expects a waveform of shape (B, C, N), got {tuple(x.shape)}{hint}")
         if x.shape[1] != c:
-            raise ValueError(f"AudioVAE expects {_CHANNEL_NAMES.get(c, c)} audio ({c} channel{'s' * (c > 1)}) at dim 1, "
+            raise ValueError(f"AudioVAE expects {CHANNEL_NAMES.get(c, c)} audio ({c} channel{'s' * (c > 1)}) at dim 1, "
                              f"got {x.shape[1]} channels in shape {tuple(x.shape)}; convert with "
                              f"prepare_audio(wave, sr, {self.config.sample_rate}, channels={c})")
         if x.shape[2] == 0:
@@ -185,33 +185,3 @@ class AudioVAE(Tokenizer):
                                  f"frames (hop {hop}: valid {full - hop + 1}..{full})")
             wave = wave[:, :, :num_samples]
         return wave
-
-
-def prepare_audio(wave: Tensor, sample_rate: int, target_sample_rate: int, channels: int) -> Tensor:
-    """Resample (torchaudio.functional.resample) and mix/duplicate channels: (..., C, N) -> (..., channels, N').
-
-    Mono from many channels is their mean; stereo from mono duplicates it. Other channel changes raise.
-    """
-    import torchaudio.functional as AF  # deferred: torchaudio is only needed for audio
-
-    if wave.ndim not in (2, 3):
-        raise ValueError(f"prepare_audio expects (C, N) or (B, C, N), got shape {tuple(wave.shape)}")
-    if channels not in _CHANNEL_NAMES:
-        raise ValueError(f"prepare_audio: channels must be 1 (mono) or 2 (stereo), got {channels}")
-    if sample_rate <= 0 or target_sample_rate <= 0:
-        raise ValueError(f"prepare_audio: sample rates must be positive, got {sample_rate} -> {target_sample_rate}")
-    c = wave.shape[-2]
-    if c != channels:
-        if channels == 1:
-            logger.info("mixing %d channels down to mono", c)
-            wave = wave.mean(dim=-2, keepdim=True)
-        elif c == 1:
-            logger.info("duplicating mono audio to %d channels", channels)
-            wave = wave.expand(*wave.shape[:-2], channels, wave.shape[-1]).contiguous()
-        else:
-            raise ValueError(f"prepare_audio: cannot turn {c}-channel audio into {_CHANNEL_NAMES[channels]}; "
-                             "only mixing down to mono or duplicating mono is supported")
-    if sample_rate != target_sample_rate:
-        logger.info("resampling audio from %d Hz to %d Hz", sample_rate, target_sample_rate)
-        wave = AF.resample(wave.float(), sample_rate, target_sample_rate)
-    return wave

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 from media_factory import ramp_audio, sine, write_audio, write_text_file, write_zero_byte
 
 from mmflow.data import audio_reader
-from mmflow.data.audio_reader import read_audio
+from mmflow.data.audio_reader import prepare_audio, read_audio
 from mmflow.data.bad_items import BadMedia
 
 
@@ -115,3 +116,31 @@ def test_whole_file_check_finds_what_the_window_misses(tmp_path):
     quiet[:100] = 0.3  # a click, then silence: the start window is sound, the file is not silent
     qpath = write_audio(tmp_path / "click.wav", quiet, 8000, "FLOAT")
     assert read_audio(qpath, 8000, 0.5, crop="start", whole_file=True).audio.abs().max() > 0.2
+
+
+def test_prepare_audio_mixes_and_duplicates_channels() -> None:
+    stereo = torch.stack([torch.ones(100), -torch.ones(100) * 0.5])  # (2, N)
+    torch.testing.assert_close(prepare_audio(stereo, 8000, 8000, 1), torch.full((1, 100), 0.25))
+    mono = torch.randn(3, 1, 50)  # batched (B, 1, N)
+    dup = prepare_audio(mono, 8000, 8000, 2)
+    assert dup.shape == (3, 2, 50) and torch.equal(dup[:, 0], dup[:, 1]) and torch.equal(dup[:, :1], mono)
+    with pytest.raises(ValueError, match="cannot turn 6-channel audio into stereo"):
+        prepare_audio(torch.zeros(6, 10), 8000, 8000, 2)
+    with pytest.raises(ValueError, match="1 \\(mono\\) or 2 \\(stereo\\)"):
+        prepare_audio(torch.zeros(1, 10), 8000, 8000, 3)
+
+
+def test_prepare_audio_resamples_keeps_pitch_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    sr, target = 16000, 8000
+    t = torch.arange(sr) / sr  # one second
+    wave = torch.sin(2 * math.pi * 440.0 * t)[None]  # (1, N)
+    with caplog.at_level(logging.INFO, logger="mmflow.data"):
+        out = prepare_audio(wave, sr, target, 1)
+    assert out.shape == (1, target)
+    assert any("resampling audio from 16000 Hz to 8000 Hz" in r.getMessage() for r in caplog.records)
+    peak_hz = torch.fft.rfft(out[0]).abs().argmax().item() * target / out.shape[1]
+    assert abs(peak_hz - 440.0) <= 1.0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mmflow.data"):
+        assert torch.equal(prepare_audio(wave, sr, sr, 1), wave)  # nothing to do: unchanged, silent
+    assert not caplog.records

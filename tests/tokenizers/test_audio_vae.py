@@ -1,8 +1,7 @@
-"""Tests for mmflow/tokenizers/audio_vae.py and audio_blocks.py: waveform VAE, Snake, prepare_audio."""
+"""Tests for mmflow/tokenizers/audio_vae.py and audio_blocks.py: waveform VAE, Snake (prepare_audio: tests/data)."""
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +18,6 @@ from mmflow.tokenizers.audio_vae import (
     AudioVAE,
     AudioVAEConfig,
     audio_vae_config,
-    prepare_audio,
 )
 from mmflow.tokenizers.losses import stft_distance
 
@@ -130,34 +128,6 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
         torch.testing.assert_close(loaded.encode_latents(x), z, rtol=0, atol=0)
         torch.testing.assert_close(z, (vae.encode(x).mean - 0.5) * 2.0)
         torch.testing.assert_close(loaded.decode_latents(z), vae.decode(vae.encode(x).mean), rtol=1e-5, atol=1e-5)
-
-
-def test_prepare_audio_mixes_and_duplicates_channels() -> None:
-    stereo = torch.stack([torch.ones(100), -torch.ones(100) * 0.5])  # (2, N)
-    torch.testing.assert_close(prepare_audio(stereo, 8000, 8000, 1), torch.full((1, 100), 0.25))
-    mono = torch.randn(3, 1, 50)  # batched (B, 1, N)
-    dup = prepare_audio(mono, 8000, 8000, 2)
-    assert dup.shape == (3, 2, 50) and torch.equal(dup[:, 0], dup[:, 1]) and torch.equal(dup[:, :1], mono)
-    with pytest.raises(ValueError, match="cannot turn 6-channel audio into stereo"):
-        prepare_audio(torch.zeros(6, 10), 8000, 8000, 2)
-    with pytest.raises(ValueError, match="1 \\(mono\\) or 2 \\(stereo\\)"):
-        prepare_audio(torch.zeros(1, 10), 8000, 8000, 3)
-
-
-def test_prepare_audio_resamples_keeps_pitch_and_logs(caplog: pytest.LogCaptureFixture) -> None:
-    sr, target = 16000, 8000
-    t = torch.arange(sr) / sr  # one second
-    wave = torch.sin(2 * math.pi * 440.0 * t)[None]  # (1, N)
-    with caplog.at_level(logging.INFO, logger="mmflow.tokenizers"):
-        out = prepare_audio(wave, sr, target, 1)
-    assert out.shape == (1, target)
-    assert any("resampling audio from 16000 Hz to 8000 Hz" in r.getMessage() for r in caplog.records)
-    peak_hz = torch.fft.rfft(out[0]).abs().argmax().item() * target / out.shape[1]
-    assert abs(peak_hz - 440.0) <= 1.0
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="mmflow.tokenizers"):
-        assert torch.equal(prepare_audio(wave, sr, sr, 1), wave)  # nothing to do: unchanged, silent
-    assert not caplog.records
 
 
 @pytest.mark.slow
