@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mmflow.data.audio_reader import prepare_audio, read_audio
-from mmflow.data.bad_items import BadMedia
+from mmflow.data.bad_items import BadMedia, check_file
 from mmflow.modalities.base import MediaMetadata, Modality, register_modality
 from mmflow.utils.fs import write_json_atomic
 from mmflow.utils.media_io import write_wav
@@ -66,18 +66,29 @@ class AudioModality(Modality):
                           generator=generator, silence_threshold=cfg.silence_threshold, whole_file=thorough)
         return clip.audio, clip.mask
 
-    def read_file(self, path: Path, vae_config: Any) -> tuple[Tensor, dict[str, Any]]:
-        """The whole file, resampled and mixed to the tokenizer's rate and channels (the VAE pads to its hop)."""
+    def read_whole(self, path: Path, sample_rate: int | None = None, channels: int | None = None
+                   ) -> tuple[Tensor, dict[str, Any]]:
+        """The whole file (C, N), resampled to `sample_rate` and mixed to `channels` when given (else kept,
+        but more than two channels are mixed to mono: mmflow knows mono and stereo)."""
         import soundfile as sf
 
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C_src)
+        check_file(path)
+        try:
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # (N, C_src)
+        except Exception as exc:  # soundfile.LibsndfileError (a RuntimeError), or TypeError on odd headers
+            raise BadMedia("decode error", f"soundfile: {exc}") from None
         if data.shape[0] == 0:
             raise BadMedia("empty file", "0 audio samples")
         if not np.isfinite(data).all():
             raise BadMedia("non-finite audio", "NaN or Inf samples")
-        out_rate = vae_config.sample_rate
-        wave = prepare_audio(torch.from_numpy(np.ascontiguousarray(data.T)), rate, out_rate, vae_config.channels)
+        wave = torch.from_numpy(np.ascontiguousarray(data.T))  # (C_src, N)
+        out_rate = sample_rate or rate
+        wave = prepare_audio(wave, rate, out_rate, channels or (wave.shape[0] if wave.shape[0] <= 2 else 1))
         return wave, {"num_samples": wave.shape[-1], "sample_rate": out_rate, "source_sample_rate": rate}
+
+    def read_file(self, path: Path, vae_config: Any) -> tuple[Tensor, dict[str, Any]]:
+        """The whole file, resampled and mixed to the tokenizer's rate and channels (the VAE pads to its hop)."""
+        return self.read_whole(path, vae_config.sample_rate, vae_config.channels)
 
     def write(self, media: Tensor, path: str | os.PathLike, *, fps: float | None = None,
               sample_rate: int | None = None, metadata: MediaMetadata | None = None) -> Path:

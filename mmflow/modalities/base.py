@@ -89,6 +89,13 @@ class Modality(ABC):
         """
 
     @abstractmethod
+    def read_whole(self, path: Path, sample_rate: int | None = None, channels: int | None = None
+                   ) -> tuple[Tensor, dict[str, Any]]:
+        """A whole file as it is (no resize, crop or padding): (media (C, ...) in [-1, 1], metadata: its
+        sizes under `size_keys`, plus fps / sample rate). Audio is resampled to `sample_rate` and mixed to
+        `channels` when given (others ignore them). Raises BadMedia for a file that does not decode."""
+
+    @abstractmethod
     def read_file(self, path: Path, vae_config: Any) -> tuple[Tensor, dict[str, Any]]:
         """A whole file as the tokenizer with `vae_config` encodes it: (media (C, ...) padded as the
         tokenizer needs, metadata: the original sizes under `size_keys`, plus fps / sample rates)."""

@@ -45,10 +45,15 @@ class ImageModality(Modality):
              backend: Any = None, thorough: bool = False) -> tuple[Tensor, Tensor | None]:
         return read_image(path, size, cfg.crop_mode, generator), None
 
-    def read_file(self, path: Path, vae_config: Any) -> tuple[Tensor, dict[str, Any]]:
+    def read_whole(self, path: Path, sample_rate: int | None = None, channels: int | None = None
+                   ) -> tuple[Tensor, dict[str, Any]]:
         x = pil_to_tensor(open_image(path))  # (3, H, W)
+        return x, {"height": x.shape[1], "width": x.shape[2]}
+
+    def read_file(self, path: Path, vae_config: Any) -> tuple[Tensor, dict[str, Any]]:
+        x, info = self.read_whole(path)
         f = vae_config.downsample_factor
-        return pad_to(x, (f, f)), {"height": x.shape[1], "width": x.shape[2]}
+        return pad_to(x, (f, f)), info
 
     def write(self, media: Tensor, path: str | os.PathLike, *, fps: float | None = None,
               sample_rate: int | None = None, metadata: MediaMetadata | None = None) -> Path:

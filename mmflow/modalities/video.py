@@ -57,8 +57,9 @@ class VideoModality(Modality):
                            verify_frames=cfg.verify_frame_count)
         return media, None
 
-    def read_file(self, path: Path, vae_config: Any) -> tuple[Tensor, dict[str, Any]]:
-        """Every frame, the time axis padded (last frame repeated) to 1 + k * temporal factor."""
+    def read_whole(self, path: Path, sample_rate: int | None = None, channels: int | None = None
+                   ) -> tuple[Tensor, dict[str, Any]]:
+        """Every frame (3, T, H, W) and its fps."""
         check_file(path)
         vf = get_video_backend("auto").open(str(path))
         try:
@@ -71,11 +72,17 @@ class VideoModality(Modality):
             vf.close()
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, T, H, W)
         t, h, w = x.shape[1:]
+        return x, {"num_frames": t, "height": h, "width": w, "fps": fps}
+
+    def read_file(self, path: Path, vae_config: Any) -> tuple[Tensor, dict[str, Any]]:
+        """Every frame, the time axis padded (last frame repeated) to 1 + k * temporal factor."""
+        x, info = self.read_whole(path)
+        t = x.shape[1]
         tf, sf = vae_config.temporal_factor, vae_config.spatial_factor
         extra = -(t - 1) % tf
         if extra:
             x = torch.cat([x, x[:, -1:].expand(-1, extra, -1, -1)], dim=1)  # (3, 1 + k tf, H, W)
-        return pad_to(x, (1, sf, sf)), {"num_frames": t, "height": h, "width": w, "fps": fps}
+        return pad_to(x, (1, sf, sf)), info
 
     def write(self, media: Tensor, path: str | os.PathLike, *, fps: float | None = None,
               sample_rate: int | None = None, metadata: MediaMetadata | None = None) -> Path:
