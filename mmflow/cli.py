@@ -56,6 +56,20 @@ examples:
 """
 
 
+EVAL_EPILOG = """\
+metrics: fd, precision_recall, density_coverage (need --real), clip_score (needs prompts and --clip:
+a local CLIP folder, CLAP for audio), aesthetic (images; --clip of CLIP ViT-L/14 and --aesthetic).
+features: auto (weight-free: image pixels, video per-frame pixels + motion, audio mel) or a name:
+  inception (--features-path pt_inception-2015-12-05-6726825d.pth: FID), clip (--features-path a CLIP
+  folder), video_frames, i3d (FVD's TorchScript file), mel, clap, audio_torchscript, probe:<name>.
+examples:
+  mmflow eval --real ../shared/data/emoji64 --fake runs/emoji_image/samples --metrics fd,precision_recall
+  mmflow eval runs/emoji_image --num 500 --real ../shared/data/emoji64 --metrics fd,density_coverage
+  mmflow eval runs/emoji_image --prompts prompts.txt --num 200 --metrics clip_score --clip weights/clip-b32
+  accelerate launch --multi_gpu --num_processes 2 -m mmflow eval runs/emoji_image --num 1000 --real data/
+"""
+
+
 def _positive(kind: type) -> Callable[[str], float]:
     """argparse type: a finite number > 0 (argparse turns the ValueError into a one-line usage error)."""
 
@@ -116,6 +130,29 @@ def _parser() -> argparse.ArgumentParser:
         e.add_argument("--out", required=True, help="output folder")
         e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before loading)")
         e.add_argument("--no-ema", action="store_true", help="a run folder: use the raw weights instead of the EMA")
+    ev = sub.add_parser("eval", help="score generated media against real media (FD, precision/recall, CLIP score...)",
+                        epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("model", nargs="?", default=None,
+                    help="a model to sample and score (run / checkpoint / export folder); omit with --fake")
+    ev.add_argument("overrides", nargs="*", help="sample settings for a model, e.g. steps=16 guidance=4")
+    ev.add_argument("--fake", default=None, help="folder of generated media (e.g. mmflow sample's output)")
+    ev.add_argument("--real", default=None, help="folder of real media (an imagefolder with metadata.jsonl, ...)")
+    ev.add_argument("--metrics", default="fd", help="comma-separated: fd,precision_recall,density_coverage,clip_score,aesthetic")
+    ev.add_argument("--features", default="auto", help="feature extractor name (see below)")
+    ev.add_argument("--features-path", default=None, help="the extractor's local weights file or folder")
+    ev.add_argument("--clip", default=None, help="local CLIP folder (CLAP for audio): clip_score, aesthetic")
+    ev.add_argument("--aesthetic", default=None, help="aesthetic head weights file")
+    ev.add_argument("--modality", default=None, choices=["image", "video", "audio"], help="when a folder holds several")
+    ev.add_argument("--prompts", default=None, metavar="FILE", help="a model: prompts to sample (one per line), cycled")
+    ev.add_argument("--num", type=_positive(int), default=256, help="a model: samples to draw")
+    ev.add_argument("--batch-size", type=_positive(int), default=32, help="items per sampling / feature batch")
+    ev.add_argument("--out", default=None, help="JSON report (default: <fake>/eval.json or <model>/eval.json)")
+    ev.add_argument("--cache", default=None, help="folder caching real-side features (default ~/.cache/mmflow/eval)")
+    ev.add_argument("--no-cache", action="store_true", help="recompute the real side's features")
+    ev.add_argument("--text-encoder", action="append", dest="text_encoders", default=None, metavar="NAME=PATH",
+                    help="a model's referenced text encoder folder")
+    ev.add_argument("--no-ema", action="store_true", help="a model: the raw weights instead of the EMA")
+    ev.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when there is one)")
     c = sub.add_parser("convert", help="convert other frameworks' weights into an mmflow model folder",
                        epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("format", choices=["diffusers-sd3", "diffusers-vae"], help="source format")
@@ -177,7 +214,7 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prompt_file(path: str | None) -> list[str]:
+def _prompt_file(path: str | None, flag: str = "--prompt-file") -> list[str]:
     """The non-empty lines of a UTF-8 prompt file (none without a file)."""
     if path is None:
         return []
@@ -186,12 +223,12 @@ def _prompt_file(path: str | None) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise MissingInput(f"--prompt-file {path} does not exist") from None
+        raise MissingInput(f"{flag} {path} does not exist") from None
     except (UnicodeDecodeError, IsADirectoryError) as e:
-        raise ConfigError(f"--prompt-file {path} is not a UTF-8 text file ({type(e).__name__})") from None
+        raise ConfigError(f"{flag} {path} is not a UTF-8 text file ({type(e).__name__})") from None
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
-        raise ConfigError(f"--prompt-file {path} holds no prompt (one per line)")
+        raise ConfigError(f"{flag} {path} holds no prompt (one per line)")
     return prompts
 
 
@@ -237,6 +274,34 @@ def _encode_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from mmflow.config import from_dict
+    from mmflow.evaluation.config import EvalConfig
+    from mmflow.evaluation.run import default_cache_dir, evaluate_folders, evaluate_model, print_report
+    from mmflow.pipeline import parse_device
+
+    if (args.model is None) == (args.fake is None):
+        raise ConfigError("give a model to sample (mmflow eval MODEL) or a folder of generated media (--fake), "
+                          "one of the two", "eval")
+    if args.device is not None:
+        parse_device(args.device)  # before any work
+    cfg = from_dict(EvalConfig, {"metrics": [m.strip() for m in args.metrics.split(",") if m.strip()],
+                                 "features": args.features, "features_path": args.features_path, "clip": args.clip,
+                                 "aesthetic": args.aesthetic, "batch_size": args.batch_size},
+                    source="command line", prefix="eval")
+    cache = None if args.no_cache else (args.cache or default_cache_dir())
+    if args.fake is not None:
+        if args.overrides:
+            raise ConfigError(f"sample settings {args.overrides} apply to a model, not to --fake", "eval")
+        result = evaluate_folders(args.real, args.fake, cfg, args.out, args.modality, cache, args.device or "cpu")
+    else:
+        encoders = dict(_pair(p, "--text-encoder") for p in args.text_encoders or [])
+        result = evaluate_model(args.model, cfg, args.out, _prompt_file(args.prompts, "--prompts"), args.num, args.real, cache,
+                                args.device, args.overrides, encoders, use_ema=not args.no_ema)
+    print_report(result)
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     import torch
 
@@ -268,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="[mmflow] %(levelname)s %(message)s")
     try:
         commands = {"train": _train, "sample": _sample, "prepare": _prepare, "encode": _encode_decode,
-                    "decode": _encode_decode, "convert": _convert}
+                    "decode": _encode_decode, "convert": _convert, "eval": _eval}
         return commands[args.command](args)
     except UserError as e:  # expected: one line naming what is at fault; a bug keeps its traceback
         print(f"mmflow {args.command}: error: {e}", file=sys.stderr)

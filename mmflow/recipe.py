@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mmflow.config import ConfigError, check, check_paths, input_paths, override_for
+from mmflow.evaluation.config import EvalConfig
 from mmflow.flow.config import FlowConfig, TimeSamplerConfig
 from mmflow.sampling.config import SampleConfig
 from mmflow.train.config import TrainConfig
 
-__all__ = ["FlowConfig", "Recipe", "SampleConfig", "TimeSamplerConfig", "TrainConfig", "check_before_work"]
+__all__ = ["EvalConfig", "FlowConfig", "Recipe", "SampleConfig", "TimeSamplerConfig", "TrainConfig", "check_before_work"]
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Recipe:
     flow: FlowConfig = field(default_factory=FlowConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # quality measured at each validation (media recipes)
     run_dir: str | None = field(default=None, metadata={
         "help": "default: runs/<name>; any folder but the working directory, a parent of it, or one inside an input"})
 

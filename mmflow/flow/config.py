@@ -1,10 +1,12 @@
 """The recipe's `flow:` section: the probability path, the training-time distribution of t, the loss
-weighting and CFG dropout (the schema; the objects are built in mmflow.tasks.flow_task)."""
+and its weighting, and CFG dropout (the schema; the objects are built in mmflow.tasks.flow_task)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+
+from mmflow.flow.loss import DEFAULT_HUBER_C
 
 
 @dataclass
@@ -25,4 +27,9 @@ class FlowConfig:
     schedule: Literal["condot", "cosine", "vp"] = "condot"
     time_sampler: TimeSamplerConfig = field(default_factory=TimeSamplerConfig)
     loss_weighting: Literal["none", "sigma_sqrt", "cosmap"] = "none"
+    loss: Literal["l2", "l1", "pseudo_huber"] = field(
+        default="l2", metadata={"help": "per-example loss of the velocity residual (mmflow.flow.loss)"})
+    huber_c: float = field(default=DEFAULT_HUBER_C, metadata={
+        "min": 0.0, "min_exclusive": True,
+        "help": "pseudo_huber's c on the residual's RMS (= Song & Dhariwal's 0.00054 sqrt(dim) on its norm)"})
     cfg_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0, "help": "P(condition -> null) in training"})

@@ -1,10 +1,17 @@
-"""Conditional flow matching loss, SD3 loss weightings and per-t diagnostics.
+"""Conditional flow matching loss, robust variants, SD3 loss weightings and per-t diagnostics.
 
 Convention: t = 0 is noise, t = 1 is data; SD3 / diffusers weightings are written for the noise
 level sigma = 1 - t and are converted here.
 
-L_CFM = E_t E_{z, eps} w(t) || u_theta(x_t, t) - (alpha' z + beta' eps) ||^2, with the squared error
-averaged (not summed) over the non-batch dims so that its scale does not depend on resolution.
+L_CFM = E_t E_{z, eps} w(t) rho(u_theta(x_t, t) - (alpha' z + beta' eps)), with r the residual (D values
+per example) and rho one of (each a mean over the non-batch dims, so its scale does not depend on
+resolution):
+  l2:           mean(r^2)
+  l1:           mean(|r|)
+  pseudo_huber: sqrt(mean(r^2) + c^2) - c, the pseudo-Huber loss of improved consistency training (Song &
+                Dhariwal 2023) and of rectified flow++ (Lee et al. 2024), sqrt(|r|^2 + c'^2) - c' with
+                c' = 0.00054 sqrt(D), divided by sqrt(D): c = 0.00054 is their c' on our mean scale.
+                mean(r^2) / (2c) for small residuals, RMS(r) for large ones (the gradient's norm is bounded).
 """
 
 from __future__ import annotations
@@ -15,9 +22,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["LOSS_WEIGHTINGS", "loss_weight", "CFMLoss", "cfm_loss", "TBinStats"]
+__all__ = ["LOSSES", "LOSS_WEIGHTINGS", "DEFAULT_HUBER_C", "loss_weight", "residual_loss", "CFMLoss", "cfm_loss",
+           "TBinStats"]
 
+LOSSES = ("l2", "l1", "pseudo_huber")
 LOSS_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
+# Song & Dhariwal's c = 0.00054 sqrt(D) on the norm of a D-dim residual is 0.00054 on its RMS (see above)
+DEFAULT_HUBER_C = 0.00054
 
 # diffusers trains on sigmas in [1/1000, 1] (1000 discrete timesteps), so flooring sigma at 1e-3
 # reproduces its weights exactly where it is defined and keeps sigma^-2 finite at t = 1.
@@ -40,16 +51,33 @@ def loss_weight(t: Tensor, weighting: str) -> Tensor:
     raise ValueError(f"unknown loss weighting {weighting!r}; expected one of {list(LOSS_WEIGHTINGS)}")
 
 
+def residual_loss(residual: Tensor, loss: str = "l2", huber_c: float = DEFAULT_HUBER_C) -> Tensor:
+    """Per-example loss (B,) of residual (B, ...): "l2", "l1" or "pseudo_huber" (see the module docstring)."""
+    r = residual.reshape(residual.shape[0], -1)  # (B, D)
+    if loss == "l2":
+        return r.pow(2).mean(dim=1)
+    if loss == "l1":
+        return r.abs().mean(dim=1)
+    if loss == "pseudo_huber":
+        if not huber_c > 0:
+            raise ValueError(f"huber_c must be > 0, got {huber_c}")
+        mse = r.pow(2).mean(dim=1)  # (B,)
+        # = sqrt(mse + c^2) - c without its cancellation when mse << c^2
+        return mse / ((mse + huber_c**2).sqrt() + huber_c)
+    raise ValueError(f"unknown loss {loss!r}; expected one of {list(LOSSES)}")
+
+
 @dataclass
 class CFMLoss:
-    """loss: scalar to backprop; per_example: (B,) unweighted MSE, still in the graph (detach to log)."""
+    """loss: scalar to backprop; per_example: (B,) unweighted loss (MSE for l2), still in the graph (detach to log)."""
 
     loss: Tensor
     per_example: Tensor
 
 
-def cfm_loss(pred: Tensor, target: Tensor, t: Tensor, weighting: str = "none") -> CFMLoss:
-    """mean_b w(t_b) * mean_{non-batch dims} (pred_b - target_b)^2 for pred, target (B, ...), t (B,).
+def cfm_loss(pred: Tensor, target: Tensor, t: Tensor, weighting: str = "none", loss: str = "l2",
+             huber_c: float = DEFAULT_HUBER_C) -> CFMLoss:
+    """mean_b w(t_b) * rho(pred_b - target_b) for pred, target (B, ...), t (B,); rho from `residual_loss`.
 
     Computed in at least float32 so bf16 predictions do not lose the loss to round-off.
     """
@@ -58,8 +86,7 @@ def cfm_loss(pred: Tensor, target: Tensor, t: Tensor, weighting: str = "none") -
     if t.shape != pred.shape[:1]:
         raise ValueError(f"t must be shaped ({pred.shape[0]},), got {tuple(t.shape)}")
     dtype = torch.promote_types(pred.dtype, torch.float32)
-    err = (pred.to(dtype) - target.to(dtype)).pow(2)
-    per_example = err.reshape(err.shape[0], -1).mean(dim=1)  # (B,)
+    per_example = residual_loss(pred.to(dtype) - target.to(dtype), loss, huber_c)  # (B,)
     weight = loss_weight(t.to(dtype), weighting)  # (B,)
     return CFMLoss(loss=(weight * per_example).mean(), per_example=per_example)
 

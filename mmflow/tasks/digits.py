@@ -22,14 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from mmflow.config import ConfigError, check
-from mmflow.data.digits import DIGIT_NAMES, DigitsDataset, all_captions, prompt_for
+from mmflow.data.digits import DIGIT_NAMES, DigitsDataset, all_captions, pixels_to_digits, prompt_for
 from mmflow.metrics.digit_classifier import digit_classifier
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
 from mmflow.sampling.generate import seeded_noise
 from mmflow.sampling.layout import SampleLayout, WrongOutputRequest
 from mmflow.text.token_text import TokenTextConfig, TokenTextEmbedder, WordTokenizer, build_vocabulary, split_words
 from mmflow.tasks import register_task
-from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask, fixed_layout
+from mmflow.tasks.flow_task import STABILITY_ROWS, VELOCITY, FlowMatchingTask, fixed_layout
 from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, format_metric
 from mmflow.utils.fs import write_json_atomic
@@ -37,6 +37,13 @@ from mmflow.utils.images import save_image_grid
 
 TEXT = "text_embedder"  # the stand-in text encoder's model name (saved beside "velocity")
 SAMPLE_CHUNK = 250  # rows per sampler call: bounds attention memory at 32x32 with CFG's doubled batch
+
+
+def _probe_features(images: Tensor) -> Tensor:
+    """The real-digit classifier's decision values (N, 10) for images (N, 1, S, S): a probe feature space."""
+    if not torch.isfinite(images).all():  # sklearn refuses NaN; the stability numbers become NaN instead
+        return torch.full((images.shape[0], 10), float("nan"))
+    return torch.from_numpy(digit_classifier().model.decision_function(pixels_to_digits(images)))
 
 
 @dataclass
@@ -182,7 +189,13 @@ class DigitsImageTask(FlowMatchingTask):
         return metrics
 
     def validate(self, models: dict[str, nn.Module], out_dir: Path, step: int, device: torch.device) -> dict[str, float]:
-        return self.evaluate(models[VELOCITY], models[TEXT], device, out_dir=out_dir)
+        """Classifier accuracy (`evaluate`) and small-noise stability of 8 samples of "a handwritten 0".."7"
+        at the recipe's sampler, in pixels and in the classifier's decision values."""
+        metrics = self.evaluate(models[VELOCITY], models[TEXT], device, out_dir=out_dir)
+        prompts = [prompt_for(d) for d in range(STABILITY_ROWS)]
+        cond = {k: v.to(device) for k, v in models[TEXT].embed(prompts).items()}  # (8, ...)
+        metrics.update(self.stability(models[VELOCITY], device, cond, rows=len(prompts), features=_probe_features))
+        return metrics
 
     # ------------------------------------------------------------------ sampling (FlowPipeline)
     input_kind = "text"

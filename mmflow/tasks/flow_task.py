@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 
@@ -20,13 +20,16 @@ from mmflow.flow.loss import cfm_loss
 from mmflow.flow.paths import GaussianPath
 from mmflow.flow.schedules import get_schedule
 from mmflow.flow.time_samplers import get_time_sampler
-from mmflow.sampling.generate import generate
+from mmflow.metrics.stability import noise_stability
+from mmflow.sampling.generate import generate, seeded_noise
 from mmflow.sampling.layout import SampleLayout, WrongOutputRequest
 from mmflow.sampling.solvers import SampleOutput
 from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, Task
+from mmflow.utils.seeding import mix_seed
 
 VELOCITY = "velocity"  # the model name every flow task trains
+STABILITY_ROWS = 8  # samples small-noise validation perturbs (x 4 sampler runs: cheap beside the quality check)
 
 
 class FlowMatchingTask(Task):
@@ -72,7 +75,8 @@ class FlowMatchingTask(Task):
                 cond, drop = apply_condition_dropout(cond, null, drop), None
         # else the model swaps in its own null for the dropped rows (its forward's `drop`)
         pred = model(ps.x_t, t, cond) if drop is None else model(ps.x_t, t, cond, drop=drop)
-        out = cfm_loss(pred.float(), ps.target.float(), t, self.recipe.flow.loss_weighting)
+        flow = self.recipe.flow
+        out = cfm_loss(pred.float(), ps.target.float(), t, flow.loss_weighting, flow.loss, flow.huber_c)
         return LossOutput(out.loss, {}, out.per_example.detach(), t.detach())
 
     def sample(self, model: nn.Module, x0: Tensor, cond: Condition | None, sample_cfg: Any, **kwargs: Any) -> SampleOutput:
@@ -80,6 +84,32 @@ class FlowMatchingTask(Task):
         (B, ...) -> samples, float32 on CPU; kwargs: guidance, generator, decode, clamp, batch_size, ..."""
         null = None if cond is None else self.null_condition(model)
         return generate(model, x0, cond, null, sample_cfg, self.path, **kwargs)
+
+    def stability(self, velocity: nn.Module, device: torch.device, cond: Condition | None = None,
+                  rows: int = STABILITY_ROWS, features: Callable[[Tensor], Tensor] | None = None) -> dict[str, float]:
+        """Small-noise validation (mmflow.metrics.stability) of `rows` fixed samples drawn with the recipe's
+        sampler: stability_amp_<s> / stability_rms_<s> (and stability_feat_<s> with `features`) per scale s.
+
+        cond: one row per sample on `device`; default: the task's default inputs, cycled, through
+        prepare_inputs / input_condition (a task whose conditions need an attached model passes its own).
+        """
+        cfg, layout = self.recipe.sample, self.sample_layout()
+        if cond is None:
+            defaults = self.default_inputs()
+            inputs, _ = self.prepare_inputs([defaults[i % len(defaults)] for i in range(rows)],
+                                            [mix_seed(cfg.seed, i) for i in range(rows)])
+            cond = self.input_condition(velocity, inputs, device)
+        x0, g = seeded_noise((rows, *layout.x_shape), cfg.seed)
+        after_x0 = g.get_state()
+
+        def sample_fn(x: Tensor) -> Tensor:
+            # the generator restarted per call: a stochastic (SDE) sampler sees the same noise on every call
+            g.set_state(after_x0)
+            return self.sample(velocity, x.to(device), cond, cfg, generator=g, decode=layout.decode,
+                               clamp=layout.clamp, check_finite=False).x
+
+        # the directions' seed differs from x0's, or the perturbation would be x0 itself (a mere rescaling)
+        return noise_stability(sample_fn, x0, seed=mix_seed(cfg.seed, 1), features=features)
 
 
     # ------------------------------------------------------------------ sampling from user input (FlowPipeline)

@@ -29,6 +29,8 @@ from torch.utils.data import Dataset, default_collate
 from mmflow.config import ConfigError, check, from_dict
 from mmflow.data.cache import CachedDataset, CacheOrder, cache_problem
 from mmflow.data.media_folder import MediaFolderConfig, MediaFolderDataset, collate
+from mmflow.evaluation.evaluate import Evaluator
+from mmflow.evaluation.media_sets import MediaSet, load_media_set
 from mmflow.models.mmdit import MMDIT_PRESETS, MMDiT, MMDiTConfig
 from mmflow.sampling.generate import seeded_noise
 from mmflow.sampling.layout import SampleLayout, WrongOutputRequest, describe_media
@@ -137,6 +139,8 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         # tokenizer + text encoders, frozen and loaded on first use: training, `mmflow prepare`, sampling
         self.encoders = MediaEncoders(recipe.model.tokenizer, recipe.model.text)
         self.run_dir: Path = Path(recipe.resolved_run_dir())
+        self._evaluator: Evaluator | None = None  # built at the first validation that evaluates (recipe eval:)
+        self._real: MediaSet | None = None
 
     def frozen_models(self) -> dict[str, nn.Module]:
         """The text conditioner and the tokenizer (if any), loaded on first call."""
@@ -204,6 +208,8 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
 
     def build_dataset(self) -> Dataset:
         raw = self.raw_dataset()
+        if self.recipe.eval.metrics:  # before training: an evaluation that cannot run is refused now
+            self._prepare_quality(torch.device("cpu"))
         use = self.recipe.data.use_cache
         if use == "off":
             return self.track_dropped(raw)
@@ -267,7 +273,38 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         # check_finite off: a diverged model's metrics are reported unknown (null), the run goes on
         media = self.sample_media(models[VELOCITY], prompts, device, self.recipe.sample, check_finite=False)
         write_samples(media, prompts, self.recipe.data, out_dir, per_prompt=self.recipe.data.eval_per_prompt)
-        return {"sample_std": float(media.std()), "sample_mean": float(media.mean())}
+        metrics = {"sample_std": float(media.std()), "sample_mean": float(media.mean())}
+        if self.recipe.eval.stability_rows:  # the seeds' small-noise check: how far outputs move per unit of noise
+            metrics.update(self.stability(models[VELOCITY], device, rows=self.recipe.eval.stability_rows))
+        if self.recipe.eval.metrics:
+            metrics.update(self.quality(models[VELOCITY], device))
+        return metrics
+
+    def _prepare_quality(self, device: torch.device) -> None:
+        """The evaluator and the real set of the recipe's eval: section, checked for size (once)."""
+        if self._evaluator is None:
+            cfg, d = self.recipe.eval, self.recipe.data
+            self._real = load_media_set(cfg.real or d.path, d.modality)
+            self._evaluator = Evaluator(cfg, d.modality, cache_dir=self.run_dir / "eval_cache", device=device)
+            self._evaluator.check_counts(len(self._real), cfg.num_samples)
+        self._evaluator.to(device)
+
+    def quality(self, velocity: nn.Module, device: torch.device) -> dict[str, float]:
+        """The recipe's `eval:` metrics on eval.num_samples fresh samples against the real folder (eval.real,
+        default the training data), as eval_<metric>; prompts cycle through eval.prompts or the real captions.
+        The same seeds at every validation, so the numbers move only with the model."""
+        cfg, d = self.recipe.eval, self.recipe.data
+        self._prepare_quality(device)
+        prompts = list(cfg.prompts) or [c for c in self._real.captions if c] or [""]
+        rows = [prompts[i % len(prompts)] for i in range(cfg.num_samples)]
+        media = torch.cat([self.sample_media(velocity, rows[lo: lo + cfg.batch_size], device,
+                                             replace(self.recipe.sample, seed=self.recipe.sample.seed + lo),
+                                             check_finite=False)
+                           for lo in range(0, len(rows), cfg.batch_size)])
+        if not bool(torch.isfinite(media).all()):  # a diverged model: its quality is unknown (null)
+            return {f"eval_{m}": float("nan") for m in cfg.metrics}
+        report = self._evaluator.score_media(media, rows, self._real, d.sample_rate)
+        return {f"eval_{k}": v for k, v in report.metrics.items()}
 
     def pipeline_info(self) -> dict[str, Any]:
         # the prompts `mmflow sample` uses when given none, kept here: the captions may not travel with the model

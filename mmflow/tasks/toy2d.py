@@ -130,11 +130,12 @@ class Toy2DTask(FlowMatchingTask):
 
     def validate(self, models: dict[str, nn.Module], out_dir: Path, step: int, device: torch.device) -> dict[str, float]:
         """Quality with the recipe's sampler, and with an accurate solve (RK4, 100 evaluations) whose
-        remaining gap to the floor is the model's own error rather than the solver's."""
+        remaining gap to the floor is the model's own error rather than the solver's; small-noise stability."""
         metrics = self.evaluate(models[VELOCITY], device, out_dir=out_dir, title=f"step {step}: ")
         accurate = replace(self.recipe.sample, solver="rk4", steps=REFERENCE_RK4_STEPS, grid="uniform", shift=1.0)
         reference = self.evaluate(models[VELOCITY], device, accurate)
         metrics.update({f"ode100_{k}": v for k, v in reference.items()})
+        metrics.update(self.stability(models[VELOCITY], device))  # small-noise check, 8 rows of the recipe's sampler
         return metrics
 
     # ------------------------------------------------------------------ sampling (FlowPipeline)

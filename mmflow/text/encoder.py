@@ -45,6 +45,7 @@ from mmflow.text.default import (
     resolve_tokenizer_path,
 )
 from mmflow.text.truncation import truncation_warnings
+from mmflow.utils.hashing import file_sha256
 
 __all__ = ["DTYPES", "EncoderInfo", "TextEmbedding", "TextEncoder", "TextEncoderConfig", "config_summary", "encoder_info"]
 
@@ -168,21 +169,11 @@ def encoder_info(model_path: Path, kind: str = "auto") -> EncoderInfo:
     return _encoder_info(str(model_path.resolve()), (model_path / "config.json").stat().st_mtime_ns, kind)
 
 
-@functools.lru_cache(maxsize=256)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _file_hashes(folder: Path, patterns: Sequence[str]) -> dict[str, str]:
     files = sorted({p for pat in patterns for p in folder.glob(pat) if p.is_file()})
     out = {}
     for p in files:
-        st = p.stat()
-        out[p.name] = _sha256(str(p.resolve()), st.st_size, st.st_mtime_ns)  # memoised: big files hash once
+        out[p.name] = file_sha256(p)  # memoised: big files hash once
     return out
 
 

@@ -179,7 +179,11 @@ def test_short_training_lowers_the_loss_and_writes_grids_and_metrics(trained_run
     for w in ("1", "3"):
         assert (val / f"grid_w{w}.png").stat().st_size > 1000
     metrics = json.loads((val / "metrics.json").read_text())
-    assert set(metrics) == {"accuracy_w1", "accuracy_w3", "classifier_accuracy_real"}
+    stability = {f"stability_{k}_{s}" for k in ("amp", "rms", "feat") for s in ("1e-3", "1e-2", "1e-1")}
+    assert set(metrics) == {"accuracy_w1", "accuracy_w3", "classifier_accuracy_real", *stability}
+    # small-noise check: finite, and a 1e-3 nudge of the noise barely moves the classifier's view
+    assert all(0 < metrics[k] < 10 for k in stability if "amp" in k), metrics
+    assert metrics["stability_feat_1e-3"] < 0.1, metrics
     assert metrics["classifier_accuracy_real"] > 0.97
     # loose: 300 steps of a small model are far above chance (10%), and guidance helps (seeds 0-2 gave
     # w=1 0.37-0.47, w=3 0.66-0.76; the default recipe reaches 0.89 and 1.0)

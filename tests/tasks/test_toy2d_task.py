@@ -49,6 +49,15 @@ def test_short_training_reaches_the_loose_quality_bound(trained_run):
     assert bad["ratio_sliced_w1"] > 2 * m100["ratio_sliced_w1"], (bad, m100)
 
 
+def test_validation_reports_small_noise_stability(trained_run):
+    metrics = json.loads((trained_run / "validation" / "step_00000900" / "metrics.json").read_text())
+    amps = [metrics[f"stability_amp_{s}"] for s in ("1e-3", "1e-2", "1e-1")]
+    # a trained flow is smooth: each class's unit Gaussian maps to a component of std 0.5, so small
+    # perturbations shrink (~0.5), and the stretch does not depend on their size
+    assert all(0.1 < a < 2 for a in amps), metrics
+    assert max(amps) < 1.5 * min(amps), metrics
+
+
 def test_guidance_samples_the_asked_component(trained_run):
     pipe = FlowPipeline.from_pretrained(trained_run)
     mixture = eight_gaussians()
