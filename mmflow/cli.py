@@ -23,6 +23,7 @@ examples:
   mmflow train recipes/toy2d.yaml train.max_steps=500 data.dataset=two_moons
   mmflow train recipes/toy2d.yaml --resume                     # continue from the newest good checkpoint
   mmflow train recipes/toy2d.yaml --overfit-batch 1            # debugging: one fixed sample
+  mmflow train recipes/image_t2i_sd3_2b.yaml --dry-run --accelerate-config recipes/accelerate/fsdp_8gpu.yaml
   accelerate launch --multi_gpu --num_processes 2 -m mmflow train recipes/toy2d.yaml
 """
 
@@ -94,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="debug: draw every batch from the same N examples (N=1: one sample), fresh noise each step")
     t.add_argument("--run-dir", default=None, help="run folder (default: the recipe's run_dir or runs/<name>)")
     t.add_argument("--print-config", action="store_true", help="print the validated recipe and exit")
+    t.add_argument("--dry-run", action="store_true", help="build the models on the meta device and print parameters, "
+                   "tokens per step and per-GPU memory; reads no data, writes nothing (mmflow/train/dry_run.py)")
+    t.add_argument("--accelerate-config", default=None, metavar="FILE", help="--dry-run: the distribution of this "
+                   "`accelerate launch --config_file` (e.g. recipes/accelerate/fsdp_8gpu.yaml)")
+    t.add_argument("--num-gpus", type=_positive(int), default=None, metavar="N", help="--dry-run: N GPUs (DDP)")
+    t.add_argument("--fsdp", action="store_true", help="--dry-run: FSDP FULL_SHARD over the --num-gpus")
+    t.add_argument("--assume", action="append", default=None, metavar="KEY=NAME", help="--dry-run: a missing text "
+                   "encoder (its key) or tokenizer ('tokenizer') is this known model (mmflow/train/known_models.py)")
     s = sub.add_parser("sample", help="sample from a trained model", epilog=SAMPLE_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("path", help="run folder, checkpoint folder or exported model folder")
@@ -171,6 +180,15 @@ def _train(args: argparse.Namespace) -> int:
     from mmflow.train.task import format_metric
     from mmflow.train.trainer import Trainer, check_run_folder, make_accelerator
 
+    if args.dry_run:  # before load_recipe: it would refuse the text encoder folders missing here
+        from mmflow.train.dry_run import run_dry
+
+        return run_dry(args)
+    dry_only = [flag for flag, given in (("--accelerate-config", args.accelerate_config), ("--num-gpus", args.num_gpus),
+                                         ("--fsdp", args.fsdp), ("--assume", args.assume)) if given]
+    if dry_only:  # a training run takes its distribution from `accelerate launch`, not from these
+        raise ConfigError(f"{', '.join(dry_only)} only apply with --dry-run (a real run is distributed by "
+                          "`accelerate launch --config_file ...`)", "train")
     overrides = list(args.overrides)
     recipe = load_recipe(args.recipe, overrides)
     if args.print_config:

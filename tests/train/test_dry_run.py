@@ -1,0 +1,108 @@
+"""`mmflow train RECIPE --dry-run` (mmflow/train/dry_run.py): every shipped recipe dry-runs from an empty
+folder without its data or weights, writes nothing, and its numbers match a hand count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmflow.cli import main
+from mmflow.train.dry_run import Distribution, distribution_from_args, dry_run, read_accelerate_config
+from mmflow.train.memory import ACTIVATION_BYTES
+from tests.conftest import REPO
+
+RECIPES = sorted((REPO / "recipes").glob("*.yaml")) + sorted((REPO / "tokenizers").glob("*.yaml"))
+SD3 = REPO / "recipes" / "image_t2i_sd3_2b.yaml"
+FSDP8 = REPO / "recipes" / "accelerate" / "fsdp_8gpu.yaml"
+FSDP16 = REPO / "recipes" / "accelerate" / "fsdp_2x8gpu.yaml"
+EMOJI = REPO / "recipes" / "emoji_image.yaml"
+
+
+def _dry(args: list[str], cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    rc = main(["train", *args, "--dry-run"])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_recipe_dry_runs_and_writes_nothing(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    runs_before = sorted((REPO / "runs").iterdir()) if (REPO / "runs").is_dir() else []
+    extra = ["--accelerate-config", str(FSDP8)] if recipe == SD3 else ["--num-gpus", "2"]
+    rc, out, err = _dry([str(recipe), *extra], tmp_path, capsys, monkeypatch)  # ../shared is not beside tmp_path
+    assert rc == 0, out + err
+    assert "nothing read, nothing written" in out and "total per GPU" in out and "trained in all" in out
+    assert list(tmp_path.iterdir()) == []  # no run folder, no cache, no logs
+    assert (sorted((REPO / "runs").iterdir()) if (REPO / "runs").is_dir() else []) == runs_before
+
+
+def test_small_recipe_matches_a_hand_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """emoji_image: the meta build's parameters are the real model's; tokens and memory by hand."""
+    from mmflow.tasks import get_task_class, load_recipe
+    from mmflow.text.encoder import TextEncoder, TextEncoderConfig
+
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(EMOJI)
+    real = get_task_class(recipe.task)(recipe).build_models()["velocity"]  # on CPU, real tensors
+    p = sum(t.numel() for t in real.parameters())
+    minilm = sum(t.numel() for t in TextEncoder(TextEncoderConfig(path="minilm", max_length=16)).parameters())
+    report = dry_run(str(EMOJI), (), Distribution(processes=2, describe="2 GPUs"))
+    counts = {m.name: m.parameters for m in report.models}
+    assert counts == {"velocity": p, "text:minilm": minilm}
+    # 32x32 pixels / patch 2 = 16 x 16 latent tokens, + 16 MiniLM tokens; 32 per GPU x 2 GPUs
+    assert report.tokens == {"latent": 256, "text": 16}
+    assert report.tokens_per_step == 272 * 64
+    m = report.memory  # fp32 (no mixed precision): activations 2 x 34 bytes; DDP: nothing sharded
+    assert (m.weights, m.grads, m.optimizer, m.ema) == (4 * p, 4 * p, 8 * p, 4 * p)
+    assert m.frozen == 4 * minilm
+    assert m.activations == 32 * 272 * 192 * 6 * 2 * ACTIVATION_BYTES
+
+    sharded = dry_run(str(EMOJI), ("model.gradient_checkpointing=true", "train.mixed_precision=bf16"),
+                      distribution_from_args(None, 4, True))
+    block = max(sum(t.numel() for t in b.parameters()) for b in real.blocks)
+    m = sharded.memory  # FSDP over 4: states / 4, plus two gathered bf16 blocks; checkpointing: inputs + one block
+    assert (m.grads, m.optimizer, m.ema) == (p, 2 * p, p)
+    assert m.weights == p + 2 * block * 2
+    assert m.activations == 32 * 272 * 192 * (4 * 6 + ACTIVATION_BYTES)
+
+
+def test_sd3_recipe_sizes_and_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU recipe without its weights: published model sizes, SD3's text layout, 16-way FSDP shards."""
+    monkeypatch.chdir(tmp_path)
+    dist = read_accelerate_config(str(FSDP16))
+    assert (dist.processes, dist.machines, dist.shards, dist.wrap_class) == (16, 2, 16, "MMDiTBlock")
+    report = dry_run(str(SD3), (), dist)
+    counts = {m.name: m.parameters for m in report.models}
+    assert 2.00e9 < counts["velocity"] < 2.05e9  # SD3-medium's MM-DiT: 2.03B
+    assert counts["text:clip_l"] == 123_650_304 and 694e6 < counts["text:clip_g"] < 696e6
+    assert 4.75e9 < counts["text:t5"] < 4.77e9 and 83e6 < counts["tokenizer"] < 85e6
+    assert report.tokens["text"] == 77 + 256 and report.tokens["latent"] == (512 // 16) ** 2
+    assert report.global_batch == 32 * 16
+    assert report.memory.grads == 4 * counts["velocity"] / 16
+    assert any("assumed t5-xxl" in m.note for m in report.models)
+
+
+def test_wrong_wrap_class_and_unknown_encoder_are_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(FSDP8.read_text().replace("fsdp_transformer_layer_cls_to_wrap: MMDiTBlock",
+                                             "fsdp_transformer_layer_cls_to_wrap: DiTBlock"))
+    work = tmp_path / "work"
+    work.mkdir()
+    rc, _, err = _dry([str(SD3), "--accelerate-config", str(bad)], work, capsys, monkeypatch)
+    assert rc == 2 and "fsdp_transformer_layer_cls_to_wrap" in err and "MMDiTBlock" in err, err
+    renamed = [str(SD3), "model.text.encoders.2.name=big_text"]
+    rc, _, err = _dry(renamed, work, capsys, monkeypatch)
+    assert rc == 2 and "--assume big_text=" in err and "t5-xxl" in err, err
+    rc, out, err = _dry([*renamed, "--assume", "big_text=t5-xxl"], work, capsys, monkeypatch)
+    assert rc == 0 and "text:big_text" in out, err
+    assert list(work.iterdir()) == []
+
+
+def test_distribution_flags_without_dry_run_are_refused(capsys) -> None:
+    assert main(["train", str(REPO / "recipes" / "toy2d.yaml"), "--fsdp", "--num-gpus", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--num-gpus, --fsdp only apply with --dry-run" in err
