@@ -5,7 +5,8 @@ from mmflow.metrics.probes.base import Probe, ProbeConfig, ProbeInputError, load
 from mmflow.metrics.probes.digits import DigitsProbe
 from mmflow.metrics.probes.emoji_video import EmojiVideoProbe
 from mmflow.metrics.probes.music import MusicProbe
+from mmflow.metrics.probes.shapes import ShapesProbe, score_shapes
 from mmflow.metrics.probes.tempo import estimate_tempo, tempo_errors
 
-__all__ = ["DigitsProbe", "EmojiVideoProbe", "MusicProbe", "Probe", "ProbeConfig", "ProbeInputError", "estimate_tempo",
-           "load_probe", "tempo_errors"]
+__all__ = ["DigitsProbe", "EmojiVideoProbe", "MusicProbe", "Probe", "ProbeConfig", "ProbeInputError", "ShapesProbe",
+           "estimate_tempo", "load_probe", "score_shapes", "tempo_errors"]
