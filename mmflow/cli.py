@@ -151,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--features-path", default=None, help="the extractor's local weights file or folder")
     ev.add_argument("--clip", default=None, help="local CLIP folder (CLAP for audio): clip_score, aesthetic")
     ev.add_argument("--aesthetic", default=None, help="aesthetic head weights file")
+    ev.add_argument("--check", default=None, help="a prompt check scoring each item against its prompt: shapes")
     ev.add_argument("--modality", default=None, choices=["image", "video", "audio"], help="when a folder holds several")
     ev.add_argument("--prompts", default=None, metavar="FILE", help="a model: prompts to sample (one per line), cycled")
     ev.add_argument("--num", type=_positive(int), default=256, help="a model: samples to draw")
@@ -305,7 +306,7 @@ def _eval(args: argparse.Namespace) -> int:
         parse_device(args.device)  # before any work
     cfg = from_dict(EvalConfig, {"metrics": [m.strip() for m in args.metrics.split(",") if m.strip()],
                                  "features": args.features, "features_path": args.features_path, "clip": args.clip,
-                                 "aesthetic": args.aesthetic, "batch_size": args.batch_size},
+                                 "aesthetic": args.aesthetic, "batch_size": args.batch_size, "check": args.check},
                     source="command line", prefix="eval")
     cache = None if args.no_cache else (args.cache or default_cache_dir())
     if args.fake is not None:

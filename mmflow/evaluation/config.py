@@ -3,6 +3,7 @@
 Metrics: fd (Frechet distance in the feature space), precision_recall (Kynkaanniemi et al. 2019),
 density_coverage (Naeem et al. 2020), clip_score (needs `clip`: a local CLIP folder for images and
 videos, CLAP for audio), aesthetic (needs `clip`: CLIP ViT-L/14, and `aesthetic`: the head's weights).
+A prompt check (`check`, e.g. shapes) scores each sample against its own prompt with an exact probe.
 Features: a registered extractor (mmflow.metrics.features); "auto" picks a weight-free one per
 modality (image: pixels, video: video_frames over pixels, audio: mel), whose numbers track drift
 within one setup but are not comparable to published FID / FVD / FAD (those need `inception`, `i3d`
@@ -16,9 +17,10 @@ from typing import Any
 
 from mmflow.config import check
 
-__all__ = ["AUTO_FEATURES", "EvalConfig", "METRICS"]
+__all__ = ["AUTO_FEATURES", "CHECKS", "EvalConfig", "METRICS"]
 
 METRICS = ("fd", "precision_recall", "density_coverage", "clip_score", "aesthetic")
+CHECKS = ("shapes",)  # the prompt checks of mmflow.metrics.probes.checks
 # the weight-free default per modality, and the options its factory takes
 AUTO_FEATURES: dict[str, tuple[str, dict[str, Any]]] = {
     "image": ("pixels", {}), "video": ("video_frames", {"frames": "pixels"}), "audio": ("mel", {})}
@@ -35,6 +37,8 @@ class EvalConfig:
     clip: str | None = field(default=None, metadata={
         "help": "local CLIP folder (images, videos) or CLAP folder (audio): clip_score, aesthetic"})
     aesthetic: str | None = field(default=None, metadata={"help": "aesthetic head weights (.pth / .safetensors)"})
+    check: str | None = field(default=None, metadata={
+        "help": f"a prompt check scoring each sample against its prompt with an exact probe: {', '.join(CHECKS)}"})
     real: str | None = field(default=None, metadata={
         "help": "folder of real media to compare with; null: the recipe's data.path (training)"})
     num_samples: int = field(default=256, metadata={"min": 1, "help": "generated samples per evaluation"})
@@ -53,6 +57,7 @@ class EvalConfig:
         unknown = [m for m in self.metrics if m not in METRICS]
         check(not unknown, "metrics", f"unknown metric(s) {unknown}; use any of {', '.join(METRICS)}")
         check(len(set(self.metrics)) == len(self.metrics), "metrics", f"{self.metrics} repeats a metric")
+        check(self.check is None or self.check in CHECKS, "check", f"{self.check!r} is not one of {', '.join(CHECKS)}")
         check(self.clip is not None or not {"clip_score", "aesthetic"} & set(self.metrics), "clip",
               "clip_score and aesthetic need a local CLIP (or, for audio, CLAP) folder: set eval.clip / --clip")
         check(self.aesthetic is not None or "aesthetic" not in self.metrics, "aesthetic",

@@ -174,6 +174,10 @@ class Evaluator:
     def _alignment(self, batches: Iterable[Tensor], total: int, prompts: Sequence[str], media: Tensor | None
                    ) -> dict[str, float]:
         metrics: dict[str, float] = {}
+        if self.cfg.check is not None and media is not None:
+            from mmflow.metrics.probes.checks import prompt_check
+
+            metrics.update({f"{self.cfg.check}_{k}": v for k, v in prompt_check(self.cfg.check, media, prompts).items()})
         if "clip_score" in self.cfg.metrics:
             if len(prompts) != total or not any(prompts):
                 raise MediaSetError(f"clip_score needs a prompt per generated item: {sum(map(bool, prompts))} of "
@@ -204,13 +208,13 @@ class Evaluator:
             fake_feats = self._extract(self.features, self._set_batches(fake, self.features), len(fake), "features")
             metrics.update(self._distribution(real_feats, fake_feats))
             num_real = len(real_feats)
-        if self.clip is not None:
+        if self.clip is not None or self.cfg.check is not None:
             media = None
-            if self.aesthetic is not None:  # images: all at once is fine at evaluation sizes
+            if self.aesthetic is not None or self.cfg.check is not None:  # all at once: evaluation sizes are small
                 media = torch.cat([x for x, _ in fake.batches(self.cfg.batch_size)])
             kept = [i for _, idx in fake.batches(self.cfg.batch_size) for i in idx]
-            metrics.update(self._alignment(self._set_batches(fake, self.clip), len(kept),
-                                           [fake.captions[i] for i in kept], media))
+            batches = self._set_batches(fake, self.clip) if self.clip is not None else iter(())
+            metrics.update(self._alignment(batches, len(kept), [fake.captions[i] for i in kept], media))
         skipped = (real.skipped if real else []) + fake.skipped
         return EvalReport(metrics, num_real, len(fake) - len(fake.skipped), self._describe(), skipped)
 
@@ -227,8 +231,9 @@ class Evaluator:
             fake_feats = self._extract(self.features, self._tensor_batches(media, self.features), len(media), "features")
             metrics.update(self._distribution(real_feats, fake_feats))
             num_real = len(real_feats)
-        if self.clip is not None:
-            metrics.update(self._alignment(self._tensor_batches(media, self.clip), len(media), list(prompts), media))
+        if self.clip is not None or self.cfg.check is not None:
+            batches = self._tensor_batches(media, self.clip) if self.clip is not None else iter(())
+            metrics.update(self._alignment(batches, len(media), list(prompts), media))
         return EvalReport(metrics, num_real, len(media), self._describe(), list(real.skipped) if real else [])
 
     def _describe(self) -> dict[str, Any]:

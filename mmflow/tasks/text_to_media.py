@@ -208,7 +208,7 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
 
     def build_dataset(self) -> Dataset:
         raw = self.raw_dataset()
-        if self.recipe.eval.metrics:  # before training: an evaluation that cannot run is refused now
+        if self.recipe.eval.metrics or self.recipe.eval.check:  # before training: an evaluation that cannot run is refused now
             self._prepare_quality(torch.device("cpu"))
         use = self.recipe.data.use_cache
         if use == "off":
@@ -276,7 +276,7 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         metrics = {"sample_std": float(media.std()), "sample_mean": float(media.mean())}
         if self.recipe.eval.stability_rows:  # the seeds' small-noise check: how far outputs move per unit of noise
             metrics.update(self.stability(models[VELOCITY], device, rows=self.recipe.eval.stability_rows))
-        if self.recipe.eval.metrics:
+        if self.recipe.eval.metrics or self.recipe.eval.check:
             metrics.update(self.quality(models[VELOCITY], device))
         return metrics
 
@@ -302,7 +302,7 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
                                              check_finite=False)
                            for lo in range(0, len(rows), cfg.batch_size)])
         if not bool(torch.isfinite(media).all()):  # a diverged model: its quality is unknown (null)
-            return {f"eval_{m}": float("nan") for m in cfg.metrics}
+            return {f"eval_{m}": float("nan") for m in cfg.metrics}  # (a check's keys are reported once it runs)
         report = self._evaluator.score_media(media, rows, self._real, d.sample_rate)
         return {f"eval_{k}": v for k, v in report.metrics.items()}
 

@@ -202,3 +202,21 @@ def test_training_validation_reports_the_recipes_eval_metrics(tmp_path) -> None:
     written = json.loads((tmp_path / "run" / "validation" / "step_00000002" / "metrics.json").read_text())
     assert written["eval_recall"] == got["eval_recall"]
     assert list((tmp_path / "run" / "eval_cache").iterdir())  # the real side's features, for the next validation
+
+
+def test_a_prompt_check_scores_each_item_against_its_own_prompt(tmp_path) -> None:
+    from mmflow.data.shapes import ShapesConfig, write_shapes_folder
+
+    real = write_shapes_folder(tmp_path / "test", ShapesConfig(n_test_two=8), split="test")
+    cfg = EvalConfig(metrics=[], check="shapes")
+    right = evaluate_folders(None, str(real), cfg, tmp_path / "a.json", progress=False).report.metrics
+    assert right["shapes_all"] == right["shapes_two_all"] == 1.0  # the generator's own images: all right
+    meta = real / "metadata.jsonl"
+    rows = [json.loads(line) for line in meta.read_text().splitlines()]
+    texts = [r["text"] for r in rows]
+    half = len(texts) // 2
+    for r, text in zip(rows, texts[half:] + texts[:half]):  # every image now carries another image's caption
+        r["text"] = text
+    meta.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    wrong = evaluate_folders(None, str(real), cfg, tmp_path / "b.json", progress=False).report.metrics
+    assert wrong["shapes_all"] < 0.2 and wrong["shapes_two_all"] < 0.5

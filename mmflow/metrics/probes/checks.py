@@ -1,0 +1,39 @@
+"""Prompt checks: does each generated item show what its prompt asked? A registry of exact probes,
+by name, that score media against their prompts (the compositional check of a synthetic set).
+
+    prompt_check("shapes", images, prompts)     # {"colour": 0.97, "position": 0.99, "shape": 0.9, ...}
+
+Each returns accuracies in [0, 1] by attribute (NaN where no prompt of a kind was asked); evaluation
+logs them as eval_<check>_<attribute>.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import Tensor
+
+from mmflow.errors import UserError
+
+__all__ = ["PROMPT_CHECKS", "UnknownCheck", "prompt_check"]
+
+
+class UnknownCheck(UserError, ValueError):
+    """A prompt check name nothing is registered under."""
+
+
+def _shapes(media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    from mmflow.metrics.probes.shapes import score_shapes
+
+    report = score_shapes(media, prompts)
+    return {k: float(v) for k, v in report.items() if k not in ("items", "n_one", "n_two")}
+
+
+PROMPT_CHECKS: dict[str, Callable[[Tensor, Sequence[str]], dict[str, float]]] = {"shapes": _shapes}
+
+
+def prompt_check(name: str, media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    """Accuracies of the check `name` on media (N, ...) in [-1, 1] against their N prompts."""
+    if name not in PROMPT_CHECKS:
+        raise UnknownCheck(f"unknown prompt check {name!r}; known: {', '.join(sorted(PROMPT_CHECKS))}")
+    return PROMPT_CHECKS[name](media, prompts)
