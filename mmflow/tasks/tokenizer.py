@@ -6,7 +6,8 @@ groups "generator" then "discriminator" are stepped in turn each step; the discr
 switched on at model.loss.adv_start_step and judges the reconstruction the generator step made from
 the same micro-batch (handed on detached through LossOutput.extras). The folder's last `data.held_out` items are never trained
 on: validation reconstructs them and reports PSNR (image, video; pixels mapped to [0, 1]) or the
-multi-scale STFT distance beside those of silence and of noise (audio). After the last step the
+multi-scale STFT distance beside those of silence and of noise (audio); image and video validation
+also reports `hue_error` (mmflow.metrics.reconstruction). After the last step the
 latent statistics are measured on training items and written into the tokenizer's config, so the
 exported model/models/tokenizer/config.json carries latent_shift / latent_scale.
 
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mmflow.config import ConfigError, from_dict, to_dict
 from mmflow.data.bad_items import BadDataError, BadMedia
 from mmflow.data.media_folder import MAX_CANDIDATES, MediaFolderConfig, MediaFolderDataset, collate
-from mmflow.metrics.reconstruction import psnr
+from mmflow.metrics.reconstruction import hue_error, psnr
 from mmflow.tasks import register_task
 from mmflow.tasks.media_accounting import MediaAccounting
 from mmflow.tokenizers import (
@@ -79,6 +80,10 @@ class TokenizerDataConfig(MediaFolderConfig):
     train_crop: int | None = field(default=None, metadata={
         "min": 1, "help": "train on random square crops of this side cut from each item (image, video; a fresh crop "
                           "per epoch); validation reconstructs whole items. null: whole items"})
+    train_colour_permute: float = field(default=0.0, metadata={
+        "min": 0.0, "max": 1.0, "help": "probability that a training item's RGB channels come in a random other order "
+                                        "(image, video; drawn per item and epoch): spreads a folder's few dominant "
+                                        "hues round the colour wheel, so rare hues are learnt too. 0: never"})
 
 
 @dataclass
@@ -132,6 +137,17 @@ def frozen(module: nn.Module | None) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+# the five orders of (R, G, B) other than the identity: each maps a hue to another sextant of the wheel
+OTHER_RGB_ORDERS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def random_colour_permute(media: Tensor, p: float, g: torch.Generator) -> Tensor:
+    """media (3, ...) with its channels in a random other order with probability p (draws from g)."""
+    if float(torch.rand((), generator=g)) >= p:
+        return media
+    return media[list(OTHER_RGB_ORDERS[int(torch.randint(0, len(OTHER_RGB_ORDERS), (), generator=g))])]
+
+
 def random_crop(media: Tensor, side: int, g: torch.Generator) -> Tensor:
     """A side x side window of media (C, ..., H, W) at a position drawn from g."""
     h, w = media.shape[-2:]
@@ -143,18 +159,23 @@ def random_crop(media: Tensor, side: int, g: torch.Generator) -> Tensor:
 class TrainingItems(Dataset):
     """Items [0, n_train) of a media folder; a bad item's replacement is also drawn from them, so the
     held-out items [n_train, len) are never trained on. With `crop`, each item is a random crop of that
-    side, drawn from (seed, index, epoch) like the folder's own random choices."""
+    side; with `colour_permute` > 0, its RGB channels are reordered with that probability; both drawn from
+    (seed, index, epoch) like the folder's own random choices."""
 
-    def __init__(self, folder: MediaFolderDataset, n_train: int, crop: int | None = None) -> None:
-        self.folder, self.n_train, self.crop = folder, n_train, crop
+    def __init__(self, folder: MediaFolderDataset, n_train: int, crop: int | None = None,
+                 colour_permute: float = 0.0) -> None:
+        self.folder, self.n_train, self.crop, self.colour_permute = folder, n_train, crop, colour_permute
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         item = self._item(key)
-        if self.crop is None:
+        if self.crop is None and not self.colour_permute:
             return item
         i, epoch = self._index_epoch(key)
         g = torch.Generator().manual_seed(mix_seed(self.folder.seed, 0xC409, i, epoch))
-        return {**item, "media": random_crop(item["media"], self.crop, g)}
+        media = item["media"] if self.crop is None else random_crop(item["media"], self.crop, g)
+        if self.colour_permute:
+            media = random_colour_permute(media, self.colour_permute, g)
+        return {**item, "media": media}
 
     def __len__(self) -> int:
         return self.n_train
@@ -163,7 +184,7 @@ class TrainingItems(Dataset):
         return (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), self.folder.epoch)
 
     def whole(self) -> TrainingItems:
-        """The same items uncropped."""
+        """The same items uncropped, in their own colours."""
         return TrainingItems(self.folder, self.n_train)
 
     def _item(self, key: int | tuple[int, int]) -> dict[str, Any]:
@@ -245,6 +266,12 @@ class TokenizerTask(MediaAccounting, Task):
             if data.train_crop is not None:
                 raise ConfigError(f"crops are for images and videos; {data.modality} clips are cut to data.seconds",
                                   "data.train_crop", source)
+            if data.train_colour_permute:
+                raise ConfigError(f"colour permutation is for RGB images and videos, not {data.modality}; set it to 0",
+                                  "data.train_colour_permute", source)
+            if loss.chroma_weight > 0:
+                raise ConfigError(f"chroma is a colour loss for images and videos; set it to 0 for {data.modality}",
+                                  "model.loss.chroma_weight", source)
             if loss.adv_weight > 0:
                 raise ConfigError(f"no {data.modality} discriminator yet (PatchDiscriminator judges images and videos); "
                                   "set it to 0", "model.loss.adv_weight", source)
@@ -284,7 +311,8 @@ class TokenizerTask(MediaAccounting, Task):
         return len(self.folder()) - self.recipe.data.held_out
 
     def build_dataset(self) -> TrainingItems:
-        return TrainingItems(self.folder(), self.num_train, crop=self.recipe.data.train_crop)
+        data = self.recipe.data
+        return TrainingItems(self.folder(), self.num_train, crop=data.train_crop, colour_permute=data.train_colour_permute)
 
     def collate(self, items: list[Any]) -> Any:
         return collate(items)
@@ -354,7 +382,8 @@ class TokenizerTask(MediaAccounting, Task):
         metrics = {"held_out_items": float(len(x)), "l1": float((x_hat - x).abs().mean())}
         if self.spec.spatial:
             per_item = psnr(x_hat, x)  # (N,)
-            metrics.update(psnr=float(per_item.mean()), psnr_min=float(per_item.min()))
+            metrics.update(psnr=float(per_item.mean()), psnr_min=float(per_item.min()),
+                           hue_error=hue_error(x, x_hat))  # degrees over saturated pixels; NaN (null) if none
             score = f"PSNR {metrics['psnr']:.2f} dB"
         else:
             g = torch.Generator().manual_seed(0)
@@ -392,6 +421,6 @@ class TokenizerTask(MediaAccounting, Task):
 
     def summary_lines(self, metrics: dict[str, float | None], run_dir: Path) -> list[str]:
         """Held-out reconstruction quality, then the media accounting's lines."""
-        recon = {k: v for k, v in metrics.items() if k.startswith(("psnr", "stft_distance", "l1"))}
+        recon = {k: v for k, v in metrics.items() if k.startswith(("psnr", "hue_error", "stft_distance", "l1"))}
         own = ["held-out reconstruction: " + ", ".join(f"{k} {format_metric(v, '.4g')}" for k, v in sorted(recon.items()))]
         return (own if recon else []) + super().summary_lines(metrics, run_dir)

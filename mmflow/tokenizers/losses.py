@@ -30,7 +30,7 @@ from mmflow.tokenizers.base import DiagonalGaussian
 __all__ = [
     "MelLoss", "MultiResolutionSTFTLoss", "PatchDiscriminator", "PatchDiscriminatorConfig", "VAELoss",
     "VAELossConfig", "VAELossOutput", "adaptive_adv_weight", "hinge_d_loss", "hinge_g_loss", "kl_loss",
-    "reconstruction_l1", "stft_distance",
+    "chroma_l1", "reconstruction_l1", "stft_distance",
 ]
 
 
@@ -52,6 +52,20 @@ def reconstruction_l1(x_hat: Tensor, x: Tensor) -> Tensor:
     """Mean absolute error over all elements (scalar)."""
     _same_shape(x_hat, x, "reconstruction_l1")
     return (x_hat - x).abs().mean()
+
+
+# BT.601 chroma rows of RGB -> YCbCr (Cb, Cr): colour apart from brightness
+_CHROMA = ((-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))
+
+
+def chroma_l1(x_hat: Tensor, x: Tensor) -> Tensor:
+    """Mean absolute error of the (Cb, Cr) chroma of RGB media (B, 3, ...) (scalar): the colour part of
+    the error, which a plain L1 lets the few saturated pixels of mostly white images average away."""
+    _same_shape(x_hat, x, "chroma_l1")
+    if x.shape[1] != 3:
+        raise ValueError(f"chroma_l1: needs RGB media (B, 3, ...), got {x.shape[1]} channels")
+    m = torch.tensor(_CHROMA, dtype=x_hat.dtype, device=x_hat.device)  # (2, 3)
+    return torch.einsum("kc,bc...->bk...", m, x_hat - x).abs().mean()
 
 
 def kl_loss(posterior: DiagonalGaussian, weight: float = 1.0) -> Tensor:
@@ -234,6 +248,7 @@ def adaptive_adv_weight(rec_loss: Tensor, g_loss: Tensor, last_layer: Tensor, ma
 class VAELossConfig:
     l1_weight: float = _field(1.0, "L1 reconstruction", min=0)
     kl_weight: float = _field(1e-6, "KL to N(0, I) (summed over latent elements, mean over batch)", min=0)
+    chroma_weight: float = _field(0.0, "images, videos: L1 of the YCbCr chroma (Cb, Cr), on top of the RGB L1", min=0)
     stft_weight: float = _field(0.0, "audio: multi-resolution STFT loss", min=0)
     mel_weight: float = _field(0.0, "audio: log-mel L1", min=0)
     stft_fft_sizes: tuple[int, ...] = _field((2048, 1024, 512, 256, 128), "FFT sizes of the STFT loss", min=2)
@@ -279,6 +294,10 @@ class VAELoss(nn.Module):
         l1 = reconstruction_l1(x_hat, x)
         rec = cfg.l1_weight * l1
         logs["l1"] = l1.item()
+        if cfg.chroma_weight > 0:
+            chroma = chroma_l1(x_hat, x)
+            rec = rec + cfg.chroma_weight * chroma
+            logs["chroma"] = chroma.item()
         if self.stft is not None:
             stft = self.stft(x_hat, x)
             rec = rec + cfg.stft_weight * stft

@@ -22,7 +22,7 @@ from media_factory import (  # noqa: E402
 from mmflow.cli import main  # noqa: E402
 from mmflow.config import ConfigError, to_dict  # noqa: E402
 from mmflow.data.media_folder import collate  # noqa: E402
-from mmflow.metrics.reconstruction import psnr  # noqa: E402
+from mmflow.metrics.reconstruction import hue_error, psnr  # noqa: E402
 from mmflow.model_io import load_model  # noqa: E402
 from mmflow.tasks import load_recipe  # noqa: E402
 from mmflow.tasks.tokenizer import (  # noqa: E402
@@ -80,8 +80,10 @@ def test_image_training_lowers_loss_and_exports_normalising_latent_stats(tmp_pat
     held = task.held_out_media()
     assert metrics["psnr"] > float(psnr(torch.zeros_like(held), held).mean()) + 3.0, metrics
     with torch.no_grad():
-        again = psnr(task.reconstruct_mean(vae, held, torch.device("cpu")), held)  # the saved weights give it again
+        x_hat = task.reconstruct_mean(vae, held, torch.device("cpu"))
+    again = psnr(x_hat, held)  # the saved weights give it again
     assert abs(float(again.mean()) - metrics["psnr"]) < 1e-3
+    assert 0 <= metrics["hue_error"] < 180 and abs(hue_error(held, x_hat) - metrics["hue_error"]) < 1e-3, metrics
     assert (tmp_path / "run" / "validation" / ckpt.step_dir_name(30) / "reconstructions.png").stat().st_size > 500
 
 
@@ -177,6 +179,22 @@ def test_training_crops_are_windows_of_the_items_fresh_each_epoch(tmp_path):
     assert task.held_out_media().shape[-2:] == (32, 32)  # validation sees whole items
 
 
+def test_colour_permutation_reorders_rgb_per_item_and_epoch(tmp_path):
+    data = _images(tmp_path / "data")
+    items = TokenizerTask(_recipe("image_f8", data, *IMAGE, "data.train_colour_permute=1.0")).build_dataset()
+    orders = set()
+    for i in range(4):
+        for epoch in range(3):
+            got, own = items[(i, epoch)]["media"], items.whole()[(i, epoch)]["media"]
+            assert torch.equal(got, items[(i, epoch)]["media"])  # a function of (seed, index, epoch)
+            order = tuple(next(j for j in range(3) if torch.equal(got[c], own[j])) for c in range(3))
+            assert sorted(order) == [0, 1, 2] and order != (0, 1, 2), order  # p = 1: never the item's own order
+            orders.add(order)
+    assert len(orders) >= 4  # the other orders are all drawn
+    kept = TokenizerTask(_recipe("image_f8", data, *IMAGE)).build_dataset()  # the default: items as they are
+    assert torch.equal(kept[(1, 0)]["media"], items.whole()[(1, 0)]["media"])
+
+
 def test_video_training_on_crops_with_a_3d_discriminator(tmp_path):
     for i in range(6):
         write_mp4(tmp_path / "data" / f"clip_{i}.mp4", noisy_frames(6, 32, 32, seed=i), fps=8)
@@ -235,6 +253,9 @@ def test_audio_recipe_trains_from_the_command_line(tmp_path, capsys):
     ("image_f8", ["data.train_crop=128"], "data.train_crop"),  # larger than the items
     ("image_f8", ["data.train_crop=8", "model.loss.adv_weight=0.5"], "model.discriminator.n_layers"),  # 2 need 12
     ("audio", ["data.train_crop=16"], "data.train_crop"),
+    ("audio", ["data.train_colour_permute=0.5"], "data.train_colour_permute"),
+    ("audio", ["model.loss.chroma_weight=1.0"], "model.loss.chroma_weight"),
+    ("image_f8", ["data.train_colour_permute=1.5"], "data.train_colour_permute"),  # a probability
     ("audio", ["model.loss.adv_weight=0.5"], "model.loss.adv_weight"),
     ("audio", ["model.vae.sample_rate=24000"], "model.vae.sample_rate"),
     ("image_f8", ["model.vae.gradient_checkpointing=true"], "model.vae.gradient_checkpointing"),  # moved out

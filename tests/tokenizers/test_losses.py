@@ -20,6 +20,7 @@ from mmflow.tokenizers.losses import (
     VAELoss,
     VAELossConfig,
     adaptive_adv_weight,
+    chroma_l1,
     hinge_d_loss,
     hinge_g_loss,
     kl_loss,
@@ -57,6 +58,21 @@ def test_stft_loss_spectral_convergence_by_hand() -> None:
     x = _music()
     loss = MultiResolutionSTFTLoss((256,), eps=1e-12)
     torch.testing.assert_close(loss(0.5 * x, x), torch.tensor(0.5 + math.log(2.0)), rtol=1e-4, atol=1e-4)
+
+
+def test_chroma_l1_sees_colour_not_brightness() -> None:
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert float(chroma_l1(x + 0.3, x)) < 1e-6  # a grey offset changes brightness only
+    swapped = x[:, [2, 1, 0]]  # red and blue exchanged: pure colour change
+    cb_cr = torch.tensor([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+    by_hand = torch.einsum("kc,bchw->bkhw", cb_cr, swapped - x).abs().mean()
+    assert torch.allclose(chroma_l1(swapped, x), by_hand) and float(by_hand) > 0.05
+    cfg = VAELossConfig(kl_weight=0.0, chroma_weight=2.0)  # the generator loss adds it, weighted
+    post = DiagonalGaussian(torch.zeros(2, 4, 2, 2), torch.zeros(2, 4, 2, 2))
+    out = VAELoss(cfg).generator_loss(x, swapped, post, step=0)
+    assert torch.allclose(out.loss, reconstruction_l1(swapped, x) + 2.0 * by_hand) and "chroma" in out.logs
+    with pytest.raises(ValueError, match="RGB"):
+        chroma_l1(torch.zeros(1, 1, 4), torch.zeros(1, 1, 4))
 
 
 def test_kl_loss_matches_closed_form() -> None:
