@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
+from mmflow.config import to_dict
 from mmflow.evaluation.config import EvalConfig
 from mmflow.evaluation.evaluate import EvalReport, Evaluator
 from mmflow.evaluation.media_sets import MediaSet, MediaSetError, load_media_set
@@ -64,7 +65,7 @@ def _prompts(given: Sequence[str], real: MediaSet | None, pipe: Any) -> list[Any
         return list(given)
     if real is not None and real.has_captions:
         return [c for c in real.captions if c]
-    if pipe.task.input_kind == "text" or pipe.task.input_kind == "label":
+    if pipe.task.input_kind in ("text", "label"):
         return list(pipe.info.get("default_inputs") or pipe.task.default_inputs())
     return [None]
 
@@ -106,7 +107,7 @@ def evaluate_model(path: str, cfg: EvalConfig, out: str | Path | None, prompts: 
     report = evaluator.score_media(media, ["" if r is None else str(r) for r in rows], real_set, layout.sample_rate)
     target = Path(out) if out else Path(path) / "eval.json"
     write_json_atomic(target, {"model": str(pipe.source), "real": real, "num": num, "processes": acc.num_processes,
-                               "sample": {k: v for k, v in sample_cfg.__dict__.items()}, **report.to_dict()})
+                               "sample": to_dict(sample_cfg), **report.to_dict()})
     return EvalResult(report, target)
 
 
