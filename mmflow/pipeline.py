@@ -8,7 +8,7 @@ Everything is verified before use: a checkpoint against its MANIFEST (sha256 of 
 JSON file parsed, every weight finite; a run whose `model/` export is broken falls back to its newest
 intact checkpoint and says so.
 
-    pipe = FlowPipeline.from_pretrained("runs/emoji_image")
+    pipe = FlowPipeline.from_pretrained("runs/emoji_image/model")   # a local folder: nothing downloads
     out = pipe(["a red heart", "a cat face"], num_per_prompt=4, seed=0, guidance=4.0, steps=16)
     out.media                                   # (8, 3, 32, 32) in [-1, 1]; video (B, 3, T, H, W); audio (B, C, N)
     pipe.save(out, "samples/")                  # sample_0000.png ... + samples.png + samples.json
