@@ -209,11 +209,13 @@ class Evaluator:
             metrics.update(self._distribution(real_feats, fake_feats))
             num_real = len(real_feats)
         if self.clip is not None or self.cfg.check is not None:
-            media = None
-            if self.aesthetic is not None or self.cfg.check is not None:  # all at once: evaluation sizes are small
-                media = torch.cat([x for x, _ in fake.batches(self.cfg.batch_size)])
-            kept = [i for _, idx in fake.batches(self.cfg.batch_size) for i in idx]
-            batches = self._set_batches(fake, self.clip) if self.clip is not None else iter(())
+            # one decoding pass, at the CLIP/CLAP extractor's rate for audio; held in memory (evaluation sizes)
+            rate = self.clip.sample_rate if self.clip is not None else None
+            channels = 1 if self.clip is not None and self.clip.modality == "audio" else None
+            pairs = list(fake.batches(self.cfg.batch_size, rate, channels))
+            kept = [i for _, idx in pairs for i in idx]
+            media = torch.cat([x for x, _ in pairs]) if pairs and (self.aesthetic is not None or self.cfg.check is not None) else None
+            batches = (x for x, _ in pairs) if self.clip is not None else iter(())
             metrics.update(self._alignment(batches, len(kept), [fake.captions[i] for i in kept], media))
         skipped = (real.skipped if real else []) + fake.skipped
         return EvalReport(metrics, num_real, len(fake) - len(fake.skipped), self._describe(), skipped)

@@ -75,7 +75,8 @@ class MediaSet:
             try:
                 x, _ = spec.read_whole(path, sample_rate=sample_rate, channels=channels)
             except BadMedia as e:
-                self.skipped.append((str(path), e.reason))
+                if all(str(path) != done for done, _ in self.skipped):  # a second pass names each file once
+                    self.skipped.append((str(path), e.reason))
                 continue
             if items and (x.shape != items[0].shape or len(items) == batch_size):
                 yield torch.stack(items), index

@@ -89,3 +89,12 @@ def test_the_fingerprint_follows_the_contents(tmp_path) -> None:
     assert load_media_set(root).fingerprint() == before
     write_image(root / "0.png", np.full((16, 16, 3), 7, np.uint8))
     assert load_media_set(root).fingerprint() != before
+
+
+def test_a_second_pass_names_a_bad_file_once(tmp_path) -> None:
+    root = _images(tmp_path / "real", captions=False)
+    write_zero_byte(root / "broken.png")
+    media = load_media_set(root)
+    for _ in range(2):  # e.g. the features pass, then the CLIP pass
+        list(media.batches(8))
+    assert len(media.skipped) == 1
