@@ -41,7 +41,7 @@ from mmflow.tasks.media_accounting import MediaAccounting
 from mmflow.tasks.media_cache import cache_describe
 from mmflow.text.combine import TextConditionerConfig
 from mmflow.train.random import BatchRandom
-from mmflow.train.task import LossOutput
+from mmflow.train.task import LossOutput, format_metric
 
 logger = logging.getLogger("mmflow.tasks")
 
@@ -279,6 +279,23 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         if self.recipe.eval.metrics or self.recipe.eval.check:
             metrics.update(self.quality(models[VELOCITY], device))
         return metrics
+
+    def summary_lines(self, metrics: dict[str, float | None], run_dir: Path) -> list[str]:
+        """The final validation's prompt check as a table (one attribute a line, the fraction of samples that
+        show it) and its other eval_ metrics on one line; then the bad-media lines."""
+        cfg, s = self.recipe.eval, self.recipe.sample
+        lines = []
+        prefix = f"eval_{cfg.check}_" if cfg.check else None
+        checked = {k[len(prefix):]: v for k, v in metrics.items() if prefix and k.startswith(prefix)}
+        if checked:
+            source = cfg.real or self.recipe.data.path
+            lines.append(f"prompt check '{cfg.check}': {cfg.num_samples} samples of the prompts of {source} "
+                         f"(guidance {s.guidance:g}, {s.solver} x {s.steps}); fraction right:")
+            lines += [f"  {name:<14}{format_metric(v, '.3f')}" for name, v in checked.items()]
+        other = {k: v for k, v in metrics.items() if k.startswith("eval_") and not (prefix and k.startswith(prefix))}
+        if other:
+            lines.append("quality: " + ", ".join(f"{k[5:]} {format_metric(v, '.4g')}" for k, v in sorted(other.items())))
+        return lines + super().summary_lines(metrics, run_dir)
 
     def _prepare_quality(self, device: torch.device) -> None:
         """The evaluator and the real set of the recipe's eval: section, checked for size (once)."""
