@@ -339,3 +339,16 @@ def test_a_trained_model_folder_carries_its_tokenizer_and_text_encoder(tmp_path,
     velocity = load_model(moved / "models" / "velocity").eval()
     media = task.sample_media(velocity, ["a red square"], torch.device("cpu"), again.sample)
     assert media.shape == (1, 3, 16, 16) and torch.isfinite(media).all()
+
+
+def test_the_run_summary_is_the_prompt_check_table_then_the_quality_line(tmp_path):
+    raw = _raw_recipe(tmp_path, tmp_path / "data", None)
+    assert TextToMediaTask(recipe_from_dict(raw)).summary_lines({"loss": 0.1}, tmp_path) == []  # nothing evaluated
+    raw["eval"] = {"check": "shapes", "metrics": ["fd"], "features": "pixels", "num_samples": 8}
+    task = TextToMediaTask(recipe_from_dict(raw))
+    metrics = {"loss": 0.1, "eval_shapes_colour": 0.875, "eval_shapes_shape": None, "eval_fd": 12.3456}
+    assert task.summary_lines(metrics, tmp_path) == [
+        f"prompt check 'shapes': 8 samples of the prompts of {tmp_path / 'data'} (guidance 2, heun x 2); fraction right:",
+        "  colour        0.875",
+        "  shape         n/a",
+        "quality: fd 12.35"]
