@@ -288,8 +288,8 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         prefix = f"eval_{cfg.check}_" if cfg.check else None
         checked = {k[len(prefix):]: v for k, v in metrics.items() if prefix and k.startswith(prefix)}
         if checked:
-            source = cfg.real or self.recipe.data.path
-            lines.append(f"prompt check '{cfg.check}': {cfg.num_samples} samples of the prompts of {source} "
+            source = "eval.prompts" if cfg.prompts else f"the prompts of {cfg.real or self.recipe.data.path}"
+            lines.append(f"prompt check '{cfg.check}': {cfg.num_samples} samples of {source} "
                          f"(guidance {s.guidance:g}, {s.solver} x {s.steps}); fraction right:")
             lines += [f"  {name:<14}{format_metric(v, '.3f')}" for name, v in checked.items()]
         other = {k: v for k, v in metrics.items() if k.startswith("eval_") and not (prefix and k.startswith(prefix))}

@@ -44,7 +44,7 @@ def test_shapes_recipe_trains_resumes_and_samples(shapes: tuple[Path, Path], tmp
     out = capsys.readouterr().out
     assert (run / "checkpoints" / "step_00000002").is_dir()
     # the end-of-run table of the probe, one attribute a line, each a fraction
-    assert "prompt check 'shapes': 6 samples" in out, out
+    assert "prompt check 'shapes': 6 samples of eval.prompts" in out, out
     table = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("  ")}
     for attribute in ("colour", "position", "shape", "all", "relation", "two_all"):
         assert 0.0 <= float(table[attribute]) <= 1.0, (attribute, out)
