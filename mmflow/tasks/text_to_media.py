@@ -285,14 +285,14 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         show it) and its other eval_ metrics on one line; then the bad-media lines."""
         cfg, s = self.recipe.eval, self.recipe.sample
         lines = []
-        prefix = f"eval_{cfg.check}_" if cfg.check else None
-        checked = {k[len(prefix):]: v for k, v in metrics.items() if prefix and k.startswith(prefix)}
+        prefix = f"eval_{cfg.check}_"
+        checked = {k: v for k, v in metrics.items() if cfg.check and k.startswith(prefix)}
         if checked:
             source = "eval.prompts" if cfg.prompts else f"the prompts of {cfg.real or self.recipe.data.path}"
             lines.append(f"prompt check '{cfg.check}': {cfg.num_samples} samples of {source} "
                          f"(guidance {s.guidance:g}, {s.solver} x {s.steps}); fraction right:")
-            lines += [f"  {name:<14}{format_metric(v, '.3f')}" for name, v in checked.items()]
-        other = {k: v for k, v in metrics.items() if k.startswith("eval_") and not (prefix and k.startswith(prefix))}
+            lines += [f"  {k[len(prefix):]:<14}{format_metric(v, '.3f')}" for k, v in checked.items()]
+        other = {k: v for k, v in metrics.items() if k.startswith("eval_") and k not in checked}
         if other:
             lines.append("quality: " + ", ".join(f"{k[5:]} {format_metric(v, '.4g')}" for k, v in sorted(other.items())))
         return lines + super().summary_lines(metrics, run_dir)
