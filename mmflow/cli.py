@@ -114,6 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--label", action="append", dest="labels", type=int, default=None,
                    help="class label (class-conditional models; digits: the digit); repeat for several")
     s.add_argument("--negative-prompt", default=None, metavar="TEXT", help="what CFG steers away from")
+    s.add_argument("--image", action="append", dest="images", default=None, metavar="FILE",
+                   help="image-to-video: the clips' first frame (one for all prompts, or one per --prompt, in order); "
+                        "video models trained with model.first_frame > 0")
     s.add_argument("--size", type=_positive(int), default=None, help="image / video side (default: the training size)")
     s.add_argument("--num-frames", type=_positive(int), default=None, help="video frames (default: the training length)")
     s.add_argument("--seconds", type=_positive(float), default=None, help="audio length (default: the training length)")
@@ -171,6 +174,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=["keep", "float32", "bfloat16", "float16"], default="keep",
                    help="weight dtype of the output (default: the checkpoint's)")
     c.add_argument("--max-shard-gb", type=_positive(float), default=5.0, help="split model.safetensors into shards of this size")
+    x = sub.add_parser("export", help="write a run's model as a self-contained folder to share or ship",
+                       description="Load a run, checkpoint or model folder as `mmflow sample` does and write it as one "
+                                   "folder (models/ + pipeline.json, the tokenizer inside): what checkpoints/ ships.")
+    x.add_argument("path", help="run folder, checkpoint folder or exported model folder")
+    x.add_argument("out", help="output folder (written atomically)")
+    x.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="stored dtype of the trained weights (float16 halves the bytes; loading casts back)")
+    x.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    x.add_argument("--text-encoder", action="append", dest="text_encoders", default=None, metavar="NAME=PATH",
+                   help="folder of a text encoder the model references by path")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return p
 
 
@@ -222,7 +236,7 @@ def _sample(args: argparse.Namespace) -> int:
     out_dir = Path(args.out) if args.out else Path(args.path) / "samples"
     out = pipe(prompts or None, labels=args.labels, num_per_prompt=cfg.num_samples, sample_config=cfg,
                negative_prompt=args.negative_prompt, size=args.size, num_frames=args.num_frames, seconds=args.seconds,
-               batch_size=args.batch_size, progress=True)
+               batch_size=args.batch_size, image=args.images, progress=True)
     files = pipe.save(out, out_dir, overwrite=args.overwrite)
     inputs = list(dict.fromkeys(out.inputs))
     print(json.dumps({"model": str(pipe.source), "out_dir": str(out_dir), "media": out.layout.describe(),
@@ -339,6 +353,22 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import torch
+
+    from mmflow.pipeline import FlowPipeline
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} already exists (--overwrite replaces it)", "export")
+    encoders = dict(_pair(p, "--text-encoder") for p in args.text_encoders or [])
+    pipe = FlowPipeline.from_pretrained(args.path, use_ema=not args.no_ema, text_encoders=encoders or None)
+    pipe.save_pretrained(out, dtype=getattr(torch, args.dtype), overwrite=True)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"exported {pipe.source} -> {out} ({size / 2**20:.1f} MiB, weights {args.dtype})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     # key=value overrides may come after options too (`sample run --prompt "a" steps=16`): argparse
@@ -352,7 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="[mmflow] %(levelname)s %(message)s")
     try:
         commands = {"train": _train, "sample": _sample, "prepare": _prepare, "encode": _encode_decode,
-                    "decode": _encode_decode, "convert": _convert, "eval": _eval}
+                    "decode": _encode_decode, "convert": _convert, "eval": _eval,
+                    "export": _export}
         return commands[args.command](args)
     except UserError as e:  # expected: one line naming what is at fault; a bug keeps its traceback
         print(f"mmflow {args.command}: error: {e}", file=sys.stderr)

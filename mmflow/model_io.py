@@ -71,17 +71,25 @@ def build_model(model_type: str, config: dict[str, Any] | Any, source: str | Non
     return cls(config)
 
 
-def _contiguous_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def _contiguous_state(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     # safetensors refuses shared storage and non-contiguous views: store independent copies
-    return {k: v.detach().contiguous().clone() if v.data_ptr() else v.detach() for k, v in model.state_dict().items()}
+    def stored(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach()
+        if dtype is not None and v.is_floating_point():
+            v = v.to(dtype)
+        return v.contiguous().clone() if v.data_ptr() else v
+    return {k: stored(v) for k, v in model.state_dict().items()}
 
 
-def save_model(model: nn.Module, folder: str | os.PathLike, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
-    """Write `model` as config.json + model.safetensors (sharded above `max_shard_bytes`), atomically."""
+def save_model(model: nn.Module, folder: str | os.PathLike, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+               dtype: torch.dtype | None = None) -> Path:
+    """Write `model` as config.json + model.safetensors (sharded above `max_shard_bytes`), atomically.
+    dtype: store floating-point weights in it (e.g. float16 halves a shipped model; load_model casts them
+    back to the model's own dtype); None keeps each tensor's."""
     model_type = getattr(model, "model_type", None)
     if model_type is None:
         raise TypeError(f"{type(model).__name__} is not a registered model (use @register_model)")
-    state = _contiguous_state(model)
+    state = _contiguous_state(model, dtype)
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
         (tmp / CONFIG_NAME).write_text(  # allow_nan=False: NaN is not JSON, and a NaN setting is a failure to see

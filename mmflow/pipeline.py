@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -42,6 +43,7 @@ from mmflow.sampling.generate import NonFiniteSamples, generate
 from mmflow.sampling.layout import SampleLayout, WrongOutputRequest
 from mmflow.tasks import get_task_class, recipe_from_dict
 from mmflow.tasks.encoders import folder_fingerprint
+from mmflow.tasks.first_frame import FirstFrame, with_first_frame
 from mmflow.tasks.flow_task import FlowMatchingTask
 from mmflow.text.default import TextEncoderNotFound
 from mmflow.train.checkpoint import MANIFEST, list_checkpoints, verify_checkpoint
@@ -220,14 +222,14 @@ class FlowPipeline:
         self.task.place_frozen_models(self.device)
         return self
 
-    def save_pretrained(self, folder: str | Path) -> Path:
+    def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None, overwrite: bool = True) -> Path:
         """Write this pipeline as a self-contained model folder (models/, pipeline.json), atomically: the
-        velocity and extra models as loaded (EMA weights where loaded), the frozen components copied or
-        referenced as at export."""
+        velocity and extra models as loaded (EMA weights where loaded; stored in `dtype` if given, e.g.
+        float16 to ship half the bytes), the frozen components copied or referenced as at export."""
         folder = Path(folder)
-        with atomic_folder(folder) as out:
+        with atomic_folder(folder, overwrite=overwrite) as out:
             for name, module in {self.model_name: self.velocity, **self.extra_models}.items():
-                save_model(module, out / "models" / name)
+                save_model(module, out / "models" / name, dtype=dtype)
             info = {k: v for k, v in self.info.items() if k not in ("recipe", "components")}
             components = self.task.export_frozen(out / "models")
             write_json_atomic(out / PIPELINE_FILE, {**info, "recipe": to_dict(self.recipe),
@@ -248,12 +250,14 @@ class FlowPipeline:
                  steps: int | None = None, solver: str | None = None, negative_prompt: str | None = None,
                  size: int | None = None, num_frames: int | None = None, seconds: float | None = None,
                  sample_config: SampleConfig | None = None, batch_size: int | None = None,
-                 progress: bool = False) -> PipelineOutput:
+                 image: FirstFrame | Sequence[FirstFrame] | None = None, progress: bool = False) -> PipelineOutput:
         """Sample num_per_prompt items per prompt (or label; neither: the model's default inputs) -> media.
 
         seed / guidance / steps / solver override `sample_config` (default: the recipe's sample section);
         negative_prompt replaces u(null) in CFG; size (image, video), num_frames (video) or seconds (audio)
         ask for another output size where the model allows; batch_size rows are solved together.
+        image (video models trained with model.first_frame > 0): the clips' first frame, one for every
+        prompt or one per prompt (files or (3, H, W) tensors in [-1, 1]; see mmflow/tasks/first_frame.py).
         """
         given = {"seed": seed, "guidance": guidance, "steps": steps, "solver": solver}
         cfg = self.sample_config(**{**(to_dict(sample_config) if sample_config else {}),
@@ -268,6 +272,7 @@ class FlowPipeline:
             logger.warning(message)
         step = _count(batch_size, "batch_size") if batch_size is not None else (
             MEDIA_BATCH if layout.modality else len(rows))
+        first = self._first_frames(image, len(inputs), num_per_prompt, layout)
         media, nfe = [], 0
         with torch.no_grad(), tqdm(total=len(rows), unit="sample", disable=not progress, desc="sampling") as bar:
             null = self._null(negative_prompt)
@@ -275,10 +280,15 @@ class FlowPipeline:
                 x0 = torch.stack([torch.randn(layout.x_shape, generator=torch.Generator().manual_seed(s))
                                   for s in seeds[lo: lo + step]])  # (b, *x_shape): row i from its seed alone
                 cond = self.task.input_condition(self.velocity, rows[lo: lo + step], self.device)
+                null_b, decode = null if cond is not None else None, layout.decode
+                if first is not None:  # the first frame conditions both CFG branches: guidance is about the text
+                    concat, z0 = (f[lo: lo + step].to(self.device) for f in first)
+                    cond, null_b = {**cond, "concat": concat}, {**null_b, "concat": concat}
+                    decode = partial(_decode_with_first_frame, z0=z0, decode=layout.decode)
                 sde_noise = torch.Generator().manual_seed(mix_seed(cfg.seed, lo))
                 try:
-                    out = generate(self.velocity, x0.to(self.device), cond, null if cond is not None else None, cfg,
-                                   self.path, generator=sde_noise, decode=layout.decode, clamp=layout.clamp)
+                    out = generate(self.velocity, x0.to(self.device), cond, null_b, cfg,
+                                   self.path, generator=sde_noise, decode=decode, clamp=layout.clamp)
                 except NonFiniteSamples as e:  # name the model, and what to change
                     raise NonFiniteSamples(f"sampling {self.source} gave {e}; nothing was written. The weights are "
                                            "finite: check the sample settings") from None
@@ -290,6 +300,8 @@ class FlowPipeline:
                     "shift": cfg.shift, "negative_prompt": negative_prompt}
         if cfg.solver == "sde":
             settings.update(noise_scale=cfg.noise_scale, diffusion=cfg.diffusion)
+        if image is not None:
+            settings["first_frame"] = ", ".join(str(im) if isinstance(im, (str, Path)) else "tensor" for im in _as_list(image))
         return PipelineOutput(x, rows, seeds, settings, layout, num_per_prompt, self.fingerprint, nfe,
                               self.task.sample_report(x, rows))
 
@@ -311,6 +323,19 @@ class FlowPipeline:
                 raise WrongOutputRequest(f"labels must be a non-empty list of integers, got {list(labels)!r}")
             return self.task.inputs_from_labels(list(labels))
         return list(self.info.get("default_inputs") or self.task.default_inputs())
+
+    def _first_frames(self, image: FirstFrame | Sequence[FirstFrame] | None, n_inputs: int, per_input: int,
+                      layout: SampleLayout) -> tuple[Tensor, Tensor] | None:
+        """Image-to-video: (cond["concat"], first-frame latents z0), one row per sample row; None without images."""
+        if image is None:
+            return None
+        images = _as_list(image)
+        if len(images) not in (1, n_inputs):
+            raise WrongOutputRequest(f"give one first frame (--image) for every prompt or one per prompt: "
+                                     f"{len(images)} images for {n_inputs} prompts")
+        concat, z0 = self.task.first_frame_condition(images, layout)  # (n, C + 1, *x_shape[1:]), (n, C, 1, h, w)
+        rows = [i if len(images) > 1 else 0 for i in range(n_inputs) for _ in range(per_input)]
+        return concat.cpu()[rows], z0.cpu()[rows]
 
     def _null(self, negative_prompt: str | None) -> Any:
         """What CFG steers away from: the negative prompt's condition, else the model's u(null)."""
@@ -356,6 +381,19 @@ class FlowPipeline:
                              for i in range(n)]}
         write_json_atomic(out_dir / SAMPLES_INDEX, index)
         return files + [out_dir / SAMPLES_INDEX]
+
+
+def _as_list(image: FirstFrame | Sequence[FirstFrame]) -> list[FirstFrame]:
+    """One first frame or several (a (n, 3, H, W) tensor is n of them) as a list."""
+    if isinstance(image, (str, Path)) or (isinstance(image, Tensor) and image.ndim == 3):
+        return [image]
+    return list(image)
+
+
+def _decode_with_first_frame(x: Tensor, z0: Tensor, decode: Any) -> Tensor:
+    """Sampled latents with frame 0 set to the given image's, then decoded (decode None: x is media)."""
+    x = with_first_frame(x, z0)
+    return x if decode is None else decode(x)
 
 
 def _count(value: Any, name: str) -> int:

@@ -233,6 +233,24 @@ def test_save_pretrained_round_trips(exported, tmp_path) -> None:
     assert torch.equal(again(PROMPTS, seed=1).media, pipe(PROMPTS, seed=1).media)
 
 
+def test_the_export_command_ships_float16_weights_that_sample_like_the_float32_ones(exported, tmp_path) -> None:
+    src = exported("image")
+    cmd = [sys.executable, "-m", "mmflow", "export", str(src), str(tmp_path / "half"), "--dtype", "float16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "float16" in done.stdout and (tmp_path / "half" / "models" / "tokenizer" / "config.json").is_file()
+    full = (src / "models" / "velocity" / "model.safetensors").stat().st_size  # no EMA in this run
+    half = (tmp_path / "half" / "models" / "velocity" / "model.safetensors").stat().st_size
+    assert half < 0.6 * full
+    pipe, again = FlowPipeline.from_pretrained(src), FlowPipeline.from_pretrained(tmp_path / "half")
+    assert next(again.velocity.parameters()).dtype == torch.float32  # stored half, computed in float32
+    a, b = pipe(PROMPTS, seed=1).media, again(PROMPTS, seed=1).media
+    assert not torch.equal(a, b) and (a - b).abs().max() < 0.05
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)  # never overwrites silently
+    assert refused.returncode == 2 and "already exists" in refused.stderr
+
+
 # ------------------------------------------------------------------ local text encoders: copied or referenced
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory) -> Path:

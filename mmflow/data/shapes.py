@@ -41,7 +41,8 @@ from mmflow.errors import UserError
 
 __all__ = ["BACKGROUND", "COLOURS", "IMAGE_SIZE", "POSITIONS", "RELATIONS", "SHAPES", "SIZES", "CaptionError",
            "ShapeItem", "ShapePrompt", "ShapeSpec", "ShapesConfig", "caption", "held_out_pairs", "make_shapes",
-           "parse_caption", "position_of", "relation_of", "render", "test_prompts", "write_shapes_folder"]
+           "parse_caption", "position_of", "relation_of", "render", "rotate_polygon", "test_prompts",
+           "write_shapes_folder"]
 
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4  # drawn at 4x and area-downsampled: anti-aliased edges
@@ -247,17 +248,34 @@ def _polygon(shape: str, cx: float, cy: float, s: float) -> list[tuple[float, fl
     raise ValueError(f"unknown shape {shape!r}; known: {list(SHAPES)}")
 
 
-def render(objects: Sequence[tuple[str, str, float, float, float]]) -> np.ndarray:
-    """Objects (shape, colour, centre x, centre y, side), in px of the 64x64 image -> (64, 64, 3) uint8."""
+def rotate_polygon(points: Sequence[tuple[float, float]], degrees: float) -> list[tuple[float, float]]:
+    """The polygon turned `degrees` clockwise on screen (image y points down) about its area centroid
+    (so a turning triangle or star stays in place)."""
+    p = np.asarray(points, dtype=np.float64)
+    q = np.roll(p, -1, axis=0)
+    cross = p[:, 0] * q[:, 1] - q[:, 0] * p[:, 1]  # shoelace
+    centre = ((p + q) * cross[:, None]).sum(0) / (3.0 * cross.sum())
+    a = np.deg2rad(degrees)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])  # (x, y) -> clockwise with y down
+    return [(float(x), float(y)) for x, y in (p - centre) @ rot.T + centre]
+
+
+def render(objects: Sequence[tuple[str, str, float, float, float]],
+           background: tuple[int, int, int] = BACKGROUND, angles: Sequence[float] | None = None) -> np.ndarray:
+    """Objects (shape, colour, centre x, centre y, side), in px of the 64x64 image, each turned
+    angles[i] degrees clockwise (None: upright) -> (64, 64, 3) uint8 on `background` (RGB)."""
     k = SUPERSAMPLE
-    img = Image.new("RGB", (IMAGE_SIZE * k, IMAGE_SIZE * k), BACKGROUND)
+    img = Image.new("RGB", (IMAGE_SIZE * k, IMAGE_SIZE * k), tuple(background))
     draw = ImageDraw.Draw(img)
-    for shape, colour, cx, cy, s in objects:
+    for i, (shape, colour, cx, cy, s) in enumerate(objects):
         fill = COLOURS[colour]
-        if shape == "circle":
+        if shape == "circle":  # turning a circle changes nothing
             draw.ellipse([k * (cx - s / 2), k * (cy - s / 2), k * (cx + s / 2), k * (cy + s / 2)], fill=fill)
         else:
-            draw.polygon([(k * x, k * y) for x, y in _polygon(shape, cx, cy, s)], fill=fill)
+            points = _polygon(shape, cx, cy, s)
+            if angles is not None and angles[i]:
+                points = rotate_polygon(points, angles[i])
+            draw.polygon([(k * x, k * y) for x, y in points], fill=fill)
     return np.asarray(img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), dtype=np.uint8)
 
 

@@ -20,7 +20,7 @@ from mmflow.config import check
 __all__ = ["AUTO_FEATURES", "CHECKS", "EvalConfig", "METRICS"]
 
 METRICS = ("fd", "precision_recall", "density_coverage", "clip_score", "aesthetic")
-CHECKS = ("shapes",)  # the prompt checks of mmflow.metrics.probes.checks
+CHECKS = ("shapes", "shapes_video")  # the prompt checks of mmflow.metrics.probes.checks
 # the weight-free default per modality, and the options its factory takes
 AUTO_FEATURES: dict[str, tuple[str, dict[str, Any]]] = {
     "image": ("pixels", {}), "video": ("video_frames", {"frames": "pixels"}), "audio": ("mel", {})}

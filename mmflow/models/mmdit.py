@@ -7,6 +7,9 @@ t (B,) flow time in [0, 1] (0 = noise, 1 = data), cond a dict with the keys the 
     "text_mask" (B, S_txt) bool          True = real token, optional (padded tokens are invisible)
     "pooled"    (B, pooled_dim)          pooled text embedding      (pooled_dim > 0)
     "label"     (B,) long                class label, num_classes = null  (num_classes > 0)
+    "concat"    (B, concat_channels, *S) joined to x along channels before patchify, optional
+                                         (concat_channels > 0; absent = zeros): e.g. image-to-video's
+                                         first-frame latents and mask, not part of CFG's null
 
 Returns the velocity (B, C_out, *S). Video is just more tokens (MovieGen): latents are patchified
 to one sequence whatever their rank, with RoPE over 1-3 grid axes. Each block runs two token
@@ -63,6 +66,7 @@ class MMDiTConfig:
     context_dim: int = _field(0, "text token width; 0 = no text stream", min=0)
     pooled_dim: int = _field(0, "pooled text width; 0 = none", min=0)
     num_classes: int = _field(0, "0 = no labels; index num_classes is the null label", min=0)
+    concat_channels: int = _field(0, "channels of cond['concat'] joined to x (image-to-video); 0 = none", min=0)
     qk_norm: Literal["rms_norm"] | None = _field(None, "per-head RMSNorm of q and k (SD3.5)")
     pos_embed: Literal["rope", "sincos"] = _field("rope", "rope: any rank and size; sincos: SD3's 2-D table")
     pos_embed_max_size: int = _field(96, "sincos: side of the square table, in patches", min=1)
@@ -196,6 +200,15 @@ class Mlp(nn.Module):
 # ---------------------------------------------------------------------------------------------------
 
 
+class HeadRMSNorm(nn.RMSNorm):
+    """Per-head RMSNorm of q or k (..., D), computed in the weight's precision and returned in the input's:
+    under bf16 autocast a bf16 input against fp32 weights has no fused kernel (a warning and a slow path),
+    and the mean square is better taken in fp32 anyway."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.to(self.weight.dtype)).to(x.dtype)
+
+
 class MMDiTBlock(nn.Module):
     """Joint block: latent stream x_* and text stream c_*, one attention over [latent; text] tokens.
 
@@ -212,7 +225,7 @@ class MMDiTBlock(nn.Module):
         head_dim = hidden // num_heads
 
         def qk_norm_layer() -> nn.Module:
-            return nn.RMSNorm(head_dim, eps=1e-6) if qk_norm == "rms_norm" else nn.Identity()
+            return HeadRMSNorm(head_dim, eps=1e-6) if qk_norm == "rms_norm" else nn.Identity()
 
         self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)  # no parameters: shared
         self.x_modulation = nn.Linear(hidden, (9 if dual_attention else 6) * hidden)
@@ -330,7 +343,7 @@ class MMDiT(nn.Module):
         self.backend = resolve_attention_backend(attention_backend)
         self.gradient_checkpointing = gradient_checkpointing
 
-        self.x_embedder = nn.Linear(math.prod(p) * config.in_channels, h)  # one patch (p..., C) -> a token
+        self.x_embedder = nn.Linear(math.prod(p) * (config.in_channels + config.concat_channels), h)  # a patch -> a token
         self.t_embedder = TimeEmbedder(h, config.time_shift, config.time_scale)
         self.pooled_embedder = (nn.Sequential(nn.Linear(config.pooled_dim, h), nn.SiLU(), nn.Linear(h, h))
                                 if config.pooled_dim else None)
@@ -398,7 +411,7 @@ class MMDiT(nn.Module):
         cfg = self.config
         sizes = {"text": cfg.context_dim, "pooled": cfg.pooled_dim, "label": cfg.num_classes}
         required = {key for key, size in sizes.items() if size}
-        return required, ({"text_mask"} if cfg.context_dim else set())
+        return required, ({"text_mask"} if cfg.context_dim else set()) | ({"concat"} if cfg.concat_channels else set())
 
     def null_condition(self, batch_like: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
         """The CFG null condition with B rows, keys as `condition_keys` (text_mask included).
@@ -433,6 +446,16 @@ class MMDiT(nn.Module):
         if cfg.num_classes:
             out["label"] = torch.full((b,), cfg.num_classes, device=device, dtype=torch.long)
         return out
+
+    def _concat_input(self, extra: Tensor | None, x: Tensor) -> Tensor:
+        """cond['concat'] checked against x (B, C, *S), or zeros (B, concat_channels, *S) when absent."""
+        want = (x.shape[0], self.config.concat_channels, *x.shape[2:])
+        if extra is None:
+            return x.new_zeros(want)
+        if tuple(extra.shape) != want:
+            raise ValueError(f"cond['concat'] must be shaped {want} (like the latents, {want[1]} channels), "
+                             f"got {tuple(extra.shape)}")
+        return extra.to(x.dtype)
 
     def _check_condition(self, cond: dict[str, Tensor], b: int) -> None:
         required, optional = self.condition_keys()
@@ -472,9 +495,13 @@ class MMDiT(nn.Module):
             raise ValueError(f"t must be a scalar or shaped ({b},), got {tuple(t.shape)}")
         if cond is None:
             cond = self.null_condition(x)
-        elif drop is not None:
-            cond = apply_condition_dropout(cond, self.null_condition(cond), drop)
+        elif drop is not None:  # a conditioning image is kept: CFG's null is about the text
+            kept = {k: v for k, v in cond.items() if k == "concat"}
+            rest = {k: v for k, v in cond.items() if k != "concat"}
+            cond = {**apply_condition_dropout(rest, self.null_condition(rest or x), drop), **kept}
         self._check_condition(cond, b)
+        if cfg.concat_channels:
+            x = torch.cat([x, self._concat_input(cond.get("concat"), x)], dim=1)  # (B, C + C_cat, *S)
 
         tokens, grid = patchify(x, tuple(cfg.patch_size))  # (B, N, prod(p) * C), grid (g_1..g_k)
         h = self.x_embedder(tokens)  # (B, N, D)

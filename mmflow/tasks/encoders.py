@@ -343,6 +343,15 @@ class MediaEncoders:
         """u(null) of classifier-free guidance: every encoder dropped, batch 1."""
         return self.text.null_condition()
 
+    def encode(self, media: Tensor) -> Tensor:
+        """Media (B, C, ...) -> normalised latents (the posterior means, as sampling's starting points want);
+        without a tokenizer the media themselves."""
+        tok = self.tokenizer
+        if tok is None:
+            return media
+        with torch.no_grad():
+            return tok.normalize(tok.encode(media.to(next(tok.parameters()).device)).mean)
+
     def decode(self, z: Tensor, like_shape: Sequence[int] | None = None) -> Tensor:
         """Normalised latents (B, C_lat, ...) -> media (B, C, ...), cropped to like_shape's trailing axes
         (B, C, ...) where the tokenizer pads; without a tokenizer z is the media already."""

@@ -60,9 +60,11 @@ class FlowMatchingTask(Task):
         z, cond = self.split_batch(batch)
         return self.flow_loss(models[VELOCITY], z, cond, rng)
 
-    def flow_loss(self, model: nn.Module, z: Tensor, cond: Condition | None, rng: BatchRandom) -> LossOutput:
+    def flow_loss(self, model: nn.Module, z: Tensor, cond: Condition | None, rng: BatchRandom,
+                  keep: dict[str, Tensor] | None = None) -> LossOutput:
         """The CFM loss of data z (B, ...) under cond (entries (B, ...), or None): draws t (B,), then the
-        noise eps (B, ...), then (with cond and flow.cfg_dropout > 0) the CFG drop mask (B,) from rng."""
+        noise eps (B, ...), then (with cond and flow.cfg_dropout > 0) the CFG drop mask (B,) from rng.
+        keep: condition entries joined after CFG dropout, never dropped (image-to-video's first frame)."""
         t = rng.draw(lambda n, g: self.time_sampler.sample(n, generator=g)).to(z.dtype)  # (B,)
         eps = rng.randn(*z.shape[1:]).to(z.dtype)  # (B, ...)
         ps = self.path.sample(z, t, eps)
@@ -74,6 +76,8 @@ class FlowMatchingTask(Task):
             if null is not None:  # the task's own null (e.g. the empty prompt's encoding) goes in here
                 cond, drop = apply_condition_dropout(cond, null, drop), None
         # else the model swaps in its own null for the dropped rows (its forward's `drop`)
+        if keep:
+            cond = {**cond, **keep}  # type: ignore[dict-item]
         pred = model(ps.x_t, t, cond) if drop is None else model(ps.x_t, t, cond, drop=drop)
         flow = self.recipe.flow
         out = cfm_loss(pred.float(), ps.target.float(), t, flow.loss_weighting, flow.loss, flow.huber_c)

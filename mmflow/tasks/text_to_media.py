@@ -36,6 +36,7 @@ from mmflow.sampling.generate import seeded_noise
 from mmflow.sampling.layout import SampleLayout, WrongOutputRequest, describe_media
 from mmflow.tasks import register_task
 from mmflow.tasks.encoders import MediaEncoders
+from mmflow.tasks.first_frame import FirstFrame, first_frame_concat, read_first_frames
 from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
 from mmflow.tasks.media_accounting import MediaAccounting
 from mmflow.tasks.media_cache import cache_describe
@@ -123,6 +124,9 @@ class MediaModelConfig:
                        "`mmflow convert diffusers-vae`"})
     text: TextConditionerConfig = field(default_factory=TextConditionerConfig)
     mmdit: MMDiTSection = field(default_factory=MMDiTSection)
+    first_frame: float = field(default=0.0, metadata={
+        "min": 0.0, "max": 1.0, "help": "video: the fraction of training clips given their first frame to continue "
+                                        "(image-to-video, mmflow/tasks/first_frame.py); 0: text-to-video only"})
     # run-time settings of the MMDiT module, not saved into its exported config.json
     attention_backend: Literal["auto", "sdpa", "xformers", "math"] = "auto"
     gradient_checkpointing: bool = False
@@ -151,13 +155,23 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
 
     def latent_shape(self) -> tuple[int, ...]:
         """(C, *axes) of one item's latents: the media shape through the tokenizer."""
-        return self.encoders.latent_shape(self.media_shape())
+        try:
+            return self.encoders.latent_shape(self.media_shape())
+        except ValueError as e:  # the tokenizer refuses the recipe's media size (video: frames not 1 + 4k)
+            key = "data.frames" if self.recipe.data.modality == "video" else "data"
+            raise ConfigError(f"{self.recipe.model.tokenizer} cannot take the recipe's media: {e}", key) from e
 
     # ------------------------------------------------------------------ models
     def mmdit_config(self) -> MMDiTConfig:
         """model.mmdit with the latent channels and the text widths filled in."""
-        return resolve_mmdit(self.recipe.model.mmdit, in_channels=self.latent_shape()[0],
+        c = self.latent_shape()[0]
+        return resolve_mmdit(self.recipe.model.mmdit, in_channels=c, concat_channels=c + 1 if self.i2v else 0,
                              context_dim=self.encoders.context_dim, pooled_dim=self.encoders.pooled_dim)
+
+    @property
+    def i2v(self) -> bool:
+        """Whether the model continues a given first frame (image-to-video) as well as making clips from text."""
+        return self.recipe.model.first_frame > 0
 
     def build_models(self) -> dict[str, nn.Module]:
         shape, p = self.latent_shape(), self.recipe.model.mmdit.patch_size
@@ -195,6 +209,9 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
             raise ConfigError(f"{list(p)} has {len(p)} entries; {recipe.data.modality} latents have {axes} axes",
                               "model.mmdit.patch_size", source)
         resolve_mmdit(recipe.model.mmdit, source)  # preset, head width: the MM-DiT's own checks, before any loading
+        if recipe.model.first_frame > 0 and recipe.data.modality != "video":
+            raise ConfigError(f"{recipe.model.first_frame} asks for image-to-video training; it applies to video "
+                              f"recipes, this one is {recipe.data.modality}", "model.first_frame", source)
 
     # ------------------------------------------------------------------ data
     def cache_dir(self) -> Path:
@@ -239,7 +256,11 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
         # raw or cached batch -> latents and text with per-encoder dropout (the trainer placed the encoders)
         enc = self.encoders.encode_batch(batch, rng)
-        return self.flow_loss(models[VELOCITY], enc.z, enc.text.as_condition(), rng)
+        keep = None
+        if self.i2v:  # model.first_frame of the clips see their own first latent frame (kept through CFG dropout)
+            given = rng.draw(lambda n, g: torch.rand(n, generator=g) < self.recipe.model.first_frame)  # (B,) bool
+            keep = {"concat": first_frame_concat(enc.z[:, :, :1], enc.z.shape[2], given)}
+        return self.flow_loss(models[VELOCITY], enc.z, enc.text.as_condition(), rng, keep=keep)
 
     def task_null(self) -> dict[str, Tensor]:
         return self.encoders.null().as_condition()  # on the device the frozen models were placed on
@@ -356,7 +377,12 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
             changes[spec.sample_options[key]] = value
         data = replace(d, **changes) if changes else d
         media_shape = spec.media_shape(data)
-        x_shape = self.encoders.latent_shape(media_shape)
+        try:
+            x_shape = self.encoders.latent_shape(media_shape)
+        except ValueError as e:  # the tokenizer refuses the size (video: frames not 1 + k * temporal factor)
+            asked = ", ".join(f"{k}={v}" for k, v in (("size", size), ("num_frames", num_frames), ("seconds", seconds))
+                              if v is not None) or "the training size"
+            raise WrongOutputRequest(f"{asked}: this model's tokenizer cannot take it: {e}") from e
         patch = self.mmdit_config().patch_size
         if changes and any(n % p for n, p in zip(x_shape[1:], patch)):
             per_latent = [m // n for m, n in zip(media_shape[1:], x_shape[1:])]  # media samples per latent, per axis
@@ -378,6 +404,18 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
 
     def negative_condition(self, velocity: nn.Module, prompt: str, device: torch.device) -> dict[str, Tensor]:
         return self.input_condition(velocity, [prompt], device)
+
+    def first_frame_condition(self, images: Sequence[FirstFrame], layout: SampleLayout) -> tuple[Tensor, Tensor]:
+        """Image-to-video: first frames (files or (3, H, W) tensors) -> (cond["concat"] (n, C + 1, *x_shape[1:]),
+        their latents z0 (n, C, 1, h, w)) on the encoders' device; images of another size are resized with a warning."""
+        if layout.modality != "video":
+            raise WrongOutputRequest(f"a first frame (--image) is for video models; this one makes {layout.describe()}")
+        if not self.i2v:
+            raise WrongOutputRequest("this video model was trained from text only (model.first_frame: 0), so it "
+                                     "cannot continue a given first frame: train with model.first_frame > 0")
+        frames = read_first_frames(images, tuple(layout.media_shape[2:]))  # (n, 3, H, W)
+        z0 = self.encoders.encode(frames.unsqueeze(2))  # (n, C, 1, h, w): the causal VAE encodes frame 0 alone
+        return first_frame_concat(z0, layout.x_shape[1]), z0
 
 
 def write_samples(media: Tensor, prompts: Sequence[str], data: MediaFolderConfig, out_dir: Path,

@@ -10,6 +10,9 @@ one resnet more per level, exactly as diffusers builds it, so SD1/SDXL (4 channe
 and SD3/Flux-style (16 channels, no quant convs) weights convert without change
 (mmflow.interop.diffusers_vae). Initialisation is PyTorch's default, as in diffusers.
 
+Large images can be encoded and decoded as overlapping, blended tiles (`tile_latent_size`,
+mmflow.tokenizers.tiling); off by default.
+
 Run-time setting, not saved with the model: `ImageVAE(config, gradient_checkpointing=True)` or later
 `vae.set_gradient_checkpointing(True)`.
 """
@@ -28,6 +31,9 @@ from mmflow.config import check, preset_config
 from mmflow.model_io import register_model
 from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer, check_latent_stats
 from mmflow.tokenizers.conv_blocks import DownBlock2d, MidBlock2d, UpBlock2d, group_norm
+from mmflow.tokenizers.tiling import (
+    resolve_tiling, tile_overlap_field, tile_size_field, tiled_map, validate_tiling,
+)
 
 __all__ = ["ImageVAEConfig", "ImageVAE", "ImageEncoder", "ImageDecoder", "IMAGE_VAE_PRESETS",
            "image_vae_config"]
@@ -49,6 +55,8 @@ class ImageVAEConfig:
     mid_block_attention: bool = _field(True, "self-attention between the two mid-block resnets")
     use_quant_conv: bool = _field(False, "1x1 convs after the encoder and before the decoder (SD1/SDXL have them)")
     dropout: float = _field(0.0, "dropout inside every resnet", min=0.0, max=1.0, max_exclusive=True)
+    tile_latent_size: int = tile_size_field()  # spatial tiling of encode/decode (mmflow.tokenizers.tiling)
+    tile_overlap: int | None = tile_overlap_field()
     latent_shift: list[float] | None = _field(None, "per-channel shift of raw latents (None = 0); see latent_stats")
     latent_scale: list[float] | None = _field(None, "per-channel scale, ~1/std of raw latents (None = 1)")
 
@@ -62,6 +70,7 @@ class ImageVAEConfig:
         check(not bad, "norm_num_groups",
               f"{self.norm_num_groups} does not divide the widths {bad} of block_out_channels "
               f"{list(self.block_out_channels)}")
+        validate_tiling(self.tile_latent_size, self.tile_overlap)
         check_latent_stats(self.latent_shift, self.latent_scale, self.latent_channels)
 
 
@@ -195,26 +204,36 @@ class ImageVAE(Tokenizer):
     def last_layer_weight(self) -> nn.Parameter:
         return self.decoder.conv_out.weight
 
-    def encode(self, x: Tensor) -> DiagonalGaussian:
-        """Images (B, C, H, W) in [-1, 1] -> posterior over raw latents, mean/logvar (B, C_lat, H/f, W/f)."""
+    def _encode_moments(self, x: Tensor) -> Tensor:
+        moments = self.encoder(x)  # (B, 2 C_lat, H/f, W/f)
+        return moments if self.quant_conv is None else self.quant_conv(moments)
+
+    def _decode_raw(self, z: Tensor) -> Tensor:
+        return self.decoder(z if self.post_quant_conv is None else self.post_quant_conv(z))  # (B, C, h f, w f)
+
+    def encode(self, x: Tensor, tile_latent_size: int | None = None,
+               tile_overlap: int | None = None) -> DiagonalGaussian:
+        """Images (B, C, H, W) in [-1, 1] -> posterior over raw latents, mean/logvar (B, C_lat, H/f, W/f).
+
+        `tile_latent_size`, `tile_overlap` (default: the config's; 0 = no tiling): mmflow.tokenizers.tiling."""
         if x.ndim != 4:
             raise ValueError(f"ImageVAE.encode expects images (B, C, H, W), got shape {tuple(x.shape)}")
         self._check_image_size(*x.shape[1:])
         self._check_finite(x, "ImageVAE.encode input")
-        moments = self.encoder(x)  # (B, 2 C_lat, H/f, W/f)
-        if self.quant_conv is not None:
-            moments = self.quant_conv(moments)
+        moments = tiled_map(self._encode_moments, x, resolve_tiling(self.config, tile_latent_size, tile_overlap),
+                            in_factor=self.downsample_factor)
         mean, logvar = moments.chunk(2, dim=1)
         return DiagonalGaussian(mean, logvar)
 
-    def decode(self, z: Tensor, like_shape: Sequence[int] | None = None) -> Tensor:
+    def decode(self, z: Tensor, like_shape: Sequence[int] | None = None, tile_latent_size: int | None = None,
+               tile_overlap: int | None = None) -> Tensor:
         """Raw latents (B, C_lat, h, w) -> images (B, C, h f, w f), roughly in [-1, 1] (not clamped).
 
-        `like_shape` is accepted for the common signature: images are never padded, nothing to crop."""
+        `like_shape` is accepted for the common signature: images are never padded, nothing to crop.
+        `tile_latent_size`, `tile_overlap` (default: the config's; 0 = no tiling): mmflow.tokenizers.tiling."""
         if z.ndim != 4 or z.shape[1] != self.config.latent_channels:
             raise ValueError(f"ImageVAE.decode expects latents (B, {self.config.latent_channels}, h, w), "
                              f"got shape {tuple(z.shape)}")
         self._check_finite(z, "ImageVAE.decode input")
-        if self.post_quant_conv is not None:
-            z = self.post_quant_conv(z)
-        return self.decoder(z)
+        return tiled_map(self._decode_raw, z, resolve_tiling(self.config, tile_latent_size, tile_overlap),
+                         out_factor=self.downsample_factor)

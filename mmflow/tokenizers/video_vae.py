@@ -6,8 +6,10 @@ so the first frame is encoded on its own and an image is a 1-frame video: T = 1 
 
 Long clips are encoded and decoded in temporal chunks that carry each conv's last frames to the next
 chunk, so chunked results equal whole-clip results (to float rounding) while memory stays bounded by
-the chunk length. A clip whose length is not 1 + 4k is an error unless `pad_frames` is set: then the
-last frame is repeated up to the next valid length and decoding crops back.
+the chunk length. Large frames can also be cut in space (`tile_latent_size`, mmflow.tokenizers.tiling):
+overlapping tiles, blended; approximate, with memory bounded by the tile. A clip whose length is not
+1 + 4k is an error unless `pad_frames` is set: then the last frame is repeated up to the next valid
+length and decoding crops back.
 
     vae = VideoVAE(VideoVAEConfig())
     post = vae.encode(video)                       # DiagonalGaussian over (B, 16, 1 + (T-1)/4, H/8, W/8)
@@ -35,8 +37,11 @@ from mmflow.tokenizers.causal3d import (
     Upsample3d,
     streaming,
 )
+from mmflow.tokenizers.tiling import (
+    resolve_tiling, tile_overlap_field, tile_size_field, tiled_map, validate_tiling,
+)
 
-__all__ = ["VIDEO_VAE_PRESETS", "VideoVAE", "VideoVAEConfig", "video_vae_config"]
+__all__ = ["VIDEO_VAE_PRESETS", "VideoVAE", "VideoVAEConfig", "nearest_frame_counts", "video_vae_config"]
 
 
 def _field(default: Any, doc: str = "", **bounds: Any) -> Any:
@@ -64,6 +69,8 @@ class VideoVAEConfig:
                                           "multiple of the temporal factor; 0 = whole clip", min=0)
     decode_chunk_latents: int = _field(4, "latent frames per decoder chunk after the first (one more); "
                                           "0 = whole clip", min=0)
+    tile_latent_size: int = tile_size_field()  # spatial tiling of encode/decode (mmflow.tokenizers.tiling)
+    tile_overlap: int | None = tile_overlap_field()
     latent_shift: list[float] | None = _field(None, "per-channel latent mean (None until measured)")
     latent_scale: list[float] | None = _field(None, "per-channel 1/std (None until measured)")
 
@@ -92,6 +99,7 @@ class VideoVAEConfig:
         check(not bad, "norm_num_groups", f"{self.norm_num_groups} does not divide block_out_channels {bad}")
         check(self.encode_chunk_frames % self.temporal_factor == 0, "encode_chunk_frames",
               f"must be a multiple of the temporal factor {self.temporal_factor}, got {self.encode_chunk_frames}")
+        validate_tiling(self.tile_latent_size, self.tile_overlap)
         check_latent_stats(self.latent_shift, self.latent_scale, self.latent_channels)
 
 
@@ -176,6 +184,13 @@ class VideoDecoder(nn.Module):
         return self.conv_out(nn.functional.silu(self.norm_out(h)))  # (B, C, T, H, W)
 
 
+def nearest_frame_counts(num_frames: int, temporal_factor: int) -> tuple[int, int]:
+    """The valid clip lengths (1 + k * temporal_factor) nearest `num_frames` >= 1 from below and above
+    (both `num_frames` when it is valid)."""
+    below = 1 + (num_frames - 1) // temporal_factor * temporal_factor
+    return below, below if below == num_frames else below + temporal_factor
+
+
 def _chunks(length: int, first: int, rest: int) -> list[tuple[int, int]]:
     """[start, end) bounds: one chunk of `first` items, then chunks of `rest` (the last may be shorter)."""
     bounds, start = [(0, min(first, length))], min(first, length)
@@ -235,8 +250,9 @@ class VideoVAE(Tokenizer):
         t = x.shape[2]
         if (t - 1) % tf:
             if not cfg.pad_frames:
+                below, above = nearest_frame_counts(t, tf)
                 raise ValueError(f"T={t} frames does not fit temporal factor {tf}: use 1 + {tf}k frames "
-                                 f"(e.g. {1 + 3 * tf} or {1 + 4 * tf}) or set pad_frames: true")
+                                 f"(the nearest: {below} or {above}) or set pad_frames: true")
             extra = tf - (t - 1) % tf
             x = torch.cat([x, x[:, :, -1:].expand(-1, -1, extra, -1, -1)], dim=2)  # (B, C, 1 + k*tf, H, W)
         return x
@@ -250,38 +266,47 @@ class VideoVAE(Tokenizer):
 
     # ---- encode / decode ----------------------------------------------------------------------
 
-    def encode(self, x: Tensor, chunk_frames: int | None = None) -> DiagonalGaussian:
+    @staticmethod
+    def _run_chunked(module: nn.Module, x: Tensor, chunk: int) -> Tensor:
+        """module over x (B, C, T, h, w) in temporal chunks of 1 + chunk, then chunk frames, carrying causal state."""
+        if chunk <= 0 or x.shape[2] <= 1 + chunk:
+            return module(x)
+        with streaming(module):
+            return torch.cat([module(x[:, :, s:e]) for s, e in _chunks(x.shape[2], 1 + chunk, chunk)], dim=2)
+
+    def encode(self, x: Tensor, chunk_frames: int | None = None, tile_latent_size: int | None = None,
+               tile_overlap: int | None = None) -> DiagonalGaussian:
         """Video (B, C, T, H, W) in [-1, 1] -> posterior over raw latents (B, C_lat, 1 + (T-1)/tf, H/sf, W/sf).
 
         `chunk_frames` (default: config.encode_chunk_frames; 0 = whole clip) must be a multiple of the
         temporal factor; the first chunk holds one more frame (frame 0 is encoded on its own).
+        `tile_latent_size`, `tile_overlap` (default: the config's; 0 = no tiling) tile space
+        (mmflow.tokenizers.tiling); each tile is chunked in time.
         """
         x = self._check_video(x)
         chunk = self.config.encode_chunk_frames if chunk_frames is None else chunk_frames
         tf = self.config.temporal_factor
         if chunk % tf:
             raise ValueError(f"VideoVAE.encode: chunk_frames must be a multiple of the temporal factor {tf}, got {chunk}")
-        if chunk <= 0 or x.shape[2] <= 1 + chunk:
-            h = self.encoder(x)
-        else:
-            with streaming(self.encoder):
-                h = torch.cat([self.encoder(x[:, :, s:e]) for s, e in _chunks(x.shape[2], 1 + chunk, chunk)], dim=2)
+        tiling = resolve_tiling(self.config, tile_latent_size, tile_overlap)
+        h = tiled_map(lambda tile: self._run_chunked(self.encoder, tile, chunk), x, tiling,
+                      in_factor=self.config.spatial_factor)
         mean, logvar = h.chunk(2, dim=1)  # (B, C_lat, T', H', W') each
         return DiagonalGaussian(mean, logvar)
 
-    def decode(self, z: Tensor, like_shape: Sequence[int] | None = None, chunk_latents: int | None = None) -> Tensor:
+    def decode(self, z: Tensor, like_shape: Sequence[int] | None = None, chunk_latents: int | None = None,
+               tile_latent_size: int | None = None, tile_overlap: int | None = None) -> Tensor:
         """Raw latents (B, C_lat, T', H', W') -> video (B, C, 1 + (T'-1)*tf, H'*sf, W'*sf).
 
         `like_shape` (B, C, T, H, W) crops the output to the clip's original T frames (after pad_frames);
-        `chunk_latents` (default: config.decode_chunk_latents; 0 = whole) sets the chunk length.
+        `chunk_latents` (default: config.decode_chunk_latents; 0 = whole) sets the chunk length;
+        `tile_latent_size`, `tile_overlap` (default: the config's; 0 = no tiling) tile space.
         """
         self._check_latents(z)
         chunk = self.config.decode_chunk_latents if chunk_latents is None else chunk_latents
-        if chunk <= 0 or z.shape[2] <= 1 + chunk:
-            video = self.decoder(z)
-        else:
-            with streaming(self.decoder):
-                video = torch.cat([self.decoder(z[:, :, s:e]) for s, e in _chunks(z.shape[2], 1 + chunk, chunk)], dim=2)
+        tiling = resolve_tiling(self.config, tile_latent_size, tile_overlap)
+        video = tiled_map(lambda tile: self._run_chunked(self.decoder, tile, chunk), z, tiling,
+                          out_factor=self.config.spatial_factor)
         if like_shape is not None:
             num_frames, full, tf = like_shape[2], video.shape[2], self.config.temporal_factor
             if not full - tf < num_frames <= full:

@@ -337,3 +337,37 @@ def test_dropped_rows_see_the_models_own_null_condition(null_text) -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(x, t, cond, drop=drop), model(x, t, expected), atol=0, rtol=0)
         assert not torch.allclose(model(x, t, cond, drop=drop), model(x, t, cond))
+
+
+def test_bf16_autocast_with_qk_norm_warns_nothing_and_stays_close_to_fp32() -> None:
+    """qk RMSNorm runs in fp32 under autocast: no mixed-dtype fallback warning, output near the fp32 one."""
+    import warnings
+
+    model = _model()
+    x, t, cond = _inputs(model)
+    ref = model(x, t, cond)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, t, cond)
+    assert out.dtype == torch.bfloat16
+    rel = ((out.float() - ref).norm() / ref.norm()).item()
+    assert rel < 0.05, rel
+
+
+def test_concat_channels_join_the_latents_absent_means_zeros_and_dropout_keeps_them() -> None:
+    model = _model(patch_size=(1, 2, 2), concat_channels=4)
+    x, t, cond = _inputs(model, spatial=(3, 4, 4))
+    extra = torch.randn(2, 4, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    plain = model(x, t, cond)
+    assert torch.equal(plain, model(x, t, {**cond, "concat": torch.zeros_like(extra)}))
+    joined = model(x, t, {**cond, "concat": extra})
+    assert joined.shape == x.shape and not torch.allclose(joined, plain)
+    drop = torch.tensor([True, False])  # row 0 loses its text but keeps its conditioning image
+    dropped = model(x, t, {**cond, "concat": extra}, drop=drop)
+    assert torch.allclose(dropped[1], joined[1], atol=1e-6)
+    null = model.null_condition(x)
+    assert torch.allclose(dropped[0], model(x[:1], t[:1], {**{k: v[:1] for k, v in null.items()}, "concat": extra[:1]})[0],
+                          atol=1e-6)
+    with pytest.raises(ValueError, match=r"cond\['concat'\] must be shaped \(2, 4, 3, 4, 4\)"):
+        model(x, t, {**cond, "concat": extra[:, :3]})

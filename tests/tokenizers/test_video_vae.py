@@ -155,7 +155,7 @@ def test_pad_frames_repeats_last_frame_and_crops() -> None:
 def test_bad_inputs() -> None:
     vae = _vae()
     with pytest.raises(ValueError, match=r"T=6 frames does not fit temporal factor 4: use 1 \+ 4k frames "
-                                         r"\(e\.g\. 13 or 17\) or set pad_frames: true"):
+                                         r"\(the nearest: 5 or 9\) or set pad_frames: true"):
         vae.encode(_video(6))
     with pytest.raises(ValueError, match="expects 3 channels"):
         vae.encode(torch.zeros(1, 4, 5, 8, 8))

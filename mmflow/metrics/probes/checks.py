@@ -2,6 +2,7 @@
 by name, that score media against their prompts (the compositional check of a synthetic set).
 
     prompt_check("shapes", images, prompts)     # {"colour": 0.97, "position": 0.99, "shape": 0.9, ...}
+    prompt_check("shapes_video", clips, prompts)  # {"motion": 0.93, "colour": 0.98, ...}; clips (N, 3, T, H, W)
 
 Each returns accuracies in [0, 1] by attribute (NaN where no prompt of a kind was asked); evaluation
 logs them as eval_<check>_<attribute>.
@@ -29,7 +30,15 @@ def _shapes(media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
     return {k: float(v) for k, v in report.items() if k not in ("items", "n_one", "n_two")}
 
 
-PROMPT_CHECKS: dict[str, Callable[[Tensor, Sequence[str]], dict[str, float]]] = {"shapes": _shapes}
+def _shapes_video(media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    from mmflow.metrics.probes.shapes_video import score_shapes_video
+
+    report = score_shapes_video(media, prompts)  # media (N, 3, T, 64, 64): video items
+    return {k: float(v) for k, v in report.items() if k not in ("items", "n")}
+
+
+PROMPT_CHECKS: dict[str, Callable[[Tensor, Sequence[str]], dict[str, float]]] = {"shapes": _shapes,
+                                                                                  "shapes_video": _shapes_video}
 
 
 def prompt_check(name: str, media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
