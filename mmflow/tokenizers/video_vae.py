@@ -234,28 +234,40 @@ class VideoVAE(Tokenizer):
 
     def _check_video(self, x: Tensor) -> Tensor:
         """Validate (B, C, T, H, W) and, with pad_frames, repeat the last frame up to 1 + k*tf frames."""
-        cfg = self.config
         if x.ndim != 5:
             hint = "; for an image (B, C, H, W) use x.unsqueeze(2) (a 1-frame video)" if x.ndim == 4 else ""
             raise ValueError(f"VideoVAE expects video of shape (B, C, T, H, W), got {tuple(x.shape)}{hint}")
-        if x.shape[1] != cfg.in_channels:
-            raise ValueError(f"VideoVAE expects {cfg.in_channels} channels (in_channels) at dim 1, got {x.shape[1]} "
-                             f"in shape {tuple(x.shape)}")
-        sf, tf = cfg.spatial_factor, cfg.temporal_factor
-        h, w = x.shape[3:]
-        if h % sf or w % sf:
-            raise ValueError(f"VideoVAE: height and width must be multiples of the spatial factor {sf}, got {h}x{w}")
+        self._check_clip_shape(tuple(x.shape[1:]))
         if not torch.isfinite(x).all():
             raise ValueError("VideoVAE: input video contains NaN or Inf values")
-        t = x.shape[2]
-        if (t - 1) % tf:
-            if not cfg.pad_frames:
-                below, above = nearest_frame_counts(t, tf)
-                raise ValueError(f"T={t} frames does not fit temporal factor {tf}: use 1 + {tf}k frames "
-                                 f"(the nearest: {below} or {above}) or set pad_frames: true")
-            extra = tf - (t - 1) % tf
+        tf = self.config.temporal_factor
+        if (x.shape[2] - 1) % tf:  # pad_frames (else _check_clip_shape refused it)
+            extra = tf - (x.shape[2] - 1) % tf
             x = torch.cat([x, x[:, :, -1:].expand(-1, -1, extra, -1, -1)], dim=2)  # (B, C, 1 + k*tf, H, W)
         return x
+
+    def _check_clip_shape(self, shape: tuple[int, ...]) -> None:
+        """One clip's (C, T, H, W): channels, spatial factor, and 1 + k*tf frames unless pad_frames."""
+        cfg = self.config
+        c, t, h, w = shape
+        if c != cfg.in_channels:
+            raise ValueError(f"VideoVAE expects {cfg.in_channels} channels (in_channels) at dim 1, got {c} "
+                             f"in a clip shaped {shape}")
+        sf, tf = cfg.spatial_factor, cfg.temporal_factor
+        if h % sf or w % sf:
+            raise ValueError(f"VideoVAE: height and width must be multiples of the spatial factor {sf}, got {h}x{w}")
+        if (t - 1) % tf and not cfg.pad_frames:
+            below, above = nearest_frame_counts(t, tf)
+            raise ValueError(f"T={t} frames does not fit temporal factor {tf}: use 1 + {tf}k frames "
+                             f"(the nearest: {below} or {above}) or set pad_frames: true")
+
+    def latent_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """Clip shape (C, T, H, W) -> latent shape (latent_channels, T', H/sf, W/sf), checked as encode checks it."""
+        shape = tuple(shape)
+        if len(shape) != 4:
+            raise ValueError(f"expected a clip shape (C, T, H, W), got {shape}")
+        self._check_clip_shape(shape)
+        return (self.config.latent_channels, *self.latent_size(*shape[1:]))
 
     def _check_latents(self, z: Tensor) -> None:
         c = self.config.latent_channels

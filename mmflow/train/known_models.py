@@ -58,6 +58,10 @@ KNOWN_TOKENIZERS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
                 ("sd3-vae", "sd35-vae", "sd3.5-vae", "flux-vae", "sd3-medium-vae")),
     "sd-vae": ("image_vae", dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
                                  use_quant_conv=True), ("sd-vae", "sdxl-vae", "sd15-vae")),
+    # mmflow's causal video VAE at CogVideoX's widths (VIDEO_VAE_PRESETS["cogvideox"]): 4x time, 8x space,
+    # 16 channels, trained with `mmflow train tokenizers/video.yaml model.preset=cogvideox ...`
+    "video-vae-16ch": ("video_vae", dict(block_out_channels=(128, 256, 256, 512), layers_per_block=3, latent_channels=16),
+                       ("video-vae-16ch", "video-vae", "cogvideox-vae")),
 }
 
 

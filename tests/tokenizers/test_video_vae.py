@@ -227,3 +227,13 @@ def test_short_training_reduces_reconstruction_error(short_fit) -> None:
     constant = (x - x.mean(dim=(0, 2, 3, 4), keepdim=True)).abs().mean().item()  # best colour, no structure
     assert final < 0.35 * losses[0], (losses[0], final)
     assert final < 0.5 * constant, (constant, final)  # it reconstructs the moving structure, not a mean colour
+
+
+def test_latent_shape_is_what_encode_gives_without_encoding() -> None:
+    vae = _vae()
+    x = _video(9)
+    assert vae.latent_shape(tuple(x.shape[1:])) == tuple(vae.encode(x).mean.shape[1:])
+    with pytest.raises(ValueError, match=r"the nearest: 9 or 13"):
+        vae.latent_shape((3, 10, 16, 16))
+    with pytest.raises(ValueError, match=r"expected a clip shape \(C, T, H, W\)"):
+        vae.latent_shape((3, 16, 16))
