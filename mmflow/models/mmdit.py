@@ -447,6 +447,23 @@ class MMDiT(nn.Module):
             out["label"] = torch.full((b,), cfg.num_classes, device=device, dtype=torch.long)
         return out
 
+    def adapt_init_state(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+        """Weights of another MM-DiT made to fit this one where the difference is known: a model with fewer
+        concatenated input channels (a text-to-video model starting an image-to-video one) gets the new
+        channels' patch-embedding columns at zero, so it starts as the old model. -> (state, what changed)."""
+        w, own = state.get("x_embedder.weight"), self.x_embedder.weight
+        if w is None or w.shape == own.shape or w.ndim != 2 or w.shape[0] != own.shape[0]:
+            return state, []
+        p = math.prod(self.config.patch_size)
+        c_new = own.shape[1] // p
+        c_old = w.shape[1] // p
+        if w.shape[1] % p or not self.config.in_channels <= c_old < c_new:
+            return state, []
+        wide = own.new_zeros(own.shape).view(own.shape[0], p, c_new)  # a patch flattens as (p..., C): C fastest
+        wide[:, :, :c_old] = w.view(w.shape[0], p, c_old).to(own.dtype)
+        return ({**state, "x_embedder.weight": wide.view_as(own)},
+                [f"x_embedder: {c_old} -> {c_new} input channels per patch position (new ones start at zero)"])
+
     def _concat_input(self, extra: Tensor | None, x: Tensor) -> Tensor:
         """cond['concat'] checked against x (B, C, *S), or zeros (B, concat_channels, *S) when absent."""
         want = (x.shape[0], self.config.concat_channels, *x.shape[2:])

@@ -21,6 +21,9 @@ class TrainConfig:
     eps: float = field(default=1e-8, metadata={"min": 0.0, "min_exclusive": True})
     grad_clip: float | None = field(default=1.0, metadata={"help": "max global grad norm; null = off"})
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    init_from: str | None = field(default=None, metadata={
+        "exists": "dir", "help": "start the trained models from this run, checkpoint or exported model (EMA weights "
+                                 "where saved); a fresh start only (--resume continues the run's own checkpoint)"})
     ema_decay: float | None = field(default=0.999, metadata={"help": "null = no EMA"})
     ema_warmup: bool = field(default=True, metadata={"help": "decay ramps as (1+n)/(10+n) early on"})
     num_workers: int = field(default=0, metadata={"min": 0, "help": "DataLoader worker processes per rank"})

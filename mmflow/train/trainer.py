@@ -41,6 +41,7 @@ from mmflow.flow.loss import TBinStats
 from mmflow.model_io import load_weights_strict, save_model
 from mmflow.train import checkpoint as ckpt
 from mmflow.train.ema import EMA
+from mmflow.train.init_from import init_from
 from mmflow.train.lr import lr_at
 from mmflow.train.random import BatchRandom
 from mmflow.train.sampler import StreamBatchSampler
@@ -174,6 +175,8 @@ class Trainer:
         acc = self.accelerator
         set_seed(self.recipe.seed)  # identical initial weights on every rank
         models = self.task.build_models()
+        if self.cfg.init_from and not self.resume:  # a resumed run loads its own checkpoint
+            init_from(models, Path(self.cfg.init_from))
         self.groups = self.task.optimizer_groups(models)
         unknown = {n for names in self.groups.values() for n in names} - set(models)
         if unknown:

@@ -1,0 +1,65 @@
+"""train.init_from: a fresh run starts from another run's (EMA) weights; resume ignores it; mismatches are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmflow.config import ConfigError
+from mmflow.model_io import load_model
+from mmflow.models import MMDiT, MMDiTConfig
+from mmflow.tasks.toy2d import Toy2DTask
+from mmflow.train.init_from import init_from
+from mmflow.train.trainer import Trainer
+
+
+def _train(recipe, run_dir: Path):
+    return Trainer(recipe, Toy2DTask(recipe), run_dir).train()
+
+
+def test_a_fresh_run_starts_from_the_source_ema_weights(tmp_path, make_toy_recipe) -> None:
+    src = tmp_path / "src"
+    _train(make_toy_recipe("train.max_steps=6", "train.checkpoint_every=6", "sample.num_samples=64"), src)
+    ema = load_model(src / "model" / "models" / "velocity_ema")
+    recipe = make_toy_recipe("train.max_steps=2", "train.checkpoint_every=2", "sample.num_samples=64",
+                             f"train.init_from={src}", "train.lr=1e-12", "train.warmup_steps=0")
+    _train(recipe, tmp_path / "dst")
+    log = (tmp_path / "dst" / "train.log").read_text()
+    assert f"initialised velocity from {src / 'model' / 'models' / 'velocity_ema'}" in log
+    got = load_model(tmp_path / "dst" / "model" / "models" / "velocity")  # two steps at lr 1e-12: the start
+    for (name, a), b in zip(ema.state_dict().items(), got.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=0, msg=name)
+    fresh = make_toy_recipe("train.max_steps=2", "train.checkpoint_every=2", "sample.num_samples=64",
+                            "train.lr=1e-12", "train.warmup_steps=0")
+    _train(fresh, tmp_path / "scratch")  # without init_from the run starts elsewhere
+    other = load_model(tmp_path / "scratch" / "model" / "models" / "velocity")
+    assert not torch.allclose(next(iter(other.state_dict().values())), next(iter(ema.state_dict().values())))
+
+
+def test_an_mmdit_gaining_first_frame_channels_starts_as_the_old_model() -> None:
+    base = dict(in_channels=4, patch_size=(1, 2, 2), hidden_size=32, depth=2, num_heads=2, context_dim=8)
+    torch.manual_seed(0)
+    old = MMDiT(MMDiTConfig(**base))
+    with torch.no_grad():
+        for p in old.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # past the zero-inits: every path is live
+    new = MMDiT(MMDiTConfig(**base, concat_channels=5))
+    state, changes = new.adapt_init_state(old.state_dict())
+    new.load_state_dict(state)
+    assert changes and "4 -> 9 input channels" in changes[0]
+    x, t = torch.randn(2, 4, 3, 4, 4), torch.rand(2)
+    cond = {"text": torch.randn(2, 5, 8)}
+    torch.testing.assert_close(new(x, t, cond), old(x, t, cond))  # no first frame: exactly the old model
+
+
+def test_a_source_that_does_not_fit_is_named(tmp_path, make_toy_recipe) -> None:
+    src = tmp_path / "src"
+    _train(make_toy_recipe("train.max_steps=2", "train.checkpoint_every=2", "sample.num_samples=64"), src)
+    wider = make_toy_recipe("model.hidden=48", "train.max_steps=2", f"train.init_from={src}")
+    task = Toy2DTask(wider)
+    with pytest.raises(ConfigError, match=r"train\.init_from: .*shape mismatches.*same architecture"):
+        init_from(task.build_models(), src)
+    with pytest.raises(ConfigError, match="holds no models/ folder, no model/ export and no checkpoint"):
+        init_from(task.build_models(), tmp_path)
