@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmflow.config import check
+from mmflow.metrics.probes.checks import PROMPT_CHECKS
 
 __all__ = ["AUTO_FEATURES", "CHECKS", "EvalConfig", "METRICS"]
 
 METRICS = ("fd", "precision_recall", "density_coverage", "clip_score", "aesthetic")
-CHECKS = ("shapes", "shapes_video")  # the prompt checks of mmflow.metrics.probes.checks
+CHECKS = tuple(PROMPT_CHECKS)  # the registry's names: a new check is one line there
 # the weight-free default per modality, and the options its factory takes
 AUTO_FEATURES: dict[str, tuple[str, dict[str, Any]]] = {
     "image": ("pixels", {}), "video": ("video_frames", {"frames": "pixels"}), "audio": ("mel", {})}

@@ -3,6 +3,7 @@ by name, that score media against their prompts (the compositional check of a sy
 
     prompt_check("shapes", images, prompts)     # {"colour": 0.97, "position": 0.99, "shape": 0.9, ...}
     prompt_check("shapes_video", clips, prompts)  # {"motion": 0.93, "colour": 0.98, ...}; clips (N, 3, T, H, W)
+    prompt_check("emoji_video", clips, prompts)   # {"motion": 0.96, "background": 1.0, "all": 0.96}
 
 Each returns accuracies in [0, 1] by attribute (NaN where no prompt of a kind was asked); evaluation
 logs them as eval_<check>_<attribute>.
@@ -37,8 +38,16 @@ def _shapes_video(media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
     return {k: float(v) for k, v in report.items() if k not in ("items", "n")}
 
 
+def _emoji_video(media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    from mmflow.metrics.probes.emoji_video_check import score_emoji_video
+
+    report = score_emoji_video(media, prompts)  # media (N, 3, T, H, W): resampled to the probe's 16x64x64
+    return {k: float(v) for k, v in report.items() if k not in ("items", "n")}
+
+
 PROMPT_CHECKS: dict[str, Callable[[Tensor, Sequence[str]], dict[str, float]]] = {"shapes": _shapes,
-                                                                                  "shapes_video": _shapes_video}
+                                                                                  "shapes_video": _shapes_video,
+                                                                                  "emoji_video": _emoji_video}
 
 
 def prompt_check(name: str, media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
