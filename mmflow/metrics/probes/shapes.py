@@ -240,9 +240,13 @@ def _score_two(prompt: ShapePrompt, found: list[FoundObject], shapes: list[str])
     def matches(order: tuple[int, int]) -> list[bool]:
         return [preds[k]["colour"] == w.colour and preds[k]["shape"] == w.shape for k, w in zip(order, prompt.objects)]
 
-    # which found object is the first one asked for: the order matching more of the asked objects
-    # (colour and shape); ties keep the larger object first
-    order = max([(0, 1), (1, 0)], key=lambda o: sum(matches(o)))
+    def colours(order: tuple[int, int]) -> int:
+        return sum(preds[k]["colour"] == w.colour for k, w in zip(order, prompt.objects))
+
+    # which found object is the first one asked for: the order matching more of the asked objects (colour and
+    # shape), then more of their colours (the two asked colours always differ: with wrong shapes the relation
+    # is still read between the right colours); ties keep the larger object first
+    order = max([(0, 1), (1, 0)], key=lambda o: (sum(matches(o)), colours(o)))
     a, b = found[order[0]], found[order[1]]
     rel = relation_of(a.centroid, b.centroid)
     both = all(matches(order))

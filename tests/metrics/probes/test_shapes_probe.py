@@ -40,6 +40,11 @@ def redraw(item: ShapeItem, change) -> np.ndarray:
     return sd.render([change(k, obj) for k, obj in enumerate(objs)])
 
 
+def other(names, name, step=1):
+    """The name `step` places after `name` in `names` (cyclic): a wrong value of the same kind."""
+    return names[(list(names).index(name) + step) % len(names)]
+
+
 def test_exact_on_generated_test_and_train_images(probe):
     test, train = make_shapes(CFG, "test")[::4], make_shapes(CFG)  # 32 + 6 test images (both kinds), 48 train
     for items in (test, train):
@@ -65,9 +70,6 @@ def test_prompts_as_captions_prompts_or_metadata_dicts(probe):
 def test_fails_where_the_image_differs_from_the_prompt(probe):
     ones = [it for it in make_shapes(CFG) if it.prompt.kind == "one"]
     prompts = [it.prompt for it in ones]
-
-    def other(names, name, step=1):
-        return names[(list(names).index(name) + step) % len(names)]
 
     recoloured = [redraw(it, lambda k, o: (o[0], other(list(COLOURS), o[1], 3), *o[2:])) for it in ones]
     s = score_shapes(as_tensor(recoloured), prompts, probe)
@@ -104,6 +106,14 @@ def test_two_objects_swapped_places_or_colours_fail(probe):
                    for it, o in zip(twos, (it.prompt.objects[0] for it in twos))]
     s = score_shapes(as_tensor(one_missing), prompts, probe)
     assert s["both_objects"] == 0.0 and math.isnan(s["count"])  # no one-object prompts
+
+
+def test_the_relation_is_read_between_the_asked_colours_even_when_the_shapes_are_wrong(probe):
+    twos = [it for it in make_shapes(CFG) if it.prompt.kind == "two"]
+    prompts = [it.prompt for it in twos]
+    wrong_shapes = [redraw(it, lambda k, o: (other(SHAPES, o[0]), *o[1:])) for it in twos]
+    s = score_shapes(as_tensor(wrong_shapes), prompts, probe)
+    assert s["relation"] == 1.0 and s["both_objects"] <= 0.05
 
 
 def test_touching_objects_are_split_by_colour():
