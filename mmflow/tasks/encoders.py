@@ -185,12 +185,15 @@ class MediaEncoders:
         return self.text_config.pooled_width
 
     def latent_shape(self, media_shape: Sequence[int]) -> tuple[int, ...]:
-        """(C, *axes) of one item's latents: media_shape through the tokenizer (one probe encode per shape)."""
+        """(C, *axes) of one item's latents: media_shape through the tokenizer (its latent_shape, else one probe
+        encode per shape)."""
         key = tuple(media_shape)
         if key not in self._latent_shapes:
             tok = self.tokenizer
             if tok is None:
                 self._latent_shapes[key] = key
+            elif hasattr(tok, "latent_shape"):  # image and video VAEs know it without encoding
+                self._latent_shapes[key] = tuple(tok.latent_shape(key))
             else:
                 with torch.no_grad():
                     probe = torch.zeros(1, *key, device=next(tok.parameters()).device)
