@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from mmflow.errors import MissingInput, UserError
 from mmflow.model_io import load_model
 
-__all__ = ["SHIPPED_PROBES", "AttributeClassifier", "Labels", "Probe", "ProbeConfig", "ProbeInputError", "encode_labels", "load_probe",
-           "shipped_probe_path"]
+__all__ = ["SHIPPED_PROBES", "AttributeClassifier", "Labels", "Probe", "ProbeConfig", "ProbeInputError", "encode_labels", "fraction",
+           "load_probe", "shipped_probe_path"]
 
 # The probe folders the repository ships (checkpoints/probes/<name>/), next to the package in a checkout.
 SHIPPED_PROBES = Path(__file__).resolve().parents[3] / "checkpoints" / "probes"
@@ -165,6 +165,11 @@ class Probe(nn.Module, AttributeClassifier, ABC):
                 parts[a].append(z.argmax(dim=1).cpu())
         self.train(was_training)
         return {a: torch.cat(p) if p else torch.zeros(0, dtype=torch.long) for a, p in parts.items()}
+
+def fraction(flags: Sequence[bool]) -> float:
+    """The fraction of true flags: a probe's accuracy over the prompts that ask something (NaN when none does)."""
+    return sum(bool(f) for f in flags) / len(flags) if flags else float("nan")
+
 
 def shipped_probe_path(name: str) -> Path:
     """checkpoints/probes/<name> of this checkout; MissingInput says how to make it when absent."""

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmflow.errors import UserError
-from mmflow.metrics.probes.base import AttributeClassifier, ProbeInputError, load_probe
+from mmflow.metrics.probes.base import AttributeClassifier, ProbeInputError, fraction, load_probe
 from mmflow.metrics.probes.emoji_video import BACKGROUNDS, CLIP_SHAPE, MOTIONS
 
 __all__ = ["ATTRIBUTES", "BadEmojiCaption", "EmojiClipPrompt", "MOTION_PHRASES", "parse_emoji_caption",
@@ -101,10 +101,6 @@ def _check_clips(clips: Tensor, num_prompts: int) -> None:
         raise ProbeInputError(f"{len(clips)} clips but {num_prompts} prompts")
 
 
-def _mean(flags: list[bool]) -> float:
-    return sum(flags) / len(flags) if flags else float("nan")
-
-
 @torch.no_grad()
 def score_emoji_video(clips: Tensor, prompts: Sequence[str | EmojiClipPrompt], probe: AttributeClassifier | None = None,
                       batch_size: int = 64) -> dict[str, Any]:
@@ -129,7 +125,7 @@ def score_emoji_video(clips: Tensor, prompts: Sequence[str | EmojiClipPrompt], p
         pred = {a: names[a][preds[a][k]] for a in ATTRIBUTES}
         ok = {a: pred[a] == getattr(p, a) for a in ATTRIBUTES if getattr(p, a) is not None}
         items.append({"prompt": p.text, "pred": pred, **ok, "all": all(ok.values())})
-    out: dict[str, Any] = {a: _mean([it[a] for it in items if a in it]) for a in (*ATTRIBUTES, "all")}
+    out: dict[str, Any] = {a: fraction([it[a] for it in items if a in it]) for a in (*ATTRIBUTES, "all")}
     out.update(n=len(items), items=items)
     return out
 

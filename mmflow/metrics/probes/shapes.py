@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from mmflow.data.shapes import (COLOURS, IMAGE_SIZE, POSITIONS, SHAPES, SIZES, ShapeItem, ShapePrompt, ShapesConfig,
                                 make_shapes, parse_caption, position_of, relation_of)
-from mmflow.metrics.probes.base import Probe, ProbeConfig, ProbeInputError, load_probe
+from mmflow.metrics.probes.base import Probe, ProbeConfig, ProbeInputError, fraction, load_probe
 from mmflow.model_io import register_model
 
 __all__ = ["CROP", "FoundObject", "ShapesProbe", "find_objects", "hue_degrees", "nearest_colour", "score_shapes",
@@ -254,10 +254,6 @@ def _score_two(prompt: ShapePrompt, found: list[FoundObject], shapes: list[str])
             "relation": rel == prompt.relation, "two_all": both and rel == prompt.relation}
 
 
-def _mean(items: list[dict[str, Any]], key: str) -> float:
-    return float(np.mean([it[key] for it in items])) if items else float("nan")
-
-
 @torch.no_grad()
 def score_shapes(images: Tensor, prompts: Sequence[str | ShapePrompt | dict],
                  probe: ShapesProbe | None = None) -> dict[str, Any]:
@@ -285,8 +281,8 @@ def score_shapes(images: Tensor, prompts: Sequence[str | ShapePrompt | dict],
         shapes, k = flat[k: k + len(f[:2])], k + len(f[:2])
         items.append(_score_one(p, f, shapes) if p.kind == "one" else _score_two(p, f, shapes))
     ones, twos = [it for it in items if it["kind"] == "one"], [it for it in items if it["kind"] == "two"]
-    out: dict[str, Any] = {a: _mean(ones, a) for a in ("colour", "position", "shape", "size", "all", "count")}
-    out.update({a: _mean(twos, a) for a in ("both_objects", "relation", "two_all")})
+    out: dict[str, Any] = {a: fraction([it[a] for it in ones]) for a in ("colour", "position", "shape", "size", "all", "count")}
+    out.update({a: fraction([it[a] for it in twos]) for a in ("both_objects", "relation", "two_all")})
     out.update(n_one=len(ones), n_two=len(twos), items=items)
     return out
 

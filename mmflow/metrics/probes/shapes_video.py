@@ -41,7 +41,7 @@ from torch import Tensor
 
 from mmflow.data.shapes import IMAGE_SIZE
 from mmflow.data.shapes_video import BACKGROUNDS, ROTATIONS, ClipPrompt, parse_caption
-from mmflow.metrics.probes.base import ProbeInputError, load_probe
+from mmflow.metrics.probes.base import ProbeInputError, fraction, load_probe
 from mmflow.metrics.probes.shapes import FG_THRESHOLD, FoundObject, ShapesProbe, find_objects
 
 __all__ = ["ATTRIBUTES", "ClipReading", "score_shapes_video", "turn_degrees"]
@@ -148,11 +148,6 @@ class ClipReading:
         return "still", measured
 
 
-
-def _mean(items: list[dict[str, Any]], key: str) -> float:
-    return float(np.mean([it[key] for it in items])) if items else float("nan")
-
-
 def _check_clips(clips: Tensor, num_prompts: int) -> None:
     """ProbeInputError unless clips is (num_prompts, 3, T >= 2, 64, 64)."""
     want = f"(B, 3, T >= 2, {IMAGE_SIZE}, {IMAGE_SIZE})"
@@ -186,7 +181,7 @@ def score_shapes_video(clips: Tensor, prompts: Sequence[str | ClipPrompt | dict]
         ok = {a: pred[a] == getattr(p, a) for a in ATTRIBUTES}
         items.append({"prompt": p.text, "pred": pred, "measured": measured, "frames_seen": len(r.seen), **ok,
                       "all": all(ok.values())})
-    out: dict[str, Any] = {a: _mean(items, a) for a in (*ATTRIBUTES, "all")}
+    out: dict[str, Any] = {a: fraction([it[a] for it in items]) for a in (*ATTRIBUTES, "all")}
     out.update(n=len(items), items=items)
     return out
 
