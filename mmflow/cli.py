@@ -285,11 +285,12 @@ def _prepare(args: argparse.Namespace) -> int:
     if not hasattr(task, "cache_dir"):
         raise ConfigError(f"task {recipe.task!r} has nothing to cache (prepare is for media recipes)", "task", args.recipe)
     accelerator = make_accelerator(recipe.train, run_dir)
-    result = prepare_cache(task, accelerator, batch_size=args.batch_size)
-    if accelerator.is_main_process:
-        print(f"cache: {result.folder}   {result.cached} items cached, {len(result.skipped)} bad items skipped")
-        for path, reason in result.skipped[:20]:
-            print(f"  skipped {path}: {reason}")
+    for part in task.cache_parts():  # a joint image+video recipe caches its images too
+        result = prepare_cache(part, accelerator, batch_size=args.batch_size)
+        if accelerator.is_main_process:
+            print(f"cache: {result.folder}   {result.cached} items cached, {len(result.skipped)} bad items skipped")
+            for path, reason in result.skipped[:20]:
+                print(f"  skipped {path}: {reason}")
     return 0
 
 

@@ -51,17 +51,31 @@ def loss_weight(t: Tensor, weighting: str) -> Tensor:
     raise ValueError(f"unknown loss weighting {weighting!r}; expected one of {list(LOSS_WEIGHTINGS)}")
 
 
-def residual_loss(residual: Tensor, loss: str = "l2", huber_c: float = DEFAULT_HUBER_C) -> Tensor:
-    """Per-example loss (B,) of residual (B, ...): "l2", "l1" or "pseudo_huber" (see the module docstring)."""
-    r = residual.reshape(residual.shape[0], -1)  # (B, D)
+def residual_loss(residual: Tensor, loss: str = "l2", huber_c: float = DEFAULT_HUBER_C,
+                  mask: Tensor | None = None) -> Tensor:
+    """Per-example loss (B,) of residual (B, ...): "l2", "l1" or "pseudo_huber" (see the module docstring).
+
+    mask: bool, broadcastable to residual (e.g. (B, 1, T, 1, 1) for real video frames): the means run over
+    the True elements of each example only (each needs one), so padding neither adds loss nor dilutes it.
+    """
+    if mask is None:
+        r = residual.reshape(residual.shape[0], -1)  # (B, D)
+        mean = lambda v: v.mean(dim=1)  # noqa: E731
+    else:
+        m = mask.expand_as(residual).reshape(residual.shape[0], -1).to(residual.dtype)  # (B, D) 0/1
+        if bool((m.sum(dim=1) == 0).any()):
+            raise ValueError("the loss mask leaves an example with no element")
+        r = residual.reshape(residual.shape[0], -1) * m  # (B, D), masked elements 0
+        count = m.sum(dim=1)  # (B,)
+        mean = lambda v: v.sum(dim=1) / count  # noqa: E731
     if loss == "l2":
-        return r.pow(2).mean(dim=1)
+        return mean(r.pow(2))
     if loss == "l1":
-        return r.abs().mean(dim=1)
+        return mean(r.abs())
     if loss == "pseudo_huber":
         if not huber_c > 0:
             raise ValueError(f"huber_c must be > 0, got {huber_c}")
-        mse = r.pow(2).mean(dim=1)  # (B,)
+        mse = mean(r.pow(2))  # (B,)
         # = sqrt(mse + c^2) - c without its cancellation when mse << c^2
         return mse / ((mse + huber_c**2).sqrt() + huber_c)
     raise ValueError(f"unknown loss {loss!r}; expected one of {list(LOSSES)}")
@@ -76,8 +90,9 @@ class CFMLoss:
 
 
 def cfm_loss(pred: Tensor, target: Tensor, t: Tensor, weighting: str = "none", loss: str = "l2",
-             huber_c: float = DEFAULT_HUBER_C) -> CFMLoss:
-    """mean_b w(t_b) * rho(pred_b - target_b) for pred, target (B, ...), t (B,); rho from `residual_loss`.
+             huber_c: float = DEFAULT_HUBER_C, mask: Tensor | None = None) -> CFMLoss:
+    """mean_b w(t_b) * rho(pred_b - target_b) for pred, target (B, ...), t (B,); rho from `residual_loss`
+    (over the True elements of `mask`, broadcastable to pred, when given: padded video frames).
 
     Computed in at least float32 so bf16 predictions do not lose the loss to round-off.
     """
@@ -86,7 +101,7 @@ def cfm_loss(pred: Tensor, target: Tensor, t: Tensor, weighting: str = "none", l
     if t.shape != pred.shape[:1]:
         raise ValueError(f"t must be shaped ({pred.shape[0]},), got {tuple(t.shape)}")
     dtype = torch.promote_types(pred.dtype, torch.float32)
-    per_example = residual_loss(pred.to(dtype) - target.to(dtype), loss, huber_c)  # (B,)
+    per_example = residual_loss(pred.to(dtype) - target.to(dtype), loss, huber_c, mask)  # (B,)
     weight = loss_weight(t.to(dtype), weighting)  # (B,)
     return CFMLoss(loss=(weight * per_example).mean(), per_example=per_example)
 

@@ -10,6 +10,10 @@ t (B,) flow time in [0, 1] (0 = noise, 1 = data), cond a dict with the keys the 
     "concat"    (B, concat_channels, *S) joined to x along channels before patchify, optional
                                          (concat_channels > 0; absent = zeros): e.g. image-to-video's
                                          first-frame latents and mask, not part of CFG's null
+    "frames"    (B,) long                video: latent frames of each row that are real, optional; the
+                                         tokens of later (padded) frames are invisible as keys, so an image
+                                         (1 frame) padded into a clip batch is computed as on its own
+                                         (joint image+video training); not part of CFG's null
 
 Returns the velocity (B, C_out, *S). Video is just more tokens (MovieGen): latents are patchified
 to one sequence whatever their rank, with RoPE over 1-3 grid axes. Each block runs two token
@@ -46,6 +50,7 @@ from mmflow.models.rope import apply_rope, crop_sincos_table, rope_angles, sinco
 
 __all__ = ["MMDiTConfig", "MMDiT", "MMDiTBlock", "MMDIT_PRESETS", "mmdit_config"]
 
+KEPT_THROUGH_DROPOUT = ("concat", "frames")  # condition entries that describe the input, not the prompt
 TIME_FREQUENCY_DIM = 256  # sinusoidal features of s before the time MLP (SD3 and DiT use 256)
 
 
@@ -118,6 +123,19 @@ MMDIT_PRESETS: dict[str, dict[str, Any]] = {
 def mmdit_config(preset: str, **overrides: Any) -> MMDiTConfig:
     """MMDiTConfig of a named size preset (MMDIT_PRESETS) with `overrides` applied, validated."""
     return preset_config(MMDiTConfig, MMDIT_PRESETS, preset, "MM-DiT", **overrides)
+
+
+def frame_token_mask(frames: Tensor, grid: tuple[int, ...], patch_t: int) -> Tensor:
+    """(B, N) bool: the tokens of video latents on `grid` (g_t, g_h, g_w) whose latent frames are among
+    the first frames[b] of row b (frames (B,) long, 1..g_t * patch_t); tokens are ordered t-major."""
+    if frames.ndim != 1 or frames.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"cond['frames'] must be a (B,) integer tensor of latent frame counts, got "
+                         f"{frames.dtype} {tuple(frames.shape)}")
+    total = grid[0] * patch_t
+    if not torch.compiler.is_compiling() and bool(((frames < 1) | (frames > total)).any()):
+        raise ValueError(f"cond['frames'] must lie in [1, {total}] (the latents' frames), got {frames.tolist()}")
+    token_t = torch.arange(grid[0], device=frames.device).repeat_interleave(math.prod(grid[1:]))  # (N,)
+    return token_t[None] * patch_t < frames[:, None]  # (B, N): a token is real if its first frame is
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -253,12 +271,13 @@ class MMDiTBlock(nn.Module):
         b, s, _ = x.shape
         return x.view(b, s, n, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
 
-    def _self_attention2(self, x_in: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    def _self_attention2(self, x_in: Tensor, rope: tuple[Tensor, Tensor] | None, key_mask: Tensor | None) -> Tensor:
+        """SD3.5's latent-only self-attention; key_mask (B, N) or None."""
         q, k, v = self._heads(self.x_qkv2(x_in), 3)  # (B, H, N, Dh) each
         q, k = self.x_q_norm2(q), self.x_k_norm2(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = attention(q, k, v, None, self.backend)  # (B, H, N, Dh)
+        out = attention(q, k, v, key_mask, self.backend)  # (B, H, N, Dh)
         return self.x_proj2(out.transpose(1, 2).flatten(2))  # (B, N, D)
 
     def forward(self, x: Tensor, ctx: Tensor | None, c: Tensor, rope: tuple[Tensor, Tensor] | None,
@@ -290,7 +309,8 @@ class MMDiTBlock(nn.Module):
         x = gated(x, gate_msa, self.x_proj(out[:, :n]))  # (B, N, D)
         if self.dual_attention:
             shift_msa2, scale_msa2, gate_msa2 = mods[6:]
-            x = gated(x, gate_msa2, self._self_attention2(modulate(x_norm, shift_msa2, scale_msa2), rope))
+            latent_keys = None if key_mask is None else key_mask[:, :n]  # (B, N): padded frames, if any
+            x = gated(x, gate_msa2, self._self_attention2(modulate(x_norm, shift_msa2, scale_msa2), rope, latent_keys))
         x = gated(x, gate_mlp, self.x_mlp(modulate(self.norm(x), shift_mlp, scale_mlp)))
 
         if ctx is None or self.context_pre_only:
@@ -411,7 +431,8 @@ class MMDiT(nn.Module):
         cfg = self.config
         sizes = {"text": cfg.context_dim, "pooled": cfg.pooled_dim, "label": cfg.num_classes}
         required = {key for key, size in sizes.items() if size}
-        return required, ({"text_mask"} if cfg.context_dim else set()) | ({"concat"} if cfg.concat_channels else set())
+        optional = ({"text_mask"} if cfg.context_dim else set()) | ({"concat"} if cfg.concat_channels else set())
+        return required, optional | ({"frames"} if len(cfg.patch_size) == 3 else set())
 
     def null_condition(self, batch_like: Tensor | dict[str, Tensor]) -> dict[str, Tensor]:
         """The CFG null condition with B rows, keys as `condition_keys` (text_mask included).
@@ -512,9 +533,9 @@ class MMDiT(nn.Module):
             raise ValueError(f"t must be a scalar or shaped ({b},), got {tuple(t.shape)}")
         if cond is None:
             cond = self.null_condition(x)
-        elif drop is not None:  # a conditioning image is kept: CFG's null is about the text
-            kept = {k: v for k, v in cond.items() if k == "concat"}
-            rest = {k: v for k, v in cond.items() if k != "concat"}
+        elif drop is not None:  # a conditioning image and the frame counts are kept: CFG's null is about the text
+            kept = {k: v for k, v in cond.items() if k in KEPT_THROUGH_DROPOUT}
+            rest = {k: v for k, v in cond.items() if k not in KEPT_THROUGH_DROPOUT}
             cond = {**apply_condition_dropout(rest, self.null_condition(rest or x), drop), **kept}
         self._check_condition(cond, b)
         if cfg.concat_channels:
@@ -535,12 +556,18 @@ class MMDiT(nn.Module):
             c = c + self.label_embedder(cond["label"])
 
         ctx, key_mask = None, None
+        latent_keys = None if cond.get("frames") is None else frame_token_mask(cond["frames"], grid, cfg.patch_size[0])
         if self.context_embedder is not None:
             text, mask = cond["text"], cond.get("text_mask")
             if mask is not None:  # padded tokens: zero input (NaN-safe) and invisible as keys
                 text = torch.where(mask[..., None], text, torch.zeros_like(text))  # (B, S, context_dim)
-                key_mask = torch.cat([mask.new_ones(b, h.shape[1]), mask], dim=1)  # (B, N + S)
+            if mask is not None or latent_keys is not None:
+                mask = mask if mask is not None else torch.ones(b, text.shape[1], dtype=torch.bool, device=x.device)
+                latent_keys = latent_keys if latent_keys is not None else mask.new_ones(b, h.shape[1])
+                key_mask = torch.cat([latent_keys, mask], dim=1)  # (B, N + S)
             ctx = self.context_embedder(text)  # (B, S, D)
+        elif latent_keys is not None:
+            key_mask = latent_keys  # (B, N)
 
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

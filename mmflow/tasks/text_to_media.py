@@ -28,6 +28,8 @@ from torch.utils.data import Dataset, default_collate
 
 from mmflow.config import ConfigError, check, from_dict
 from mmflow.data.cache import CachedDataset, CacheOrder, cache_problem
+from mmflow.data.joint import (FRAMES, ImagesAsClips, JointBatchSampler, JointDataset, JointImagesConfig,
+                               collate_padded, image_rows)
 from mmflow.data.media_folder import MediaFolderConfig, MediaFolderDataset, collate
 from mmflow.evaluation.evaluate import Evaluator
 from mmflow.evaluation.media_sets import MediaSet, load_media_set
@@ -35,7 +37,7 @@ from mmflow.models.mmdit import MMDIT_PRESETS, MMDiT, MMDiTConfig
 from mmflow.sampling.generate import seeded_noise
 from mmflow.sampling.layout import SampleLayout, WrongOutputRequest, describe_media
 from mmflow.tasks import register_task
-from mmflow.tasks.encoders import MediaEncoders
+from mmflow.tasks.encoders import LATENT_MEAN, MediaEncoders
 from mmflow.tasks.first_frame import FirstFrame, first_frame_concat, read_first_frames
 from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
 from mmflow.tasks.media_accounting import MediaAccounting
@@ -53,11 +55,17 @@ class MediaDataConfig(MediaFolderConfig):
         default="auto", metadata={"help": "auto: read the cache when it is there and fresh, else the raw media"})
     eval_prompts: list[str] = field(default_factory=list, metadata={"help": "validation prompts; empty: 4 captions"})
     eval_per_prompt: int = field(default=2, metadata={"min": 1, "help": "validation samples per prompt"})
+    images: JointImagesConfig = field(default_factory=JointImagesConfig, metadata={
+        "help": "video: an image folder trained as 1-frame clips in the same batches (mmflow/data/joint.py)"})
 
     def validate(self) -> None:
         super().validate()
         check(not (self.bucketing and self.use_cache != "off"), "use_cache",
               "the cache holds one item size; with bucketing set use_cache: off")
+        if self.images.path is not None:
+            check(self.modality == "video", "images.path",
+                  f"joint image+video training is for video recipes; this one is {self.modality}")
+            check(not self.bucketing, "images.path", "joint image+video batches take one clip size: set bucketing off")
 
 
 # The MM-DiT's size where model.mmdit names no preset (this recipe's defaults from before presets).
@@ -145,6 +153,8 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         self.run_dir: Path = Path(recipe.resolved_run_dir())
         self._evaluator: Evaluator | None = None  # built at the first validation that evaluates (recipe eval:)
         self._real: MediaSet | None = None
+        self._as_clips = False  # the image part of a joint recipe: its images are read as 1-frame clips
+        self._joint = False  # build_dataset made a JointDataset
 
     def frozen_models(self) -> dict[str, nn.Module]:
         """The text conditioner and the tokenizer (if any), loaded on first call."""
@@ -209,6 +219,11 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
             raise ConfigError(f"{list(p)} has {len(p)} entries; {recipe.data.modality} latents have {axes} axes",
                               "model.mmdit.patch_size", source)
         resolve_mmdit(recipe.model.mmdit, source)  # preset, head width: the MM-DiT's own checks, before any loading
+        if recipe.data.images.path is not None:
+            try:
+                image_rows(recipe.train.batch_size, recipe.data.images.fraction)
+            except ValueError as e:
+                raise ConfigError(str(e), "train.batch_size", source) from e
         if recipe.model.first_frame > 0 and recipe.data.modality != "video":
             raise ConfigError(f"{recipe.model.first_frame} asks for image-to-video training; it applies to video "
                               f"recipes, this one is {recipe.data.modality}", "model.first_frame", source)
@@ -218,49 +233,115 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         return Path(self.recipe.data.cache) if self.recipe.data.cache else self.run_dir / "cache"
 
     def raw_dataset(self) -> MediaFolderDataset:
-        return MediaFolderDataset(self.recipe.data, seed=self.recipe.seed)
+        return (ImagesAsClips if self._as_clips else MediaFolderDataset)(self.recipe.data, seed=self.recipe.seed)
 
     def describe(self, dataset: MediaFolderDataset) -> dict[str, Any]:
-        return cache_describe(self.recipe, dataset, self.encoders)
+        found = cache_describe(self.recipe, dataset, self.encoders)
+        return {**found, "as_clips": True} if self._as_clips else found
 
-    def build_dataset(self) -> Dataset:
+    def image_part(self) -> TextToMediaTask | None:
+        """Joint image+video recipes (data.images): the images as a task of their own that reads them as
+        1-frame clips through the same encoders, with its own cache; None for other recipes."""
+        d = self.recipe.data
+        if d.images.path is None:
+            return None
+        cache = d.images.cache or f"{self.cache_dir()}-images"
+        data = replace(d, path=d.images.path, modality="image", cache=cache, images=JointImagesConfig())
+        part = TextToMediaTask(replace(self.recipe, data=data))
+        part.encoders, part._as_clips = self.encoders, True
+        return part
+
+    def cache_parts(self) -> list[TextToMediaTask]:
+        """What `mmflow prepare` caches: this recipe's media, and its images in a joint recipe."""
+        part = self.image_part()
+        return [self] if part is None else [self, part]
+
+    def _own_dataset(self) -> tuple[Dataset, bool]:
+        """(the cache if it is there and fresh, else the raw media; whether it is the cache), by data.use_cache."""
         raw = self.raw_dataset()
-        if self.recipe.eval.metrics or self.recipe.eval.check:  # before training: an evaluation that cannot run is refused now
-            self._prepare_quality(torch.device("cpu"))
         use = self.recipe.data.use_cache
         if use == "off":
-            return self.track_dropped(raw)
+            return self.track_dropped(raw), False
         problem = cache_problem(self.cache_dir(), self.describe(raw))
         if problem is None:
             logger.info("reading the cache %s", self.cache_dir())
-            return CachedDataset(self.cache_dir())
+            return CachedDataset(self.cache_dir()), True
         if use == "require":
             from mmflow.data.cache import StaleCacheError
 
             raise StaleCacheError(f"{problem}; data.use_cache is 'require': run `mmflow prepare` with this recipe")
         logger.warning("%s; training from the raw media (run `mmflow prepare` to cache them)", problem)
-        return self.track_dropped(raw)
+        return self.track_dropped(raw), False
+
+    def build_dataset(self) -> Dataset:
+        if self.recipe.eval.metrics or self.recipe.eval.check:  # before training: an evaluation that cannot run is refused now
+            self._prepare_quality(torch.device("cpu"))
+        video, cached = self._own_dataset()
+        part = self.image_part()
+        if part is None:
+            return video
+        images, images_cached = part._own_dataset()
+        if cached != images_cached:  # a batch holds latents or media, not both
+            logger.warning("only the %s are cached: training from the raw clips and images (run `mmflow prepare`)",
+                           "clips" if cached else "images")
+            video = self.track_dropped(self.raw_dataset()) if cached else video
+            images = part.raw_dataset() if images_cached else images
+        self._joint = True
+        return self.track_dropped(JointDataset(video, images))
 
     def collate(self, items: list[Any]) -> Any:
+        if self._joint:
+            return collate_padded(items, self._collate_same_length)
+        return self._collate_same_length(items)
+
+    @staticmethod
+    def _collate_same_length(items: list[Any]) -> Any:
         return collate(items) if "path" in items[0] else default_collate(items)  # raw media items carry a path
 
-    def batch_sampler(self, dataset: Dataset, local_batch: int, rank: int, world_size: int, seed: int,
-                      start: int) -> Any:
+    def _sampler(self, dataset: Dataset, local_batch: int, rank: int, world_size: int, start: int) -> Any:
         if isinstance(dataset, MediaFolderDataset):  # (index, epoch) keys: fresh crops each epoch, buckets
             return dataset.batch_sampler(local_batch, rank, world_size, start)
         # the cache is read in the order the raw media would be, so caching changes no training result
-        raw = self.raw_dataset().batch_sampler(local_batch, rank, world_size, start)
-        return CacheOrder(raw, [int(k) for k in dataset.keys], len(self.raw_dataset()))
+        raw = self.raw_dataset()
+        return CacheOrder(raw.batch_sampler(local_batch, rank, world_size, start), [int(k) for k in dataset.keys],
+                          len(raw))
+
+    def batch_sampler(self, dataset: Dataset, local_batch: int, rank: int, world_size: int, seed: int,
+                      start: int) -> Any:
+        if not isinstance(dataset, JointDataset):
+            return self._sampler(dataset, local_batch, rank, world_size, start)
+        k = image_rows(local_batch, self.recipe.data.images.fraction)
+        part = self.image_part()
+        return JointBatchSampler(self._sampler(dataset.video, local_batch - k, rank, world_size, start),
+                                 part._sampler(dataset.images, k, rank, world_size, start))  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ loss
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
         # raw or cached batch -> latents and text with per-encoder dropout (the trainer placed the encoders)
         enc = self.encoders.encode_batch(batch, rng)
-        keep = None
+        keep, mask = {}, None
+        frames = self._latent_frames(batch, enc.z)  # (B,) long: joint batches' real latent frames per row
+        if frames is not None:
+            keep[FRAMES] = frames
+            mask = (torch.arange(enc.z.shape[2], device=frames.device) < frames[:, None])[:, None, :, None, None]
         if self.i2v:  # model.first_frame of the clips see their own first latent frame (kept through CFG dropout)
             given = rng.draw(lambda n, g: torch.rand(n, generator=g) < self.recipe.model.first_frame)  # (B,) bool
-            keep = {"concat": first_frame_concat(enc.z[:, :, :1], enc.z.shape[2], given)}
-        return self.flow_loss(models[VELOCITY], enc.z, enc.text.as_condition(), rng, keep=keep)
+            if frames is not None:
+                given = given & (frames > 1)  # an image's first frame is all of it: nothing left to learn
+            keep["concat"] = first_frame_concat(enc.z[:, :, :1], enc.z.shape[2], given)
+        return self.flow_loss(models[VELOCITY], enc.z, enc.text.as_condition(), rng, keep=keep or None, mask=mask)
+
+    def _latent_frames(self, batch: Any, z: Tensor) -> Tensor | None:
+        """(B,) long latent frames of each row of a joint batch (None for others): cached rows count latent
+        frames already, raw ones media frames (through the tokenizer's temporal factor)."""
+        if FRAMES not in batch:
+            return None
+        frames = batch[FRAMES]
+        if LATENT_MEAN not in batch and self.encoders.has_tokenizer:
+            c, _, *hw = batch["media"].shape[1:]
+            to_latent = {n: self.encoders.latent_shape((c, n, *hw))[1] for n in set(frames.tolist())}
+            frames = torch.tensor([to_latent[n] for n in frames.tolist()], dtype=torch.long)
+        return frames.to(z.device)
 
     def task_null(self) -> dict[str, Tensor]:
         return self.encoders.null().as_condition()  # on the device the frozen models were placed on

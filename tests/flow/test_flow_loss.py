@@ -8,7 +8,7 @@ import torch
 from diffusers.training_utils import compute_loss_weighting_for_sd3
 
 from mmflow.config import ConfigError
-from mmflow.flow.loss import DEFAULT_HUBER_C, TBinStats, cfm_loss, loss_weight, residual_loss
+from mmflow.flow.loss import DEFAULT_HUBER_C, LOSSES, TBinStats, cfm_loss, loss_weight, residual_loss
 
 
 def test_zero_when_pred_equals_target():
@@ -170,3 +170,20 @@ def test_tbin_stats_empty_bins_are_nan_and_accepts_grad_tensors():
     stats.update(values * 1, torch.tensor([0.9, 0.95]))
     means = stats.means()
     assert torch.isnan(means[:2]).all() and means[2].item() == 3.0
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_masked_loss_is_the_loss_of_the_real_elements_only(loss) -> None:
+    # a 1-frame image padded to a 3-frame clip (joint image+video batches) scores as the image alone
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(2, 4, 3, 2, 2, generator=g), torch.randn(2, 4, 3, 2, 2, generator=g)
+    t = torch.rand(2, generator=g)
+    frames = torch.tensor([3, 1])
+    mask = (torch.arange(3)[None] < frames[:, None])[:, None, :, None, None]  # (B, 1, T, 1, 1)
+    out = cfm_loss(pred, target, t, loss=loss, mask=mask).per_example
+    assert torch.allclose(out[0], cfm_loss(pred[:1], target[:1], t[:1], loss=loss).per_example[0])
+    assert torch.allclose(out[1], cfm_loss(pred[1:, :, :1], target[1:, :, :1], t[1:], loss=loss).per_example[0])
+    pred[1, :, 1:] = 1e6  # padding does not reach the loss
+    assert torch.allclose(cfm_loss(pred, target, t, loss=loss, mask=mask).per_example, out)
+    with pytest.raises(ValueError, match="no element"):
+        cfm_loss(pred, target, t, loss=loss, mask=torch.zeros(2, 1, 3, 1, 1, dtype=torch.bool))

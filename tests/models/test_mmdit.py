@@ -371,3 +371,33 @@ def test_concat_channels_join_the_latents_absent_means_zeros_and_dropout_keeps_t
                           atol=1e-6)
     with pytest.raises(ValueError, match=r"cond\['concat'\] must be shaped \(2, 4, 3, 4, 4\)"):
         model(x, t, {**cond, "concat": extra[:, :3]})
+
+
+@pytest.mark.parametrize("patch_t,dual", [(1, (1,)), (2, ())])
+def test_padded_frames_are_invisible_so_an_image_in_a_clip_batch_is_computed_as_alone(patch_t, dual) -> None:
+    # joint image+video training: a 1-frame latent padded to the clip's frames with cond["frames"] = 1 gives
+    # its frame the velocity the model gives the 1-frame latent on its own (RoPE puts frame 0 at t = 0 both ways)
+    model = _model(patch_size=(patch_t, 2, 2), dual_attention_layers=dual)
+    x, t, cond = _inputs(model, spatial=(4, 4, 4))
+    frames = torch.tensor([4, patch_t])  # row 0 a whole clip, row 1 one patch of frames (its image and padding)
+    out = model(x, t, {**cond, "frames": frames})
+    assert torch.allclose(out[0], model(x[:1], t[:1], {k: v[:1] for k, v in cond.items()})[0], atol=1e-5)
+    alone = model(x[1:, :, :patch_t], t[1:], {k: v[1:] for k, v in cond.items()})
+    assert torch.allclose(out[1, :, :patch_t], alone[0], atol=1e-5)
+    noisy = x.clone()
+    noisy[1, :, patch_t:] = 100.0  # what the padding holds does not matter
+    assert torch.allclose(model(noisy, t, {**cond, "frames": frames})[1, :, :patch_t], alone[0], atol=1e-5)
+    dropped = model(x, t, {**cond, "frames": frames}, drop=torch.tensor([False, True]))  # CFG dropout keeps frames
+    null = {k: v[:1] for k, v in model.null_condition(x).items()}
+    assert torch.allclose(dropped[1, :, :patch_t], model(x[1:, :, :patch_t], t[1:], null)[0], atol=1e-5)
+    with pytest.raises(ValueError, match=r"cond\['frames'\] must lie in \[1, 4\]"):
+        model(x, t, {**cond, "frames": torch.tensor([5, 1])})
+    with pytest.raises(ValueError, match=r"integer tensor"):
+        model(x, t, {**cond, "frames": torch.tensor([1.0, 1.0])})
+
+
+def test_frames_is_a_video_condition_only() -> None:
+    model = _model()
+    x, t, cond = _inputs(model)
+    with pytest.raises(ValueError, match=r"unexpected keys \['frames'\]"):
+        model(x, t, {**cond, "frames": torch.tensor([1, 1])})

@@ -15,13 +15,16 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
-from media_factory import noisy_frames, write_mp4  # noqa: E402
+from media_factory import noisy_frames, pattern_rgb, write_image, write_jsonl, write_mp4  # noqa: E402
+
+from torch import Tensor  # noqa: E402
 
 from mmflow.config import ConfigError  # noqa: E402
 from mmflow.model_io import save_model  # noqa: E402
 from mmflow.pipeline import FlowPipeline  # noqa: E402
 from mmflow.sampling.layout import WrongOutputRequest  # noqa: E402
 from mmflow.tasks import recipe_from_dict  # noqa: E402
+from mmflow.tasks.media_cache import prepare_cache  # noqa: E402
 from mmflow.tasks.text_to_media import TextToMediaTask  # noqa: E402
 from mmflow.tokenizers import VideoVAE  # noqa: E402
 from mmflow.tokenizers.video_vae import video_vae_config  # noqa: E402
@@ -119,3 +122,80 @@ def test_first_frame_training_is_for_video_recipes(tmp_path) -> None:
     raw["model"]["mmdit"]["patch_size"] = [2, 2]
     with pytest.raises(ConfigError, match="model.first_frame: .* applies to video recipes, this one is image"):
         recipe_from_dict(raw, source="test")
+
+
+def _joint_recipe(root: Path, **data) -> dict:
+    """The clip recipe plus an image folder trained as 1-frame clips (half of each batch), image-to-video on."""
+    raw = _recipe(root, 9)
+    images = root / "images"
+    images.mkdir()
+    for i in range(3):
+        write_image(images / f"{i}.png", pattern_rgb(16, 16, seed=i))
+    write_jsonl(images / "metadata.jsonl", [{"file_name": f"{i}.png", "text": PROMPTS[i % 2]} for i in range(3)])
+    raw["data"] = {**raw["data"], "images": {"path": str(images), "fraction": 0.5}, **data}
+    raw["model"]["first_frame"] = 0.5
+    return raw
+
+
+def _first_batch(task: TextToMediaTask) -> dict:
+    data = task.build_dataset()
+    keys = next(iter(task.batch_sampler(data, 4, 0, 1, 0, 0)))
+    assert [source for source, _ in keys] == [0, 0, 1, 1]  # clips, then images
+    return task.collate([data[k] for k in keys])
+
+
+def _train_recipe(recipe) -> Path:
+    run = Path(recipe.run_dir)
+    Trainer(recipe, TextToMediaTask(recipe), run, accelerator=make_accelerator(recipe.train, run)).train()
+    return run
+
+
+def test_joint_image_video_batches_from_raw_media_keep_each_image_exact(tmp_path) -> None:
+    recipe = recipe_from_dict(_joint_recipe(tmp_path), source="test")
+    task = TextToMediaTask(recipe)
+    batch = _first_batch(task)
+    assert batch["media"].shape == (4, 3, 9, 16, 16) and batch["frames"].tolist() == [9, 9, 1, 1]
+    # padded as still clips, an image's frame-0 latent is what the image alone encodes to (the causal VAE)
+    enc = task.encoders
+    alone = enc.encode(batch["media"][2:, :, :1])  # (2, 4, 1, 4, 4)
+    assert torch.allclose(enc.encode(batch["media"][2:])[:, :, :1], alone, atol=1e-5)
+    assert task._latent_frames(batch, alone).tolist() == [3, 3, 1, 1]
+    run = _train_recipe(recipe)
+    pipe = FlowPipeline.from_pretrained(run)  # the clip model it trained samples clips
+    assert pipe(PROMPTS[:1], seed=0).media.shape == (1, 3, 9, 16, 16)
+
+
+def test_joint_recipes_cache_their_images_as_one_frame_latents_and_train_from_both_caches(tmp_path) -> None:
+    raw = _joint_recipe(tmp_path, use_cache="require", cache=str(tmp_path / "cache"))
+    recipe = recipe_from_dict(raw, source="test")
+    task = TextToMediaTask(recipe)
+    parts = task.cache_parts()
+    assert [p.cache_dir() for p in parts] == [tmp_path / "cache", tmp_path / "cache-images"]
+    accelerator = make_accelerator(recipe.train, tmp_path / "run")
+    assert [prepare_cache(p, accelerator).cached for p in parts] == [4, 3]
+    batch = _first_batch(task)
+    assert batch["latent_mean"].shape == (4, 4, 3, 4, 4) and batch["frames"].tolist() == [3, 3, 1, 1]
+    image = _image_as_clip(raw["data"]["images"]["path"], batch["index"][2])
+    mean = task.encoders.tokenizer.encode(image[None]).mean  # (1, 4, 1, 4, 4)
+    assert torch.allclose(batch["latent_mean"][2, :, :1], mean[0], atol=1e-5)
+    _train_recipe(recipe)
+
+
+def _image_as_clip(folder: str, index: Tensor) -> Tensor:
+    """Image `index` of `folder` as a 1-frame clip (3, 1, 16, 16)."""
+    from mmflow.data.joint import ImagesAsClips
+    from mmflow.data.media_folder import MediaFolderConfig
+
+    return ImagesAsClips(MediaFolderConfig(path=folder, modality="image", size=16)).load(int(index))["media"]
+
+
+def test_joint_training_is_refused_for_image_recipes_and_batches_without_room(tmp_path) -> None:
+    raw = _joint_recipe(tmp_path)
+    bad = {**raw, "data": {**raw["data"], "modality": "image"}, "model": {**raw["model"], "first_frame": 0.0}}
+    bad["data"].pop("frames"), bad["data"].pop("fps")
+    bad["model"]["mmdit"] = {**raw["model"]["mmdit"], "patch_size": [2, 2]}
+    with pytest.raises(ConfigError, match="data.images.path: joint image\\+video training is for video recipes"):
+        recipe_from_dict(bad, source="test")
+    small = {**raw, "train": {**raw["train"], "batch_size": 1}}
+    with pytest.raises(ConfigError, match="train.batch_size: .*at least 2 rows"):
+        recipe_from_dict(small, source="test")
