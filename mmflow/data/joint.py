@@ -56,8 +56,8 @@ class ImagesAsClips(MediaFolderDataset):
     """An image folder whose items are 1-frame clips: media (3, 1, H, W)."""
 
     def load(self, index: int, epoch: int = 0, size: tuple[int, int] | None = None,
-             thorough: bool = False) -> dict[str, Any]:
-        item = super().load(index, epoch, size, thorough)
+             thorough: bool = False, frames: int | None = None) -> dict[str, Any]:
+        item = super().load(index, epoch, size, thorough, frames)
         item["media"] = item["media"].unsqueeze(1)  # (3, 1, H, W)
         return item
 
@@ -83,15 +83,24 @@ class JointDataset(Dataset):
 
 class JointBatchSampler:
     """Zips a clip sampler (video_rows per batch) and an image sampler (image_rows per batch) into batches
-    of tagged keys, clips first. Both are endless and deterministic in the step, so resuming is exact."""
+    of tagged keys, clips first. Both are endless and deterministic in the step, so resuming is exact.
 
-    def __init__(self, video: Iterable[list[Any]], images: Iterable[list[Any]]) -> None:
+    size_at(k) -> (H, W): the clips' size at micro-batch k (aspect-ratio buckets); the images' (index, epoch)
+    keys then carry it, (index, epoch, H, W), so they are read at their batch's size. `start`: the first k."""
+
+    def __init__(self, video: Iterable[list[Any]], images: Iterable[list[Any]],
+                 size_at: Callable[[int], tuple[int, int]] | None = None, start: int = 0) -> None:
         self.video = video
         self.images = images
+        self.size_at = size_at
+        self.start = start
 
     def __iter__(self) -> Iterator[list[tuple[int, Any]]]:
-        for clips, images in zip(self.video, self.images):
-            yield [(0, k) for k in clips] + [(1, k) for k in images]
+        for k, (clips, images) in enumerate(zip(self.video, self.images), start=self.start):
+            if self.size_at is not None:
+                hw = self.size_at(k)
+                images = [(*key, *hw) for key in images]  # (index, epoch, H, W)
+            yield [(0, key) for key in clips] + [(1, key) for key in images]
 
 
 def _pad_time(x: Tensor, length: int) -> Tensor:

@@ -27,7 +27,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,7 +40,7 @@ from mmflow.data.bad_items import (BadDataError, BadItemLog, BadMedia, BadRecord
                                    reason_kind)
 from mmflow.data.buckets import BucketBatchSampler, assign_bucket, make_buckets
 from mmflow.data.captions import CaptionMode, MediaEntry, load_captions
-from mmflow.data.video_reader import VideoBackend
+from mmflow.data.video_reader import VideoBackend, clip_offsets, count_packets
 from mmflow.errors import MissingInput, UserError
 from mmflow.modalities import MODALITIES, Modality, get_modality
 from mmflow.utils.seeding import mix_seed
@@ -73,6 +73,9 @@ class MediaFolderConfig:
     bucket_max_aspect: float = field(default=2.0, metadata={"min": 1, "help": "widest W/H"})
     # video
     frames: int = field(default=16, metadata={"min": 1, "help": "frames per clip"})
+    frame_buckets: list[int] = field(default_factory=list, metadata={
+        "min": 1, "help": "duration buckets: clip lengths to train on, each clip at the longest its source "
+                          "fills (one length per batch); empty: data.frames only"})
     stride: int = field(default=1, metadata={"min": 1, "help": "source frames between clip frames (when fps is null)"})
     fps: float | None = field(default=None, metadata={"min": 0, "min_exclusive": True, "help": "sample clips at this frame rate instead of by stride"})
     clip_start: Literal["random", "start"] = field(default="random", metadata={"help": "first frame: random offset or frame 0"})
@@ -102,6 +105,10 @@ class MediaFolderConfig:
               f"aspect-ratio buckets are for {' and '.join(n for n, m in MODALITIES.items() if m.spatial)}")
         if self.bucketing:
             check(self.size >= self.bucket_multiple, "bucket_multiple", f"{self.bucket_multiple} exceeds size {self.size}")
+        if self.frame_buckets:
+            check(self.modality == "video", "frame_buckets", f"duration buckets are for video, not {self.modality}")
+            check(len(set(self.frame_buckets)) == len(self.frame_buckets), "frame_buckets",
+                  f"lists a length twice: {self.frame_buckets}")
 
     @property
     def spec(self) -> Modality:
@@ -169,12 +176,17 @@ class MediaFolderDataset(Dataset):
         self.spec = config.spec
         self.backend: VideoBackend | None = self.spec.backend(config, video_backend)  # fails here if not installed
         if config.bucketing:
-            self.buckets = make_buckets(config.size, config.bucket_multiple, config.bucket_min_aspect,
-                                        config.bucket_max_aspect)
-            self.bucket_of = [assign_bucket(*self._header_size(e), self.buckets) for e in self.entries]
+            sizes = make_buckets(config.size, config.bucket_multiple, config.bucket_min_aspect, config.bucket_max_aspect)
+            size_of = [assign_bucket(*self._header_size(e), sizes) for e in self.entries]
         else:
-            self.buckets = [(config.size, config.size)]
-            self.bucket_of = [0] * len(self.entries)
+            sizes, size_of = [(config.size, config.size)], [0] * len(self.entries)
+        lengths = sorted(config.frame_buckets) or [config.frames]
+        length_of = [self._length_bucket(e, lengths) for e in self.entries] if config.frame_buckets else \
+            [0] * len(self.entries)
+        # bucket b = (length index, size index): clips of one length and one (H, W); buckets[b] is its (H, W)
+        self.buckets = [hw for _ in lengths for hw in sizes]
+        self.bucket_frames = [n for n in lengths for _ in sizes]
+        self.bucket_of = [k * len(sizes) + j for k, j in zip(length_of, size_of)]
         self._members: dict[int, list[int]] = {}
         for i, b in enumerate(self.bucket_of):
             self._members.setdefault(b, []).append(i)
@@ -187,6 +199,21 @@ class MediaFolderDataset(Dataset):
             except Exception:  # a header that cannot be read is the reader's to report, as a bad item
                 pass
         return (1, 1)  # unreadable: the squarest bucket; it is replaced when read anyway
+
+    def _length_bucket(self, e: MediaEntry, lengths: Sequence[int]) -> int:
+        """Index of the longest of `lengths` (ascending) that the clip's source frames fill at the recipe's
+        stride / fps; 0 for a clip too short for any (its read then reports it) or whose header is unreadable."""
+        if e.problem is not None:
+            return 0
+        try:
+            count, src_fps = self.spec.header_frames(e.path)
+            if self.config.verify_frame_count:  # as the reader does: containers may over-report
+                real = count_packets(e.path)
+                count = count if real is None else min(count, real) if count > 0 else real
+        except Exception:  # the reader reports an unreadable file, as a bad item
+            return 0
+        fits = [k for k, n in enumerate(lengths) if clip_span(n, self.config, src_fps) <= count]
+        return fits[-1] if fits else 0
 
     # ------------------------------------------------------------------ indexing
     def __len__(self) -> int:
@@ -212,13 +239,15 @@ class MediaFolderDataset(Dataset):
                 yield j
 
     # ------------------------------------------------------------------ loading
-    def _read(self, path: Path, size: tuple[int, int], g: torch.Generator,
-              thorough: bool = False) -> tuple[Tensor, Tensor | None]:
-        return self.spec.read(path, self.config, size, g, backend=self.backend, thorough=thorough)
+    def _read(self, path: Path, size: tuple[int, int], g: torch.Generator, thorough: bool = False,
+              frames: int | None = None) -> tuple[Tensor, Tensor | None]:
+        cfg = self.config if frames is None or frames == self.config.frames else replace(self.config, frames=frames)
+        return self.spec.read(path, cfg, size, g, backend=self.backend, thorough=thorough)
 
     def load(self, index: int, epoch: int = 0, size: tuple[int, int] | None = None,
-             thorough: bool = False) -> dict[str, Any]:
-        """Item `index` exactly (no replacement); `BadMedia` when it is unusable.
+             thorough: bool = False, frames: int | None = None) -> dict[str, Any]:
+        """Item `index` exactly (no replacement); `BadMedia` when it is unusable. size / frames: read at these
+        (default: the item's bucket's).
 
         `thorough` (scans): audio is checked in full, not only the window read.
         """
@@ -229,10 +258,11 @@ class MediaFolderDataset(Dataset):
         if path in self._bad_cache:
             raise _split_reason(self._bad_cache[path])
         hw = size or self.buckets[self.bucket_of[index]]
+        frames = frames or self.bucket_frames[self.bucket_of[index]]
         g = item_generator(self.seed, index, epoch)
         try:
-            media, mask = call_with_timeout(lambda: self._read(e.path, hw, g, thorough), self.config.decode_timeout_s,
-                                            path)
+            media, mask = call_with_timeout(lambda: self._read(e.path, hw, g, thorough, frames),
+                                            self.config.decode_timeout_s, path)
         except BadMedia as exc:
             if exc.permanent:
                 self._bad_cache[path] = exc.reason
@@ -246,14 +276,17 @@ class MediaFolderDataset(Dataset):
         return item
 
     def __getitem__(self, key: int | tuple[int, int] | Sequence[int]) -> dict[str, Any]:
+        """Item `key`: i, (i, epoch), or (i, epoch, H, W) to read it at that size instead of its bucket's."""
         index, epoch = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), self.epoch)
         if not 0 <= index < len(self.entries):
             raise IndexError(f"item {index} outside a dataset of {len(self.entries)}")
-        size = self.buckets[self.bucket_of[index]]
+        size, frames = self.buckets[self.bucket_of[index]], self.bucket_frames[self.bucket_of[index]]
+        if isinstance(key, (tuple, list)) and len(key) == 4:
+            size = (int(key[2]), int(key[3]))
         bad: list[BadRecord] = []
         for j in itertools.islice(self._candidates(index), MAX_CANDIDATES):
             try:
-                item = self.load(j, epoch, size)
+                item = self.load(j, epoch, size, frames=frames)
             except BadMedia as exc:
                 bad.append((str(self.entries[j].path), exc.reason))
                 logger.debug("bad media %s (%s)", self.entries[j].path, exc.reason)
@@ -268,6 +301,11 @@ class MediaFolderDataset(Dataset):
     def scan(self, num_workers: int = 0, batch_size: int = 16) -> BadItemLog:
         """Load every item once (epoch 0, no replacement) and return the log of bad ones."""
         return scan(self, num_workers=num_workers, batch_size=batch_size)
+
+
+def clip_span(frames: int, config: MediaFolderConfig, src_fps: float) -> int:
+    """Source frames a clip of `frames` covers at the config's stride, or at its fps from a src_fps source."""
+    return clip_offsets(frames, stride=config.stride, src_fps=src_fps, fps=config.fps)[-1] + 1
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -321,6 +321,35 @@ def video_size(path: str | Path) -> tuple[int, int]:
         raise BadMedia("decode error", f"pyav: {exc}") from None
 
 
+def clip_offsets(count: int, *, stride: int = 1, src_fps: float = 0.0, fps: float | None = None) -> list[int]:
+    """Source-frame offsets of a clip's `count` frames from its first: `stride` apart, or at `fps` from a
+    source at `src_fps` (BadMedia when that is unknown)."""
+    if fps is not None:
+        if src_fps <= 0:
+            raise BadMedia("decode error", "unknown frame rate, cannot sample at data.fps")
+        step = src_fps / fps
+    else:
+        step = float(stride)
+    return [math.floor(k * step + 0.5) for k in range(count)]
+
+
+def video_frames(path: str | Path) -> tuple[int, float]:
+    """(frame count, fps) of the first video stream from the header (PyAV; the packets counted where the
+    header has no count); fps 0.0 when unknown."""
+    import av
+
+    check_file(path)
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise BadMedia("not a media file", "no video stream")
+            st = c.streams.video[0]
+            count, rate = int(st.frames or 0), st.average_rate or st.guessed_rate
+    except av.error.FFmpegError as exc:
+        raise BadMedia("decode error", f"pyav: {exc}") from None
+    return count or (count_packets(path) or 0), float(rate or 0.0)
+
+
 def sample_frame_indices(num_frames: int, count: int, *, stride: int = 1, src_fps: float = 0.0,
                          fps: float | None = None, start: Literal["random", "start"] = "random",
                          short: Literal["skip", "loop"] = "skip", generator: torch.Generator | None = None) -> list[int]:
@@ -331,13 +360,7 @@ def sample_frame_indices(num_frames: int, count: int, *, stride: int = 1, src_fp
     """
     if num_frames <= 0:
         raise BadMedia("no frames", "0 decodable frames")
-    if fps is not None:
-        if src_fps <= 0:
-            raise BadMedia("decode error", "unknown frame rate, cannot sample at data.fps")
-        step = src_fps / fps
-    else:
-        step = float(stride)
-    offsets = [math.floor(k * step + 0.5) for k in range(count)]  # (T,) from the clip's first frame
+    offsets = clip_offsets(count, stride=stride, src_fps=src_fps, fps=fps)  # (T,) from the clip's first frame
     span = offsets[-1] + 1
     if span > num_frames:
         if short == "skip":

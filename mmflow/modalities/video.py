@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from mmflow.data.bad_items import BadMedia, check_file
-from mmflow.data.video_reader import VideoBackend, count_packets, get_video_backend, read_video, video_size
+from mmflow.data.video_reader import (VideoBackend, count_packets, get_video_backend, read_video, video_frames,
+                                      video_size)
 from mmflow.modalities.base import MediaMetadata, Modality, pad_to, register_modality
 from mmflow.utils.images import save_image_grid
 from mmflow.utils.media_io import read_mp4_metadata, write_mp4
@@ -46,6 +47,10 @@ class VideoModality(Modality):
 
     def header_size(self, path: str | os.PathLike) -> tuple[int, int]:
         return video_size(path)
+
+    def header_frames(self, path: str | os.PathLike) -> tuple[int, float]:
+        """(frame count, fps) from the header: what duration buckets assign clips by."""
+        return video_frames(path)
 
     def backend(self, cfg: Any, override: VideoBackend | None = None) -> VideoBackend:
         return override or get_video_backend(cfg.video_backend)  # fails here if not installed

@@ -62,10 +62,11 @@ class MediaDataConfig(MediaFolderConfig):
         super().validate()
         check(not (self.bucketing and self.use_cache != "off"), "use_cache",
               "the cache holds one item size; with bucketing set use_cache: off")
+        check(not (self.frame_buckets and self.use_cache != "off"), "use_cache",
+              "the cache holds one clip length; with frame_buckets set use_cache: off")
         if self.images.path is not None:
             check(self.modality == "video", "images.path",
                   f"joint image+video training is for video recipes; this one is {self.modality}")
-            check(not self.bucketing, "images.path", "joint image+video batches take one clip size: set bucketing off")
 
 
 # The MM-DiT's size where model.mmdit names no preset (this recipe's defaults from before presets).
@@ -164,11 +165,19 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         return self.recipe.data.spec.media_shape(self.recipe.data)
 
     def latent_shape(self) -> tuple[int, ...]:
-        """(C, *axes) of one item's latents: the media shape through the tokenizer."""
+        """(C, *axes) of one item's latents: the media shape through the tokenizer (which must also take every
+        duration bucket's clips)."""
+        d = self.recipe.data
+        for n in d.frame_buckets:
+            try:
+                self.encoders.latent_shape((3, n, *self.media_shape()[2:]))
+            except ValueError as e:
+                raise ConfigError(f"{self.recipe.model.tokenizer} cannot take clips of {n} frames: {e}",
+                                  "data.frame_buckets") from e
         try:
             return self.encoders.latent_shape(self.media_shape())
         except ValueError as e:  # the tokenizer refuses the recipe's media size (video: frames not 1 + 4k)
-            key = "data.frames" if self.recipe.data.modality == "video" else "data"
+            key = "data.frames" if d.modality == "video" else "data"
             raise ConfigError(f"{self.recipe.model.tokenizer} cannot take the recipe's media: {e}", key) from e
 
     # ------------------------------------------------------------------ models
@@ -246,7 +255,9 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         if d.images.path is None:
             return None
         cache = d.images.cache or f"{self.cache_dir()}-images"
-        data = replace(d, path=d.images.path, modality="image", cache=cache, images=JointImagesConfig())
+        # read at the clips' size (their batch's bucket when bucketing: JointBatchSampler's size_at)
+        data = replace(d, path=d.images.path, modality="image", cache=cache, images=JointImagesConfig(), bucketing=False,
+                       frame_buckets=[])
         part = TextToMediaTask(replace(self.recipe, data=data))
         part.encoders, part._as_clips = self.encoders, True
         return part
@@ -312,8 +323,12 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
             return self._sampler(dataset, local_batch, rank, world_size, start)
         k = image_rows(local_batch, self.recipe.data.images.fraction)
         part = self.image_part()
-        return JointBatchSampler(self._sampler(dataset.video, local_batch - k, rank, world_size, start),
-                                 part._sampler(dataset.images, k, rank, world_size, start))  # type: ignore[union-attr]
+        clips = self._sampler(dataset.video, local_batch - k, rank, world_size, start)
+        size_at = None
+        if isinstance(dataset.video, MediaFolderDataset) and self.recipe.data.bucketing:  # images at each batch's size
+            size_at = lambda step: dataset.video.buckets[clips.bucket(step)]  # noqa: E731
+        return JointBatchSampler(clips, part._sampler(dataset.images, k, rank, world_size, start),  # type: ignore[union-attr]
+                                 size_at, start)
 
     # ------------------------------------------------------------------ loss
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:

@@ -228,11 +228,17 @@ def _text_to_media_setup(task: Any, missing: Mapping[int, str], assume: Mapping[
         return math.prod(n // p for n, p in zip(task.encoders.latent_shape(media_shape)[1:], patch))
 
     tokens = {"latent": latent_tokens(task.media_shape())}
-    if data.bucketing:
-        buckets = make_buckets(data.size, data.bucket_multiple, data.bucket_min_aspect, data.bucket_max_aspect)
-        shapes_hw = [(task.media_shape()[:-2] + hw) for hw in buckets]
-        tokens["latent (largest bucket)"] = max(latent_tokens(s) for s in shapes_hw)
-        notes.append(f"{len(buckets)} aspect-ratio buckets of ~{data.size}^2 pixels; memory uses the largest bucket")
+    if data.bucketing or data.frame_buckets:
+        sizes = make_buckets(data.size, data.bucket_multiple, data.bucket_min_aspect, data.bucket_max_aspect) \
+            if data.bucketing else [tuple(task.media_shape()[-2:])]
+        lengths = data.frame_buckets or [data.frames]
+        media = task.media_shape()
+        shapes = [(media[0], n, *hw) if data.frame_buckets else (*media[:-2], *hw) for n in lengths for hw in sizes]
+        tokens["latent (largest bucket)"] = max(latent_tokens(s) for s in shapes)
+        kinds = ([f"{len(sizes)} aspect-ratio buckets of ~{data.size}^2 pixels"] if data.bucketing else []) + \
+            ([f"{len(lengths)} duration buckets ({', '.join(map(str, sorted(lengths)))} frames)"]
+             if data.frame_buckets else [])
+        notes.append(f"{' x '.join(kinds)}; memory uses the largest bucket")
     tokens["text"] = task.encoders.seq_len
     return tokens, frozen, frozen_bytes
 

@@ -31,6 +31,14 @@ def test_images_read_as_one_frame_clips(tmp_path) -> None:
     item = clips[(1, 0)]
     assert item["media"].shape == (3, 1, 16, 16) and item["text"] == "image 1"
     assert torch.equal(item["media"][:, 0], images[(1, 0)]["media"])
+    assert clips[(1, 0, 8, 16)]["media"].shape == (3, 1, 8, 16)  # read at its batch's bucket size
+
+
+def test_with_aspect_buckets_the_images_of_a_batch_take_its_clips_size() -> None:
+    sizes = {0: (8, 16), 1: (16, 8)}
+    sampler = JointBatchSampler(iter([[0], [1], [2]]), iter([[(5, 0)], [(6, 0)], [(7, 1)]]),
+                                size_at=lambda k: sizes[k % 2], start=3)
+    assert list(sampler) == [[(0, 0), (1, (5, 0, 16, 8))], [(0, 1), (1, (6, 0, 8, 16))], [(0, 2), (1, (7, 1, 16, 8))]]
 
 
 def test_batches_are_clips_then_images_and_pad_to_the_longest_with_still_frames() -> None:

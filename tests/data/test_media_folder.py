@@ -326,6 +326,32 @@ def test_bucketing_gives_one_shape_per_batch(tmp_path):
     assert vs[[e.path.stem for e in vs.entries].index("wide")]["media"].shape[2:] == shapes["wide"]
 
 
+
+def test_duration_buckets_train_each_clip_at_the_longest_length_it_fills(tmp_path):
+    lengths = {"short": 3, "five": 6, "nine": 12, "long": 20}  # source frames; buckets 5, 9 and 17
+    for name, n in lengths.items():
+        for k in range(2):
+            write_mp4(tmp_path / f"{name}{k}.mp4", level_frames(n, 32, 32))
+    ds = MediaFolderDataset(cfg(tmp_path, modality="video", size=32, frames=9, frame_buckets=[17, 5, 9]), seed=0)
+    got = {e.path.stem[:-1]: ds.bucket_frames[b] for e, b in zip(ds.entries, ds.bucket_of)}
+    assert got == {"short": 5, "five": 5, "nine": 9, "long": 17}  # a too-short clip goes to the shortest
+    sampler = ds.batch_sampler(local_batch=2)
+    for k in range(8):
+        batch = collate([ds[key] for key in sampler.indices(k)])
+        assert batch["media"].shape[2] == ds.bucket_frames[sampler.bucket(k)]
+    short = [i for i, e in enumerate(ds.entries) if e.path.stem.startswith("short")][0]
+    item = ds[short]  # too few frames for any bucket: replaced by a clip of its bucket, read at 5 frames
+    assert item["media"].shape[1] == 5 and item["bad"] and "too few frames" in item["bad"][0][1]
+    # at data.fps the span follows the source's rate: 8 fps sources sampled at 4 fps need twice the frames
+    slow = MediaFolderDataset(cfg(tmp_path, modality="video", size=32, frames=5, fps=4.0, frame_buckets=[5, 9]))
+    got = {e.path.stem[:-1]: slow.bucket_frames[b] for e, b in zip(slow.entries, slow.bucket_of)}
+    assert got == {"short": 5, "five": 5, "nine": 5, "long": 9}
+    with pytest.raises(ConfigError, match=r"^frame_buckets: duration buckets are for video, not image"):
+        cfg(tmp_path, frame_buckets=[5])
+    with pytest.raises(ConfigError, match=r"^frame_buckets: lists a length twice"):
+        cfg(tmp_path, modality="video", frame_buckets=[5, 5])
+
+
 # ------------------------------------------------------------------ decode timeout
 class SleepyBackend(PyAVBackend):
     """PyAV, except that opening any file named 'hang*' blocks until released (a hung decoder)."""

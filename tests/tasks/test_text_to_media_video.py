@@ -199,3 +199,24 @@ def test_joint_training_is_refused_for_image_recipes_and_batches_without_room(tm
     small = {**raw, "train": {**raw["train"], "batch_size": 1}}
     with pytest.raises(ConfigError, match="train.batch_size: .*at least 2 rows"):
         recipe_from_dict(small, source="test")
+
+
+def test_duration_buckets_train_clips_of_several_lengths_and_are_checked_against_the_tokenizer(tmp_path) -> None:
+    raw = _recipe(tmp_path, 9)
+    for i in range(2):  # two sources too short for 9 frames
+        write_mp4(Path(raw["data"]["path"]) / f"{i}.mp4", noisy_frames(6, 16, 16, seed=i))
+    raw["data"]["frame_buckets"] = [5, 9]
+    raw["train"]["batch_size"] = 2
+    recipe = recipe_from_dict(raw, source="test")
+    task = TextToMediaTask(recipe)
+    data = task.build_dataset()
+    assert [data.bucket_frames[b] for b in data.bucket_of] == [5, 5, 9, 9]
+    sampler = task.batch_sampler(data, 2, 0, 1, 0, 0)
+    lengths = [task.collate([data[k] for k in sampler.indices(s)])["media"].shape[2] for s in range(2)]
+    assert sorted(lengths) == [5, 9]  # the two steps the run takes: one batch of each length
+    _train_recipe(recipe)
+    with pytest.raises(ConfigError, match=r"data\.frame_buckets: .* 10 frames: .*\(the nearest: 9 or 13\)"):
+        TextToMediaTask(recipe_from_dict({**raw, "data": {**raw["data"], "frame_buckets": [5, 10]}}, source="test")
+                        ).latent_shape()
+    with pytest.raises(ConfigError, match=r"data\.use_cache: the cache holds one clip length"):
+        recipe_from_dict({**raw, "data": {**raw["data"], "use_cache": "auto"}}, source="test")
