@@ -1,5 +1,6 @@
 """Quality of a trained shapes_t2v model on the held-out prompts: text-to-video at the trained length and at
-twice it, and image-to-video from the real test clips' first frames (recipe run, not a timing).
+twice it, and image-to-video from the real test clips' first frames (recipe run; the sampling time per clip,
+at --batch-size, is a by-product: pipeline wall time / clips, text encoding and VAE decode included).
 
     text-to-video   every test caption (data/shapes_video/test: held-out colour x shape x motion combinations),
                     --per-prompt clips each at the recipe's default sampler and guidance, scored by the exact
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -51,9 +53,12 @@ def main() -> None:
     for part, frames in (("t2v", None), ("long", args.long_frames)):
         if part in skip:
             continue
+        start = time.perf_counter()
         res = pipe(prompts, num_per_prompt=args.per_prompt, seed=args.seed, num_frames=frames, batch_size=args.batch_size)
+        per_clip = (time.perf_counter() - start) / len(asked)  # text encoding, sampling with CFG, VAE decode
         out["settings"] = res.settings
-        out[part if frames is None else f"{part}_{frames}_frames"] = _scores(score_shapes_video(res.media, asked))
+        out[part if frames is None else f"{part}_{frames}_frames"] = {**_scores(score_shapes_video(res.media, asked)),
+                                                                     "seconds_per_clip": round(per_clip, 3)}
         print(part, out, flush=True)
     if "i2v" not in skip:
         video = get_modality("video")
