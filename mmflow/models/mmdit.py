@@ -14,6 +14,10 @@ t (B,) flow time in [0, 1] (0 = noise, 1 = data), cond a dict with the keys the 
                                          tokens of later (padded) frames are invisible as keys, so an image
                                          (1 frame) padded into a clip batch is computed as on its own
                                          (joint image+video training); not part of CFG's null
+    <name>      (B,) float               each of scalar_conditions, e.g. stable-audio's timing
+                                         "seconds_start" / "seconds_total": the clip's place and length in
+                                         seconds, so one model makes clips of any length that end cleanly;
+                                         not part of CFG's null
 
 Returns the velocity (B, C_out, *S). Video is just more tokens (MovieGen): latents are patchified
 to one sequence whatever their rank, with RoPE over 1-3 grid axes. Each block runs two token
@@ -51,6 +55,7 @@ from mmflow.models.rope import apply_rope, crop_sincos_table, rope_angles, sinco
 __all__ = ["MMDiTConfig", "MMDiT", "MMDiTBlock", "MMDIT_PRESETS", "mmdit_config"]
 
 KEPT_THROUGH_DROPOUT = ("concat", "frames")  # condition entries that describe the input, not the prompt
+SCALAR_SCALE = 10.0  # a scalar condition s enters the sinusoidal embedding as 10 s
 TIME_FREQUENCY_DIM = 256  # sinusoidal features of s before the time MLP (SD3 and DiT use 256)
 
 
@@ -72,6 +77,8 @@ class MMDiTConfig:
     pooled_dim: int = _field(0, "pooled text width; 0 = none", min=0)
     num_classes: int = _field(0, "0 = no labels; index num_classes is the null label", min=0)
     concat_channels: int = _field(0, "channels of cond['concat'] joined to x (image-to-video); 0 = none", min=0)
+    scalar_conditions: tuple[str, ...] = _field((), "names of per-row numbers in cond (e.g. seconds_start, "
+                                                    "seconds_total), each embedded and added to the conditioning")
     qk_norm: Literal["rms_norm"] | None = _field(None, "per-head RMSNorm of q and k (SD3.5)")
     pos_embed: Literal["rope", "sincos"] = _field("rope", "rope: any rank and size; sincos: SD3's 2-D table")
     pos_embed_max_size: int = _field(96, "sincos: side of the square table, in patches", min=1)
@@ -103,6 +110,10 @@ class MMDiTConfig:
             check(k == 2, "pos_embed",
                   f"sincos is SD3's 2-D table; patch_size {list(self.patch_size)} is not 2-D (use rope)")
             check(self.hidden_size % 4 == 0, "hidden_size", f"sincos needs a multiple of 4, got {self.hidden_size}")
+        taken = {"text", "text_mask", "pooled", "label", "concat", "frames"}
+        clash = sorted(set(self.scalar_conditions) & taken)
+        check(not clash and len(set(self.scalar_conditions)) == len(self.scalar_conditions), "scalar_conditions",
+              f"names must be distinct and not {sorted(taken)}, got {list(self.scalar_conditions)}")
         bad = [i for i in self.dual_attention_layers if i >= self.depth]
         check(not bad, "dual_attention_layers", f"indices {bad} are not blocks of a depth-{self.depth} model")
 
@@ -368,6 +379,8 @@ class MMDiT(nn.Module):
         self.pooled_embedder = (nn.Sequential(nn.Linear(config.pooled_dim, h), nn.SiLU(), nn.Linear(h, h))
                                 if config.pooled_dim else None)
         self.label_embedder = LabelEmbedder(config.num_classes, h) if config.num_classes else None
+        # numbers like seconds: sinusoidal features at 0.1-unit resolution (frequencies 10 .. 10^-3 per unit)
+        self.scalar_embedders = nn.ModuleDict({n: TimeEmbedder(h, 0.0, SCALAR_SCALE) for n in config.scalar_conditions})
         self.context_embedder = nn.Linear(config.context_dim, h) if config.context_dim else None
         learned = config.null_text == "learned"
         self.null_tokens = (nn.Parameter(torch.zeros(config.null_text_length, config.context_dim))
@@ -412,6 +425,9 @@ class MMDiT(nn.Module):
             nn.init.normal_(layer.weight, std=0.02)
         if self.label_embedder is not None:
             nn.init.normal_(self.label_embedder.table.weight, std=0.02)
+        for emb in self.scalar_embedders.values():  # zero output: a model gaining them starts unchanged
+            nn.init.normal_(emb.mlp[0].weight, std=0.02)
+            nn.init.zeros_(emb.mlp[2].weight)
         for null in (self.null_tokens, self.null_pooled):
             if null is not None:
                 nn.init.normal_(null, std=0.02)
@@ -431,6 +447,7 @@ class MMDiT(nn.Module):
         cfg = self.config
         sizes = {"text": cfg.context_dim, "pooled": cfg.pooled_dim, "label": cfg.num_classes}
         required = {key for key, size in sizes.items() if size}
+        required |= set(cfg.scalar_conditions)
         optional = ({"text_mask"} if cfg.context_dim else set()) | ({"concat"} if cfg.concat_channels else set())
         return required, optional | ({"frames"} if len(cfg.patch_size) == 3 else set())
 
@@ -507,7 +524,8 @@ class MMDiT(nn.Module):
                              f"optional {sorted(optional)} (context_dim={self.config.context_dim}, "
                              f"pooled_dim={self.config.pooled_dim}, num_classes={self.config.num_classes})")
         cfg = self.config
-        expect = {"text": (b, None, cfg.context_dim), "pooled": (b, cfg.pooled_dim), "label": (b,)}
+        expect = {"text": (b, None, cfg.context_dim), "pooled": (b, cfg.pooled_dim), "label": (b,),
+                  **{n: (b,) for n in cfg.scalar_conditions}}
         for key, shape in expect.items():
             if key in cond and (cond[key].ndim != len(shape)
                                 or any(e is not None and e != g for e, g in zip(shape, cond[key].shape))):
@@ -533,9 +551,10 @@ class MMDiT(nn.Module):
             raise ValueError(f"t must be a scalar or shaped ({b},), got {tuple(t.shape)}")
         if cond is None:
             cond = self.null_condition(x)
-        elif drop is not None:  # a conditioning image and the frame counts are kept: CFG's null is about the text
-            kept = {k: v for k, v in cond.items() if k in KEPT_THROUGH_DROPOUT}
-            rest = {k: v for k, v in cond.items() if k not in KEPT_THROUGH_DROPOUT}
+        elif drop is not None:  # a conditioning image, frame counts, timing are kept: CFG's null is about the text
+            keep = (*KEPT_THROUGH_DROPOUT, *cfg.scalar_conditions)
+            kept = {k: v for k, v in cond.items() if k in keep}
+            rest = {k: v for k, v in cond.items() if k not in keep}
             cond = {**apply_condition_dropout(rest, self.null_condition(rest or x), drop), **kept}
         self._check_condition(cond, b)
         if cfg.concat_channels:
@@ -554,6 +573,8 @@ class MMDiT(nn.Module):
             c = c + self.pooled_embedder(cond["pooled"])
         if self.label_embedder is not None:
             c = c + self.label_embedder(cond["label"])
+        for name, emb in self.scalar_embedders.items():
+            c = c + emb(cond[name])
 
         ctx, key_mask = None, None
         latent_keys = None if cond.get("frames") is None else frame_token_mask(cond["frames"], grid, cfg.patch_size[0])

@@ -401,3 +401,26 @@ def test_frames_is_a_video_condition_only() -> None:
     x, t, cond = _inputs(model)
     with pytest.raises(ValueError, match=r"unexpected keys \['frames'\]"):
         model(x, t, {**cond, "frames": torch.tensor([1, 1])})
+
+
+def test_scalar_conditions_reach_the_output_start_at_zero_and_survive_cfg_dropout() -> None:
+    # stable-audio's timing: seconds_start / seconds_total per row, embedded into the conditioning vector
+    timing = ("seconds_start", "seconds_total")
+    fresh = _model(patch_size=(4,), scalar_conditions=timing, perturb=False)
+    assert all(int(torch.count_nonzero(e.mlp[2].weight.detach())) == 0 for e in fresh.scalar_embedders.values())
+    model = _model(patch_size=(4,), scalar_conditions=timing)
+    x, t, cond = _inputs(model, spatial=(16,))
+    cond = {**cond, "seconds_start": torch.zeros(2), "seconds_total": torch.tensor([4.0, 2.5])}
+    out = model(x, t, cond)
+    longer = model(x, t, {**cond, "seconds_total": torch.tensor([4.0, 3.0])})
+    assert torch.allclose(out[0], longer[0], atol=1e-6) and not torch.allclose(out[1], longer[1], atol=1e-4)
+    dropped = model(x, t, cond, drop=torch.tensor([True, False]))  # the text is dropped, the timing kept
+    null = {k: v[:1] for k, v in model.null_condition(x).items()}
+    timed_null = {**null, "seconds_start": torch.zeros(1), "seconds_total": torch.tensor([4.0])}
+    assert torch.allclose(dropped[0], model(x[:1], t[:1], timed_null)[0], atol=1e-6)
+    with pytest.raises(ValueError, match=r"missing keys \['seconds_start', 'seconds_total'\]"):
+        model(x, t, {k: v for k, v in cond.items() if not k.startswith("seconds")})
+    with pytest.raises(ValueError, match=r"cond\['seconds_total'\] must be shaped \(2\)"):
+        model(x, t, {**cond, "seconds_total": torch.ones(2, 1)})
+    with pytest.raises(ConfigError, match="scalar_conditions: names must be distinct"):
+        from_dict(MMDiTConfig, {"scalar_conditions": ["label"]})
