@@ -7,6 +7,7 @@ from mmflow.metrics.probes.emoji_video import EmojiVideoProbe
 from mmflow.metrics.probes.music import MusicProbe
 from mmflow.metrics.probes.shapes import ShapesProbe, score_shapes
 from mmflow.metrics.probes.tempo import estimate_tempo, tempo_errors
+from mmflow.metrics.probes.tones import TonesProbe, score_tones
 
 __all__ = ["DigitsProbe", "EmojiVideoProbe", "MusicProbe", "Probe", "ProbeConfig", "ProbeInputError", "ShapesProbe",
-           "estimate_tempo", "load_probe", "score_shapes", "tempo_errors"]
+           "TonesProbe", "estimate_tempo", "load_probe", "score_shapes", "score_tones", "tempo_errors"]

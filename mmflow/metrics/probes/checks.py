@@ -4,6 +4,7 @@ by name, that score media against their prompts (the compositional check of a sy
     prompt_check("shapes", images, prompts)     # {"colour": 0.97, "position": 0.99, "shape": 0.9, ...}
     prompt_check("shapes_video", clips, prompts)  # {"motion": 0.93, "colour": 0.98, ...}; clips (N, 3, T, H, W)
     prompt_check("emoji_video", clips, prompts)   # {"motion": 0.96, "background": 1.0, "all": 0.96}
+    prompt_check("tones", clips, prompts)         # {"pitch": 1.0, "mode": 1.0, "tempo": 1.0, ...}; clips (N, 1, L)
 
 Each returns accuracies in [0, 1] by attribute (NaN where no prompt of a kind was asked); evaluation
 logs them as eval_<check>_<attribute>.
@@ -45,9 +46,17 @@ def _emoji_video(media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
     return {k: float(v) for k, v in report.items() if k not in ("items", "n")}
 
 
+def _tones(media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    from mmflow.metrics.probes.tones import score_tones
+
+    report = score_tones(media, prompts)  # media (N, 1, L) audio at 16 kHz
+    return {k: float(v) for k, v in report.items() if k not in ("items", "n", "n_mode")}
+
+
 PROMPT_CHECKS: dict[str, Callable[[Tensor, Sequence[str]], dict[str, float]]] = {"shapes": _shapes,
                                                                                   "shapes_video": _shapes_video,
-                                                                                  "emoji_video": _emoji_video}
+                                                                                  "emoji_video": _emoji_video,
+                                                                                  "tones": _tones}
 
 
 def prompt_check(name: str, media: Tensor, prompts: Sequence[str]) -> dict[str, float]:

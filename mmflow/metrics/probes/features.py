@@ -22,7 +22,7 @@ from mmflow.model_io import WEIGHTS_NAME
 
 __all__ = ["ProbeFeatures", "probe_features"]
 
-TRAINED_PROBES = ("emoji_video", "music", "shapes")
+TRAINED_PROBES = ("emoji_video", "music", "shapes", "tones")
 
 
 class ProbeFeatures(FeatureExtractor):
