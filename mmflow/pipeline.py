@@ -281,6 +281,9 @@ class FlowPipeline:
                                   for s in seeds[lo: lo + step]])  # (b, *x_shape): row i from its seed alone
                 cond = self.task.input_condition(self.velocity, rows[lo: lo + step], self.device)
                 null_b, decode = null if cond is not None else None, layout.decode
+                extra = self.task.layout_condition(layout, len(x0), self.device) if cond is not None else {}
+                if extra:  # what the output size fixes (an audio model's timing) conditions both CFG branches
+                    cond, null_b = {**cond, **extra}, {**null_b, **extra}
                 if first is not None:  # the first frame conditions both CFG branches: guidance is about the text
                     concat, z0 = (f[lo: lo + step].to(self.device) for f in first)
                     cond, null_b = {**cond, "concat": concat}, {**null_b, "concat": concat}

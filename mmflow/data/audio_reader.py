@@ -34,10 +34,13 @@ CHANNEL_NAMES = {1: "mono", 2: "stereo"}
 
 @dataclass
 class AudioClip:
-    """audio (C, N) float32, mask (N,) bool (True = real samples, False = zero padding)."""
+    """audio (C, N) float32, mask (N,) bool (True = real samples, False = zero padding); where the window
+    starts in the file and how long the file is, in seconds."""
 
     audio: Tensor
     mask: Tensor
+    start_seconds: float = 0.0
+    total_seconds: float = 0.0
 
 
 def audio_info(path: str | Path) -> tuple[int, int, int]:
@@ -117,7 +120,7 @@ def read_audio(path: str | Path, sample_rate: int, seconds: float, *, channels: 
     audio[:, :real] = x[:, :real]
     mask = torch.zeros(n_out, dtype=torch.bool)
     mask[:real] = True
-    return AudioClip(audio, mask)
+    return AudioClip(audio, mask, start / src_rate, frames / src_rate)
 
 
 def prepare_audio(wave: Tensor, sample_rate: int, target_sample_rate: int, channels: int) -> Tensor:

@@ -50,6 +50,7 @@ __all__ = ["EmptyMediaFolder", "MediaFolderConfig", "MediaFolderDataset", "colla
 
 logger = logging.getLogger("mmflow.data")
 
+EXTRA_FIELDS = ("mask", "timing")  # per-item tensors a modality's read may add (audio), stacked by collate
 MAX_CANDIDATES = 100  # a bad item and this many replacements all bad: the data is broken, stop
 
 
@@ -139,7 +140,7 @@ def _split_reason(reason: str) -> BadMedia:
 
 
 class MediaFolderDataset(Dataset):
-    """Items: {"media", "text", "index", "requested", "path", "bad", "meta"} (+ "mask" for audio).
+    """Items: {"media", "text", "index", "requested", "path", "bad", "meta"} (+ "mask", "timing" for audio).
 
     media: image (3, H, W), video (3, T, H, W), audio (C, N), float32 in [-1, 1]; mask (N,) bool;
     requested: the index asked for; index: the item delivered (a replacement when the asked one
@@ -240,7 +241,7 @@ class MediaFolderDataset(Dataset):
 
     # ------------------------------------------------------------------ loading
     def _read(self, path: Path, size: tuple[int, int], g: torch.Generator, thorough: bool = False,
-              frames: int | None = None) -> tuple[Tensor, Tensor | None]:
+              frames: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.config if frames is None or frames == self.config.frames else replace(self.config, frames=frames)
         return self.spec.read(path, cfg, size, g, backend=self.backend, thorough=thorough)
 
@@ -261,8 +262,8 @@ class MediaFolderDataset(Dataset):
         frames = frames or self.bucket_frames[self.bucket_of[index]]
         g = item_generator(self.seed, index, epoch)
         try:
-            media, mask = call_with_timeout(lambda: self._read(e.path, hw, g, thorough, frames),
-                                            self.config.decode_timeout_s, path)
+            media, extras = call_with_timeout(lambda: self._read(e.path, hw, g, thorough, frames),
+                                              self.config.decode_timeout_s, path)
         except BadMedia as exc:
             if exc.permanent:
                 self._bad_cache[path] = exc.reason
@@ -270,10 +271,7 @@ class MediaFolderDataset(Dataset):
         except Exception as exc:  # a reader library failing in a way we did not foresee is still one bad file
             self._bad_cache[path] = f"decode error: {type(exc).__name__}: {exc}"
             raise _split_reason(self._bad_cache[path]) from exc
-        item = {"media": media, "text": e.text, "index": index, "path": path, "bad": [], "meta": e.extra}
-        if mask is not None:
-            item["mask"] = mask
-        return item
+        return {"media": media, "text": e.text, "index": index, "path": path, "bad": [], "meta": e.extra, **extras}
 
     def __getitem__(self, key: int | tuple[int, int] | Sequence[int]) -> dict[str, Any]:
         """Item `key`: i, (i, epoch), or (i, epoch, H, W) to read it at that size instead of its bucket's."""
@@ -309,7 +307,7 @@ def clip_span(frames: int, config: MediaFolderConfig, src_fps: float) -> int:
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack a list of items: media (B, ...), mask (B, N) for audio, index / requested (B,) long,
+    """Stack a list of items: media (B, ...), mask (B, N) and timing (B, 2) for audio, index / requested (B,) long,
     text/path/meta lists of B, bad: every item's skipped (path, reason) pairs concatenated."""
     out: dict[str, Any] = {
         "media": torch.stack([it["media"] for it in items]),
@@ -320,8 +318,9 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "bad": [rec for it in items for rec in it["bad"]],
         "meta": [it["meta"] for it in items],
     }
-    if "mask" in items[0]:
-        out["mask"] = torch.stack([it["mask"] for it in items])
+    for key in EXTRA_FIELDS:
+        if key in items[0]:
+            out[key] = torch.stack([it[key] for it in items])
     return out
 
 

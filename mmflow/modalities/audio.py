@@ -3,7 +3,7 @@ written as WAV (or FLAC, by suffix) at that rate with metadata in a `<file>.json
 waveform + spectrogram per clip.
 
     spec = get_modality("audio")
-    wave, mask = spec.read(Path("a.flac"), cfg, (0, 0), torch.Generator())   # (C, N), (N,)
+    wave, extras = spec.read(Path("a.flac"), cfg, (0, 0), torch.Generator())  # (C, N), {"mask": (N,), "timing": (2,)}
     spec.write(wave, "a.wav", sample_rate=cfg.sample_rate, metadata={"seed": 3})   # + a.wav.json
 """
 
@@ -61,10 +61,12 @@ class AudioModality(Modality):
         return {"sample_rate": cfg.sample_rate, "channels": cfg.channels}
 
     def read(self, path: Path, cfg: Any, size: tuple[int, int], generator: torch.Generator, *,
-             backend: Any = None, thorough: bool = False) -> tuple[Tensor, Tensor | None]:
+             backend: Any = None, thorough: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """(audio (C, N), {"mask": (N,) bool real samples, "timing": (2,) the window's start and the file's
+        length in seconds: stable-audio's seconds_start / seconds_total})."""
         clip = read_audio(path, cfg.sample_rate, cfg.seconds, channels=cfg.channels, crop=cfg.crop_mode,
                           generator=generator, silence_threshold=cfg.silence_threshold, whole_file=thorough)
-        return clip.audio, clip.mask
+        return clip.audio, {"mask": clip.mask, "timing": torch.tensor([clip.start_seconds, clip.total_seconds])}
 
     def read_whole(self, path: Path, sample_rate: int | None = None, channels: int | None = None
                    ) -> tuple[Tensor, dict[str, Any]]:

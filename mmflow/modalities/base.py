@@ -6,7 +6,7 @@ are written and previewed, which tokenizer fields the data fixes. Callers ask th
 compare modality names:
 
     spec = get_modality(cfg.modality)            # cfg: a MediaFolderConfig (the recipe's data section)
-    x, mask = spec.read(path, cfg, (256, 256), generator)
+    x, extras = spec.read(path, cfg, (256, 256), generator)     # extras: audio's "mask" and "timing"
     spec.write(x, "out/sample" + spec.suffix, fps=cfg.fps, sample_rate=cfg.sample_rate)
     spec.write(x, "out/a" + spec.suffix, metadata={"prompt": "a cat", "seed": 3})   # provenance, see below
     spec.read_metadata("out/a" + spec.suffix)                                        # {"prompt": "a cat", ...}
@@ -81,8 +81,9 @@ class Modality(ABC):
 
     @abstractmethod
     def read(self, path: Path, cfg: Any, size: tuple[int, int], generator: torch.Generator, *,
-             backend: Any = None, thorough: bool = False) -> tuple[Tensor, Tensor | None]:
-        """One dataset item: (media (C, ...) in [-1, 1], mask over the last axis or None).
+             backend: Any = None, thorough: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """One dataset item: (media (C, ...) in [-1, 1], extras: more per-item tensors, e.g. audio's "mask"
+        (N,) over the last axis and "timing" (2,): the window's start and the file's length in seconds).
 
         `size`: (H, W) to resize and crop to (ignored without H, W); random choices come from
         `generator`; `thorough`: check the whole file, not only the part read. Raises BadMedia.

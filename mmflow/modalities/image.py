@@ -2,7 +2,7 @@
 text chunks).
 
     spec = get_modality("image")
-    x, _ = spec.read(Path("cat.jpg"), cfg, (256, 256), torch.Generator())   # (3, 256, 256)
+    x, _ = spec.read(Path("cat.jpg"), cfg, (256, 256), torch.Generator())   # (3, 256, 256), {}
     spec.preview(torch.stack([x[None], x[None]]), "grid.png", ["top", "bottom"])
 """
 
@@ -42,8 +42,8 @@ class ImageModality(Modality):
         return image_size(path)
 
     def read(self, path: Path, cfg: Any, size: tuple[int, int], generator: torch.Generator, *,
-             backend: Any = None, thorough: bool = False) -> tuple[Tensor, Tensor | None]:
-        return read_image(path, size, cfg.crop_mode, generator), None
+             backend: Any = None, thorough: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        return read_image(path, size, cfg.crop_mode, generator), {}
 
     def read_whole(self, path: Path, sample_rate: int | None = None, channels: int | None = None
                    ) -> tuple[Tensor, dict[str, Any]]:

@@ -56,11 +56,11 @@ class VideoModality(Modality):
         return override or get_video_backend(cfg.video_backend)  # fails here if not installed
 
     def read(self, path: Path, cfg: Any, size: tuple[int, int], generator: torch.Generator, *,
-             backend: Any = None, thorough: bool = False) -> tuple[Tensor, Tensor | None]:
+             backend: Any = None, thorough: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         media = read_video(path, backend or self.backend(cfg), size, cfg.frames, stride=cfg.stride, fps=cfg.fps,
                            start=cfg.clip_start, short=cfg.short_clips, crop=cfg.crop_mode, generator=generator,
                            verify_frames=cfg.verify_frame_count)
-        return media, None
+        return media, {}
 
     def read_whole(self, path: Path, sample_rate: int | None = None, channels: int | None = None
                    ) -> tuple[Tensor, dict[str, Any]]:

@@ -104,6 +104,9 @@ class FlowMatchingTask(Task):
             inputs, _ = self.prepare_inputs([defaults[i % len(defaults)] for i in range(rows)],
                                             [mix_seed(cfg.seed, i) for i in range(rows)])
             cond = self.input_condition(velocity, inputs, device)
+            extra = self.layout_condition(layout, rows, device)
+            if extra:  # (a task with layout conditions has dict conditions)
+                cond = {**cond, **extra}  # type: ignore[dict-item]
         x0, g = seeded_noise((rows, *layout.x_shape), cfg.seed)
         after_x0 = g.get_state()
 
@@ -126,6 +129,11 @@ class FlowMatchingTask(Task):
         """What one sample is (x0's shape, decode, output modality) at the asked output size; the defaults
         are the training size. Refuses (WrongOutputRequest) what the model cannot make, saying what it is."""
         raise NotImplementedError(f"{type(self).__name__} does not sample through FlowPipeline")
+
+    def layout_condition(self, layout: SampleLayout, rows: int, device: torch.device) -> dict[str, Tensor]:
+        """Condition entries that the output size fixes, `rows` each, joined to both CFG branches (e.g. an audio
+        model's timing); none by default."""
+        return {}
 
     def default_inputs(self) -> list[Any]:
         """The prompts / labels sampled when the user gives none ([None]: unconditional rows)."""

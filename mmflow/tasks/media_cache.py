@@ -28,6 +28,9 @@ from mmflow.tasks.encoders import MediaEncoders
 
 logger = logging.getLogger("mmflow.tasks")
 
+# per-item tensors of the raw items cached beside the encodings (audio's timing: mmflow/modalities/audio.py)
+CACHED_EXTRAS = ("timing",)
+
 # the data settings a cached tensor depends on (not: paths of the cache, bad-item limits, timeouts)
 PREPROCESSING_KEYS = ("modality", "captions", "text_field", "extensions", "size", "crop", "frames", "stride", "fps",
                       "clip_start", "short_clips", "sample_rate", "seconds", "channels", "silence_threshold")
@@ -47,6 +50,7 @@ def cache_describe(recipe: Any, dataset: MediaFolderDataset, encoders: MediaEnco
             files[str(e.path)] = None  # missing: a bad item now, maybe not later
     return {
         "format": "text_to_media/1",
+        **({"extras": list(CACHED_EXTRAS)} if d.modality == "audio" else {}),  # caches from before lack timing
         "seed": recipe.seed,  # random crops and clip starts of epoch 0 are frozen into the cache
         **encoders.describe(),
         "data": {k: getattr(d, k) for k in PREPROCESSING_KEYS},
@@ -88,6 +92,7 @@ def prepare_cache(task: Any, accelerator: Any, batch_size: int = 16) -> PrepareR
             continue
         media = torch.stack([it["media"] for it in items]).to(acc.device)  # (b, *media_shape)
         fields = encoders.cache_fields(media, [it["text"] for it in items])  # {name: (b, ...)}
+        fields.update({k: torch.stack([it[k] for it in items]) for k in CACHED_EXTRAS if k in items[0]})
         for k, it in enumerate(items):
             writer.add(it["index"], {name: t[k] for name, t in fields.items()})
             cached += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
 from mmflow.config import ConfigError, check, from_dict
-from mmflow.data.cache import CachedDataset, CacheOrder, cache_problem
+from mmflow.data.cache import CachedDataset, CacheOrder, StaleCacheError, cache_problem
 from mmflow.data.joint import (FRAMES, ImagesAsClips, JointBatchSampler, JointDataset, JointImagesConfig,
                                collate_padded, image_rows)
 from mmflow.data.media_folder import MediaFolderConfig, MediaFolderDataset, collate
@@ -68,6 +69,10 @@ class MediaDataConfig(MediaFolderConfig):
             check(self.modality == "video", "images.path",
                   f"joint image+video training is for video recipes; this one is {self.modality}")
 
+
+# model.timing: the MM-DiT's scalar conditions (stable-audio's names), and the longest clip it is asked for
+TIMING = ("seconds_start", "seconds_total")
+TIMING_MAX_FACTOR = 2.0  # x data.seconds: RoPE carries the window that far (tested); beyond it, refused
 
 # The MM-DiT's size where model.mmdit names no preset (this recipe's defaults from before presets).
 DEFAULT_MMDIT_SIZE: dict[str, Any] = {"hidden_size": 256, "depth": 6, "num_heads": 4}
@@ -136,6 +141,9 @@ class MediaModelConfig:
     first_frame: float = field(default=0.0, metadata={
         "min": 0.0, "max": 1.0, "help": "video: the fraction of training clips given their first frame to continue "
                                         "(image-to-video, mmflow/tasks/first_frame.py); 0: text-to-video only"})
+    timing: bool = field(default=False, metadata={
+        "help": "audio: stable-audio's timing conditioning (each window's start and its file's length in seconds), "
+                "so one model makes clips of any length up to twice data.seconds that end cleanly"})
     # run-time settings of the MMDiT module, not saved into its exported config.json
     attention_backend: Literal["auto", "sdpa", "xformers", "math"] = "auto"
     gradient_checkpointing: bool = False
@@ -185,7 +193,8 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         """model.mmdit with the latent channels and the text widths filled in."""
         c = self.latent_shape()[0]
         return resolve_mmdit(self.recipe.model.mmdit, in_channels=c, concat_channels=c + 1 if self.i2v else 0,
-                             context_dim=self.encoders.context_dim, pooled_dim=self.encoders.pooled_dim)
+                             context_dim=self.encoders.context_dim, pooled_dim=self.encoders.pooled_dim,
+                             scalar_conditions=TIMING if self.recipe.model.timing else ())
 
     @property
     def i2v(self) -> bool:
@@ -233,6 +242,9 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
                 image_rows(recipe.train.batch_size, recipe.data.images.fraction)
             except ValueError as e:
                 raise ConfigError(str(e), "train.batch_size", source) from e
+        if recipe.model.timing and recipe.data.modality != "audio":
+            raise ConfigError(f"timing conditioning is for audio recipes, this one is {recipe.data.modality}",
+                              "model.timing", source)
         if recipe.model.first_frame > 0 and recipe.data.modality != "video":
             raise ConfigError(f"{recipe.model.first_frame} asks for image-to-video training; it applies to video "
                               f"recipes, this one is {recipe.data.modality}", "model.first_frame", source)
@@ -278,8 +290,6 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
             logger.info("reading the cache %s", self.cache_dir())
             return CachedDataset(self.cache_dir()), True
         if use == "require":
-            from mmflow.data.cache import StaleCacheError
-
             raise StaleCacheError(f"{problem}; data.use_cache is 'require': run `mmflow prepare` with this recipe")
         logger.warning("%s; training from the raw media (run `mmflow prepare` to cache them)", problem)
         return self.track_dropped(raw), False
@@ -344,6 +354,11 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
             if frames is not None:
                 given = given & (frames > 1)  # an image's first frame is all of it: nothing left to learn
             keep["concat"] = first_frame_concat(enc.z[:, :, :1], enc.z.shape[2], given)
+        if self.recipe.model.timing:  # where each window is and how long its file is: kept through CFG dropout
+            if "timing" not in batch:
+                raise StaleCacheError(f"model.timing needs each item's timing, which the cache {self.cache_dir()} "
+                                      "lacks: run `mmflow prepare` again")
+            keep.update(zip(TIMING, batch["timing"].to(enc.z.device, torch.float32).unbind(1)))
         return self.flow_loss(models[VELOCITY], enc.z, enc.text.as_condition(), rng, keep=keep or None, mask=mask)
 
     def _latent_frames(self, batch: Any, z: Tensor) -> Tensor | None:
@@ -362,7 +377,18 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         return self.encoders.null().as_condition()  # on the device the frozen models were placed on
 
     def null_condition(self, model: nn.Module) -> dict[str, Tensor]:
-        return self.task_null()  # u(null) comes from the text encoders, not the MM-DiT
+        # u(null) comes from the text encoders, not the MM-DiT; timing (one row) is the training window's
+        null = self.task_null()
+        return {**null, **self.layout_condition(self.sample_layout(), 1, next(iter(null.values())).device)}
+
+    def layout_condition(self, layout: SampleLayout, rows: int, device: torch.device) -> dict[str, Tensor]:
+        """Condition entries the output size fixes, for both CFG branches: a timing model's seconds_start (0)
+        and seconds_total (the asked length), `rows` each; {} for other models."""
+        if not self.recipe.model.timing:
+            return {}
+        seconds = layout.media_shape[-1] / self.recipe.data.sample_rate
+        return {"seconds_start": torch.zeros(rows, device=device),
+                "seconds_total": torch.full((rows,), seconds, device=device)}
 
     # ------------------------------------------------------------------ sampling
     def sample_media(self, velocity: nn.Module, prompts: Sequence[str], device: torch.device, sample_cfg: Any,
@@ -371,6 +397,7 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         self.place_frozen_models(device)  # sampling outside the trainer (`mmflow sample --device`)
         x0, g = seeded_noise((len(prompts), *self.latent_shape()), sample_cfg.seed)
         cond = self.encoders.encode_prompts(prompts).as_condition()
+        cond.update(self.layout_condition(self.sample_layout(), len(prompts), x0.device))
         # like_shape: a tokenizer that pads on encode (video frames, audio samples) crops back to the data's
         decode = partial(self.encoders.decode, like_shape=(1, *self.media_shape())) if self.encoders.has_tokenizer else None
         return self.sample(velocity, x0.to(device), cond, sample_cfg, guidance=guidance, generator=g, decode=decode,
@@ -459,8 +486,11 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
 
     def sample_layout(self, size: Any = None, num_frames: int | None = None, seconds: float | None = None) -> SampleLayout:
         """The training media size, or the one asked where the modality allows (image: size; video: size,
-        num_frames; audio: seconds) and the latents still divide into patches."""
+        num_frames; audio: seconds) and the latents still divide into patches; a timing model (model.timing)
+        samples its window, or longer, and crops to the seconds asked (`_timing_layout`)."""
         d = self.recipe.data
+        if self.recipe.model.timing and seconds is not None and size is None and num_frames is None:
+            return self._timing_layout(seconds)
         spec = d.spec
         changes = {}
         for key, value in (("size", size), ("num_frames", num_frames), ("seconds", seconds)):
@@ -488,6 +518,35 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
                 f"of {[a * p for a, p in zip(per_latent, patch)]} media samples")
         decode = partial(self.encoders.decode, like_shape=(1, *media_shape)) if self.encoders.has_tokenizer else None
         return SampleLayout(x_shape, media_shape, d.modality, decode, fps=data.fps, sample_rate=data.sample_rate)
+
+    def _timing_layout(self, seconds: float) -> SampleLayout:
+        """A timing model's clip of `seconds` (in (0, TIMING_MAX_FACTOR x data.seconds]): the training window's
+        latents, or more for longer clips (a multiple of the patch: RoPE), told seconds_total = `seconds`
+        (layout_condition) and cropped to it; a length between two samples is rounded with a note."""
+        d = self.recipe.data
+        longest = TIMING_MAX_FACTOR * d.seconds
+        if not 0 < seconds <= longest:
+            raise WrongOutputRequest(f"seconds={seconds:g}: this model makes clips longer than 0 s and up to "
+                                     f"{longest:g} s (its {d.seconds:g} s window with timing conditioning, and "
+                                     f"up to {TIMING_MAX_FACTOR:g}x longer through RoPE)")
+        n = round(seconds * d.sample_rate)
+        if abs(n - seconds * d.sample_rate) > 1e-6:
+            logger.warning("seconds=%g is not a whole number of samples at %d Hz: rounded to %d samples (%.6g s)",
+                           seconds, d.sample_rate, n, n / d.sample_rate)
+        window = self.sample_layout()
+        x_shape = window.x_shape
+        per_latent = window.media_shape[-1] // window.x_shape[-1]  # samples per latent frame (the hop)
+        if n > window.media_shape[-1]:  # longer than the window: more latent frames, a multiple of the patch
+            p = self.recipe.model.mmdit.patch_size[0]
+            x_shape = (*window.x_shape[:-1], math.ceil(n / (per_latent * p)) * p)
+        media_shape = (*window.media_shape[:-1], n)
+        decoded = (1, *window.media_shape[:-1], x_shape[-1] * per_latent)  # all the latents decode to
+
+        def decode(z: Tensor) -> Tensor:  # the sampled latents whole, then the clip asked for
+            media = self.encoders.decode(z, like_shape=decoded) if self.encoders.has_tokenizer else z
+            return media[..., :n]  # (B, C, n)
+
+        return SampleLayout(x_shape, media_shape, d.modality, decode, sample_rate=d.sample_rate)
 
     def default_inputs(self) -> list[Any]:
         return self.eval_prompts()

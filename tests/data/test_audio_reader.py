@@ -34,6 +34,7 @@ def test_random_crop_is_a_window_chosen_by_the_generator(tmp_path):
         assert torch.equal(clip.audio, again.audio)
         start = round(float(clip.audio[0, 0]) * (n + 1)) - 1  # the ramp tells where the window starts
         assert torch.equal(clip.audio[0], torch.from_numpy(data[start : start + 1000, 0]))
+        assert (clip.start_seconds, clip.total_seconds) == (start / 1000, 4.0)  # stable-audio's timing
         starts.add(start)
     assert len(starts) > 5 and max(starts) <= n - 1000
 

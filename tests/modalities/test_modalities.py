@@ -70,8 +70,8 @@ def test_image_write_read_round_trip_and_header_size(tmp_path):
     with Image.open(path) as img:
         assert (img.format, img.size, img.mode) == ("PNG", (24, 16), "RGB")
     assert spec.header_size(path) == (16, 24)
-    got, mask = spec.read(path, _cfg(tmp_path, "image"), (16, 24), torch.Generator())
-    assert mask is None
+    got, extras = spec.read(path, _cfg(tmp_path, "image"), (16, 24), torch.Generator())
+    assert extras == {}
     torch.testing.assert_close(got, x, atol=STEP / 2, rtol=0)
 
 
@@ -94,8 +94,8 @@ def test_video_write_is_h264_at_the_clip_fps_and_reads_back(tmp_path):
     assert frames.shape == (5, 16, 32, 3)
     assert spec.header_size(path) == (16, 32)
     cfg = _cfg(tmp_path, "video", frames=5, clip_start="start", video_backend="pyav")
-    got, mask = spec.read(path, cfg, (16, 32), torch.Generator(), backend=PyAVBackend())
-    assert mask is None and got.shape == (3, 5, 16, 32)
+    got, extras = spec.read(path, cfg, (16, 32), torch.Generator(), backend=PyAVBackend())
+    assert extras == {} and got.shape == (3, 5, 16, 32)
     torch.testing.assert_close(got.mean((0, 2, 3)), clip.mean((0, 2, 3)), atol=0.03, rtol=0)  # H.264 is lossy
     assert spec.write(clip, tmp_path / "default.mp4").exists()  # no fps: the default rate
 
@@ -119,8 +119,9 @@ def test_audio_write_keeps_the_sample_rate_and_reads_back(tmp_path, suffix, fmt)
     info = sf.info(str(path))
     assert (info.format, info.samplerate, info.channels, info.frames) == (fmt, 8000, 2, 800)
     cfg = _cfg(tmp_path, "audio", sample_rate=8000, seconds=0.1, channels=2, crop="start")
-    got, mask = spec.read(path, cfg, (0, 0), torch.Generator())
-    assert got.shape == (2, 800) and bool(mask.all())
+    got, extras = spec.read(path, cfg, (0, 0), torch.Generator())
+    assert got.shape == (2, 800) and bool(extras["mask"].all())
+    assert torch.allclose(extras["timing"], torch.tensor([0.0, 0.1]))  # seconds_start, seconds_total (the file)
     torch.testing.assert_close(got, wave, atol=1e-4, rtol=0)  # 16-bit PCM
 
 
