@@ -28,6 +28,12 @@ tempi each, so the test measures composition, not memory.
 
 Item i of a split is drawn from a generator seeded by (seed, split, i) only, so the same config gives
 the same clips sample for sample, and any prefix of a larger set is the smaller set.
+
+For timing conditioning (a model told each clip's length, stable-audio's seconds_total), `short_fraction`
+of the train clips end early, after a length drawn from [min_seconds, 4] s (faded out over RELEASE), and
+are written that long; the rest, and every test clip, are 4 s:
+
+    python -m mmflow.data.tones --out data/tones_timed/train --split train --short-fraction 0.5
 """
 
 from __future__ import annotations
@@ -115,6 +121,10 @@ class ToneItem:
     onsets: list[float]  # s, every note's start
 
     @property
+    def seconds(self) -> float:
+        return len(self.wave) / SAMPLE_RATE
+
+    @property
     def caption(self) -> str:
         return self.prompt.text
 
@@ -126,11 +136,15 @@ class TonesConfig:
     n_train: int = 2000
     seed: int = 0
     test_tempi_per_key: int = 2  # test prompts: every held-out combination x every key x this many tempi
+    short_fraction: float = 0.0  # train clips cut short (timing conditioning), each to a length in [min_seconds, 4]
+    min_seconds: float = 1.0
     held_out: list[list[Any]] | None = None  # [timbre, pattern, mode or None] never in train; None: the diagonal rule
 
     def validate(self) -> None:
         check(self.n_train >= 0, "n_train", "must be >= 0")
         check(1 <= self.test_tempi_per_key <= len(TEMPI), "test_tempi_per_key", f"must lie in 1..{len(TEMPI)}")
+        check(0.0 <= self.short_fraction <= 1.0, "short_fraction", f"must lie in [0, 1], got {self.short_fraction}")
+        check(0.0 < self.min_seconds <= SECONDS, "min_seconds", f"must lie in (0, {SECONDS:g}], got {self.min_seconds}")
         combos = held_out_combos(self)
         bad = [c for c in combos if c[0] not in TIMBRES or (c[1], c[2]) not in VARIANTS]
         check(not bad, "held_out", f"{bad}: each must be [timbre, pattern, mode] with a timbre in {list(TIMBRES)} "
@@ -311,8 +325,19 @@ def make_tones(cfg: TonesConfig, split: str = "train") -> list[ToneItem]:
         rng = _rng(cfg, "train", i)
         t, p, m = combos[int(rng.integers(len(combos)))]
         prompt = TonePrompt(t, p, KEYS[int(rng.integers(len(KEYS)))], m, TEMPI[int(rng.integers(len(TEMPI)))])
-        items.append(synthesize(prompt, rng))
+        item = synthesize(prompt, rng)
+        if cfg.short_fraction and rng.uniform() < cfg.short_fraction:  # drawn after the clip: it stays the same
+            item = cut_short(item, rng.uniform(cfg.min_seconds, SECONDS))
+        items.append(item)
     return items
+
+
+def cut_short(item: ToneItem, seconds: float) -> ToneItem:
+    """The item ending after `seconds` (faded out over its last RELEASE s, so it ends without a click)."""
+    n = round(seconds * SAMPLE_RATE)
+    fade = np.clip(np.arange(n, 0, -1) / (RELEASE * SAMPLE_RATE), 0.0, 1.0)  # (n,) 1 ... 1, then down to 0
+    return ToneItem((item.wave[:n] * fade).astype(np.float32), item.prompt, item.tonic_midi,
+                    [t for t in item.onsets if t < seconds])
 
 
 def write_tones_folder(folder: str | Path, cfg: TonesConfig, split: str = "train") -> Path:
@@ -329,7 +354,8 @@ def write_tones_folder(folder: str | Path, cfg: TonesConfig, split: str = "train
         for i, item in enumerate(items):
             name = f"tone_{i:05d}.wav"
             sf.write(str(tmp / name), item.wave, SAMPLE_RATE, subtype="PCM_16")
-            lines.append(json.dumps({"file_name": name, "text": item.caption, **item.prompt.to_dict()}))
+            lines.append(json.dumps({"file_name": name, "text": item.caption, **item.prompt.to_dict(),
+                                     "seconds": round(item.seconds, 4)}))
         (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return Path(folder)
 
@@ -340,9 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=list(_SPLITS), default="train")
     p.add_argument("--n-train", type=int, default=TonesConfig.n_train, help="train clips")
     p.add_argument("--test-tempi-per-key", type=int, default=TonesConfig.test_tempi_per_key)
+    p.add_argument("--short-fraction", type=float, default=0.0, help="train clips cut short (timing conditioning)")
+    p.add_argument("--min-seconds", type=float, default=TonesConfig.min_seconds, help="the shortest cut")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    cfg = TonesConfig(n_train=args.n_train, seed=args.seed, test_tempi_per_key=args.test_tempi_per_key)
+    cfg = TonesConfig(n_train=args.n_train, seed=args.seed, test_tempi_per_key=args.test_tempi_per_key,
+                      short_fraction=args.short_fraction, min_seconds=args.min_seconds)
     write_tones_folder(args.out, cfg, args.split)
     n = sum(1 for _ in (args.out / "metadata.jsonl").open())
     held = ", ".join(" ".join(x for x in c if x) for c in held_out_combos(cfg))

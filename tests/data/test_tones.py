@@ -125,6 +125,25 @@ def test_config_errors_name_the_key():
         td.test_prompts(TonesConfig(test_tempi_per_key=5))
     with pytest.raises(ValueError, match="split"):
         make_tones(SMALL, "val")
+    with pytest.raises(ConfigError, match="short_fraction"):
+        make_tones(TonesConfig(short_fraction=1.5))
+    with pytest.raises(ConfigError, match="min_seconds"):
+        make_tones(TonesConfig(short_fraction=0.5, min_seconds=5.0))
+
+
+def test_short_clips_for_timing_end_early_and_cleanly_and_leave_the_rest_unchanged():
+    full = make_tones(TonesConfig(n_train=40, seed=3))
+    mixed = make_tones(TonesConfig(n_train=40, seed=3, short_fraction=0.5, min_seconds=1.0))
+    short = [(a, b) for a, b in zip(full, mixed) if b.seconds < 4.0]
+    assert 10 <= len(short) <= 30  # about half
+    for a, b in zip(full, mixed):
+        assert b.prompt == a.prompt and 1.0 <= b.seconds <= 4.0
+        n = len(b.wave)
+        np.testing.assert_array_equal(b.wave[: n - int(0.02 * SAMPLE_RATE)], a.wave[: n - int(0.02 * SAMPLE_RATE)])
+        if b.seconds < 4.0:
+            assert abs(float(b.wave[-1])) < 0.01  # faded out: no click at the end
+        else:
+            np.testing.assert_array_equal(b.wave, a.wave)
 
 
 def test_written_folder_is_an_audio_folder(tmp_path, capsys):
@@ -136,7 +155,8 @@ def test_written_folder_is_an_audio_folder(tmp_path, capsys):
     assert [r["file_name"] for r in rows] == [f"tone_{i:05d}.wav" for i in range(6)]
     for r, it in zip(rows, items):
         assert r["text"] == it.caption and TonePrompt.from_dict(r) == it.prompt
-        assert set(r) == {"file_name", "text", "timbre", "pattern", "key", "mode", "tempo"}
+        assert set(r) == {"file_name", "text", "timbre", "pattern", "key", "mode", "tempo", "seconds"}
+        assert r["seconds"] == 4.0
         info = sf.info(str(folder / r["file_name"]))
         assert (info.samplerate, info.channels, info.frames, info.subtype) == (SAMPLE_RATE, 1, NUM_SAMPLES, "PCM_16")
         wave, _ = sf.read(str(folder / r["file_name"]), dtype="float32")
