@@ -143,6 +143,15 @@ class AudioVAE(Tokenizer):
     def num_latent_frames(self, num_samples: int) -> int:
         return math.ceil(num_samples / self.config.hop_length)
 
+    def latent_shape(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """Waveform shape (C, N) -> latent shape (latent_channels, ceil(N / hop)), checked as encode checks it."""
+        shape = tuple(shape)
+        if len(shape) != 2:
+            raise ValueError(f"expected a waveform shape (C, N), got {shape}")
+        if shape[0] != self.config.channels or shape[1] == 0:
+            raise ValueError(f"AudioVAE expects {self.config.channels} channel(s) and some samples, got {shape}")
+        return self.config.latent_channels, self.num_latent_frames(shape[1])
+
     def last_layer_weight(self) -> nn.Parameter:
         """The decoder's output weight (for the adaptive adversarial weight in mmflow.tokenizers.losses)."""
         return self.decoder.conv_out.weight

@@ -50,6 +50,10 @@ KNOWN_TEXT_ENCODERS: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]]
                dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
                     feed_forward_proj="gated-gelu", relative_attention_num_buckets=32),
                ("t5-xxl", "t5", "t5xxl", "t5-v1-1-xxl", "text-encoder-3")),
+    "t5-base": ("T5EncoderModel", "T5Config",  # Stable Audio Open's text encoder (T5 v1.0 base, encoder only)
+                dict(vocab_size=32128, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12,
+                     feed_forward_proj="relu", relative_attention_num_buckets=32),
+                ("t5-base",)),
 }
 
 # name -> (model type, config, aliases matched against the tokenizer folder's name)
@@ -62,6 +66,11 @@ KNOWN_TOKENIZERS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     # 16 channels, trained with `mmflow train tokenizers/video.yaml model.preset=cogvideox ...`
     "video-vae-16ch": ("video_vae", dict(block_out_channels=(128, 256, 256, 512), layers_per_block=3, latent_channels=16),
                        ("video-vae-16ch", "video-vae", "cogvideox-vae")),
+    # mmflow's waveform VAE at Stable Audio Open's rate and compression: 44.1 kHz stereo, hop 2048 (21.5 latent
+    # frames per second), 64 channels; trained with `mmflow train tokenizers/audio.yaml` at these widths
+    "audio-vae-44k": ("audio_vae", dict(sample_rate=44100, channels=2, base_channels=128,
+                                        block_channels=(128, 256, 512, 1024, 2048), strides=(2, 4, 4, 8, 8),
+                                        latent_channels=64), ("audio-vae-44k", "audio-vae", "stable-audio-vae")),
 }
 
 

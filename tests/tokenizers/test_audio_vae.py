@@ -74,6 +74,9 @@ def test_length_not_multiple_of_hop_is_padded_with_silence_and_cropped() -> None
     with torch.no_grad():
         post = vae.encode(x)
         assert post.mean.shape[2] == math.ceil(803 / 8) == vae.num_latent_frames(803)
+        assert vae.latent_shape((1, 803)) == tuple(post.mean.shape[1:])  # without encoding (dry runs: meta tensors)
+        with pytest.raises(ValueError, match="expects 1 channel"):
+            vae.latent_shape((2, 803))
         torch.testing.assert_close(post.mean, vae.encode(F.pad(x, (0, 5))).mean)  # zeros on the right
         assert vae.decode(post.mode(), like_shape=x.shape).shape == x.shape
         assert vae(x).reconstruction.shape == x.shape
