@@ -54,6 +54,8 @@ class AudioVAEConfig:
     dilations: tuple[int, ...] = _field((1, 3, 9), "dilations of the residual units in every block", min=1)
     latent_channels: int = _field(32, "latent channels", min=1)
     weight_norm: bool = _field(True, "weight-normalised convs (DAC); the output conv never is")
+    init_posterior_std: float = _field(0.1, "posterior std the untrained encoder starts from (the logvar bias "
+                                            "of its output conv); 1.0 = the prior's", min=0.0, min_exclusive=True)
     latent_shift: list[float] | None = _field(None, "per-channel latent mean (None until measured)")
     latent_scale: list[float] | None = _field(None, "per-channel 1/std (None until measured)")
 
@@ -101,6 +103,9 @@ class AudioEncoder(nn.Module):
                                       for i, s in enumerate(cfg.strides)])
         self.act = Snake1d(widths[-1])
         self.conv_out = conv1d(widths[-1], 2 * cfg.latent_channels, 3, weight_norm=wn)
+        # Noise as large as the prior drowns an untrained encoder's small means (~0.1): the decoder then learns
+        # to output silence and ignores its input (posterior collapse: l1 stuck at the data's mean |x|).
+        nn.init.constant_(self.conv_out.bias[cfg.latent_channels:], 2 * math.log(cfg.init_posterior_std))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.blocks(self.conv_in(x))  # (B, C_last, n)

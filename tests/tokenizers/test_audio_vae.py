@@ -140,3 +140,16 @@ def test_short_training_reduces_reconstruction_error(short_fit) -> None:
     final, silence = (rec - x).abs().mean().item(), x.abs().mean().item()
     assert final < 0.4 * losses[0] and final < 0.4 * silence, (losses[0], silence, final)
     assert torch.all(stft_distance(rec, x) < stft_distance(torch.zeros_like(x), x))
+
+
+def test_untrained_posterior_noise_is_small() -> None:
+    """The encoder starts at std init_posterior_std, not the prior's 1: noise that large drowned the untrained
+    means and the decoder learnt to output silence (the tokenizer recipe's l1 stuck at the data's mean |x|)."""
+    for std in (0.1, 0.5):
+        vae = AudioVAE(audio_vae_config("test", init_posterior_std=std))
+        with torch.no_grad():
+            post = vae.encode(_sines(n=800))
+        assert abs(post.std.log().mean().item() - math.log(std)) < 0.15  # the bias sets it; the weights scatter it
+        assert post.std.max() < 2 * std
+    with pytest.raises(ConfigError, match="init_posterior_std"):
+        from_dict(AudioVAEConfig, {"init_posterior_std": 0.0})
