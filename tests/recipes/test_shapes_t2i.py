@@ -14,15 +14,13 @@ from PIL import Image
 from mmflow.cli import main
 from mmflow.data.shapes import ShapesConfig, write_shapes_folder
 from tests.conftest import REPO
+from tests.recipes.shortened import shortened
 
 RECIPE = REPO / "recipes" / "shapes_t2i.yaml"
 
 
 def _overrides(data: Path, test: Path, steps: int) -> list[str]:
-    return [f"data.path={data}", f"data.cache={data.parent / 'cache'}", f"eval.real={test}", "model.mmdit.hidden_size=32", "model.mmdit.depth=1",
-            "model.mmdit.num_heads=2", "train.batch_size=4", f"train.max_steps={steps}", "train.warmup_steps=0",
-            "train.checkpoint_every=2", "train.validate_every=2", "train.log_every=1", "data.eval_per_prompt=1",
-            "eval.num_samples=6", "eval.batch_size=6", "sample.steps=2",
+    return [*shortened(data, test, steps, samples=6),
             'eval.prompts=["a small purple triangle in the top left", "a red star to the left of a green circle"]']
 
 

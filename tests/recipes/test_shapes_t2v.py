@@ -16,15 +16,9 @@ from PIL import Image
 from mmflow.cli import main
 from mmflow.data.shapes_video import ShapesVideoConfig, write_clips_folder
 from tests.conftest import REPO
+from tests.recipes.shortened import shortened
 
 RECIPE = REPO / "recipes" / "shapes_t2v.yaml"
-
-
-def _overrides(data: Path, test: Path, steps: int) -> list[str]:
-    return [f"data.path={data}", f"data.cache={data.parent / 'cache'}", f"eval.real={test}",
-            "model.mmdit.hidden_size=32", "model.mmdit.depth=1", "model.mmdit.num_heads=2", "train.batch_size=4",
-            f"train.max_steps={steps}", "train.warmup_steps=0", "train.checkpoint_every=2", "train.validate_every=2",
-            "train.log_every=1", "data.eval_per_prompt=1", "eval.num_samples=4", "eval.batch_size=4", "sample.steps=2"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +42,7 @@ def test_shapes_t2v_recipe_trains_resumes_and_samples_mp4s(clips: tuple[Path, Pa
     data, test = clips
     run = tmp_path / "run"
     monkeypatch.chdir(REPO)  # the recipe names the shipped tokenizer as from the repository root
-    assert main(["train", str(RECIPE), "--run-dir", str(run), *_overrides(data, test, steps=2)]) == 0
+    assert main(["train", str(RECIPE), "--run-dir", str(run), *shortened(data, test, steps=2)]) == 0
     out = capsys.readouterr().out
     assert (run / "checkpoints" / "step_00000002").is_dir()
     assert "prompt check 'shapes_video': 4 samples of the prompts of" in out, out
@@ -56,7 +50,7 @@ def test_shapes_t2v_recipe_trains_resumes_and_samples_mp4s(clips: tuple[Path, Pa
     for attribute in ("motion", "colour", "shape", "background", "all"):
         assert 0.0 <= float(table[attribute]) <= 1.0, (attribute, out)
 
-    assert main(["train", str(RECIPE), "--run-dir", str(run), "--resume", *_overrides(data, test, steps=4)]) == 0
+    assert main(["train", str(RECIPE), "--run-dir", str(run), "--resume", *shortened(data, test, steps=4)]) == 0
     capsys.readouterr()
     assert "(step 2)" in (run / "train.log").read_text()
 

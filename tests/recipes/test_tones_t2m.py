@@ -21,15 +21,13 @@ from mmflow.tokenizers import AudioVAE
 from mmflow.tokenizers.audio_vae import audio_vae_config
 from mmflow.data.tones import TonesConfig, write_tones_folder
 from tests.conftest import REPO
+from tests.recipes.shortened import shortened
 
 RECIPE = REPO / "recipes" / "tones_t2m.yaml"
 
 
 def _overrides(data: Path, test: Path, steps: int) -> list[str]:
-    return [f"data.path={data}", f"model.tokenizer={data.parent / 'tokenizer'}", f"data.cache={data.parent / 'cache'}", f"eval.real={test}",
-            "model.mmdit.hidden_size=32", "model.mmdit.depth=1", "model.mmdit.num_heads=2", "train.batch_size=4",
-            f"train.max_steps={steps}", "train.warmup_steps=0", "train.checkpoint_every=2", "train.validate_every=2",
-            "train.log_every=1", "data.eval_per_prompt=1", "eval.num_samples=4", "eval.batch_size=4", "sample.steps=2"]
+    return [*shortened(data, test, steps), f"model.tokenizer={data.parent / 'tokenizer'}"]
 
 
 @pytest.fixture(scope="module")
