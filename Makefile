@@ -61,8 +61,10 @@ demo-digits: $(STAMP)
 demo-toy: $(STAMP)
 	$(VENV)/bin/mmflow train recipes/toy2d.yaml --run-dir runs/demo-toy-$$(date +%Y%m%d-%H%M%S)
 
+# One pytest-xdist worker per core (at most 4), whole test files per worker so module fixtures are built once;
+# tests/conftest.py splits the cores' threads between the workers.
 test: $(STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n auto --maxprocesses 4 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs

@@ -17,7 +17,8 @@ distance to that point's k-th nearest neighbour in its own set:
 Distances are computed in row chunks (`chunk` x the other set), so 10k x 10k needs ~40 MB per chunk
 rather than the whole matrix. They use torch.cdist's matrix-product form in float32 after centring
 both sets on the real mean: its rounding is ~1e-7 of |x|^2, far below the k-NN radii being compared. Ties count as inside (<=), as in the
-Kynkaanniemi reference; with continuous features ties have probability zero.
+Kynkaanniemi reference, within TIE_TOLERANCE: a fake point that duplicates a real one sits exactly on its
+neighbours' radii, where the same distance computed in another chunk or thread layout can round either way.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class ManifoldReport:
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
+
+TIE_TOLERANCE = 1e-5  # relative: a distance within it of a radius is a tie, inside (float32 rounding ~1e-7)
 
 
 def _as_features(x: Tensor | np.ndarray, name: str) -> Tensor:
@@ -94,8 +97,8 @@ def manifold_report(real: Tensor | np.ndarray, fake: Tensor | np.ndarray, k_pr: 
     # cdist accurate when the features sit far from the origin (|x|^2 >> the radii^2 it subtracts to).
     centre = real.mean(dim=0)
     real, fake = real - centre, fake - centre
-    real_r = knn_radii(real, (k_pr, k_dc), chunk, "real")
-    fake_r = knn_radii(fake, (k_pr,), chunk, "fake")[k_pr]  # (M,)
+    real_r = {k: r * (1 + TIE_TOLERANCE) for k, r in knn_radii(real, (k_pr, k_dc), chunk, "real").items()}
+    fake_r = knn_radii(fake, (k_pr,), chunk, "fake")[k_pr] * (1 + TIE_TOLERANCE)  # (M,)
 
     in_real = torch.zeros(fake.shape[0], dtype=torch.bool)  # fake j inside some real k_pr-ball (precision)
     in_fake = torch.zeros(real.shape[0], dtype=torch.bool)  # real i inside some fake k_pr-ball (recall)
