@@ -38,6 +38,13 @@ samples.png and an index samples.json. Sample i uses seed+i: the same command gi
   mmflow sample runs/music --prompt "a slow piano melody" --seconds 8 --negative-prompt "noise"
   mmflow sample runs/digits_image num_samples=16 --label 7 --label 3
   mmflow sample runs/toy2d steps=32 solver=rk4 guidance=3.0 num_samples=2000 --label 3
+  mmflow sample runs/base --lora runs/style --lora runs/subject:0.6 --prompt "a red heart"   # LoRA adapters
+"""
+
+LORA_EPILOG = """\
+A LoRA run (train.lora + train.init_from) saves adapters only; `mmflow sample MODEL --lora ADAPTER[:SCALE]`
+applies them, and merge folds one into a full model folder (the layout of an export).
+  mmflow lora merge runs/base runs/style models/base_style --scale 0.8
 """
 
 
@@ -50,9 +57,14 @@ formats:
   diffusers-vae   a diffusers AutoencoderKL folder (SD3/Flux 16-channel or SD1/SDXL 4-channel; a
                   pipeline folder's vae/ also works) -> an mmflow image tokenizer folder. diffusers'
                   scaling_factor / shift_factor become the tokenizer's per-channel latent statistics.
+  diffusers-sd3-pipeline  a whole diffusers StableDiffusion3Pipeline folder (model_index.json, transformer/,
+                  vae/, text_encoder*/ (CLIP-L, CLIP-G, T5), tokenizer*/, scheduler/) -> a self-contained
+                  mmflow pipeline folder (pipeline.json + models/) that `mmflow sample` loads and that
+                  samples as diffusers does (SD3's text conditioning, CFG with the empty prompt, scheduler).
 examples:
   mmflow convert diffusers-sd3 stable-diffusion-3.5-medium/transformer models/sd35m
   mmflow convert diffusers-vae stable-diffusion-3.5-medium/vae tokenizers/sd35m-vae
+  mmflow convert diffusers-sd3-pipeline stable-diffusion-3.5-medium models/sd35m-pipeline
   mmflow convert diffusers-sd3 sd3-medium models/sd3m --dtype bfloat16 --max-shard-gb 2
 """
 
@@ -127,6 +139,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace samples already in the output folder")
     s.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before loading)")
+    s.add_argument("--lora", action="append", dest="loras", default=None, metavar="ADAPTER[:SCALE]",
+                   help="a LoRA adapter folder or LoRA run, its update times SCALE (default 1); repeat to compose")
+    lo = sub.add_parser("lora", help="LoRA adapters: merge one into a full model", epilog=LORA_EPILOG,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    lo_sub = lo.add_subparsers(dest="lora_command", required=True)
+    lm = lo_sub.add_parser("merge", help="fold an adapter into a full model folder (written atomically)")
+    lm.add_argument("model", help="the base: run folder, checkpoint folder or exported model folder")
+    lm.add_argument("adapter", help="adapter folder, or a LoRA run / checkpoint / export")
+    lm.add_argument("out", help="output model folder")
+    lm.add_argument("--scale", type=float, default=1.0, help="weight of the adapter's update (default 1)")
+    lm.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     pr = sub.add_parser("prepare", help="cache a media recipe's latents and text embeddings",
                         description="Encode every item of the recipe's media folder with its tokenizer and text "
                                     "encoders into the cache (data.cache, default <run folder>/cache). Training "
@@ -168,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when there is one)")
     c = sub.add_parser("convert", help="convert other frameworks' weights into an mmflow model folder",
                        epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("format", choices=["diffusers-sd3", "diffusers-vae"], help="source format")
+    c.add_argument("format", choices=["diffusers-sd3", "diffusers-vae", "diffusers-sd3-pipeline"], help="source format")
     c.add_argument("src", help="source folder")
     c.add_argument("dst", help="output mmflow model folder (written atomically)")
     c.add_argument("--dtype", choices=["keep", "float32", "bfloat16", "float16"], default="keep",
@@ -232,6 +255,8 @@ def _sample(args: argparse.Namespace) -> int:
     prompts = list(args.prompts or []) + _prompt_file(args.prompt_file)
     encoders = dict(_pair(p, "--text-encoder") for p in args.text_encoders or [])
     pipe = FlowPipeline.from_pretrained(args.path, use_ema=not args.no_ema, device=device, text_encoders=encoders)
+    for text in args.loras or []:
+        pipe.load_lora(*_adapter_scale(text))
     cfg = pipe.sample_config(args.overrides)
     out_dir = Path(args.out) if args.out else Path(args.path) / "samples"
     out = pipe(prompts or None, labels=args.labels, num_per_prompt=cfg.num_samples, sample_config=cfg,
@@ -244,6 +269,35 @@ def _sample(args: argparse.Namespace) -> int:
                       "inputs": inputs if len(inputs) <= 20 else inputs[:20] + ["..."], "nfe": out.nfe,
                       "files": [str(f) for f in files[:3]] + (["..."] if len(files) > 5 else []) + [str(f) for f in files[-2:]],
                       **out.report}, indent=2))
+    return 0
+
+
+def _adapter_scale(text: str) -> tuple[str, float]:
+    """ADAPTER[:SCALE] of --lora: (folder, scale), the scale 1 when the text ends in no number."""
+    path, sep, tail = text.rpartition(":")
+    if not sep:
+        return text, 1.0
+    try:
+        scale = float(tail)
+    except ValueError:
+        return text, 1.0  # a colon inside the path
+    if not path or not math.isfinite(scale):
+        raise ConfigError(f"--lora {text!r}: expected ADAPTER[:SCALE] with a finite scale")
+    return path, scale
+
+
+def _lora(args: argparse.Namespace) -> int:
+    from mmflow.pipeline import FlowPipeline
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} already exists (--overwrite replaces it)", "lora merge")
+    if not math.isfinite(args.scale):
+        raise ConfigError(f"--scale {args.scale} is not a finite number", "lora merge")
+    pipe = FlowPipeline.from_pretrained(args.model)
+    pipe.load_lora(args.adapter, args.scale)
+    pipe.save_pretrained(out, overwrite=True)
+    print(f"merged {pipe.adapters[-1][0]} (scale {args.scale:g}) into {pipe.source} -> {out}")
     return 0
 
 
@@ -343,6 +397,8 @@ def _convert(args: argparse.Namespace) -> int:
     from mmflow.model_io import save_model
 
     dtype = None if args.dtype == "keep" else getattr(torch, args.dtype)
+    if args.format == "diffusers-sd3-pipeline":
+        return _convert_pipeline(args, dtype)
     loader = {"diffusers-sd3": load_diffusers_sd3, "diffusers-vae": load_diffusers_vae}[args.format]
     try:
         model = loader(args.src, dtype=dtype)
@@ -351,6 +407,22 @@ def _convert(args: argparse.Namespace) -> int:
     out = save_model(model, args.dst, max_shard_bytes=int(args.max_shard_gb * 1024**3))
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out} ({model.model_type}, {n / 1e6:.1f}M parameters, {args.format} weights from {args.src})")
+    return 0
+
+
+def _convert_pipeline(args: argparse.Namespace, dtype: object) -> int:
+    from mmflow.interop.diffusers_sd3_pipeline import convert_diffusers_sd3_pipeline
+
+    try:
+        out = convert_diffusers_sd3_pipeline(args.src, args.dst, dtype=dtype,
+                                             max_shard_bytes=int(args.max_shard_gb * 1024**3))
+    except ValueError as e:  # keys or config that do not fit: the message names them
+        if isinstance(e, UserError):
+            raise
+        raise ConfigError(str(e), source=args.src) from e
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} (an mmflow pipeline, {size / 2**20:.1f} MiB, from the {args.format} folder {args.src}); "
+          f"sample it with: mmflow sample {out} --prompt \"...\"")
     return 0
 
 
@@ -384,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"train": _train, "sample": _sample, "prepare": _prepare, "encode": _encode_decode,
                     "decode": _encode_decode, "convert": _convert, "eval": _eval,
-                    "export": _export}
+                    "export": _export, "lora": _lora}
         return commands[args.command](args)
     except UserError as e:  # expected: one line naming what is at fault; a bug keeps its traceback
         print(f"mmflow {args.command}: error: {e}", file=sys.stderr)

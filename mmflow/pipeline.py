@@ -13,6 +13,7 @@ intact checkpoint and says so.
     out.media                                   # (8, 3, 32, 32) in [-1, 1]; video (B, 3, T, H, W); audio (B, C, N)
     pipe.save(out, "samples/")                  # sample_0000.png ... + samples.png + samples.json
     pipe.save_pretrained("exported/emoji")      # a self-contained copy
+    pipe.load_lora("runs/emoji_style", scale=0.8)  # a LoRA adapter (train.lora); save_pretrained merges it
 
 Sample i's noise is drawn from seed + i alone, and its file records that seed, the prompt, the
 sampler settings and the model's fingerprint: the same call gives the same output bit for bit on CPU.
@@ -20,6 +21,7 @@ sampler settings and the model's fingerprint: the same call gives the same outpu
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -37,6 +39,7 @@ from mmflow.config import ConfigError, apply_overrides, from_dict, to_dict
 from mmflow.errors import MissingInput, UserError
 from mmflow.modalities import get_modality
 from mmflow.model_io import CorruptModel, load_model, read_json_object, save_model
+from mmflow.models.lora import ADAPTER_CONFIG, is_adapter_folder, load_adapter, merged_copy
 from mmflow.recipe import Recipe
 from mmflow.sampling.config import SampleConfig
 from mmflow.sampling.generate import NonFiniteSamples, generate
@@ -47,6 +50,7 @@ from mmflow.tasks.first_frame import FirstFrame, with_first_frame
 from mmflow.tasks.flow_task import FlowMatchingTask
 from mmflow.text.default import TextEncoderNotFound
 from mmflow.train.checkpoint import MANIFEST, list_checkpoints, verify_checkpoint
+from mmflow.train.lora_training import BASE_MODEL_KEY
 from mmflow.utils.fs import atomic_folder, write_json_atomic
 from mmflow.utils.seeding import mix_seed
 
@@ -95,6 +99,27 @@ def model_candidates(path: str | Path) -> tuple[list[Path], bool]:
     found = [path / "model"] if (path / "model").is_dir() else []
     found += [ref.path for ref in list_checkpoints(path / "checkpoints")]
     return found, False
+
+
+def _model_dir(folder: Path, name: str, use_ema: bool) -> Path:
+    """models/<name>_ema of a saved pipeline where it is there and wanted, else models/<name>."""
+    ema = folder / "models" / f"{name}_ema"
+    return ema if use_ema and ema.exists() else folder / "models" / name
+
+
+def adapter_folder(path: str | Path, use_ema: bool = True) -> Path:
+    """The LoRA adapter `path` names: a peft adapter folder, or the adapter a LoRA run, checkpoint or export
+    holds (its EMA adapter where saved and `use_ema`)."""
+    path = Path(path)
+    if is_adapter_folder(path):
+        return path
+    for folder in model_candidates(path)[0]:
+        if (folder / PIPELINE_FILE).is_file():
+            info = read_json_object(folder / PIPELINE_FILE)
+            if BASE_MODEL_KEY in info:
+                return _model_dir(folder, info.get("model", "velocity"), use_ema)
+    raise MissingInput(f"{path} is not a LoRA adapter: no {ADAPTER_CONFIG} there, and it is not a LoRA run, "
+                       f"checkpoint or export (trained with train.lora)")
 
 
 def _verified(folder: Path) -> Path:
@@ -155,6 +180,7 @@ class FlowPipeline:
         self.model_name = info.get("model", "velocity")
         self.fingerprint = folder_fingerprint(source)  # the velocity weights' sha256: each sample file records it
         self.device = torch.device("cpu")
+        self.adapters: list[tuple[Path, float]] = []  # LoRA adapters added to the velocity model, with their scales
 
     @property
     def components(self) -> dict[str, nn.Module]:
@@ -193,6 +219,8 @@ class FlowPipeline:
         """The models pipeline.json names (EMA weights where saved) and the frozen components it lists."""
         info_path = folder / PIPELINE_FILE
         info = read_json_object(info_path)
+        if BASE_MODEL_KEY in info:  # a LoRA run's export: its base model, then its adapter
+            return cls._with_base(folder, info, use_ema, text_encoders)
         for key in ("task", "recipe"):
             if key not in info:
                 raise CorruptModel(f"{info_path}: missing key {key!r}")
@@ -202,16 +230,37 @@ class FlowPipeline:
         task = task_class(recipe_from_dict(recipe_dict, source=str(info_path)))
         if not isinstance(task, FlowMatchingTask):
             raise CorruptModel(f"{info_path}: task {info['task']!r} is not a flow model (nothing to sample)")
-
-        def model_dir(name: str) -> Path:
-            ema = folder / "models" / f"{name}_ema"
-            return ema if use_ema and ema.exists() else folder / "models" / name
-
-        main = model_dir(info.get("model", "velocity"))
+        main = _model_dir(folder, info.get("model", "velocity"), use_ema)
         velocity = load_model(main).eval()
-        extras = {n: load_model(model_dir(n)).eval() for n in info.get("extra_models", [])}
+        extras = {n: load_model(_model_dir(folder, n, use_ema)).eval() for n in info.get("extra_models", [])}
         task.attach_models(extras)
         return cls(task, velocity, extras, info, main)
+
+    @classmethod
+    def _with_base(cls, folder: Path, info: dict[str, Any], use_ema: bool,
+                   text_encoders: Mapping[str, str] | None) -> "FlowPipeline":
+        """A LoRA export: the base model its pipeline.json points at, with the export's adapter added."""
+        base = Path(str(info[BASE_MODEL_KEY]))
+        if not base.exists():
+            raise MissingInput(f"{folder / PIPELINE_FILE}: the LoRA adapter's base model {base} does not exist "
+                               f"(copy it along, or fold the adapter into a full model with `mmflow lora merge`)")
+        pipe = cls.from_pretrained(base, use_ema, text_encoders=text_encoders)
+        pipe.load_lora(_model_dir(folder, info.get("model", "velocity"), use_ema))
+        return pipe
+
+    def load_lora(self, adapter: str | Path, scale: float = 1.0) -> str:
+        """Add a LoRA adapter to the velocity model, its update weighted by `scale` (0: none); several compose
+        (their updates add). adapter: a peft adapter folder or a LoRA run / checkpoint / export (see
+        `adapter_folder`); one made for another base model is refused (AdapterMismatch naming the layers).
+        The fingerprint that samples record changes with it. Returns the adapter's name in the model."""
+        folder = adapter_folder(adapter)
+        name = f"adapter{len(self.adapters)}"
+        load_adapter(self.velocity, folder, name, scale)
+        self.velocity.to(self.device)
+        self.adapters.append((folder, scale))
+        mixed = f"{self.fingerprint} {folder_fingerprint(folder)} {scale!r}"
+        self.fingerprint = hashlib.sha256(mixed.encode()).hexdigest()
+        return name
 
     def to(self, device: str | torch.device) -> "FlowPipeline":
         """Move every component to `device` (checked: cpu, cuda, cuda:N or mps)."""
@@ -225,10 +274,12 @@ class FlowPipeline:
     def save_pretrained(self, folder: str | Path, dtype: torch.dtype | None = None, overwrite: bool = True) -> Path:
         """Write this pipeline as a self-contained model folder (models/, pipeline.json), atomically: the
         velocity and extra models as loaded (EMA weights where loaded; stored in `dtype` if given, e.g.
-        float16 to ship half the bytes), the frozen components copied or referenced as at export."""
+        float16 to ship half the bytes; LoRA adapters merged in at their scales), the frozen components copied
+        or referenced as at export."""
         folder = Path(folder)
+        velocity = merged_copy(self.velocity) if self.adapters else self.velocity  # LoRA adapters folded in
         with atomic_folder(folder, overwrite=overwrite) as out:
-            for name, module in {self.model_name: self.velocity, **self.extra_models}.items():
+            for name, module in {self.model_name: velocity, **self.extra_models}.items():
                 save_model(module, out / "models" / name, dtype=dtype)
             info = {k: v for k, v in self.info.items() if k not in ("recipe", "components")}
             components = self.task.export_frozen(out / "models")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Sequence
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from toy_recipes import REPO, SMALL_TOY, reset_accelerate, toy_recipe  # noqa: F401  (tests import REPO from here)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -22,23 +20,6 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["OMP_NUM_THREADS"] = str(threads)  # command-line runs the tests start inherit it
         torch.set_num_threads(threads)
 
-# A toy run that trains in seconds on one CPU core.
-SMALL_TOY = [
-    "model.hidden=32", "model.depth=2", "model.time_frequency_dim=16",
-    "data.num_samples=4096", "train.batch_size=64", "train.max_steps=20", "train.warmup_steps=2",
-    "train.log_every=5", "train.checkpoint_every=10", "train.keep_checkpoints=3",
-    "sample.num_samples=500", "sample.steps=4",
-]
-
-
-def reset_accelerate() -> None:
-    """Accelerate keeps process-wide singletons; reset them so the next Accelerator starts fresh."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
@@ -50,12 +31,6 @@ def _fresh_accelerate_state():
 def fresh_accelerate():
     """Call it between two trainings with different precision inside one test."""
     return reset_accelerate
-
-
-def toy_recipe(*overrides: str, base: Sequence[str] = SMALL_TOY):
-    from mmflow.tasks import load_recipe
-
-    return load_recipe(REPO / "recipes" / "toy2d.yaml", [*base, *overrides])
 
 
 @pytest.fixture(scope="session")

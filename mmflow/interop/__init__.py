@@ -7,6 +7,7 @@ from mmflow.interop.diffusers_sd3 import (
     load_diffusers_sd3,
     mmdit_config_from_sd3,
 )
+from mmflow.interop.diffusers_sd3_pipeline import convert_diffusers_sd3_pipeline, read_sd3_pipeline
 from mmflow.interop.diffusers_vae import (
     convert_diffusers_vae,
     convert_diffusers_vae_state_dict,
@@ -17,3 +18,4 @@ from mmflow.interop.diffusers_vae import (
 __all__ = ["convert_diffusers_sd3", "convert_sd3_state_dict", "load_diffusers_sd3", "mmdit_config_from_sd3"]
 __all__ += ["convert_diffusers_vae", "convert_diffusers_vae_state_dict", "image_vae_config_from_diffusers",
             "load_diffusers_vae"]
+__all__ += ["convert_diffusers_sd3_pipeline", "read_sd3_pipeline"]

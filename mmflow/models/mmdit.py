@@ -219,7 +219,9 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a = self.fc1(x)  # (B, N, mlp_hidden)
-        if torch.is_grad_enabled() and (a.requires_grad or self.fc2.weight.requires_grad):
+        # the fused path reads fc2's weight itself: a wrapped fc2 (a LoRA adapter) must be called instead
+        fusable = type(self.fc2) is nn.Linear
+        if fusable and torch.is_grad_enabled() and (a.requires_grad or self.fc2.weight.requires_grad):
             return _GeluLinear.apply(a, self.fc2.weight, self.fc2.bias)
         return self.fc2(F.gelu(a, approximate="tanh"))
 

@@ -13,8 +13,10 @@ from mmflow.config import check
 class SampleConfig:
     solver: Literal["euler", "midpoint", "heun", "rk4", "sde"] = "heun"
     steps: int = field(default=8, metadata={"min": 1, "help": "solver steps (heun/midpoint use 2 evaluations each)"})
-    grid: Literal["uniform", "shifted"] = "uniform"
-    shift: float = field(default=1.0, metadata={"min": 0.0, "min_exclusive": True, "help": "SD3 shift for grid: shifted"})
+    grid: Literal["uniform", "shifted", "sd3"] = field(default="uniform", metadata={
+        "help": "time grid (mmflow/sampling/grids.py); sd3: diffusers' SD3 scheduler, for converted SD3 pipelines"})
+    shift: float = field(default=1.0, metadata={"min": 0.0, "min_exclusive": True,
+                                                "help": "SD3 shift for grid: shifted or sd3"})
     guidance: float = field(default=1.0, metadata={
         "min": 0.0, "help": "CFG scale w: 0 = unconditional, 1 = plain conditional, > 1 = stronger guidance. "
                             "Negative w (steering away from the condition) is refused: it is only an experiment, "
@@ -25,5 +27,5 @@ class SampleConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        check(self.grid == "shifted" or self.shift == 1.0, "shift",
-              f"{self.shift} only applies with grid: shifted (the uniform grid has no shift)")
+        check(self.grid != "uniform" or self.shift == 1.0, "shift",
+              f"{self.shift} only applies with grid: shifted or sd3 (the uniform grid has no shift)")

@@ -191,6 +191,9 @@ class TextEncoderConfig:
         "help": "auto: clip->projection, else the folder's sentence-transformers pooling or mean; none = width 0"})
     normalize_pooled: bool | None = field(default=None, metadata={
         "help": "L2-normalise pooled; null = as the folder's sentence-transformers Normalize module says"})
+    attention_mask: bool = field(default=True, metadata={
+        "help": "padding is invisible to the encoder and masked in the condition; false: the encoder and the MM-DiT "
+                "see every position, padding included (SD3 runs CLIP and T5 so; its converted pipelines need it)"})
     dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0, "help": "CFG caption dropout probability"})
     group: str = field(default="", metadata={
         "help": "encoders sharing a group are channel-concatenated (SD3's CLIP-L+G); '' = its own group"})
@@ -266,6 +269,8 @@ class TextEncoderConfig:
         settings = {k: v for k, v in to_dict(self).items()
                     if k not in ("dropout", "group", "name", "export", "path", "tokenizer")}
         settings.update(kind=self.info().kind, pooled=self.pooled_mode(), normalize_pooled=self.normalize())
+        if self.attention_mask:  # the default is left out, so fingerprints from before the setting still hold
+            del settings["attention_mask"]
         files = {"model": _file_hashes(model, ("config.json", "*.safetensors", "*.safetensors.index.json")),
                  "tokenizer": _file_hashes(tok, ("tokenizer*.json", "special_tokens_map.json", "added_tokens.json",
                                                  *TOKENIZER_FILES))}
@@ -370,7 +375,9 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, prompts: Sequence[str]) -> TextEmbedding:
         ids, mask = self.tokenize(prompts)  # (B, S), (B, S)
-        out = self.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=self.config.layer != "last")
+        masked = self.config.attention_mask
+        out = self.model(input_ids=ids, attention_mask=mask.long() if masked else None,
+                         output_hidden_states=self.config.layer != "last")
         last = out.last_hidden_state  # (B, S, D), after any final norm
         tokens = last if self.config.layer == "last" else out.hidden_states[-2]  # (B, S, D)
         if self.pooled_mode == "mean":
@@ -388,7 +395,8 @@ class TextEncoder(nn.Module):
             pooled = last.new_zeros(last.shape[0], 0)  # (B, 0)
         if self.normalize and pooled.shape[1]:
             pooled = F.normalize(pooled, dim=-1)
-        return TextEmbedding(tokens.to(self.dtype), mask, pooled.to(self.dtype))
+        visible = mask if masked else torch.ones_like(mask)  # unmasked: the MM-DiT attends to the padding too
+        return TextEmbedding(tokens.to(self.dtype), visible, pooled.to(self.dtype))
 
     encode = forward
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mmflow.config import check
+from mmflow.models.lora import LoraConfig
 
 
 @dataclass
@@ -24,6 +25,9 @@ class TrainConfig:
     init_from: str | None = field(default=None, metadata={
         "exists": "dir", "help": "start the trained models from this run, checkpoint or exported model (EMA weights "
                                  "where saved); a fresh start only (--resume continues the run's own checkpoint)"})
+    lora: LoraConfig | None = field(default=None, metadata={
+        "help": "train LoRA adapters on the init_from model instead of its weights (mmflow/train/lora_training.py); "
+                "null = full training"})
     ema_decay: float | None = field(default=0.999, metadata={"help": "null = no EMA"})
     ema_warmup: bool = field(default=True, metadata={"help": "decay ramps as (1+n)/(10+n) early on"})
     num_workers: int = field(default=0, metadata={"min": 0, "help": "DataLoader worker processes per rank"})
@@ -38,4 +42,6 @@ class TrainConfig:
         check(self.warmup_steps <= self.max_steps, "warmup_steps", f"{self.warmup_steps} exceeds max_steps {self.max_steps}")
         check(all(0.0 <= b < 1.0 for b in self.betas), "betas", f"each beta must lie in [0, 1), got {list(self.betas)}")
         check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"must be > 0 or null, got {self.grad_clip}")
+        check(self.lora is None or self.init_from is not None, "init_from",
+              "train.lora trains adapters on a trained model: set init_from to it (the base the adapters point to)")
         check(self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "ema_decay", f"must lie in (0, 1) or be null, got {self.ema_decay}")

@@ -42,6 +42,7 @@ from mmflow.model_io import load_weights_strict, save_model
 from mmflow.train import checkpoint as ckpt
 from mmflow.train.ema import EMA
 from mmflow.train.init_from import init_from
+from mmflow.train.lora_training import BASE_MODEL_KEY, LoraTraining
 from mmflow.train.lr import lr_at
 from mmflow.train.random import BatchRandom
 from mmflow.train.sampler import StreamBatchSampler
@@ -150,6 +151,7 @@ class Trainer:
         self.overfit_batch = overfit_batch
         self.accelerator = accelerator or make_accelerator(self.cfg, self.run_dir)
         self.is_main = self.accelerator.is_main_process
+        self.lora = LoraTraining(self.cfg.lora, self.cfg.init_from) if self.cfg.lora is not None else None
 
     # ------------------------------------------------------------------ set-up
     def _setup_logging(self) -> None:
@@ -175,12 +177,17 @@ class Trainer:
         acc = self.accelerator
         set_seed(self.recipe.seed)  # identical initial weights on every rank
         models = self.task.build_models()
-        if self.cfg.init_from and not self.resume:  # a resumed run loads its own checkpoint
+        # a resumed run loads its own checkpoint, except a LoRA run's base weights: its checkpoints hold none
+        if self.cfg.init_from and (not self.resume or self.lora is not None):
             init_from(models, Path(self.cfg.init_from))
         self.groups = self.task.optimizer_groups(models)
-        unknown = {n for names in self.groups.values() for n in names} - set(models)
+        trained = list(dict.fromkeys(n for names in self.groups.values() for n in names))
+        unknown = set(trained) - set(models)
         if unknown:
             raise ValueError(f"task {self.task.name}: optimizer groups name unknown models {sorted(unknown)}")
+        if self.lora is not None:  # before the optimizers: they get the adapters only
+            self.lora.attach(models, trained)
+            acc.register_save_state_pre_hook(LoraTraining.adapter_only)
         self.model_names = list(models)
         optimizers = {}
         for gname, names in self.groups.items():
@@ -244,14 +251,18 @@ class Trainer:
 
     def _export_models(self, dest: Path) -> None:
         acc = self.accelerator
+        save = save_model if self.lora is None else self.lora.save  # a LoRA run: its adapters only
         for n in self.model_names:
-            save_model(acc.unwrap_model(self.models[n]), dest / "models" / n)
+            save(acc.unwrap_model(self.models[n]), dest / "models" / n)
         for n, e in self.emas.items():
-            save_model(e.shadow, dest / "models" / f"{n}_ema")
-        # the frozen components go inside too (main process only), so the folder samples where it is copied
-        components = self.task.export_frozen(dest / "models")
+            save(e.shadow, dest / "models" / f"{n}_ema")
+        # the frozen components go inside too (main process only), so the folder samples where it is copied;
+        # a LoRA run's base holds them, and its export points there
+        components = self.task.export_frozen(dest / "models") if self.lora is None else {}
         # the recipe rides along once, here, so a sampler can rebuild the task without the recipe file
         info = {**self.task.pipeline_info(), "recipe": to_dict(self.recipe)}
+        if self.lora is not None:
+            info[BASE_MODEL_KEY] = str(self.lora.base)
         write_json_atomic(dest / "pipeline.json", {**info, "components": components} if components else info)
 
     def _export_model_folder(self, checkpoint: Path) -> None:
@@ -311,10 +322,17 @@ class Trainer:
                                  f"move {root} away or choose another run folder (--run-dir or run_dir=...)")
 
     def _load_checkpoint(self, path: Path) -> None:
-        self.accelerator.load_state(str(path))
+        if self.lora is None:
+            self.accelerator.load_state(str(path))
+        else:
+            self.lora.load_state(self.accelerator, self.models[self.lora.model_name], path)
         state = json.loads((path / "trainer_state.json").read_text())
         for n, e in self.emas.items():
-            load_weights_strict(e.shadow, load_file(str(path / "models" / f"{n}_ema" / "model.safetensors")), str(path))
+            if self.lora is not None:
+                self.lora.load(e.shadow, path / "models" / f"{n}_ema")
+            else:
+                load_weights_strict(e.shadow, load_file(str(path / "models" / f"{n}_ema" / "model.safetensors")),
+                                    str(path))
             e.shadow.to(self.accelerator.device)
             e.num_updates = state["ema_updates"][n]
         if self.is_main:  # older checkpoints kept the counters at the top level

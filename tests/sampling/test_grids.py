@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmflow.sampling.grids import make_grid, shifted_grid, uniform_grid
+from mmflow.sampling.grids import make_grid, sd3_grid, shifted_grid, uniform_grid
 
 
 def test_uniform_grid_has_n_full_steps_to_one():
@@ -53,3 +53,18 @@ def test_make_grid():
         make_grid("uniform", 5, shift=3.0)
     with pytest.raises(ValueError):
         shifted_grid(5, 0.0)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+@pytest.mark.parametrize("n", [1, 4, 28])
+def test_sd3_grid_is_diffusers_default_sd3_schedule(shift, n):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(n)  # what StableDiffusion3Pipeline does: no sigmas given
+    grid = sd3_grid(n, shift, dtype=torch.float64)
+    assert grid.shape == (n + 1,) and grid[0].item() == 0.0 and grid[-1].item() == 1.0 and (grid.diff() > 0).all()
+    torch.testing.assert_close((1.0 - grid).float(), scheduler.sigmas, rtol=0, atol=1e-6)
+    torch.testing.assert_close(make_grid("sd3", n, shift), sd3_grid(n, shift))
+    if n > 1:  # not the shifted grid: diffusers' last sigma before 0 is S(S(1/1000)), not S(1/n)
+        assert not torch.allclose(grid, shifted_grid(n, shift, dtype=torch.float64))

@@ -83,6 +83,18 @@ def test_t5_encoder(tiny_models):
         encoder(tiny_models["t5"], pooled="cls")
 
 
+def test_unmasked_encoding_sees_the_padding_as_sd3_does(tiny_models):
+    enc = encoder(tiny_models["t5"], max_length=8, attention_mask=False, pooled="none")
+    emb = enc(PROMPTS)
+    tok = AutoTokenizer.from_pretrained(tiny_models["t5"], local_files_only=True)
+    ids = tok(PROMPTS, padding="max_length", max_length=8, truncation=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():  # StableDiffusion3Pipeline calls its T5 (and CLIPs) with input ids alone
+        ref = T5EncoderModel.from_pretrained(tiny_models["t5"], local_files_only=True).eval()(ids).last_hidden_state
+    assert torch.equal(emb.tokens, ref) and bool(emb.mask.all())  # every position is visible downstream too
+    masked = encoder(tiny_models["t5"], max_length=8, pooled="none")(PROMPTS).tokens
+    assert not torch.allclose(emb.tokens[0], masked[0])  # bidirectional: the padding changes the real tokens
+
+
 def test_clip_pooled_is_projection_or_pooler_output(tiny_models):
     enc = encoder(tiny_models["clip"], max_length=12)
     emb = enc(PROMPTS)
@@ -174,8 +186,9 @@ def test_fingerprint(tiny_models, copy_model, builders):
     # settings that change embeddings change it
     others = [TextEncoderConfig(path=str(folder), max_length=9), TextEncoderConfig(path=str(folder), max_length=8,
               layer="penultimate"), TextEncoderConfig(path=str(folder), max_length=8, pooled="cls"),
-              TextEncoderConfig(path=str(folder), max_length=8, dtype="bfloat16")]
-    assert len({fp, *(c.fingerprint() for c in others)}) == 5
+              TextEncoderConfig(path=str(folder), max_length=8, dtype="bfloat16"),
+              TextEncoderConfig(path=str(folder), max_length=8, attention_mask=False)]
+    assert len({fp, *(c.fingerprint() for c in others)}) == 6
     # new weights of the same shapes (same file size and header) change it
     builders["bert"](folder, seed=1)
     fp_weights = base.fingerprint()

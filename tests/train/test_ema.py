@@ -25,3 +25,17 @@ def test_warmup_starts_with_a_small_decay():
     assert ema.current_decay() == 0.1  # (1 + 0) / (10 + 0)
     ema.num_updates = 10_000
     assert ema.current_decay() == 0.999
+
+
+def test_frozen_parameters_are_shared_not_copied_and_only_trainable_ones_are_averaged():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model[0].requires_grad_(False)  # e.g. a LoRA run's base weights
+    ema = EMA(model, decay=0.5, warmup=False)
+    assert ema.tracked == ["1.weight", "1.bias"]
+    assert ema.shadow[0].weight is model[0].weight and ema.shadow[1].weight is not model[1].weight
+    with torch.no_grad():
+        model[1].weight.fill_(2.0)
+        start = ema.shadow[1].weight.clone()
+    ema.update(model)
+    torch.testing.assert_close(ema.shadow[1].weight, 0.5 * start + 1.0)
+    assert not any(p.requires_grad for p in ema.shadow[1].parameters())
