@@ -19,8 +19,8 @@ install: $(STAMP)
 # MM-DiT trained in a fresh run folder. It ends with the shapes probe's table on the held-out prompts and the
 # paths of the sample grids.
 SHAPES := data/shapes
-$(SHAPES)/train/metadata.jsonl: $(STAMP) mmflow/data/shapes.py
-	$(PY) -m mmflow.data.shapes --out $(SHAPES)/train --split train
+$(SHAPES)/train/metadata.jsonl: $(STAMP) mmflow/data/shapes.py Makefile
+	$(PY) -m mmflow.data.shapes --out $(SHAPES)/train --split train --n-two 4000
 $(SHAPES)/test/metadata.jsonl: $(STAMP) mmflow/data/shapes.py
 	$(PY) -m mmflow.data.shapes --out $(SHAPES)/test --split test
 

@@ -7,12 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-from media_factory import write_image  # noqa: E402
+from media_factory import write_captioned_squares  # noqa: E402
 
 from mmflow.cli import main  # noqa: E402
 from mmflow.models.lora import ADAPTER_WEIGHTS  # noqa: E402
@@ -23,14 +22,7 @@ CAPTIONS = ["a red square", "a blue square"]
 
 
 def _recipe(tmp_path: Path) -> Path:
-    folder = tmp_path / "images"
-    rows = []
-    for i in range(4):
-        img = np.full((8, 8, 3), 250, np.uint8)
-        img[2:6, 2:6] = (220, 30, 30) if i % 2 == 0 else (30, 30, 220)
-        write_image(folder / f"{i}.png", img)
-        rows.append({"file_name": f"{i}.png", "text": CAPTIONS[i % 2]})
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = write_captioned_squares(tmp_path / "images", 8, CAPTIONS)
     recipe = {
         "name": "t2i", "task": "text_to_media", "seed": 0,
         "data": {"path": str(folder), "modality": "image", "size": 8, "eval_prompts": CAPTIONS[:1],

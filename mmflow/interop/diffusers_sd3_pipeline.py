@@ -39,6 +39,7 @@ from mmflow.models.mmdit import MMDiTConfig
 from mmflow.sampling.config import SampleConfig
 from mmflow.sampling.grids import SD3_TRAIN_STEPS
 from mmflow.tasks.encoders import MediaEncoders
+from mmflow.tasks.text_to_media import mmdit_section
 from mmflow.text.combine import TextConditionerConfig
 from mmflow.text.encoder import TextEncoderConfig
 from mmflow.utils.fs import atomic_folder, write_json_atomic
@@ -171,14 +172,12 @@ def _check_fit(mmdit: MMDiTConfig, text: TextConditionerConfig, vae_channels: in
 def _recipe(name: str, mmdit: MMDiTConfig, text: TextConditionerConfig, tokenizer: Path, size: int,
             sample: SampleConfig) -> dict[str, Any]:
     """The text_to_media recipe of the converted pipeline. Sampling reads its text, tokenizer and sample
-    sections; the velocity model is loaded from models/velocity (its own config.json: SD3's sin-cos
-    positions), so model.mmdit only records the size should someone train a model of the same shape."""
-    mmdit_section = {"hidden_size": mmdit.hidden_size, "depth": mmdit.depth, "num_heads": mmdit.num_heads,
-                     "mlp_ratio": mmdit.mlp_ratio, "patch_size": list(mmdit.patch_size), "qk_norm": mmdit.qk_norm,
-                     "dual_attention_layers": list(mmdit.dual_attention_layers)}
+    sections and loads the velocity model from models/velocity; model.mmdit describes that model exactly
+    (SD3's sin-cos positions and time input), so a recipe that copies it trains from these weights
+    (train.init_from: the converted folder)."""
     return {"name": name, "task": "text_to_media", "seed": 0,
             "data": {"path": "data/images", "modality": "image", "size": size, "eval_prompts": DEFAULT_PROMPTS},
-            "model": {"tokenizer": str(tokenizer), "text": to_dict(text), "mmdit": mmdit_section},
+            "model": {"tokenizer": str(tokenizer), "text": to_dict(text), "mmdit": mmdit_section(mmdit)},
             "flow": {"schedule": "condot"}, "sample": to_dict(sample)}
 
 

@@ -36,7 +36,7 @@ Time enters as s = time_shift + time_scale * t through the sinusoidal embedding;
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -96,6 +96,11 @@ class MMDiTConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    def resolved(self) -> "MMDiTConfig":
+        """This config with its defaults spelled out (out_channels, pos_embed_base_size): equal models compare equal."""
+        return replace(self, out_channels=self.out_channels or self.in_channels,
+                       pos_embed_base_size=self.pos_embed_base_size or self.pos_embed_max_size)
 
     def validate(self) -> None:
         k = len(self.patch_size)
@@ -365,6 +370,7 @@ class MMDiT(nn.Module):
     config_class = MMDiTConfig
     # run-time settings that older exports saved in config.json: dropped on load (mmflow.model_io)
     legacy_config_keys = ("attention_backend", "gradient_checkpointing")
+    init_adaptable_fields = ("concat_channels",)  # train.init_from: adapt_init_state widens these
 
     def __init__(self, config: MMDiTConfig, attention_backend: AttentionBackend = "auto",
                  gradient_checkpointing: bool = False) -> None:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
 from mmflow.config import ConfigError, check, from_dict
+from mmflow.data.buckets import make_buckets
 from mmflow.data.cache import CachedDataset, CacheOrder, StaleCacheError, cache_problem
 from mmflow.data.joint import (FRAMES, ImagesAsClips, JointBatchSampler, JointDataset, JointImagesConfig,
                                collate_padded, image_rows)
@@ -100,6 +101,23 @@ class MMDiTSection:
         "min": 0.0, "min_exclusive": True, "help": "base of the RoPE frequencies; null: 10000"})
     dual_attention_layers: tuple[int, ...] = field(default=(), metadata={
         "min": 0, "help": "blocks with SD3.5's extra latent self-attention"})
+    # SD3's own position table and time input: what converted SD3 / SD3.5 weights (train.init_from) were made with
+    pos_embed: Literal["rope", "sincos"] = field(default="rope", metadata={
+        "help": "rope: any modality and size; sincos: SD3's fixed 2-D table (images; converted SD3 weights)"})
+    pos_embed_max_size: int | None = field(default=None, metadata={
+        "min": 1, "help": "sincos: side of the square table in patches (SD3.5-medium 384); null: 96"})
+    pos_embed_base_size: int | None = field(default=None, metadata={
+        "min": 0, "help": "sincos: positions scaled by base / max (SD3: sample_size / patch = 64); null: 0 = max"})
+    time_shift: float | None = field(default=None, metadata={
+        "help": "time embedding input s = time_shift + time_scale * t; SD3 weights: 1000; null: 0"})
+    time_scale: float | None = field(default=None, metadata={"help": "SD3 weights: -1000 (s = 1000 sigma); null: 1000"})
+
+    def validate(self) -> None:
+        rope_only, sincos_only = ["rope_theta"], ["pos_embed_max_size", "pos_embed_base_size"]
+        wrong = [k for k in (sincos_only if self.pos_embed == "rope" else rope_only) if getattr(self, k) is not None]
+        check(not wrong, wrong[0] if wrong else "pos_embed",
+              f"applies to pos_embed {'sincos' if self.pos_embed == 'rope' else 'rope'}; this model uses "
+              f"{self.pos_embed}")
 
 
 def mmdit_fields(section: MMDiTSection, source: str | None = None) -> dict[str, Any]:
@@ -120,14 +138,25 @@ def mmdit_fields(section: MMDiTSection, source: str | None = None) -> dict[str, 
 
 def resolve_mmdit(section: MMDiTSection, source: str | None = None, **filled: Any) -> MMDiTConfig:
     """The validated MMDiTConfig of model.mmdit plus what the task fills in; errors name model.mmdit.<key>."""
-    fields = {**mmdit_fields(section, source), "pos_embed": "rope", "null_text": "zeros", **filled}
+    fields = {**mmdit_fields(section, source), "null_text": "zeros", **filled}
     try:  # null_text zeros: u(null) comes from the text encoders (empty prompt), not the MM-DiT
         return from_dict(MMDiTConfig, fields, source=source, prefix="model.mmdit")
     except ConfigError as exc:
-        if exc.key != "model.mmdit.pos_embed":
+        if exc.key != "model.mmdit.pos_embed" or section.pos_embed != "rope":
             raise
-        # rope is fixed here: what the recipe can change is the head width, hidden_size / num_heads
+        # rope refuses the head width: what the recipe can change is hidden_size / num_heads
         raise ConfigError(exc.message, "model.mmdit.num_heads", source) from exc
+
+
+def mmdit_section(config: MMDiTConfig) -> dict[str, Any]:
+    """The model.mmdit section (as a dict) that resolve_mmdit turns back into `config`, given the fields the task
+    fills in (in_channels, context_dim, pooled_dim, ...): e.g. a converted SD3 model's, for recipes that train it."""
+    section = {f.name: getattr(config, f.name) for f in dataclasses.fields(MMDiTSection) if f.name != "preset"}
+    if config.pos_embed == "rope":
+        section.update(pos_embed_max_size=None, pos_embed_base_size=None)
+    else:
+        section["rope_theta"] = None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
 
 
 @dataclass
@@ -207,9 +236,24 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         if bad:
             raise ConfigError(f"{list(p)} does not divide the latent sizes {bad} of latents {list(shape)}",
                               "model.mmdit.patch_size")
-        m = self.recipe.model
-        return {VELOCITY: MMDiT(self.mmdit_config(), attention_backend=m.attention_backend,
+        m, config = self.recipe.model, self.mmdit_config()
+        if config.pos_embed == "sincos":
+            self._check_sincos_fits(config, shape)
+        return {VELOCITY: MMDiT(config, attention_backend=m.attention_backend,
                                 gradient_checkpointing=m.gradient_checkpointing)}
+
+    def _check_sincos_fits(self, config: MMDiTConfig, shape: tuple[int, ...]) -> None:
+        """SD3's table covers pos_embed_max_size patches a side: every item size (bucket) must fit in it."""
+        d = self.recipe.data
+        sizes = [tuple(shape[1:])]
+        if d.bucketing:
+            sizes += [tuple(self.encoders.latent_shape((3, h, w))[1:])
+                      for h, w in make_buckets(d.size, d.bucket_multiple, d.bucket_min_aspect, d.bucket_max_aspect)]
+        longest = max(n // k for size in sizes for n, k in zip(size, config.patch_size))
+        if longest > config.pos_embed_max_size:
+            raise ConfigError(f"{config.pos_embed_max_size} patches a side is less than the {longest} of the "
+                              f"recipe's largest item ({d.size} px{', bucketed' if d.bucketing else ''}): lower "
+                              f"data.size", "model.mmdit.pos_embed_max_size")
 
     @classmethod
     def upgrade_recipe_dict(cls, raw: dict[str, Any], source: str | None) -> dict[str, Any]:

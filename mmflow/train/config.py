@@ -28,6 +28,9 @@ class TrainConfig:
     lora: LoraConfig | None = field(default=None, metadata={
         "help": "train LoRA adapters on the init_from model instead of its weights (mmflow/train/lora_training.py); "
                 "null = full training"})
+    frozen_dtype: Literal["float32", "bfloat16"] = field(default="float32", metadata={
+        "help": "dtype the frozen weights of a LoRA run's model (its base) are stored in: bfloat16 halves them "
+                "(needs mixed_precision bf16); the adapters, their gradients and AdamW states stay float32"})
     ema_decay: float | None = field(default=0.999, metadata={"help": "null = no EMA"})
     ema_warmup: bool = field(default=True, metadata={"help": "decay ramps as (1+n)/(10+n) early on"})
     num_workers: int = field(default=0, metadata={"min": 0, "help": "DataLoader worker processes per rank"})
@@ -44,4 +47,8 @@ class TrainConfig:
         check(self.grad_clip is None or self.grad_clip > 0, "grad_clip", f"must be > 0 or null, got {self.grad_clip}")
         check(self.lora is None or self.init_from is not None, "init_from",
               "train.lora trains adapters on a trained model: set init_from to it (the base the adapters point to)")
+        check(self.frozen_dtype == "float32" or (self.lora is not None and self.mixed_precision == "bf16"),
+              "frozen_dtype", f"{self.frozen_dtype} is for a LoRA run's frozen base (train.lora) under "
+                              f"mixed_precision bf16 (autocast computes in bf16 from it); this run has "
+                              f"{'no lora' if self.lora is None else f'mixed_precision {self.mixed_precision}'}")
         check(self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "ema_decay", f"must lie in (0, 1) or be null, got {self.ema_decay}")

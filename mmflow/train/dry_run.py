@@ -24,12 +24,15 @@ import torch
 import yaml
 from torch import nn
 
-from mmflow.config import ConfigError, build_with_overrides, input_paths
+from mmflow.config import ConfigError, build_with_overrides, input_paths, to_dict
 from mmflow.data.buckets import make_buckets
+from mmflow.models.lora import add_lora
 from mmflow.models.mmdit import MMDiT
 from mmflow.text.combine import TextConditionerConfig
-from mmflow.train.known_models import (EncoderShape, TokenizerShape, encoder_present, encoder_shape, meta_parameters,
-                                       tokenizer_shape)
+from mmflow.train.init_from import check_init_config, check_same_config, model_folder, source_folder
+from mmflow.train.known_models import (EncoderShape, TokenizerShape, encoder_present, encoder_shape, known_velocity,
+                                       meta_parameters, tokenizer_shape)
+from mmflow.train.lora_training import cast_frozen
 from mmflow.train.memory import BlockStack, MemoryEstimate, estimate_memory
 
 __all__ = ["Distribution", "DryRunReport", "ShapeOnlyEncoders", "distribution_from_args", "dry_run",
@@ -288,9 +291,14 @@ def dry_run(recipe_path: str, overrides: Sequence[str] = (), distribution: Distr
     trained = [n for names in groups.values() for n in names]
     ema = task.ema_models(models) if recipe.train.ema_decay is not None else []
     _check_wrap_class(distribution, {n: models[n] for n in trained}, accelerate_config or "--fsdp")
+    if recipe.train.init_from is not None:
+        _check_init_from(recipe.train.init_from, {n: models[n] for n in trained}, notes)
     count = {n: meta_parameters(m) for n, m in models.items()}
     lines = [ModelLine(n, count[n], ("trained (+EMA)" if n in ema else "trained") if n in trained else "frozen")
              for n in models]
+    base_bytes = 0
+    if recipe.train.lora is not None:
+        count, lines, base_bytes = _lora_setup(recipe.train, models, trained, count, lines)
     mp = recipe.train.mixed_precision
     if distribution.mixed_precision not in (None, mp):
         notes.append(f"the Accelerate config says mixed_precision {distribution.mixed_precision}, the recipe "
@@ -303,8 +311,48 @@ def dry_run(recipe_path: str, overrides: Sequence[str] = (), distribution: Distr
     if not stacks:
         notes.append("activations not estimated: the formula is for MM-DiT blocks")
     report.memory = estimate_memory(sum(count[n] for n in trained), sum(count[n] for n in ema), frozen_bytes, stacks,
-                                    recipe.train.batch_size, mp, checkpointing, distribution.shards)
+                                    recipe.train.batch_size, mp, checkpointing, distribution.shards, base_bytes)
     return report
+
+
+def _check_init_from(path: str, trained: Mapping[str, nn.Module], notes: list[str]) -> None:
+    """train.init_from's models have the configs the recipe builds (config.json, or a published model the
+    absent folder is named after): else the ConfigError the run would raise, now."""
+    if Path(path).exists():
+        folder = source_folder(Path(path))
+        for name, model in trained.items():
+            check_init_config(model, model_folder(folder, name), name)
+        notes.append(f"train.init_from {path}: its {', '.join(trained)} config matches the recipe's")
+        return
+    known = known_velocity(path)
+    if known is None or len(trained) != 1:
+        notes.append(f"train.init_from {path} is not here and names no known model: not checked against the recipe")
+        return
+    (name, model), (known_name, config) = next(iter(trained.items())), known
+    check_same_config(model, "mmdit", to_dict(config), name, f"the published {known_name} ({path} is named after it)")
+    notes.append(f"train.init_from {path} is not here: the recipe's {name} is the published {known_name}'s")
+
+
+def _lora_setup(train: Any, models: Mapping[str, nn.Module], trained: Sequence[str], count: dict[str, int],
+                lines: list[ModelLine]) -> tuple[dict[str, int], list[ModelLine], int]:
+    """train.lora on the meta models, as the trainer does it: the trained model's parameters become its
+    adapters (counts, lines); its frozen base, in train.frozen_dtype, is returned in bytes with its buffers."""
+    if len(trained) != 1:
+        raise ConfigError(f"LoRA adapts one trained model; this task trains {list(trained)}", "train.lora")
+    name = trained[0]
+    model = models[name]
+    add_lora(model, train.lora)
+    cast_frozen(model, train.frozen_dtype)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    adapter = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    base_bytes = sum(t.numel() * t.element_size() for t in [*frozen, *model.buffers()])
+    at = next(i for i, line in enumerate(lines) if line.name == name)
+    lora = train.lora
+    lines = [*lines[:at], dataclasses.replace(lines[at], parameters=adapter,
+                                              note=f"LoRA rank {lora.rank} on {', '.join(lora.targets)}"),
+             ModelLine(f"{name} base", sum(p.numel() for p in frozen), "frozen",
+                       f"{train.frozen_dtype}, from train.init_from"), *lines[at + 1:]]
+    return {**count, name: adapter}, lines, base_bytes
 
 
 def run_dry(args: Any) -> int:

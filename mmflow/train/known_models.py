@@ -28,8 +28,8 @@ from mmflow.errors import UserError
 from mmflow.text.default import TextEncoderNotFound, resolve_encoder_path
 from mmflow.text.encoder import DTYPES, TextEncoderConfig
 
-__all__ = ["KNOWN_TEXT_ENCODERS", "KNOWN_TOKENIZERS", "EncoderShape", "TokenizerShape", "UnknownComponent", "encoder_present",
-           "encoder_shape", "meta_parameters", "tokenizer_shape"]
+__all__ = ["KNOWN_SD3_TRANSFORMERS", "KNOWN_TEXT_ENCODERS", "KNOWN_TOKENIZERS", "EncoderShape", "TokenizerShape", "UnknownComponent", "encoder_present",
+           "encoder_shape", "known_velocity", "meta_parameters", "tokenizer_shape"]
 
 
 class UnknownComponent(UserError):
@@ -56,10 +56,30 @@ KNOWN_TEXT_ENCODERS: dict[str, tuple[str, str, dict[str, Any], tuple[str, ...]]]
                 ("t5-base",)),
 }
 
-# name -> (model type, config, aliases matched against the tokenizer folder's name)
+# Published SD3 / SD3.5 transformers (their diffusers config.json, keys that differ from SD3Transformer2DModel's
+# defaults plus the sizes), as `mmflow convert diffusers-sd3-pipeline` converts them: a LoRA recipe's
+# train.init_from is matched by the converted folder's name when it is not here.
+# name -> (diffusers transformer config, aliases matched against the init_from folder's name)
+_SD3_SIZES = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, attention_head_dim=64,
+                  joint_attention_dim=4096, pooled_projection_dim=2048)
+KNOWN_SD3_TRANSFORMERS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "sd3-medium": (dict(_SD3_SIZES, num_layers=24, num_attention_heads=24, caption_projection_dim=1536,
+                        pos_embed_max_size=192, qk_norm=None, dual_attention_layers=()),
+                   ("sd3-medium", "sd3m", "stable-diffusion-3-medium", "stable-diffusion-3-medium-diffusers")),
+    "sd3.5-medium": (dict(_SD3_SIZES, num_layers=24, num_attention_heads=24, caption_projection_dim=1536,
+                          pos_embed_max_size=384, qk_norm="rms_norm", dual_attention_layers=tuple(range(13))),
+                     ("sd3.5-medium", "sd35-medium", "sd35m", "stable-diffusion-3.5-medium")),
+    "sd3.5-large": (dict(_SD3_SIZES, num_layers=38, num_attention_heads=38, caption_projection_dim=2432,
+                         pos_embed_max_size=192, qk_norm="rms_norm", dual_attention_layers=()),
+                    ("sd3.5-large", "sd35-large", "sd35l", "stable-diffusion-3.5-large")),
+}
+SD3_PIPELINE_NAMES = tuple(a for _, aliases in KNOWN_SD3_TRANSFORMERS.values() for a in aliases)  # their VAE: sd3-vae
+
+# name -> (model type, config, aliases matched against the tokenizer folder's name, or for a converted
+# pipeline's models/tokenizer, the pipeline folder's)
 KNOWN_TOKENIZERS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "sd3-vae": ("image_vae", dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16),
-                ("sd3-vae", "sd35-vae", "sd3.5-vae", "flux-vae", "sd3-medium-vae")),
+                ("sd3-vae", "sd35-vae", "sd3.5-vae", "flux-vae", "sd3-medium-vae", *SD3_PIPELINE_NAMES)),
     "sd-vae": ("image_vae", dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
                                  use_quant_conv=True), ("sd-vae", "sdxl-vae", "sd15-vae")),
     # mmflow's causal video VAE at CogVideoX's widths (VIDEO_VAE_PRESETS["cogvideox"]): 4x time, 8x space,
@@ -210,9 +230,24 @@ def tokenizer_shape(path: str, assume: Mapping[str, str]) -> TokenizerShape:
         meta = json.loads(config.read_text())
         model_type, fields, source = meta["model_type"], meta["config"], f"config.json of {path}"
     else:
-        name = _lookup(KNOWN_TOKENIZERS, Path(path).name, assume.get("tokenizer"), "tokenizer", "tokenizer")
+        folder = Path(path)
+        if folder.name == "tokenizer" and folder.parent.name == "models":  # <converted pipeline>/models/tokenizer
+            folder = folder.parent.parent
+        name = _lookup(KNOWN_TOKENIZERS, folder.name, assume.get("tokenizer"), "tokenizer", "tokenizer")
         model_type, fields, _ = KNOWN_TOKENIZERS[name]
         source = f"assumed {name} ({path} is not here)"
     with torch.device("meta"):
         model = build_model(model_type, dict(fields), source=source)
     return TokenizerShape(model.eval(), source)
+
+
+def known_velocity(init_from: str) -> tuple[str, Any] | None:
+    """(name, MMDiTConfig) of the published SD3 / SD3.5 transformer an absent init_from folder is named after
+    (KNOWN_SD3_TRANSFORMERS, as converted), or None."""
+    from mmflow.interop.diffusers_sd3 import mmdit_config_from_sd3
+
+    key = _norm(Path(init_from).name)
+    for name, (config, aliases) in KNOWN_SD3_TRANSFORMERS.items():
+        if key in aliases:
+            return name, mmdit_config_from_sd3({"_class_name": "SD3Transformer2DModel", **config})
+    return None

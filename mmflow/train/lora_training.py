@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
@@ -23,10 +24,18 @@ from mmflow.model_io import CorruptModel
 from mmflow.models.lora import LoraConfig, add_lora, load_adapter_state, save_adapter
 from mmflow.train.init_from import source_folder
 
-__all__ = ["BASE_MODEL_KEY", "LoraTraining"]
+__all__ = ["BASE_MODEL_KEY", "LoraTraining", "cast_frozen"]
 
 BASE_MODEL_KEY = "base_model"  # pipeline.json: the folder a LoRA export's adapters apply to
 ACCELERATE_WEIGHTS = "model.safetensors"  # what accelerate's save_state names the first model's state
+
+
+def cast_frozen(model: nn.Module, dtype: str) -> None:
+    """Store the frozen weights of `model` (a LoRA run's base) in `dtype` (train.frozen_dtype, a torch dtype's
+    name); the trainable adapters stay float32."""
+    for p in model.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(getattr(torch, dtype))
 
 
 class LoraTraining:

@@ -9,7 +9,9 @@ DDP keeps all of it on every GPU; FSDP FULL_SHARD divides it by the number of GP
 gathered units in flight: 2 wrap units (the one computing and the one prefetched) of the largest
 block, in the compute dtype (bf16 / fp16: 2 bytes, else 4). The EMA is counted as sharded under FSDP
 (it copies the wrapped model's local shards). Frozen models (text encoders, tokenizer) are never
-wrapped: every GPU holds them whole, in their own dtype.
+wrapped: every GPU holds them whole, in their own dtype. A LoRA run (train.lora) trains its adapters only:
+the four terms above count the adapters, and the frozen base it adapts is held in train.frozen_dtype
+(float32: 4 bytes, bfloat16: 2), plus its buffers (SD3's position table) as stored.
 
 Activations of an MM-DiT, per GPU (Korthikanti et al. 2022, "Reducing activation recomputation",
 a transformer layer with fused/flash attention, i.e. no S^2 term):
@@ -57,24 +59,29 @@ class MemoryEstimate:
     ema: float
     frozen: float
     activations: float
+    base: float = 0.0  # a LoRA run's frozen base: weights inside the trained model that get no gradient
 
     @property
     def total(self) -> float:
-        return self.weights + self.grads + self.optimizer + self.ema + self.frozen + self.activations
+        return self.weights + self.grads + self.optimizer + self.ema + self.frozen + self.activations + self.base
 
     def lines(self) -> list[str]:
         parts = [("weights (fp32 master)", self.weights), ("gradients (fp32)", self.grads),
                  ("AdamW states (fp32 x2)", self.optimizer), ("EMA (fp32)", self.ema),
+                 *([("LoRA base (frozen)", self.base)] if self.base else []),
                  ("frozen models", self.frozen), ("activations (estimate)", self.activations)]
         unit, size = ("GiB", GIB) if self.total >= GIB else ("MiB", 1024**2)
         return [f"  {name:<24} {value / size:9.2f} {unit}" for name, value in parts + [("total per GPU", self.total)]]
 
 
 def estimate_memory(trained: int, ema: int, frozen_bytes: int, stacks: list[BlockStack], micro_batch: int,
-                    mixed_precision: str, gradient_checkpointing: bool, shards: int) -> MemoryEstimate:
+                    mixed_precision: str, gradient_checkpointing: bool, shards: int,
+                    base_bytes: float = 0.0) -> MemoryEstimate:
     """Per-GPU bytes for `trained` trained parameters (of which `ema` have an EMA copy), `frozen_bytes` of
     frozen weights, activations of `stacks` at `micro_batch` items per GPU; `shards` > 1: FSDP FULL_SHARD
-    over that many GPUs (1: DDP or one GPU). See the module docstring for every factor."""
+    over that many GPUs (1: DDP or one GPU). `base_bytes`: a LoRA base's frozen weights and buffers, inside
+    the wrapped model (sharded like it); its trained parameters are the adapters only, so gradients, AdamW
+    states and EMA are theirs. See the module docstring for every factor."""
     half = mixed_precision in ("bf16", "fp16")
     gathered = 0.0
     if shards > 1 and stacks:
@@ -88,4 +95,4 @@ def estimate_memory(trained: int, ema: int, frozen_bytes: int, stacks: list[Bloc
             activations += micro_batch * s.tokens * s.width * s.depth * per_layer
     return MemoryEstimate(weights=4 * trained / shards + gathered, grads=4 * trained / shards,
                           optimizer=8 * trained / shards, ema=4 * ema / shards, frozen=float(frozen_bytes),
-                          activations=activations)
+                          activations=activations, base=base_bytes / shards)

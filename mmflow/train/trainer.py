@@ -22,7 +22,7 @@ import math
 import shutil
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from mmflow.model_io import load_weights_strict, save_model
 from mmflow.train import checkpoint as ckpt
 from mmflow.train.ema import EMA
 from mmflow.train.init_from import init_from
-from mmflow.train.lora_training import BASE_MODEL_KEY, LoraTraining
+from mmflow.train.lora_training import BASE_MODEL_KEY, LoraTraining, cast_frozen
 from mmflow.train.lr import lr_at
 from mmflow.train.random import BatchRandom
 from mmflow.train.sampler import StreamBatchSampler
@@ -187,6 +187,7 @@ class Trainer:
             raise ValueError(f"task {self.task.name}: optimizer groups name unknown models {sorted(unknown)}")
         if self.lora is not None:  # before the optimizers: they get the adapters only
             self.lora.attach(models, trained)
+            cast_frozen(models[self.lora.model_name], self.cfg.frozen_dtype)
             acc.register_save_state_pre_hook(LoraTraining.adapter_only)
         self.model_names = list(models)
         optimizers = {}
@@ -399,7 +400,9 @@ class Trainer:
                 m.eval()
             out_dir = self.run_dir / "validation" / ckpt.step_dir_name(step)
             out_dir.mkdir(parents=True, exist_ok=True)
-            with torch.no_grad():
+            # a bf16 frozen base computes only under autocast (its fp32 adapters and inputs meet bf16 weights)
+            half_base = self.cfg.frozen_dtype != "float32"
+            with torch.no_grad(), (self.accelerator.autocast() if half_base else nullcontext()):
                 metrics = self.task.validate(models, out_dir, step, self.accelerator.device)
             for n, m in models.items():
                 m.train(was_training[n])

@@ -123,3 +123,16 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def write_captioned_squares(folder: Path, size: int, captions: Sequence[str], count: int = 4) -> Path:
+    """`count` size x size images of a centred square, red for even i and blue for odd, captioned
+    captions[i % len(captions)] in folder/metadata.jsonl: a text-to-image set that trains in seconds."""
+    rows = []
+    for i in range(count):
+        img = np.full((size, size, 3), 245, np.uint8)
+        img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = (220, 30, 30) if i % 2 == 0 else (30, 30, 220)
+        write_image(folder / f"{i}.png", img)
+        rows.append({"file_name": f"{i}.png", "text": captions[i % len(captions)]})
+    write_jsonl(folder / "metadata.jsonl", rows)
+    return folder

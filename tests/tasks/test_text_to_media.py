@@ -230,6 +230,9 @@ def test_mmdit_preset_with_overrides_and_the_filled_in_widths(tmp_path):
     ({"patch_size": [0, 2]}, "model.mmdit.patch_size[0]", ["out of bounds"]),
     ({"preset": "test", "num_heads": 3}, "model.mmdit.num_heads", ["does not divide hidden_size 32"]),
     ({"hidden_size": 12, "num_heads": 6}, "model.mmdit.num_heads", ["even head_dim"]),  # rope's 2-wide heads
+    ({"pos_embed_max_size": 64}, "model.mmdit.pos_embed_max_size", ["applies to pos_embed sincos"]),
+    ({"pos_embed": "sincos", "rope_theta": 100.0}, "model.mmdit.rope_theta", ["applies to pos_embed rope"]),
+    ({"pos_embed": "sincos", "hidden_size": 30, "num_heads": 3}, "model.mmdit.hidden_size", ["multiple of 4"]),
 ])
 def test_mmdit_section_errors_name_the_dotted_key(tmp_path, mmdit, key, words):
     from mmflow.config import ConfigError
@@ -352,3 +355,24 @@ def test_the_run_summary_is_the_prompt_check_table_then_the_quality_line(tmp_pat
         "  colour        0.875",
         "  shape         n/a",
         "quality: fd 12.35"]
+
+
+def test_sincos_positions_take_the_converted_sd3_model_and_must_cover_the_items(tmp_path):
+    """model.mmdit as the SD3 converter writes it (mmdit_section) resolves to the converted config; a table
+    smaller than the items' patch grid is refused naming pos_embed_max_size."""
+    from mmflow.config import ConfigError
+    from mmflow.models.mmdit import mmdit_config
+    from mmflow.tasks.text_to_media import MMDiTSection, mmdit_section, resolve_mmdit
+    from mmflow.config import from_dict
+
+    sd3 = mmdit_config("test", in_channels=3, context_dim=384, pooled_dim=384, pos_embed="sincos", pos_embed_max_size=8,
+                       pos_embed_base_size=4, time_shift=1000.0, time_scale=-1000.0, null_text="zeros")
+    section = from_dict(MMDiTSection, mmdit_section(sd3))
+    assert resolve_mmdit(section, in_channels=3, context_dim=384, pooled_dim=384) == sd3
+    raw = _raw_recipe(tmp_path, _folder(tmp_path / "media", n=4), None)
+    fits = TextToMediaTask(recipe_from_dict(_with_model(raw, mmdit=mmdit_section(sd3))))
+    assert fits.build_models()["velocity"].config.pos_embed == "sincos"  # 16 px / patch 2 = 8 patches a side
+    small = TextToMediaTask(recipe_from_dict(_with_model(raw, mmdit={**mmdit_section(sd3), "pos_embed_max_size": 6})))
+    with pytest.raises(ConfigError) as info:
+        small.build_models()
+    assert info.value.key == "model.mmdit.pos_embed_max_size" and "8" in str(info.value)

@@ -109,3 +109,45 @@ def test_distribution_flags_without_dry_run_are_refused(capsys) -> None:
     assert main(["train", str(REPO / "recipes" / "toy2d.yaml"), "--fsdp", "--num-gpus", "8"]) == 2
     err = capsys.readouterr().err
     assert "--num-gpus, --fsdp only apply with --dry-run" in err
+
+
+def test_lora_counts_adapters_as_trained_and_the_base_in_its_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.lora: parameters, gradients, AdamW states and EMA are the adapters'; the base is frozen, bf16."""
+    from mmflow.models.lora import LoraConfig, add_lora
+    from mmflow.tasks import get_task_class, load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    lora = ("train.init_from=nowhere/base", "train.lora.rank=4", "train.lora.targets=[attention,mlp]",
+            "train.mixed_precision=bf16", "train.frozen_dtype=bfloat16", "model.gradient_checkpointing=true")
+    recipe = load_recipe(EMOJI)
+    real = get_task_class(recipe.task)(recipe).build_models()["velocity"]
+    p = sum(t.numel() for t in real.parameters())
+    buffers = sum(t.numel() * t.element_size() for t in real.buffers())
+    add_lora(real, LoraConfig(rank=4, targets=["attention", "mlp"]))
+    a = sum(t.numel() for t in real.parameters() if t.requires_grad)
+    assert 0 < a < p / 10
+    report = dry_run(str(EMOJI), lora, Distribution())
+    counts = {m.name: (m.parameters, m.role) for m in report.models}
+    assert counts["velocity"] == (a, "trained (+EMA)") and counts["velocity base"] == (p, "frozen")
+    m = report.memory
+    assert (m.weights, m.grads, m.optimizer, m.ema) == (4 * a, 4 * a, 8 * a, 4 * a)  # the adapters only
+    assert m.base == 2 * p + buffers  # bf16 base
+    assert m.activations == 32 * 272 * 192 * (4 * 6 + ACTIVATION_BYTES)  # checkpointed, as without LoRA
+    assert any("nowhere/base is not here and names no known model" in n for n in report.notes)
+    full32 = dry_run(str(EMOJI), (*lora[:4], "train.frozen_dtype=float32"), Distribution()).memory
+    assert full32.base == 4 * p + buffers
+
+
+def test_sd35_lora_recipe_fits_one_24gb_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """recipes/finetune_sd35_lora.yaml without its weights: SD3.5-medium's published model, adapters trained."""
+    monkeypatch.chdir(tmp_path)
+    report = dry_run(str(REPO / "recipes" / "finetune_sd35_lora.yaml"), (), Distribution())
+    counts = {m.name: m.parameters for m in report.models}
+    assert 2.24e9 < counts["velocity base"] < 2.25e9  # + the 226M-entry position table: SD3.5-medium's 2.47B
+    assert 5e6 < counts["velocity"] < 20e6  # rank-16 attention adapters
+    assert report.memory.optimizer == 8 * counts["velocity"]
+    assert report.memory.total < 22 * 1024**3  # 24 GB, less the CUDA context and fragmentation
+    assert any("the published sd3.5-medium" in n for n in report.notes)
+    with pytest.raises(Exception, match="pos_embed_max_size: 192 here, 384 there"):
+        dry_run(str(REPO / "recipes" / "finetune_sd35_lora.yaml"), ("model.mmdit.pos_embed_max_size=192",),
+                Distribution())
