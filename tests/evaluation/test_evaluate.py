@@ -220,3 +220,21 @@ def test_a_prompt_check_scores_each_item_against_its_own_prompt(tmp_path) -> Non
     meta.write_text("".join(json.dumps(r) + "\n" for r in rows))
     wrong = evaluate_folders(None, str(real), cfg, tmp_path / "b.json", progress=False).report.metrics
     assert wrong["shapes_all"] < 0.2 and wrong["shapes_two_all"] < 0.5
+
+
+def test_a_check_on_one_kind_of_prompt_leaves_the_other_kind_out_of_a_valid_report(tmp_path) -> None:
+    """Only two-object prompts: no one-object accuracy exists; the report leaves those out (NaN is not JSON)."""
+    from mmflow.data.shapes import ShapesConfig, write_shapes_folder
+
+    real = write_shapes_folder(tmp_path / "test", ShapesConfig(n_test_two=8), split="test")
+    meta = real / "metadata.jsonl"
+    rows = [json.loads(line) for line in meta.read_text().splitlines()]
+    meta.write_text("".join(json.dumps(r) + "\n" for r in rows if r["kind"] == "two"))
+    for r in rows:
+        if r["kind"] == "one":
+            (real / r["file_name"]).unlink()
+    result = evaluate_folders(None, str(real), EvalConfig(metrics=[], check="shapes"), tmp_path / "two.json",
+                              progress=False)
+    assert result.report.metrics["shapes_two_all"] == 1.0
+    assert not any(k in result.report.metrics for k in ("shapes_colour", "shapes_shape", "shapes_all"))
+    assert json.loads((tmp_path / "two.json").read_text())["metrics"]["shapes_two_all"] == 1.0

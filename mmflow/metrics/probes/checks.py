@@ -6,13 +6,16 @@ by name, that score media against their prompts (the compositional check of a sy
     prompt_check("emoji_video", clips, prompts)   # {"motion": 0.96, "background": 1.0, "all": 0.96}
     prompt_check("tones", clips, prompts)         # {"pitch": 1.0, "mode": 1.0, "tempo": 1.0, ...}; clips (N, 1, L)
 
-Each returns accuracies in [0, 1] by attribute (NaN where no prompt of a kind was asked); evaluation
-logs them as eval_<check>_<attribute>.
+Each returns accuracies in [0, 1] by attribute; an attribute no prompt asked about (the two-object ones when
+every prompt has one object, say) is left out rather than NaN, so reports stay valid JSON. Evaluation logs
+them as eval_<check>_<attribute>.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -25,32 +28,33 @@ class UnknownCheck(UserError, ValueError):
     """A prompt check name nothing is registered under."""
 
 
+def _accuracies(report: dict[str, Any], bookkeeping: tuple[str, ...]) -> dict[str, float]:
+    """A probe's report without its per-item and count entries, and without the attributes nobody asked (NaN)."""
+    return {k: float(v) for k, v in report.items() if k not in ("items", *bookkeeping) and not math.isnan(float(v))}
+
+
 def _shapes(media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
     from mmflow.metrics.probes.shapes import score_shapes
 
-    report = score_shapes(media, prompts)
-    return {k: float(v) for k, v in report.items() if k not in ("items", "n_one", "n_two")}
+    return _accuracies(score_shapes(media, prompts), ("n_one", "n_two"))
 
 
 def _shapes_video(media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
     from mmflow.metrics.probes.shapes_video import score_shapes_video
 
-    report = score_shapes_video(media, prompts)  # media (N, 3, T, 64, 64): video items
-    return {k: float(v) for k, v in report.items() if k not in ("items", "n")}
+    return _accuracies(score_shapes_video(media, prompts), ("n",))  # media (N, 3, T, 64, 64): video items
 
 
 def _emoji_video(media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
     from mmflow.metrics.probes.emoji_video_check import score_emoji_video
 
-    report = score_emoji_video(media, prompts)  # media (N, 3, T, H, W): resampled to the probe's 16x64x64
-    return {k: float(v) for k, v in report.items() if k not in ("items", "n")}
+    return _accuracies(score_emoji_video(media, prompts), ("n",))  # media (N, 3, T, H, W): resampled to 16x64x64
 
 
 def _tones(media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
     from mmflow.metrics.probes.tones import score_tones
 
-    report = score_tones(media, prompts)  # media (N, 1, L) audio at 16 kHz
-    return {k: float(v) for k, v in report.items() if k not in ("items", "n", "n_mode")}
+    return _accuracies(score_tones(media, prompts), ("n", "n_mode"))  # media (N, 1, L) audio at 16 kHz
 
 
 PROMPT_CHECKS: dict[str, Callable[[Tensor, Sequence[str]], dict[str, float]]] = {"shapes": _shapes,
