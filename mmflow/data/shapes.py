@@ -39,10 +39,10 @@ from PIL import Image, ImageDraw
 from mmflow.config import check
 from mmflow.errors import UserError
 
-__all__ = ["BACKGROUND", "COLOURS", "IMAGE_SIZE", "POSITIONS", "RELATIONS", "SHAPES", "SIZES", "CaptionError",
-           "ShapeItem", "ShapePrompt", "ShapeSpec", "ShapesConfig", "caption", "held_out_pairs", "make_shapes",
-           "parse_caption", "position_of", "relation_of", "render", "rotate_polygon", "test_prompts",
-           "write_shapes_folder"]
+__all__ = ["BACKGROUND", "COLOURS", "EXTRA_COLOURS", "IMAGE_SIZE", "PALETTE", "POSITIONS", "RELATIONS", "SHAPES",
+           "SIZES", "CaptionError", "ShapeItem", "ShapePrompt", "ShapeSpec", "ShapesConfig", "caption", "draw",
+           "held_out_pairs", "make_shapes", "parse_caption", "position_of", "relation_of", "render", "rotate_polygon",
+           "test_prompts", "write_items", "write_shapes_folder"]
 
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4  # drawn at 4x and area-downsampled: anti-aliased edges
@@ -51,6 +51,10 @@ BACKGROUND = (255, 255, 255)  # white: no hue, never an object colour
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "orange": (250, 125, 15), "yellow": (235, 225, 20), "green": (40, 170, 70),
     "blue": (35, 95, 230), "purple": (140, 55, 210), "pink": (240, 90, 175)}
+# Colours no default split draws: a concept set (mmflow.data.shapes_concept) teaches a trained model one of them.
+# Cyan's hue, 186 degrees, is 36 from blue's and 52 from green's, so the probe's nearest-hue rule still holds.
+EXTRA_COLOURS: dict[str, tuple[int, int, int]] = {"cyan": (20, 195, 215)}
+PALETTE = {**COLOURS, **EXTRA_COLOURS}  # every colour a caption may name, an image show and the probe read
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 SIZES = ("small", "large")
 # The 3x3 grid, row by row; an object is in the cell its centroid is in.
@@ -188,7 +192,7 @@ def caption(prompt: ShapePrompt) -> str:
 
 def _object_pattern(with_size: bool) -> str:
     size = f"(?:({'|'.join(SIZES)}) )?" if with_size else ""
-    return f"an? {size}({'|'.join(COLOURS)}) ({'|'.join(SHAPES)})"
+    return f"an? {size}({'|'.join(PALETTE)}) ({'|'.join(SHAPES)})"
 
 
 _ONE_RE = re.compile(f"^{_object_pattern(True)} ({'|'.join(_POSITION_PHRASE.values())})$")
@@ -268,7 +272,7 @@ def render(objects: Sequence[tuple[str, str, float, float, float]],
     img = Image.new("RGB", (IMAGE_SIZE * k, IMAGE_SIZE * k), tuple(background))
     draw = ImageDraw.Draw(img)
     for i, (shape, colour, cx, cy, s) in enumerate(objects):
-        fill = COLOURS[colour]
+        fill = PALETTE[colour]
         if shape == "circle":  # turning a circle changes nothing
             draw.ellipse([k * (cx - s / 2), k * (cy - s / 2), k * (cx + s / 2), k * (cy + s / 2)], fill=fill)
         else:
@@ -334,7 +338,8 @@ def _two_prompt(rng: np.random.Generator, first: Sequence[tuple[str, str]],
     return ShapePrompt((ShapeSpec(a[1], a[0]), ShapeSpec(b[1], b[0])), _choice(rng, RELATIONS))
 
 
-def _draw(prompt: ShapePrompt, rng: np.random.Generator) -> ShapeItem:
+def draw(prompt: ShapePrompt, rng: np.random.Generator) -> ShapeItem:
+    """The image of `prompt`, its objects placed (and one-object sides drawn) from `rng`."""
     if prompt.kind == "one":
         o = prompt.objects[0]
         cx, cy, s = _place_one(o, rng)
@@ -370,32 +375,40 @@ def make_shapes(cfg: ShapesConfig, split: str = "train") -> list[ShapeItem]:
         raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
     cfg.validate()
     if split == "test":
-        return [_draw(p, _rng(cfg, "test", p.kind, i)) for i, p in enumerate(test_prompts(cfg))]
+        return [draw(p, _rng(cfg, "test", p.kind, i)) for i, p in enumerate(test_prompts(cfg))]
     train, _ = _pairs(cfg)
     items = []
     for i in range(cfg.n_one):
         rng = _rng(cfg, "train", "one", i)
-        items.append(_draw(_one_prompt(cfg, rng, train), rng))
+        items.append(draw(_one_prompt(cfg, rng, train), rng))
     for i in range(cfg.n_two):
         rng = _rng(cfg, "train", "two", i)
-        items.append(_draw(_two_prompt(rng, train, train), rng))
+        items.append(draw(_two_prompt(rng, train, train), rng))
     return items
 
 
 def write_shapes_folder(folder: str | Path, cfg: ShapesConfig, split: str = "train") -> Path:
-    """Write the split into `folder` as an image folder: one_00000.png ..., two_00000.png ..., and
-    metadata.jsonl lines {"file_name", "text", "kind", "objects": [{shape, colour[, position, size]}],
-    "relation"}; returns the folder. Files of an earlier write are overwritten, never merged."""
-    from mmflow.utils.fs import atomic_folder
-
+    """Write the split into `folder` as an image folder: one_00000.png ..., two_00000.png ... (see
+    write_items); returns the folder."""
     items = make_shapes(cfg, split)
     counts = {"one": 0, "two": 0}
+    named = []
+    for item in items:
+        kind = item.prompt.kind
+        named.append((f"{kind}_{counts[kind]:05d}.png", item))
+        counts[kind] += 1
+    return write_items(folder, named)
+
+
+def write_items(folder: str | Path, named: Sequence[tuple[str, ShapeItem]]) -> Path:
+    """Write (file name, item) pairs into `folder` as an image folder: the PNGs and metadata.jsonl lines
+    {"file_name", "text", "kind", "objects": [{shape, colour[, position, size]}], "relation"}; returns the
+    folder. Files of an earlier write are overwritten, never merged."""
+    from mmflow.utils.fs import atomic_folder
+
     with atomic_folder(folder) as tmp:
         lines = []
-        for item in items:
-            kind = item.prompt.kind
-            name = f"{kind}_{counts[kind]:05d}.png"
-            counts[kind] += 1
+        for name, item in named:
             Image.fromarray(item.image).save(tmp / name)
             lines.append(json.dumps({"file_name": name, "text": item.caption, **item.prompt.to_dict()}))
         (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")

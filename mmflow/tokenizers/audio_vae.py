@@ -3,7 +3,9 @@
 The encoder is a stack of strided 1-D convolutions with dilated residual units and Snake activations;
 the decoder mirrors it with transposed convolutions. The hop (samples per latent frame) is the product
 of `strides`: the default (2, 4, 5, 8) = 320 at 16 kHz gives 50 latent frames per second; (2, 4, 6, 8)
-= 384 gives ~41.7 Hz.
+= 384 gives ~41.7 Hz. With `head="istft"` (Vocos) the decoder keeps only its first upsampling blocks, up to
+one STFT frame per `istft_hop` samples, and an inverse STFT makes the samples (audio_blocks.ISTFTHead);
+latents and shapes stay the same.
 
 A clip whose length is not a multiple of the hop is padded on the right with silence (zeros) before
 encoding (L = ceil(N / hop) latent frames); `decode(z, like_shape=(B, C, N))` and `forward` crop back to N.
@@ -22,16 +24,16 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmflow.config import check, preset_config
+from mmflow.config import ConfigError, check, preset_config
 from mmflow.data.audio_reader import CHANNEL_NAMES, prepare_audio
 from mmflow.model_io import register_model
-from mmflow.tokenizers.audio_blocks import DecoderBlock, EncoderBlock, Snake1d, conv1d
+from mmflow.tokenizers.audio_blocks import DecoderBlock, EncoderBlock, ISTFTHead, ResidualUnit, Snake1d, conv1d
 from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer, check_latent_stats
 
 __all__ = ["AUDIO_VAE_PRESETS", "AudioVAE", "AudioVAEConfig", "audio_vae_config", "prepare_audio"]
@@ -54,6 +56,12 @@ class AudioVAEConfig:
     dilations: tuple[int, ...] = _field((1, 3, 9), "dilations of the residual units in every block", min=1)
     latent_channels: int = _field(32, "latent channels", min=1)
     weight_norm: bool = _field(True, "weight-normalised convs (DAC); the output conv never is")
+    head: Literal["wave", "istft"] = _field("wave", "decoder output: 'wave' = a conv at the sample rate (DAC); "
+                                                    "'istft' = log magnitude + phase per frame and an inverse STFT "
+                                                    "(Vocos), which learns pitch far sooner")
+    istft_hop: int | None = _field(None, "head 'istft': samples per STFT frame (n_fft = 4x); None = the hop. "
+                                         "hop / istft_hop must be the product of the decoder's first strides "
+                                         "(the reversed `strides`)", min=1)
     init_posterior_std: float = _field(0.1, "posterior std the untrained encoder starts from (the logvar bias "
                                             "of its output conv); 1.0 = the prior's", min=0.0, min_exclusive=True)
     latent_shift: list[float] | None = _field(None, "per-channel latent mean (None until measured)")
@@ -69,10 +77,24 @@ class AudioVAEConfig:
         """Latent frames per second."""
         return self.sample_rate / self.hop_length
 
+    def istft_blocks(self) -> int:
+        """Decoder upsampling blocks before the ISTFT head: k such that the last k strides make hop / istft_hop."""
+        hop = self.istft_hop or self.hop_length
+        for k in range(len(self.strides) + 1):
+            if hop * math.prod(self.strides[len(self.strides) - k:]) == self.hop_length:
+                return k
+        decoder = tuple(reversed(self.strides))
+        valid = [self.hop_length // math.prod(decoder[:k]) for k in range(len(decoder) + 1)]
+        raise ConfigError(f"{hop} must be the hop ({self.hop_length}) divided by the product of the decoder's first "
+                          f"upsampling strides {decoder} (the reversed `strides`): one of {valid}", key="istft_hop")
+
     def validate(self) -> None:
         check(len(self.strides) >= 1, "strides", "needs at least one block")
         check(len(self.block_channels) == len(self.strides), "block_channels",
               f"needs one width per stride ({len(self.strides)}), got {len(self.block_channels)}")
+        check(self.head == "istft" or self.istft_hop is None, "istft_hop", "is only used with head 'istft'")
+        if self.head == "istft":
+            self.istft_blocks()
         check_latent_stats(self.latent_shift, self.latent_scale, self.latent_channels)
 
 
@@ -117,17 +139,30 @@ class AudioDecoder(nn.Module):
 
     def __init__(self, cfg: AudioVAEConfig) -> None:
         super().__init__()
-        wn = cfg.weight_norm
+        wn, depth = cfg.weight_norm, len(cfg.strides)
         widths = [cfg.base_channels, *cfg.block_channels]
+        keep = cfg.istft_blocks() if cfg.head == "istft" else depth
         self.conv_in = conv1d(cfg.latent_channels, widths[-1], 7, weight_norm=wn)
         self.blocks = nn.Sequential(*[DecoderBlock(widths[i + 1], widths[i], cfg.strides[i], cfg.dilations, wn)
-                                      for i in reversed(range(len(cfg.strides)))])
-        self.act = Snake1d(cfg.base_channels)
-        # plain conv: its weight is a leaf Parameter, which the adaptive adversarial weight differentiates
-        self.conv_out = conv1d(cfg.base_channels, cfg.channels, 7, weight_norm=False)
+                                      for i in reversed(range(depth - keep, depth))])
+        width, self.istft = widths[depth - keep], cfg.head == "istft"
+        if self.istft:
+            # residual units at the frame rate: with no upsampling block kept the decoder would be two convs
+            self.frames = nn.Sequential(*[ResidualUnit(width, d, wn) for d in cfg.dilations])
+        self.act = Snake1d(width)
+        if self.istft:
+            self.head = ISTFTHead(width, cfg.channels, cfg.istft_hop or cfg.hop_length)
+        else:
+            # plain conv: its weight is a leaf Parameter, which the adaptive adversarial weight differentiates
+            self.conv_out = conv1d(width, cfg.channels, 7, weight_norm=False)
+
+    def last_layer_weight(self) -> nn.Parameter:
+        return self.head.conv.weight if self.istft else self.conv_out.weight
 
     def forward(self, z: Tensor) -> Tensor:
-        h = self.blocks(self.conv_in(z))  # (B, base, n*hop)
+        h = self.blocks(self.conv_in(z))  # istft: (B, width, n*hop / istft_hop); wave: (B, base, n*hop)
+        if self.istft:
+            return self.head(self.act(self.frames(h)))  # (B, C, n*hop)
         return self.conv_out(self.act(h))  # (B, C, n*hop)
 
 
@@ -159,7 +194,7 @@ class AudioVAE(Tokenizer):
 
     def last_layer_weight(self) -> nn.Parameter:
         """The decoder's output weight (for the adaptive adversarial weight in mmflow.tokenizers.losses)."""
-        return self.decoder.conv_out.weight
+        return self.decoder.last_layer_weight()
 
     def _check_audio(self, x: Tensor) -> None:
         c = self.config.channels

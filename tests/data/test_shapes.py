@@ -11,8 +11,10 @@ from PIL import Image
 import mmflow.data.shapes as sd  # as a module: `test_prompts` is not a pytest test
 from mmflow.config import ConfigError
 from mmflow.data.media_folder import MediaFolderConfig, MediaFolderDataset
-from mmflow.data.shapes import (COLOURS, POSITIONS, SHAPES, SIDE, CaptionError, ShapePrompt, ShapeSpec, ShapesConfig,
-                                held_out_pairs, make_shapes, parse_caption, position_of, relation_of)
+from mmflow.data.shapes import (COLOURS, EXTRA_COLOURS, PALETTE, POSITIONS, SHAPES, SIDE, CaptionError, ShapePrompt,
+                                ShapeSpec, ShapesConfig, held_out_pairs, make_shapes, parse_caption, position_of,
+                                relation_of, render)
+from mmflow.metrics.probes.shapes import hue_degrees
 
 SMALL = ShapesConfig(n_one=40, n_two=20, n_test_two=12, seed=3)
 
@@ -91,6 +93,21 @@ def test_caption_text_and_parse_errors():
     for bad in ("a red circle", "a huge red circle in the top left", "a red circle near a blue star"):
         with pytest.raises(CaptionError, match="not a shapes caption"):
             parse_caption(bad)
+
+
+def test_extra_colours_draw_and_parse_but_stay_out_of_the_default_splits():
+    assert list(PALETTE)[:len(COLOURS)] == list(COLOURS) and set(EXTRA_COLOURS).isdisjoint(COLOURS)
+    hues = hue_degrees(np.array(list(PALETTE.values()), dtype=np.float64) / 255.0)
+    gaps = np.abs(hues[:, None] - hues[None, :]) % 360
+    gaps = np.minimum(gaps, 360 - gaps) + 360 * np.eye(len(hues))
+    assert gaps.min() >= 28  # the probe's nearest-hue rule needs every pair of hues this far apart
+    cyan = ShapePrompt((ShapeSpec("star", "cyan", "centre", "large"),))
+    assert parse_caption("a large cyan star in the centre") == cyan
+    assert tuple(render([("square", "cyan", 32, 32, 20)])[32, 32]) == EXTRA_COLOURS["cyan"]
+    items = make_shapes(SMALL) + make_shapes(SMALL, "test")
+    assert not {o.colour for it in items for o in it.prompt.objects} & set(EXTRA_COLOURS)
+    with pytest.raises(ConfigError, match="colours.*cyan"):  # a default split never draws them
+        make_shapes(ShapesConfig(colours=["red", "cyan"]))
 
 
 def test_config_errors_name_the_key():

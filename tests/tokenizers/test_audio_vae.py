@@ -1,4 +1,5 @@
-"""Tests for mmflow/tokenizers/audio_vae.py and audio_blocks.py: waveform VAE, Snake (prepare_audio: tests/data)."""
+"""Tests for mmflow/tokenizers/audio_vae.py and audio_blocks.py: waveform VAE, Snake, ISTFT head
+(prepare_audio: tests/data)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ import torch.nn.functional as F
 
 from mmflow.config import ConfigError, from_dict, to_dict
 from mmflow.model_io import load_model, save_model
-from mmflow.tokenizers.audio_blocks import Snake1d
+from mmflow.tokenizers.audio_blocks import ISTFTHead, Snake1d
 from mmflow.tokenizers.audio_vae import (
     AUDIO_VAE_PRESETS,
     AudioVAE,
     AudioVAEConfig,
     audio_vae_config,
 )
-from mmflow.tokenizers.losses import stft_distance
+from mmflow.tokenizers.losses import adaptive_adv_weight, stft_distance
 
 TINY = audio_vae_config("test", sample_rate=8000)  # hop 8
+ISTFT = replace(TINY, strides=(2, 4, 5), block_channels=(8, 16, 16), head="istft", istft_hop=8)  # hop 40, 5x up
 
 
 def _vae(cfg: AudioVAEConfig = TINY, seed: int = 0) -> AudioVAE:
@@ -134,9 +136,11 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_short_training_reduces_reconstruction_error(short_fit) -> None:
-    vae, x = _vae(), _sines()
-    losses, rec = short_fit(vae, x, 50)
+@pytest.mark.parametrize(("cfg", "steps"), [(TINY, 50), (ISTFT, 100)], ids=["wave", "istft"])
+def test_short_training_reduces_reconstruction_error(short_fit, cfg: AudioVAEConfig, steps: int) -> None:
+    """A pure waveform-L1 fit; the ISTFT head learns it (the phases) about half as fast as the wave head."""
+    vae, x = _vae(cfg), _sines()
+    losses, rec = short_fit(vae, x, steps)
     final, silence = (rec - x).abs().mean().item(), x.abs().mean().item()
     assert final < 0.4 * losses[0] and final < 0.4 * silence, (losses[0], silence, final)
     assert torch.all(stft_distance(rec, x) < stft_distance(torch.zeros_like(x), x))
@@ -153,3 +157,68 @@ def test_untrained_posterior_noise_is_small() -> None:
         assert post.std.max() < 2 * std
     with pytest.raises(ConfigError, match="init_posterior_std"):
         from_dict(AudioVAEConfig, {"init_posterior_std": 0.0})
+
+
+@pytest.mark.parametrize("istft_hop", [None, 8, 2])  # 0, 1 and 2 upsampling blocks before the head (hop 40)
+@pytest.mark.parametrize("n", [1, 40, 803, 2000])
+def test_istft_head_keeps_the_latent_contract(istft_hop: int | None, n: int) -> None:
+    cfg = replace(ISTFT, istft_hop=istft_hop)
+    vae, wave_vae, x = _vae(cfg), _vae(replace(cfg, head="wave", istft_hop=None)), _sines(b=2, n=n)
+    frames = math.ceil(n / 40)
+    with torch.no_grad():
+        post = vae.encode(x)
+        assert post.mean.shape == wave_vae.encode(x).mean.shape == (2, 8, frames)
+        full = vae.decode(post.mode())
+        assert full.shape == (2, 1, frames * 40) and torch.isfinite(full).all()
+        assert full.abs().max() < 0.01  # starts near silence (INIT_LOG_MAGNITUDE)
+        assert vae.decode(post.mode(), like_shape=x.shape).shape == x.shape
+        assert vae(x).reconstruction.shape == x.shape
+    assert len(vae.decoder.blocks) == {None: 0, 8: 1, 2: 2}[istft_hop]
+
+
+def test_istft_head_synthesises_the_spectrum_it_predicts() -> None:
+    """Every frame: bin 8 of a 64-point FFT (1/8 cycle per sample), phase 0, the rest silent. The phase advances
+    8 * 16 / 64 = 2 whole cycles per hop, so the frames agree and the inverse STFT is a steady cosine, of
+    amplitude 2 * |X| / n_fft * sum(w) / sum(w^2) = 2 * 24 / 64 * 2 / 1.5 = 1 (periodic Hann, hop n_fft / 4)."""
+    head, t = ISTFTHead(1, 1, 16), 20
+    with torch.no_grad():
+        head.conv.weight.zero_()
+        bias = torch.zeros(2, head.bins)  # (log magnitude, phase) per bin
+        bias[0] = -30.0
+        bias[0, 8] = math.log(24.0)
+        head.conv.bias.copy_(bias.flatten())
+        wave = head(torch.zeros(1, 1, t))[0, 0]
+    assert wave.shape == (t * 16,)
+    inner = torch.arange(64, t * 16 - 64)  # away from the ends, where fewer frames overlap
+    torch.testing.assert_close(wave[inner], torch.cos(2 * math.pi * inner / 8), atol=1e-4, rtol=0)
+
+
+def test_istft_last_layer_is_the_head_and_gets_gradients() -> None:
+    vae, x = _vae(ISTFT).train(), _sines(n=400)
+    assert vae.last_layer_weight() is vae.decoder.head.conv.weight
+    out = vae(x)
+    rec, adv = (out.reconstruction - x).abs().mean(), -out.reconstruction.mean()
+    weight = adaptive_adv_weight(rec, adv, vae.last_layer_weight())
+    assert torch.isfinite(weight) and weight > 0
+    wave = _vae()
+    assert wave.last_layer_weight() is wave.decoder.conv_out.weight
+
+
+def test_istft_config_errors_name_the_key(tmp_path: Path) -> None:
+    base = to_dict(ISTFT)
+    with pytest.raises(ConfigError, match=r"istft_hop: 4 must be the hop \(40\) divided by .* one of \[40, 8, 2, 1\]"):
+        from_dict(AudioVAEConfig, {**base, "istft_hop": 4})
+    with pytest.raises(ConfigError, match="istft_hop: 80 must be the hop"):
+        from_dict(AudioVAEConfig, {**base, "istft_hop": 80})
+    with pytest.raises(ConfigError, match="istft_hop: is only used with head 'istft'"):
+        from_dict(AudioVAEConfig, {**base, "head": "wave"})
+    with pytest.raises(ConfigError, match="head"):
+        from_dict(AudioVAEConfig, {**base, "head": "vocos"})
+    assert AudioVAEConfig().head == "wave"  # existing checkpoints keep their decoder
+    vae = _vae(ISTFT)
+    save_model(vae, tmp_path / "istft")
+    loaded = load_model(tmp_path / "istft").eval()
+    assert loaded.config == vae.config
+    with torch.no_grad():
+        z = vae.encode(_sines(n=400)).mean
+        torch.testing.assert_close(loaded.decode(z), vae.decode(z))

@@ -4,8 +4,9 @@ Rules where a rule is exact, a small classifier where it is not:
 - objects: pixels further than FG_THRESHOLD (max over channels, in [0, 1]) from the background (the
   median of the border pixels), split into 8-connected components of at least MIN_AREA pixels; a
   two-object prompt whose objects touch in the sample (one component) is split by pixel colour;
-- colour: a vote of the object's core pixels, each for the named colour of nearest hue (COLOURS'
-  hues are >= 28 degrees apart; mixing with the white background keeps a pixel's hue);
+- colour: a vote of the object's core pixels, each for the named colour of nearest hue among every colour
+  the set can draw (PALETTE: COLOURS and the concept sets' EXTRA_COLOURS, hues >= 28 degrees apart; mixing
+  with the white background keeps a pixel's hue), so a model drifting from blue to a taught cyan is caught;
 - position: the 3x3 cell of the object's centroid; relation: the centroids' displacement along the
   axis it is largest on; size: the larger side of the bounding box against SIZE_THRESHOLD px (the
   area depends on the shape too much: a star fills a third of what a square of its size does);
@@ -38,7 +39,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor, nn
 
-from mmflow.data.shapes import (COLOURS, IMAGE_SIZE, POSITIONS, SHAPES, SIZES, ShapeItem, ShapePrompt, ShapesConfig,
+from mmflow.data.shapes import (IMAGE_SIZE, PALETTE, POSITIONS, SHAPES, SIZES, ShapeItem, ShapePrompt, ShapesConfig,
                                 make_shapes, parse_caption, position_of, relation_of)
 from mmflow.metrics.probes.base import Probe, ProbeConfig, ProbeInputError, fraction, load_probe
 from mmflow.model_io import register_model
@@ -64,11 +65,11 @@ def hue_degrees(rgb: np.ndarray) -> np.ndarray:
     return np.where(mx - mn > 1e-6, 60.0 * h, 0.0) % 360.0
 
 
-PALETTE_HUES = hue_degrees(np.array(list(COLOURS.values()), dtype=np.float64) / 255.0)
+PALETTE_HUES = hue_degrees(np.array(list(PALETTE.values()), dtype=np.float64) / 255.0)
 
 
 def nearest_colour(hues: np.ndarray) -> np.ndarray:
-    """(N,) hues in degrees -> (N,) index into COLOURS of the named colour of nearest hue (on the circle)."""
+    """(N,) hues in degrees -> (N,) index into PALETTE of the named colour of nearest hue (on the circle)."""
     d = np.abs(hues[:, None] - PALETTE_HUES[None, :]) % 360.0
     return np.minimum(d, 360.0 - d).argmin(1)
 
@@ -108,7 +109,7 @@ def _object(rgb: np.ndarray, diff: np.ndarray, region: np.ndarray) -> FoundObjec
     ys, xs = np.nonzero(region)
     core = region & (diff > CORE_THRESHOLD)
     votes = nearest_colour(hue_degrees(rgb[core if core.sum() >= 3 else region]))
-    counts = np.bincount(votes, minlength=len(COLOURS))
+    counts = np.bincount(votes, minlength=len(PALETTE))
     # the crop sees the component and its anti-aliased rim, not a neighbouring object; contrast-normalised
     # (yellow on white is fainter than blue on white)
     near = ndimage.binary_dilation(region, iterations=1)
@@ -116,7 +117,7 @@ def _object(rgb: np.ndarray, diff: np.ndarray, region: np.ndarray) -> FoundObjec
     alpha = np.where(near, np.clip(diff / contrast, 0.0, 1.0), 0.0)
     return FoundObject(area=int(region.sum()), centroid=(float(xs.mean()) + 0.5, float(ys.mean()) + 0.5),
                        extent=float(max(ys.max() - ys.min(), xs.max() - xs.min()) + 1),
-                       colour=list(COLOURS)[int(counts.argmax())], colour_share=float(counts.max() / counts.sum()),
+                       colour=list(PALETTE)[int(counts.argmax())], colour_share=float(counts.max() / counts.sum()),
                        crop=_crop(alpha, ys, xs))
 
 
@@ -134,7 +135,7 @@ def find_objects(image: np.ndarray | Tensor, expect: int = 1) -> list[FoundObjec
         region = regions[0]
         classes = np.full(region.shape, -1)
         classes[region] = nearest_colour(hue_degrees(rgb[region]))
-        counts = np.bincount(classes[region], minlength=len(COLOURS))
+        counts = np.bincount(classes[region], minlength=len(PALETTE))
         top = [c for c in np.argsort(-counts, kind="stable")[:2] if counts[c] >= MIN_AREA]
         if len(top) == 2:
             regions = [classes == c for c in top]
@@ -146,7 +147,7 @@ def find_objects(image: np.ndarray | Tensor, expect: int = 1) -> list[FoundObjec
 def shapes_config(**overrides: Any) -> ProbeConfig:
     """The config of a fresh shapes probe: the classifier's shape head plus the rules' attributes."""
     base = dict(name="shapes", modality="image", media_shape=[3, IMAGE_SIZE, IMAGE_SIZE],
-                attributes={"shape": list(SHAPES), "colour": list(COLOURS), "position": list(POSITIONS),
+                attributes={"shape": list(SHAPES), "colour": list(PALETTE), "position": list(POSITIONS),
                             "size": list(SIZES)}, width=16, feature_dim=64)
     base.update(overrides)
     return ProbeConfig(**base)
@@ -202,7 +203,7 @@ class ShapesProbe(Probe):
             found = find_objects(img)
             o = found[0] if found else None
             out["shape"] += [SHAPES.index(self.classify([o.crop])[0]) if o else 0]
-            out["colour"] += [list(COLOURS).index(o.colour) if o else 0]
+            out["colour"] += [list(PALETTE).index(o.colour) if o else 0]
             out["position"] += [POSITIONS.index(o.position) if o else 0]
             out["size"] += [SIZES.index(o.size) if o else 0]
         return {a: torch.tensor(v, dtype=torch.long) for a, v in out.items()}

@@ -116,6 +116,22 @@ def test_the_relation_is_read_between_the_asked_colours_even_when_the_shapes_are
     assert s["relation"] == 1.0 and s["both_objects"] <= 0.05
 
 
+def test_reads_a_concept_set_colour_and_tells_it_from_its_neighbours(probe):
+    from mmflow.data.shapes_concept import ConceptConfig, make_concept
+
+    items = [it for _, it in make_concept(ConceptConfig(n_concept=100), "test")]  # 8 cyan, one per combination
+    prompts = [it.prompt for it in items]
+    s = score_shapes(as_tensor(items), prompts, probe)
+    assert s["n_one"] == 8 and all(s[k] == 1.0 for k in ONE_KEYS), s
+    for neighbour in ("blue", "green"):  # the hues either side of cyan's: wrong for a cyan prompt, and back
+        recoloured = [redraw(it, lambda k, o: (o[0], neighbour, *o[2:])) for it in items]
+        s = score_shapes(as_tensor(recoloured), prompts, probe)
+        assert s["colour"] == 0.0 and s["shape"] == 1.0 and {it["pred"]["colour"] for it in s["items"]} == {neighbour}
+        asked = [dataclasses.replace(p, objects=(dataclasses.replace(p.objects[0], colour=neighbour),))
+                 for p in prompts]
+        assert score_shapes(as_tensor(items), asked, probe)["colour"] == 0.0  # a model painting cyan is caught
+
+
 def test_touching_objects_are_split_by_colour():
     img = sd.render([("square", "red", 24, 32, 16), ("circle", "blue", 38, 32, 16)])  # overlapping
     found = find_objects(as_tensor([img])[0], expect=2)
