@@ -15,8 +15,9 @@ reproduces StableDiffusion3Pipeline:
 - time: the scheduler's FlowMatchEulerDiscreteScheduler (static shift) becomes the Euler solver on the
   "sd3" grid (mmflow/sampling/grids.py), the same sigmas in mmflow's t = 1 - sigma.
 
-    convert_diffusers_sd3_pipeline("stable-diffusion-3.5-medium", "models/sd35m")
-    pipe = FlowPipeline.from_pretrained("models/sd35m")
+    src, dst = Path("weights/stable-diffusion-3.5-medium"), Path("models/sd35m")   # local folders
+    convert_diffusers_sd3_pipeline(src, dst)
+    pipe = FlowPipeline.from_pretrained(dst)
 """
 
 from __future__ import annotations
