@@ -339,6 +339,9 @@ def _prepare(args: argparse.Namespace) -> int:
     if not hasattr(task, "cache_dir"):
         raise ConfigError(f"task {recipe.task!r} has nothing to cache (prepare is for media recipes)", "task", args.recipe)
     accelerator = make_accelerator(recipe.train, run_dir)
+    if accelerator.is_main_process:  # data made before it is cached (data.prior's class items)
+        task.prepare_data(accelerator.device)
+    accelerator.wait_for_everyone()
     for part in task.cache_parts():  # a joint image+video recipe caches its images too
         result = prepare_cache(part, accelerator, batch_size=args.batch_size)
         if accelerator.is_main_process:

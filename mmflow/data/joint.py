@@ -10,7 +10,10 @@ frames as keys (cond["frames"]) and the loss masks them out.
 
     data = JointDataset(video_dataset, ImagesAsClips(image_config))
     sampler = JointBatchSampler(video_sampler, image_sampler)    # keys (0, video key) ... (1, image key)
-    batch = collate_padded(items, collate)                       # + "frames" (B,) long
+    batch = collate_padded(items, collate)                       # + "frames" (B,) long, "source" (B,) long
+
+The same zipping serves DreamBooth's prior preservation (mmflow/tasks/prior.py): instance items, then the
+base model's class items, same-sized, collated with `collate_sources`; "source" tells the loss which is which.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from torch.utils.data import Dataset
 
 from mmflow.data.media_folder import MediaFolderDataset
 
-__all__ = ["FRAMES", "JointImagesConfig", "ImagesAsClips", "JointDataset", "JointBatchSampler", "collate_padded",
-           "image_rows"]
+__all__ = ["FRAMES", "SOURCE", "JointImagesConfig", "ImagesAsClips", "JointDataset", "JointBatchSampler",
+           "collate_padded", "collate_sources", "image_rows"]
 
 FRAMES = "frames"  # (B,) long: real frames of each row along the time axis of what the batch holds
+SOURCE = "source"  # (B,) long: each row's part of a JointDataset, 0 (video / instance) or 1 (images / class)
 TIME_AXIS_FIELDS = ("media", "latent_mean", "latent_std")  # (C, T, ...) per item: padded along T
 
 
@@ -46,9 +50,10 @@ class JointImagesConfig:
 
 
 def image_rows(batch: int, fraction: float) -> int:
-    """Images in a batch of `batch` rows: round(fraction * batch), at least 1 and at most batch - 1."""
+    """Images (or class items) in a batch of `batch` rows: round(fraction * batch), at least 1 and at most batch - 1."""
     if batch < 2:
-        raise ValueError(f"a joint image+video batch needs at least 2 rows (one clip, one image), got {batch}")
+        raise ValueError(f"a joint batch needs at least 2 rows (one clip and one image, or one instance and one "
+                         f"class item), got {batch}")
     return min(batch - 1, max(1, round(fraction * batch)))
 
 
@@ -63,7 +68,8 @@ class ImagesAsClips(MediaFolderDataset):
 
 
 class JointDataset(Dataset):
-    """Clips then images: key (0, k) is video[k], (1, k) images[k]; a plain int indexes the concatenation."""
+    """Clips then images: key (0, k) is video[k], (1, k) images[k]; a plain int indexes the concatenation.
+    Each item carries its part under SOURCE (0 or 1)."""
 
     def __init__(self, video: Dataset, images: Dataset) -> None:
         self.video = video
@@ -76,9 +82,9 @@ class JointDataset(Dataset):
     def __getitem__(self, key: Any) -> dict[str, Any]:
         if isinstance(key, (tuple, list)):  # (source, the source's own key) from JointBatchSampler
             source, inner = key
-            return (self.video if source == 0 else self.images)[inner]
+            return {**(self.video if source == 0 else self.images)[inner], SOURCE: int(source)}
         k, n = int(key), len(self.video)  # type: ignore[arg-type]
-        return self.video[k] if k < n else self.images[k - n]
+        return {**self.video[k], SOURCE: 0} if k < n else {**self.images[k - n], SOURCE: 1}
 
 
 class JointBatchSampler:
@@ -109,13 +115,20 @@ def _pad_time(x: Tensor, length: int) -> Tensor:
     return x if extra == 0 else torch.cat([x, x[:, -1:].expand(-1, extra, *x.shape[2:])], dim=1)
 
 
+def collate_sources(items: list[dict[str, Any]], collate: Callable[[list[dict[str, Any]]], Any]) -> Any:
+    """`collate` of JointDataset items (without their SOURCE), plus SOURCE (B,) long: each row's part."""
+    batch = collate([{k: v for k, v in it.items() if k != SOURCE} for it in items])
+    batch[SOURCE] = torch.tensor([it.get(SOURCE, 0) for it in items], dtype=torch.long)
+    return batch
+
+
 def collate_padded(items: list[dict[str, Any]], collate: Callable[[list[dict[str, Any]]], Any]) -> Any:
-    """`collate` of items whose time axes (dim 1 of media / latent_mean / latent_std) differ, each padded to
-    the longest by repeating its last frame, plus FRAMES (B,) long: each row's real frames."""
+    """`collate_sources` of items whose time axes (dim 1 of media / latent_mean / latent_std) differ, each padded
+    to the longest by repeating its last frame, plus FRAMES (B,) long: each row's real frames."""
     key = next(k for k in TIME_AXIS_FIELDS if k in items[0])
     frames = [int(it[key].shape[1]) for it in items]
     length = max(frames)
     padded = [{**it, **{k: _pad_time(it[k], length) for k in TIME_AXIS_FIELDS if k in it}} for it in items]
-    batch = collate(padded)
+    batch = collate_sources(padded, collate)
     batch[FRAMES] = torch.tensor(frames, dtype=torch.long)
     return batch

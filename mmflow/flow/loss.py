@@ -90,9 +90,12 @@ class CFMLoss:
 
 
 def cfm_loss(pred: Tensor, target: Tensor, t: Tensor, weighting: str = "none", loss: str = "l2",
-             huber_c: float = DEFAULT_HUBER_C, mask: Tensor | None = None) -> CFMLoss:
+             huber_c: float = DEFAULT_HUBER_C, mask: Tensor | None = None,
+             row_weight: Tensor | None = None) -> CFMLoss:
     """mean_b w(t_b) * rho(pred_b - target_b) for pred, target (B, ...), t (B,); rho from `residual_loss`
     (over the True elements of `mask`, broadcastable to pred, when given: padded video frames).
+    row_weight (B,): sum_b row_weight_b w(t_b) rho_b instead of the mean (which is row_weight 1/B): e.g.
+    DreamBooth's mean over instance rows + prior weight x mean over class rows (mmflow/tasks/prior.py).
 
     Computed in at least float32 so bf16 predictions do not lose the loss to round-off.
     """
@@ -103,7 +106,11 @@ def cfm_loss(pred: Tensor, target: Tensor, t: Tensor, weighting: str = "none", l
     dtype = torch.promote_types(pred.dtype, torch.float32)
     per_example = residual_loss(pred.to(dtype) - target.to(dtype), loss, huber_c, mask)  # (B,)
     weight = loss_weight(t.to(dtype), weighting)  # (B,)
-    return CFMLoss(loss=(weight * per_example).mean(), per_example=per_example)
+    if row_weight is None:
+        return CFMLoss(loss=(weight * per_example).mean(), per_example=per_example)
+    if row_weight.shape != per_example.shape:
+        raise ValueError(f"row_weight must be shaped ({pred.shape[0]},), got {tuple(row_weight.shape)}")
+    return CFMLoss(loss=(row_weight.to(dtype) * weight * per_example).sum(), per_example=per_example)
 
 
 class TBinStats:

@@ -61,11 +61,13 @@ class FlowMatchingTask(Task):
         return self.flow_loss(models[VELOCITY], z, cond, rng)
 
     def flow_loss(self, model: nn.Module, z: Tensor, cond: Condition | None, rng: BatchRandom,
-                  keep: dict[str, Tensor] | None = None, mask: Tensor | None = None) -> LossOutput:
+                  keep: dict[str, Tensor] | None = None, mask: Tensor | None = None,
+                  row_weight: Tensor | None = None) -> LossOutput:
         """The CFM loss of data z (B, ...) under cond (entries (B, ...), or None): draws t (B,), then the
         noise eps (B, ...), then (with cond and flow.cfg_dropout > 0) the CFG drop mask (B,) from rng.
         keep: condition entries joined after CFG dropout, never dropped (image-to-video's first frame);
-        mask: bool, broadcastable to z, the elements the loss covers (None: all; padded frames are not)."""
+        mask: bool, broadcastable to z, the elements the loss covers (None: all; padded frames are not);
+        row_weight: (B,) the rows' weights in a sum instead of the mean (prior preservation, see cfm_loss)."""
         t = rng.draw(lambda n, g: self.time_sampler.sample(n, generator=g)).to(z.dtype)  # (B,)
         eps = rng.randn(*z.shape[1:]).to(z.dtype)  # (B, ...)
         ps = self.path.sample(z, t, eps)
@@ -81,7 +83,8 @@ class FlowMatchingTask(Task):
             cond = {**cond, **keep}  # type: ignore[dict-item]
         pred = model(ps.x_t, t, cond) if drop is None else model(ps.x_t, t, cond, drop=drop)
         flow = self.recipe.flow
-        out = cfm_loss(pred.float(), ps.target.float(), t, flow.loss_weighting, flow.loss, flow.huber_c, mask)
+        out = cfm_loss(pred.float(), ps.target.float(), t, flow.loss_weighting, flow.loss, flow.huber_c, mask,
+                       row_weight)
         return LossOutput(out.loss, {}, out.per_example.detach(), t.detach())
 
     def sample(self, model: nn.Module, x0: Tensor, cond: Condition | None, sample_cfg: Any, **kwargs: Any) -> SampleOutput:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -30,8 +31,8 @@ from torch.utils.data import Dataset, default_collate
 from mmflow.config import ConfigError, check, from_dict
 from mmflow.data.buckets import make_buckets
 from mmflow.data.cache import CachedDataset, CacheOrder, StaleCacheError, cache_problem
-from mmflow.data.joint import (FRAMES, ImagesAsClips, JointBatchSampler, JointDataset, JointImagesConfig,
-                               collate_padded, image_rows)
+from mmflow.data.joint import (FRAMES, SOURCE, ImagesAsClips, JointBatchSampler, JointDataset, JointImagesConfig,
+                               collate_padded, collate_sources, image_rows)
 from mmflow.data.media_folder import MediaFolderConfig, MediaFolderDataset, collate
 from mmflow.evaluation.evaluate import Evaluator
 from mmflow.evaluation.media_sets import MediaSet, load_media_set
@@ -44,6 +45,7 @@ from mmflow.tasks.first_frame import FirstFrame, first_frame_concat, read_first_
 from mmflow.tasks.flow_task import VELOCITY, FlowMatchingTask
 from mmflow.tasks.media_accounting import MediaAccounting
 from mmflow.tasks.media_cache import cache_describe
+from mmflow.tasks.prior import PriorConfig, make_class_media, prior_row_weights
 from mmflow.text.combine import TextConditionerConfig
 from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, format_metric
@@ -59,6 +61,9 @@ class MediaDataConfig(MediaFolderConfig):
     eval_per_prompt: int = field(default=2, metadata={"min": 1, "help": "validation samples per prompt"})
     images: JointImagesConfig = field(default_factory=JointImagesConfig, metadata={
         "help": "video: an image folder trained as 1-frame clips in the same batches (mmflow/data/joint.py)"})
+    prior: PriorConfig | None = field(default=None, metadata={
+        "help": "DreamBooth prior preservation: class items the base model (train.init_from) makes from a class "
+                "prompt, mixed into every batch with a loss weight (mmflow/tasks/prior.py); null: none"})
 
     def validate(self) -> None:
         super().validate()
@@ -69,6 +74,13 @@ class MediaDataConfig(MediaFolderConfig):
         if self.images.path is not None:
             check(self.modality == "video", "images.path",
                   f"joint image+video training is for video recipes; this one is {self.modality}")
+        if self.prior is not None:
+            check(self.images.path is None, "prior", "prior preservation and joint image+video training "
+                                                     "(data.images) cannot be combined; set one of them")
+            inst, cls = (os.path.normpath(os.path.abspath(p)) for p in (self.path, self.prior.path))
+            check(cls != inst and not cls.startswith(inst + os.sep), "prior.path",
+                  f"{self.prior.path} is (inside) data.path {self.path}: the instance reader would take the class "
+                  f"items as its own; give the class items a folder of their own")
 
 
 # model.timing: the MM-DiT's scalar conditions (stable-audio's names), and the longest clip it is asked for
@@ -281,11 +293,16 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
             raise ConfigError(f"{list(p)} has {len(p)} entries; {recipe.data.modality} latents have {axes} axes",
                               "model.mmdit.patch_size", source)
         resolve_mmdit(recipe.model.mmdit, source)  # preset, head width: the MM-DiT's own checks, before any loading
-        if recipe.data.images.path is not None:
+        joint = recipe.data.prior or (recipe.data.images if recipe.data.images.path is not None else None)
+        if joint is not None:
             try:
-                image_rows(recipe.train.batch_size, recipe.data.images.fraction)
+                image_rows(recipe.train.batch_size, joint.fraction)
             except ValueError as e:
                 raise ConfigError(str(e), "train.batch_size", source) from e
+        if recipe.data.prior is not None and not recipe.train.init_from:
+            raise ConfigError("data.prior's class items are made by the base model and the run fine-tunes it: set "
+                              "train.init_from to it (a run, checkpoint or exported model folder)", "train.init_from",
+                              source)
         if recipe.model.timing and recipe.data.modality != "audio":
             raise ConfigError(f"timing conditioning is for audio recipes, this one is {recipe.data.modality}",
                               "model.timing", source)
@@ -318,10 +335,36 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         part.encoders, part._as_clips = self.encoders, True
         return part
 
+    def prior_part(self) -> TextToMediaTask | None:
+        """Prior preservation (data.prior): the class items as a task of their own, read like the instance
+        items (captions: metadata.jsonl's 'text') through the same encoders, with their own cache; None without."""
+        d = self.recipe.data
+        if d.prior is None:
+            return None
+        cache = d.prior.cache or f"{self.cache_dir()}-prior"
+        data = replace(d, path=d.prior.path, cache=cache, captions="auto", text_field="text", prior=None)
+        part = TextToMediaTask(replace(self.recipe, data=data))
+        part.encoders = self.encoders
+        return part
+
+    def second_part(self) -> tuple[TextToMediaTask, float] | None:
+        """The part mixed into every batch after this recipe's own rows, and its share of the rows: a joint
+        recipe's images or the class items of prior preservation; None for other recipes."""
+        images = self.image_part()
+        if images is not None:
+            return images, self.recipe.data.images.fraction
+        prior = self.prior_part()
+        return None if prior is None else (prior, self.recipe.data.prior.fraction)
+
     def cache_parts(self) -> list[TextToMediaTask]:
-        """What `mmflow prepare` caches: this recipe's media, and its images in a joint recipe."""
-        part = self.image_part()
-        return [self] if part is None else [self, part]
+        """What `mmflow prepare` caches: this recipe's media, and its images (joint) or class items (prior)."""
+        second = self.second_part()
+        return [self] if second is None else [self, second[0]]
+
+    def prepare_data(self, device: torch.device) -> None:
+        """Prior preservation: the class items the class folder lacks, made by the base model (main process)."""
+        if self.recipe.data.prior is not None:
+            make_class_media(self.recipe, device)
 
     def _own_dataset(self) -> tuple[Dataset, bool]:
         """(the cache if it is there and fresh, else the raw media; whether it is the cache), by data.use_cache."""
@@ -342,19 +385,23 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         if self.recipe.eval.metrics or self.recipe.eval.check:  # before training: an evaluation that cannot run is refused now
             self._prepare_quality(torch.device("cpu"))
         video, cached = self._own_dataset()
-        part = self.image_part()
-        if part is None:
+        second = self.second_part()
+        if second is None:
             return video
+        part = second[0]
         images, images_cached = part._own_dataset()
         if cached != images_cached:  # a batch holds latents or media, not both
-            logger.warning("only the %s are cached: training from the raw clips and images (run `mmflow prepare`)",
-                           "clips" if cached else "images")
+            names = ("clips", "images") if part._as_clips else ("instance items", "class items")
+            logger.warning("only the %s are cached: training from the raw %s and %s (run `mmflow prepare`)",
+                           names[0] if cached else names[1], *names)
             video = self.track_dropped(self.raw_dataset()) if cached else video
             images = part.raw_dataset() if images_cached else images
         self._joint = True
         return self.track_dropped(JointDataset(video, images))
 
     def collate(self, items: list[Any]) -> Any:
+        if self._joint and self.recipe.data.prior is not None:  # same-sized rows: nothing to pad
+            return collate_sources(items, self._collate_same_length)
         if self._joint:
             return collate_padded(items, self._collate_same_length)
         return self._collate_same_length(items)
@@ -375,8 +422,8 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
                       start: int) -> Any:
         if not isinstance(dataset, JointDataset):
             return self._sampler(dataset, local_batch, rank, world_size, start)
-        k = image_rows(local_batch, self.recipe.data.images.fraction)
-        part = self.image_part()
+        part, fraction = self.second_part()  # type: ignore[misc]
+        k = image_rows(local_batch, fraction)
         clips = self._sampler(dataset.video, local_batch - k, rank, world_size, start)
         size_at = None
         if isinstance(dataset.video, MediaFolderDataset) and self.recipe.data.bucketing:  # images at each batch's size
@@ -403,7 +450,16 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
                 raise StaleCacheError(f"model.timing needs each item's timing, which the cache {self.cache_dir()} "
                                       "lacks: run `mmflow prepare` again")
             keep.update(zip(TIMING, batch["timing"].to(enc.z.device, torch.float32).unbind(1)))
-        return self.flow_loss(models[VELOCITY], enc.z, enc.text.as_condition(), rng, keep=keep or None, mask=mask)
+        prior = self.recipe.data.prior
+        if prior is None or SOURCE not in batch:
+            return self.flow_loss(models[VELOCITY], enc.z, enc.text.as_condition(), rng, keep=keep or None, mask=mask)
+        is_class = batch[SOURCE].to(enc.z.device) == 1  # (B,) bool: the base model's class items
+        out = self.flow_loss(models[VELOCITY], enc.z, enc.text.as_condition(), rng, keep=keep or None, mask=mask,
+                             row_weight=prior_row_weights(is_class, prior.weight))
+        for name, rows in (("instance_loss", ~is_class), ("prior_loss", is_class)):  # unweighted, for the logs
+            if bool(rows.any()):
+                out.logs[name] = float(out.per_example[rows].mean())  # type: ignore[index]
+        return out
 
     def _latent_frames(self, batch: Any, z: Tensor) -> Tensor | None:
         """(B,) long latent frames of each row of a joint batch (None for others): cached rows count latent

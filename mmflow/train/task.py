@@ -84,6 +84,12 @@ class Task(ABC):
         for module in self.frozen_models().values():
             module.to(device)
 
+    def prepare_data(self, device: torch.device) -> None:
+        """Make data the run needs that does not exist yet (DreamBooth's class items, mmflow/tasks/prior.py), on
+        `device`. The trainer and `mmflow prepare` call it on the main process before anything is built, the
+        other processes waiting; it is called on every start, so it must do nothing when the data are there.
+        Default: nothing."""
+
     @abstractmethod
     def build_dataset(self) -> Dataset:
         """A map-style dataset; items are collated with `collate`."""

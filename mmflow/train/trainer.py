@@ -448,6 +448,9 @@ class Trainer:
         check_run_folder(self.run_dir, self.resume)  # before anything is written
         self._setup_logging()
         self._recover_run_folder()
+        if self.is_main:  # e.g. class items made by the base model: before the trained model takes the memory
+            self.task.prepare_data(acc.device)
+        acc.wait_for_everyone()
         self._build()
         if self.is_main:
             logger.info("run %s: %d process(es), device %s, precision %s, global batch %d x accum %d",

@@ -5,6 +5,7 @@ by name, that score media against their prompts (the compositional check of a sy
     prompt_check("shapes_video", clips, prompts)  # {"motion": 0.93, "colour": 0.98, ...}; clips (N, 3, T, H, W)
     prompt_check("emoji_video", clips, prompts)   # {"motion": 0.96, "background": 1.0, "all": 0.96}
     prompt_check("tones", clips, prompts)         # {"pitch": 1.0, "mode": 1.0, "tempo": 1.0, ...}; clips (N, 1, L)
+    prompt_check("music", clips, prompts)         # {"key": 0.92, "mode": 0.94, "instrument": 0.98, "tempo": 0.72, ...}
 
 Each returns accuracies in [0, 1] by attribute; an attribute no prompt asked about (the two-object ones when
 every prompt has one object, say) is left out rather than NaN, so reports stay valid JSON. Evaluation logs
@@ -57,10 +58,17 @@ def _tones(media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
     return _accuracies(score_tones(media, prompts), ("n", "n_mode"))  # media (N, 1, L) audio at 16 kHz
 
 
+def _music(media: Tensor, prompts: Sequence[str]) -> dict[str, float]:
+    from mmflow.metrics.probes.music_check import score_music
+
+    return _accuracies(score_music(media, prompts), ("n",))  # media (N, 1, L) audio at 16 kHz (music16k melodies)
+
+
 PROMPT_CHECKS: dict[str, Callable[[Tensor, Sequence[str]], dict[str, float]]] = {"shapes": _shapes,
                                                                                   "shapes_video": _shapes_video,
                                                                                   "emoji_video": _emoji_video,
-                                                                                  "tones": _tones}
+                                                                                  "tones": _tones,
+                                                                                  "music": _music}
 
 
 def prompt_check(name: str, media: Tensor, prompts: Sequence[str]) -> dict[str, float]:

@@ -44,7 +44,7 @@ from mmflow.metrics.probes.base import Probe, ProbeConfig, ProbeInputError, frac
 from mmflow.metrics.probes.tempo import estimate_tempo
 from mmflow.model_io import register_model
 
-__all__ = ["N_FEATURES", "ToneAnalysis", "TonesProbe", "analyse", "degrade", "score_tones", "tones_config", "train_tones_probe",
+__all__ = ["MIN_SECONDS", "N_FEATURES", "ToneAnalysis", "TonesProbe", "analyse", "degrade", "score_tones", "tones_config", "train_tones_probe",
            "yin"]
 
 logger = logging.getLogger("mmflow.probes")
@@ -58,6 +58,7 @@ SILENCE = 0.05  # frames quieter than this fraction of the clip's loudest frame 
 MIN_RUN = 3  # frames (48 ms): shorter runs of one pitch class are transients, not notes
 PATTERN_SHARE = 0.04  # a pitch class counts for the pattern if it holds this share of the note frames
 TEMPO_TOLERANCE = 0.05  # relative
+MIN_SECONDS = 1.5  # shortest clip scored: a few notes at the slowest tempo, enough for pattern and tempo
 N_HARMONICS = 12
 SPECTRUM = 4096  # zero-padded FFT length of the harmonic analysis (3.9 Hz bins)
 FLOOR_DB = -60.0  # harmonic amplitudes are clipped here (and harmonics above Nyquist read as it)
@@ -257,10 +258,10 @@ def _as_waves(waves: Tensor | np.ndarray) -> np.ndarray:
     x = waves.detach().float().cpu().numpy() if isinstance(waves, Tensor) else np.asarray(waves, dtype=np.float64)
     if x.ndim == 3:
         x = x.mean(axis=1)
-    min_len = int(1.5 * SAMPLE_RATE)
+    min_len = int(MIN_SECONDS * SAMPLE_RATE)
     if x.ndim != 2 or x.shape[1] < min_len:
         raise ProbeInputError(f"score_tones takes clips (B, C, N) or (B, N) at {SAMPLE_RATE} Hz in [-1, 1] "
-                              f"with N >= {min_len} (1.5 s), got {tuple(waves.shape)}")
+                              f"with N >= {min_len} ({MIN_SECONDS:g} s), got {tuple(waves.shape)}")
     return x.astype(np.float64)
 
 

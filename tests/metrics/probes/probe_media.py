@@ -62,3 +62,43 @@ def click_track(bpm: float, seconds: float = 4.0, sample_rate: int = 16000) -> T
         wave[i: i + 200] += burst[: len(wave) - i]
         t += 60.0 / bpm
     return wave.clamp(-1, 1)
+
+
+SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
+DEGREES = (0, 2, 4, 2, 0, 1, 2, 4, 5, 4, 2, 1, 0, 4, 2, 0)  # one a beat: starts on the tonic, triad-heavy
+
+
+def melody(tonic: int, mode: str, bpm: float, seconds: float = 4.0, sample_rate: int = 16000) -> Tensor:
+    """(1, seconds * sample_rate) in [-1, 1]: a plucked harmonic tone (6 partials) on every beat, walking `mode`'s
+    scale from the pitch class `tonic` above middle C."""
+    t = torch.arange(int(seconds * sample_rate), dtype=torch.float64) / sample_rate
+    out = torch.zeros_like(t)
+    beat = 60.0 / bpm
+    for i in range(math.ceil(seconds / beat)):
+        d = DEGREES[i % len(DEGREES)]
+        hz = 440.0 * 2 ** ((60 + tonic + SCALES[mode][d % 7] + 12 * (d // 7) - 69) / 12)
+        local = (t - i * beat).clamp(min=0.0)  # before the note: 0 (masked below), not exp overflow
+        env = torch.exp(-4 * local) * (1 - torch.exp(-400 * local)) * ((t >= i * beat) & (local < beat))
+        out += env * sum(0.6**k * torch.sin(2 * math.pi * hz * (k + 1) * local) for k in range(6))
+    return (0.8 * out / out.abs().max()).float()[None]
+
+
+def music_caption(instrument: str, key: str, mode: str, bpm: int, chords: bool = False) -> str:
+    """A music16k caption (its README's wording): "a cheerful violin melody in D major at 120 bpm"."""
+    mood = "cheerful" if mode == "major" else "melancholic"
+    return f"a {mood} {instrument} melody{' with chords' if chords else ''} in {key} {mode} at {bpm} bpm"
+
+
+class StubProbe:
+    """A probe stand-in for the prompt checks: records what it is given; predicts, item by item, the class names
+    it is told to (answers: {attribute: [name per item]})."""
+
+    def __init__(self, attributes: dict[str, list[str]], answers: dict[str, list[str]]) -> None:
+        self.attributes = {a: list(names) for a, names in attributes.items()}
+        self.answers = {a: [self.attributes[a].index(x) for x in v] for a, v in answers.items()}
+        self.seen: list[Tensor] = []
+
+    def predict(self, media: Tensor) -> dict[str, Tensor]:
+        start = sum(len(s) for s in self.seen)
+        self.seen.append(media)
+        return {a: torch.tensor(v[start: start + len(media)], dtype=torch.long) for a, v in self.answers.items()}

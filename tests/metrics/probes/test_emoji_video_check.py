@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from probe_media import StubProbe
 from torch import Tensor
 
 from mmflow.evaluation.config import CHECKS, EvalConfig
@@ -122,24 +123,15 @@ def test_resample_keeps_the_end_frames_and_sizes() -> None:
     assert torch.allclose(resample_clips(ramp)[0, 0, :, 5, 7], torch.linspace(0, 1, 16), atol=1e-6)
 
 
-class StubProbe:
-    """Records what it is given; predicts the classes it is told to."""
-
-    def __init__(self, motion: list[str], background: list[str]) -> None:
-        self.attributes = {"motion": list(MOTIONS), "background": list(BACKGROUNDS)}
-        self.answers = {"motion": [MOTIONS.index(m) for m in motion],
-                        "background": [BACKGROUNDS.index(b) for b in background]}
-        self.seen: list[Tensor] = []
-
-    def predict(self, media: Tensor) -> dict[str, Tensor]:
-        start = sum(len(s) for s in self.seen)
-        self.seen.append(media)
-        return {a: torch.tensor(v[start: start + len(media)]) for a, v in self.answers.items()}
+def stub(motion: list[str], background: list[str]) -> StubProbe:
+    """A stub emoji-clip probe predicting these motions and backgrounds, item by item."""
+    return StubProbe({"motion": MOTIONS, "background": BACKGROUNDS},
+                     {"motion": motion, "background": background})
 
 
 def test_check_plumbing_with_a_stub_probe() -> None:
     clips = torch.randn(3, 3, 13, 32, 32) * 3  # out of range, small, 13 frames
-    probe = StubProbe(["move_left", "bounce", "zoom_in"], ["white", "pink", "black"])
+    probe = stub(["move_left", "bounce", "zoom_in"], ["white", "pink", "black"])
     prompts = [caption("move_left", "white"), caption("rotate_cw", "pink"), "a cat zooming in"]
     s = score_emoji_video(clips, prompts, probe, batch_size=2)
     assert [tuple(x.shape) for x in probe.seen] == [(2, 3, 16, 64, 64), (1, 3, 16, 64, 64)]
@@ -147,15 +139,15 @@ def test_check_plumbing_with_a_stub_probe() -> None:
     assert s["motion"] == pytest.approx(2 / 3) and s["background"] == 1.0 and s["all"] == pytest.approx(2 / 3)
     assert s["items"][1]["pred"] == {"motion": "bounce", "background": "pink"} and not s["items"][1]["all"]
     assert "background" not in s["items"][2] and s["items"][2]["all"]
-    only_motion = score_emoji_video(clips, ["a cat bouncing"] * 3, StubProbe(["bounce"] * 3, ["white"] * 3))
+    only_motion = score_emoji_video(clips, ["a cat bouncing"] * 3, stub(["bounce"] * 3, ["white"] * 3))
     assert math.isnan(only_motion["background"]) and only_motion["motion"] == 1.0
 
 
 def test_bad_clips_are_refused() -> None:
     with pytest.raises(ProbeInputError, match="1 clips but 2 prompts"):
-        score_emoji_video(torch.zeros(1, 3, 9, 64, 64), ["a cat bouncing"] * 2, StubProbe([], []))
+        score_emoji_video(torch.zeros(1, 3, 9, 64, 64), ["a cat bouncing"] * 2, stub([], []))
     with pytest.raises(ProbeInputError, match=r"\(1, 3, 64, 64\)"):
-        score_emoji_video(torch.zeros(1, 3, 64, 64), ["a cat bouncing"], StubProbe([], []))
+        score_emoji_video(torch.zeros(1, 3, 64, 64), ["a cat bouncing"], stub([], []))
 
 
 def test_the_shipped_probe_reads_real_like_clips(real_like) -> None:
