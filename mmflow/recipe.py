@@ -44,6 +44,9 @@ class Recipe:
         check(_SAFE_NAME.fullmatch(self.name) is not None, "name",
               f"{self.name!r} is not a usable run name: it names the folder runs/<name>, so use letters, digits, "
               f"'.', '_' and '-', starting with a letter or digit (no path separators)")
+        check(self.sample.solver != "meanflow" or self.flow.objective == "meanflow", "sample.solver",
+              "meanflow jumps with the average velocity a model learns with flow.objective: meanflow; this recipe's "
+              "objective is fm (use euler, heun, ...)")
 
     def resolved_run_dir(self) -> str:
         return self.run_dir or os.path.join("runs", self.name)

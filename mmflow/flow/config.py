@@ -1,11 +1,13 @@
-"""The recipe's `flow:` section: the probability path, the training-time distribution of t, the loss
-and its weighting, and CFG dropout (the schema; the objects are built in mmflow.tasks.flow_task)."""
+"""The recipe's `flow:` section: the probability path, the training-time distribution of t, the objective
+(flow matching or MeanFlow), the loss and its weighting, and CFG dropout (the schema; the objects are built
+in mmflow.tasks.flow_task)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mmflow.config import check
 from mmflow.flow.loss import DEFAULT_HUBER_C
 
 
@@ -23,6 +25,19 @@ class TimeSamplerConfig:
 
 
 @dataclass
+class MeanFlowConfig:
+    """MeanFlow (Geng et al. 2025, mmflow/flow/meanflow.py): the model learns the average velocity over a jump of
+    length h from t towards data; h = 0 rows are plain flow matching. Defaults: the paper's ImageNet setting."""
+
+    ratio_r_neq_t: float = field(default=0.25, metadata={
+        "min": 0.0, "max": 1.0, "help": "fraction of rows with a jump h > 0 (the paper's r != t); the rest are FM rows"})
+    adaptive_p: float = field(default=1.0, metadata={
+        "min": 0.0, "help": "adaptive loss weight 1 / (mse + c)^p per row (stop-gradient); 0 = plain MSE"})
+    adaptive_c: float = field(default=1e-3, metadata={
+        "min": 0.0, "min_exclusive": True, "help": "its c; note mse is a mean over elements here (the paper's sum)"})
+
+
+@dataclass
 class FlowConfig:
     schedule: Literal["condot", "cosine", "vp"] = "condot"
     time_sampler: TimeSamplerConfig = field(default_factory=TimeSamplerConfig)
@@ -33,3 +48,12 @@ class FlowConfig:
         "min": 0.0, "min_exclusive": True,
         "help": "pseudo_huber's c on the residual's RMS (= Song & Dhariwal's 0.00054 sqrt(dim) on its norm)"})
     cfg_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0, "help": "P(condition -> null) in training"})
+    objective: Literal["fm", "meanflow"] = field(default="fm", metadata={
+        "help": "fm: regress the velocity; meanflow: the average velocity over [t, t + h] (1-step sampling with "
+                "sample.solver: meanflow); the model gains a zero-initialised second time input"})
+    meanflow: MeanFlowConfig = field(default_factory=MeanFlowConfig)
+
+    def validate(self) -> None:
+        check(self.objective == "fm" or self.loss == "l2", "loss",
+              f"{self.loss} with objective meanflow: MeanFlow's robustness is its adaptive weight "
+              f"(flow.meanflow.adaptive_p); use loss: l2")

@@ -12,6 +12,9 @@ resolution):
                 Dhariwal 2023) and of rectified flow++ (Lee et al. 2024), sqrt(|r|^2 + c'^2) - c' with
                 c' = 0.00054 sqrt(D), divided by sqrt(D): c = 0.00054 is their c' on our mean scale.
                 mean(r^2) / (2c) for small residuals, RMS(r) for large ones (the gradient's norm is bounded).
+
+MeanFlow's adaptive weight (Geng et al. 2025, after Song & Dhariwal 2023) multiplies each row's rho by
+sg(1 / (rho + c)^p): p = 0 is plain, p = 1 gives the gradient of log(rho + c), p = 0.5 a pseudo-Huber-like one.
 """
 
 from __future__ import annotations
@@ -91,11 +94,12 @@ class CFMLoss:
 
 def cfm_loss(pred: Tensor, target: Tensor, t: Tensor, weighting: str = "none", loss: str = "l2",
              huber_c: float = DEFAULT_HUBER_C, mask: Tensor | None = None,
-             row_weight: Tensor | None = None) -> CFMLoss:
+             row_weight: Tensor | None = None, adaptive_p: float = 0.0, adaptive_c: float = 1e-3) -> CFMLoss:
     """mean_b w(t_b) * rho(pred_b - target_b) for pred, target (B, ...), t (B,); rho from `residual_loss`
     (over the True elements of `mask`, broadcastable to pred, when given: padded video frames).
     row_weight (B,): sum_b row_weight_b w(t_b) rho_b instead of the mean (which is row_weight 1/B): e.g.
     DreamBooth's mean over instance rows + prior weight x mean over class rows (mmflow/tasks/prior.py).
+    adaptive_p > 0: each row's term also times sg((rho_b + adaptive_c)^-p) (MeanFlow's adaptive weight).
 
     Computed in at least float32 so bf16 predictions do not lose the loss to round-off.
     """
@@ -106,6 +110,8 @@ def cfm_loss(pred: Tensor, target: Tensor, t: Tensor, weighting: str = "none", l
     dtype = torch.promote_types(pred.dtype, torch.float32)
     per_example = residual_loss(pred.to(dtype) - target.to(dtype), loss, huber_c, mask)  # (B,)
     weight = loss_weight(t.to(dtype), weighting)  # (B,)
+    if adaptive_p > 0:  # a weight, not a loss term: no gradient through it
+        weight = weight * (per_example.detach() + adaptive_c) ** -adaptive_p
     if row_weight is None:
         return CFMLoss(loss=(weight * per_example).mean(), per_example=per_example)
     if row_weight.shape != per_example.shape:

@@ -6,26 +6,53 @@ Backends:
 - "xformers": xformers.ops.memory_efficient_attention, used only when xformers imports AND runs a
               probe on the CUDA device (it has no CPU kernels); otherwise sdpa, with a log line that says
               why. Tensors that end up on a non-CUDA device still go through sdpa.
-- "math":     explicit softmax(q k^T / sqrt(d)) v in float32, the reference the others are tested against.
+- "math":     explicit softmax(q k^T / sqrt(d)) v in (at least) float32, the reference the others are tested against.
 
 All take q (B, H, Nq, D), k and v (B, H, Nk, D) and an optional key mask (B, Nk) bool (True = attend)
 and return (B, H, Nq, D). A query row must keep at least one key (the MM-DiT always keeps its latents).
+
+Forward-mode AD (the Jacobian-vector product of MeanFlow's loss, mmflow/flow/meanflow.py) has no formula
+for torch's fused SDPA kernels (flash, memory-efficient, the CPU flash kernel) nor for xformers: inside
+`plain_kernels()` every backend runs "math", and the MM-DiT's fused GELU-linear its plain ops. The math
+path materialises the (B, H, Nq, Nk) scores, so it costs O(N^2) memory per head where flash costs O(N).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["ATTENTION_BACKENDS", "resolve_attention_backend", "attention"]
+__all__ = ["ATTENTION_BACKENDS", "resolve_attention_backend", "attention", "plain_kernels", "plain_kernels_active"]
 
 logger = logging.getLogger("mmflow.models")
 
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "math")
+
+_PLAIN = contextvars.ContextVar("mmflow_plain_kernels", default=False)
+
+
+@contextlib.contextmanager
+def plain_kernels() -> Iterator[None]:
+    """Within: attention runs the "math" backend whatever a model chose, and fused custom autograd functions
+    (the MM-DiT's GELU-linear) their plain ops: what forward-mode AD (torch.func.jvp) can differentiate."""
+    token = _PLAIN.set(True)
+    try:
+        yield
+    finally:
+        _PLAIN.reset(token)
+
+
+def plain_kernels_active() -> bool:
+    """Whether the caller is inside `plain_kernels()` (never in compiled code: dynamo cannot read a ContextVar,
+    and torch.func.jvp runs eagerly)."""
+    return not torch.compiler.is_compiling() and _PLAIN.get()
 
 
 def _xformers_status() -> tuple[bool, str]:
@@ -64,10 +91,11 @@ def resolve_attention_backend(requested: str) -> str:
 
 
 def _math_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
-    scores = q.float() @ k.float().transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Nq, Nk)
+    dtype = torch.promote_types(q.dtype, torch.float32)  # at least float32; float64 stays exact (JVP tests)
+    scores = q.to(dtype) @ k.to(dtype).transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Nq, Nk)
     if key_mask is not None:
         scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    return (scores.softmax(dim=-1) @ v.float()).to(q.dtype)  # (B, H, Nq, D)
+    return (scores.softmax(dim=-1) @ v.to(dtype)).to(q.dtype)  # (B, H, Nq, D)
 
 
 def _xformers_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> Tensor:
@@ -88,7 +116,7 @@ def _xformers_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None
 
 def attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None, backend: str = "sdpa") -> Tensor:
     """softmax(q k^T / sqrt(D)) v over keys where key_mask (B, Nk) is True; q (B, H, Nq, D), k, v (B, H, Nk, D)."""
-    if backend == "math":
+    if backend == "math" or plain_kernels_active():
         return _math_attention(q, k, v, key_mask)
     if backend == "xformers" and q.device.type == "cuda":
         return _xformers_attention(q, k, v, key_mask)

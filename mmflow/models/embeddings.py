@@ -1,4 +1,5 @@
-"""Embedders shared by the velocity models: timestep (sinusoidal + MLP) and class labels with a null class."""
+"""Embedders shared by the velocity models: timestep (sinusoidal + MLP) and class labels with a null class;
+MeanFlow's second time input (the jump length h) and the weights a flow model gaining it starts with."""
 
 from __future__ import annotations
 
@@ -6,6 +7,32 @@ import math
 
 import torch
 from torch import Tensor, nn
+
+
+def interval_input(h: Tensor | None, t: Tensor, has_embedder: bool) -> Tensor | None:
+    """MeanFlow's jump length h as a model takes it: (B,) like t (B,) (a scalar is broadcast; None -> zeros,
+    the instantaneous velocity), or None for a model without an interval embedding (which refuses an h)."""
+    if not has_embedder:
+        if h is not None:
+            raise ValueError("this model has no interval embedding, so it takes no jump length h (MeanFlow models "
+                             "are trained with flow.objective: meanflow; use another sample.solver)")
+        return None
+    if h is None:
+        return torch.zeros_like(t)
+    h = h.expand(t.shape[0]) if h.ndim == 0 else h
+    if h.shape != t.shape:
+        raise ValueError(f"h must be a scalar or shaped {tuple(t.shape)} like t, got {tuple(h.shape)}")
+    return h
+
+
+def adopt_missing_weights(state: dict[str, Tensor], module: nn.Module, prefix: str) -> tuple[dict[str, Tensor], list[str]]:
+    """`state` (another model's weights) with `module`'s own current weights under `prefix.` added when it has
+    none of them (a flow model starting a MeanFlow one: the new embedder keeps its zero-output init), and
+    what changed; a state with some but not all of them is left for the strict load to report."""
+    own = {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+    if any(k in state for k in own):
+        return state, []
+    return {**state, **own}, [f"{prefix}: new, starts at zero output (the model starts as the one loaded)"]
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale: float = 1000.0) -> Tensor:
@@ -16,7 +43,8 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale: 
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = scale * t.float()[:, None] * freqs[None]  # (B, half)
+    # at least float32 (bf16 cannot resolve 1000 t), float64 kept: a float64 model is an exact reference (tests)
+    args = scale * t.to(torch.promote_types(t.dtype, torch.float32))[:, None] * freqs[None]  # (B, half)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)

@@ -19,12 +19,16 @@ t (B,) flow time in [0, 1] (0 = noise, 1 = data), cond a dict with the keys the 
                                          seconds, so one model makes clips of any length that end cleanly;
                                          not part of CFG's null
 
+With interval_embed (MeanFlow, mmflow/flow/meanflow.py) a second time input h (B,), the length of the
+jump from t towards data, goes through its own time embedding into c, and the output is the average
+velocity over [t, t + h]; h = 0 (or None) is the instantaneous velocity, as without it.
+
 Returns the velocity (B, C_out, *S). Video is just more tokens (MovieGen): latents are patchified
 to one sequence whatever their rank, with RoPE over 1-3 grid axes. Each block runs two token
 streams (latent patches and text), each with its own adaLN-Zero modulation, QKV, output projection
 and MLP, and ONE joint attention over the concatenated sequence (SD3's JointTransformerBlock);
 the last block only supplies keys and values from the text stream (SD3's context_pre_only). The
-conditioning vector is c = time embedding + pooled-text projection (+ label embedding).
+conditioning vector is c = time embedding + pooled-text projection (+ label embedding) (+ interval embedding).
 
 Run-time settings, not saved with the model: `MMDiT(config, attention_backend=..., gradient_checkpointing=...)`
 or later `model.set_attention_backend("math")` / `model.set_gradient_checkpointing(True)`.
@@ -46,8 +50,8 @@ from torch.utils.checkpoint import checkpoint
 
 from mmflow.config import check, preset_config
 from mmflow.flow.cfg import apply_condition_dropout
-from mmflow.models.attention import attention, resolve_attention_backend
-from mmflow.models.embeddings import LabelEmbedder, timestep_embedding
+from mmflow.models.attention import attention, plain_kernels_active, resolve_attention_backend
+from mmflow.models.embeddings import LabelEmbedder, adopt_missing_weights, interval_input, timestep_embedding
 from mmflow.models.patchify import check_latent, patchify, unpatchify
 from mmflow.model_io import register_model
 from mmflow.models.rope import apply_rope, crop_sincos_table, rope_angles, sincos_2d_table
@@ -90,6 +94,8 @@ class MMDiTConfig:
     time_scale: float = _field(1000.0, "(SD3 weights: shift 1000, scale -1000, i.e. s = 1000 sigma)")
     null_text: Literal["learned", "zeros"] = _field("learned", "CFG null condition: learned text + pooled, or zeros")
     null_text_length: int = _field(1, "learned null tokens; the null text is masked after them", min=1)
+    interval_embed: bool = _field(False, "MeanFlow: embed a second time input h (the jump length) into c; its "
+                                         "output starts at zero, so a flow model gaining it starts unchanged")
     # The attention backend and gradient checkpointing are run-time settings of MMDiT, not fields here:
     # an exported config.json describes the weights, not the machine that trained them.
 
@@ -179,7 +185,7 @@ class TimeEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(TIME_FREQUENCY_DIM, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
     def forward(self, t: Tensor) -> Tensor:
-        s = self.shift + self.scale * t.float()  # (B,)
+        s = self.shift + self.scale * t.to(torch.promote_types(t.dtype, torch.float32))  # (B,), float64 kept
         return self.mlp(timestep_embedding(s, TIME_FREQUENCY_DIM, scale=1.0).to(self.mlp[0].weight.dtype))
 
 
@@ -225,7 +231,8 @@ class Mlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         a = self.fc1(x)  # (B, N, mlp_hidden)
         # the fused path reads fc2's weight itself: a wrapped fc2 (a LoRA adapter) must be called instead
-        fusable = type(self.fc2) is nn.Linear
+        # (nor can forward-mode AD see into the fused autograd.Function: plain ops inside plain_kernels())
+        fusable = type(self.fc2) is nn.Linear and not plain_kernels_active()
         if fusable and torch.is_grad_enabled() and (a.requires_grad or self.fc2.weight.requires_grad):
             return _GeluLinear.apply(a, self.fc2.weight, self.fc2.bias)
         return self.fc2(F.gelu(a, approximate="tanh"))
@@ -370,7 +377,7 @@ class MMDiT(nn.Module):
     config_class = MMDiTConfig
     # run-time settings that older exports saved in config.json: dropped on load (mmflow.model_io)
     legacy_config_keys = ("attention_backend", "gradient_checkpointing")
-    init_adaptable_fields = ("concat_channels",)  # train.init_from: adapt_init_state widens these
+    init_adaptable_fields = ("concat_channels", "interval_embed")  # train.init_from: adapt_init_state widens these
 
     def __init__(self, config: MMDiTConfig, attention_backend: AttentionBackend = "auto",
                  gradient_checkpointing: bool = False) -> None:
@@ -389,6 +396,8 @@ class MMDiT(nn.Module):
         self.label_embedder = LabelEmbedder(config.num_classes, h) if config.num_classes else None
         # numbers like seconds: sinusoidal features at 0.1-unit resolution (frequencies 10 .. 10^-3 per unit)
         self.scalar_embedders = nn.ModuleDict({n: TimeEmbedder(h, 0.0, SCALAR_SCALE) for n in config.scalar_conditions})
+        # MeanFlow's jump length h >= 0 at the time embedding's frequencies (h = 0 -> s = 0 for any time_shift)
+        self.interval_embedder = TimeEmbedder(h, 0.0, abs(config.time_scale)) if config.interval_embed else None
         self.context_embedder = nn.Linear(config.context_dim, h) if config.context_dim else None
         learned = config.null_text == "learned"
         self.null_tokens = (nn.Parameter(torch.zeros(config.null_text_length, config.context_dim))
@@ -433,7 +442,8 @@ class MMDiT(nn.Module):
             nn.init.normal_(layer.weight, std=0.02)
         if self.label_embedder is not None:
             nn.init.normal_(self.label_embedder.table.weight, std=0.02)
-        for emb in self.scalar_embedders.values():  # zero output: a model gaining them starts unchanged
+        added = [*self.scalar_embedders.values(), *([self.interval_embedder] if self.interval_embedder else [])]
+        for emb in added:  # zero output: a model gaining them starts unchanged
             nn.init.normal_(emb.mlp[0].weight, std=0.02)
             nn.init.zeros_(emb.mlp[2].weight)
         for null in (self.null_tokens, self.null_pooled):
@@ -496,19 +506,23 @@ class MMDiT(nn.Module):
     def adapt_init_state(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
         """Weights of another MM-DiT made to fit this one where the difference is known: a model with fewer
         concatenated input channels (a text-to-video model starting an image-to-video one) gets the new
-        channels' patch-embedding columns at zero, so it starts as the old model. -> (state, what changed)."""
+        channels' patch-embedding columns at zero, so it starts as the old model; a flow model starting a MeanFlow
+        one gets this model's fresh interval embedder (zero output). -> (state, what changed)."""
+        changes: list[str] = []
+        if self.interval_embedder is not None:
+            state, changes = adopt_missing_weights(state, self.interval_embedder, "interval_embedder")
         w, own = state.get("x_embedder.weight"), self.x_embedder.weight
         if w is None or w.shape == own.shape or w.ndim != 2 or w.shape[0] != own.shape[0]:
-            return state, []
+            return state, changes
         p = math.prod(self.config.patch_size)
         c_new = own.shape[1] // p
         c_old = w.shape[1] // p
         if w.shape[1] % p or not self.config.in_channels <= c_old < c_new:
-            return state, []
+            return state, changes
         wide = own.new_zeros(own.shape).view(own.shape[0], p, c_new)  # a patch flattens as (p..., C): C fastest
         wide[:, :, :c_old] = w.view(w.shape[0], p, c_old).to(own.dtype)
         return ({**state, "x_embedder.weight": wide.view_as(own)},
-                [f"x_embedder: {c_old} -> {c_new} input channels per patch position (new ones start at zero)"])
+                [*changes, f"x_embedder: {c_old} -> {c_new} input channels per patch position (new ones start at zero)"])
 
     def _concat_input(self, extra: Tensor | None, x: Tensor) -> Tensor:
         """cond['concat'] checked against x (B, C, *S), or zeros (B, concat_channels, *S) when absent."""
@@ -547,16 +561,19 @@ class MMDiT(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------
 
-    def forward(self, x: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None, drop: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None, drop: Tensor | None = None,
+                h: Tensor | None = None) -> Tensor:
         """x (B, C, *S), t (B,) or scalar, cond (see the module docstring; None = the null condition)
         -> velocity (B, C_out, *S). drop (B,) bool: those rows see the null condition instead (CFG
-        dropout in training, done here as DiT's label embedder does, so no caller needs the bare model)."""
+        dropout in training, done here as DiT's label embedder does, so no caller needs the bare model).
+        h (B,) or scalar: MeanFlow's jump length (interval_embed models only; None = 0, the velocity)."""
         cfg = self.config
         check_latent(x, tuple(cfg.patch_size), cfg.in_channels)
         b = x.shape[0]
         t = t.expand(b) if t.ndim == 0 else t
         if t.shape != (b,):
             raise ValueError(f"t must be a scalar or shaped ({b},), got {tuple(t.shape)}")
+        jump = interval_input(h, t, self.interval_embedder is not None)  # (B,) or None; `h` is the tokens below
         if cond is None:
             cond = self.null_condition(x)
         elif drop is not None:  # a conditioning image, frame counts, timing are kept: CFG's null is about the text
@@ -583,6 +600,8 @@ class MMDiT(nn.Module):
             c = c + self.label_embedder(cond["label"])
         for name, emb in self.scalar_embedders.items():
             c = c + emb(cond[name])
+        if self.interval_embedder is not None:
+            c = c + self.interval_embedder(jump)
 
         ctx, key_mask = None, None
         latent_keys = None if cond.get("frames") is None else frame_token_mask(cond["frames"], grid, cfg.patch_size[0])

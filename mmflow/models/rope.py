@@ -49,7 +49,7 @@ def rope_angles(grid: tuple[int, ...], head_dim: int, theta: float = 10000.0,
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate pairs (x[2j], x[2j+1]) of x (B, H, N, head_dim) by the angles of cos, sin (N, head_dim/2)."""
-    pairs = x.float().unflatten(-1, (-1, 2))  # (B, H, N, head_dim/2, 2)
+    pairs = x.to(torch.promote_types(x.dtype, torch.float32)).unflatten(-1, (-1, 2))  # (B, H, N, head_dim/2, 2)
     x1, x2 = pairs.unbind(-1)  # (B, H, N, head_dim/2) each
     out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, H, N, head_dim/2, 2)
     return out.flatten(-2).to(x.dtype)

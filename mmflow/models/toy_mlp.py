@@ -1,6 +1,7 @@
 """A small toy velocity network for low-dimensional data (the toy 2-D recipes); registered as "mlp_velocity".
 
-u_theta(x, t, y): x (B, d), t (B,), y (B,) class labels or None -> (B, d).
+u_theta(x, t, y): x (B, d), t (B,), y (B,) class labels or None -> (B, d); with interval_embed a second time
+input h (B,), MeanFlow's jump length (mmflow/flow/meanflow.py), embedded like t and added to the conditioning.
 Time and label enter through FiLM-style (scale, shift) modulation of every hidden layer, so t can
 change the field everywhere; `ignore_time=True` zeroes the time input (the seeds' debugging check
 "does t change anything?").
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from mmflow.models.embeddings import LabelEmbedder, TimestepEmbedder
+from mmflow.models.embeddings import LabelEmbedder, TimestepEmbedder, adopt_missing_weights, interval_input
 from mmflow.model_io import register_model
 
 
@@ -25,6 +26,8 @@ class MLPVelocityConfig:
     num_classes: int = field(default=0, metadata={"min": 0, "help": "0 = unconditional; else labels 0..n-1, n = null"})
     time_frequency_dim: int = field(default=64, metadata={"min": 2})
     ignore_time: bool = field(default=False, metadata={"help": "debug ablation: the model never sees t"})
+    interval_embed: bool = field(default=False, metadata={
+        "help": "MeanFlow: a second time input h (the jump length), zero-initialised output"})
 
 
 class _ResidualBlock(nn.Module):
@@ -44,6 +47,7 @@ class _ResidualBlock(nn.Module):
 @register_model("mlp_velocity")
 class MLPVelocity(nn.Module):
     config_class = MLPVelocityConfig
+    init_adaptable_fields = ("interval_embed",)  # train.init_from: adapt_init_state adds the interval embedder
 
     def __init__(self, config: MLPVelocityConfig) -> None:
         super().__init__()
@@ -52,33 +56,49 @@ class MLPVelocity(nn.Module):
         self.inp = nn.Linear(config.dim, h)
         self.time = TimestepEmbedder(h, config.time_frequency_dim)
         self.label = LabelEmbedder(config.num_classes, h) if config.num_classes > 0 else None
+        self.interval = TimestepEmbedder(h, config.time_frequency_dim) if config.interval_embed else None
         self.blocks = nn.ModuleList(_ResidualBlock(h) for _ in range(config.depth))
         self.out_norm = nn.LayerNorm(h)
         self.out = nn.Linear(h, config.dim)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """All zero-inits live here: modulation starts as identity, the output as zero (as in DiT)."""
+        """All zero-inits live here: modulation starts as identity, the output as zero (as in DiT), and the
+        interval embedding's output as zero (a flow model gaining it starts unchanged)."""
         for block in self.blocks:
             nn.init.zeros_(block.modulation.weight)
             nn.init.zeros_(block.modulation.bias)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        if self.interval is not None:
+            nn.init.zeros_(self.interval.mlp[2].weight)
+            nn.init.zeros_(self.interval.mlp[2].bias)
+
+    def adapt_init_state(self, state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+        """A flow model's weights for this one: a missing interval embedder keeps its zero-output init."""
+        if self.interval is None:
+            return state, []
+        return adopt_missing_weights(state, self.interval, "interval")
 
     @property
     def null_label(self) -> int | None:
         return self.label.null_label if self.label is not None else None
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, drop: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, drop: Tensor | None = None,
+                h: Tensor | None = None) -> Tensor:
         """x (B, dim), t (B,) or scalar, y (B,) labels (None: the null label) -> velocity (B, dim).
-        drop (B,) bool: those rows get the null label (CFG dropout in training)."""
+        drop (B,) bool: those rows get the null label (CFG dropout in training). h (B,) or scalar: MeanFlow's
+        jump length, interval_embed models only (None = 0: the instantaneous velocity)."""
         if x.ndim != 2 or x.shape[1] != self.config.dim:
             raise ValueError(f"MLPVelocity expects x of shape (B, {self.config.dim}), got {tuple(x.shape)}")
         if t.ndim == 0:
             t = t.expand(x.shape[0])
         if self.config.ignore_time:
             t = torch.zeros_like(t)
+        h = interval_input(h, t, self.interval is not None)
         c = self.time(t)  # (B, hidden)
+        if self.interval is not None:
+            c = c + self.interval(h)
         if self.label is not None:
             if y is None:
                 y = torch.full((x.shape[0],), self.label.null_label, device=x.device, dtype=torch.long)

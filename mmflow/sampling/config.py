@@ -11,8 +11,10 @@ from mmflow.config import check
 
 @dataclass
 class SampleConfig:
-    solver: Literal["euler", "midpoint", "heun", "rk4", "sde"] = "heun"
-    steps: int = field(default=8, metadata={"min": 1, "help": "solver steps (heun/midpoint use 2 evaluations each)"})
+    solver: Literal["euler", "midpoint", "heun", "rk4", "sde", "meanflow"] = field(default="heun", metadata={
+        "help": "meanflow: jumps with a MeanFlow model's average velocity (flow.objective: meanflow), 1 evaluation each"})
+    steps: int = field(default=8, metadata={"min": 1, "help": "solver steps (heun/midpoint use 2 evaluations each; "
+                                                             "meanflow: the number of jumps, 1 = one-step)"})
     grid: Literal["uniform", "shifted", "sd3"] = field(default="uniform", metadata={
         "help": "time grid (mmflow/sampling/grids.py); sd3: diffusers' SD3 scheduler, for converted SD3 pipelines"})
     shift: float = field(default=1.0, metadata={"min": 0.0, "min_exclusive": True,

@@ -52,7 +52,7 @@ def generate(velocity: ModelFn, x0: Tensor, cond: Condition | None, null_cond: C
     settings = f"{sample_cfg.solver} x{sample_cfg.steps}, guidance={w:g}"
 
     def guided(c: Condition | None) -> VelocityFn:
-        fn = (lambda x, t: velocity(x, t, None)) if c is None else cfg_velocity(velocity, c, null_cond, w)
+        fn = (lambda x, t, **jump: velocity(x, t, None, **jump)) if c is None else cfg_velocity(velocity, c, null_cond, w)
         return _finite_velocity(fn, settings) if check_finite else fn
 
     b = x0.shape[0]
@@ -80,8 +80,8 @@ def generate(velocity: ModelFn, x0: Tensor, cond: Condition | None, null_cond: C
 def _finite_velocity(fn: VelocityFn, settings: str) -> VelocityFn:
     """fn, raising NonFiniteSamples as soon as a velocity holds NaN or inf (one reduction per stage)."""
 
-    def checked(x: Tensor, t: Tensor) -> Tensor:
-        v = fn(x, t)
+    def checked(x: Tensor, t: Tensor, **jump: Tensor) -> Tensor:
+        v = fn(x, t, **jump)  # jump: meanflow_solve's h
         if not bool(torch.isfinite(v).all()):
             raise NonFiniteSamples(f"a non-finite velocity (NaN or inf) at t={float(t.flatten()[0]):.3g} ({settings})")
         return v

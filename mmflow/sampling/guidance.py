@@ -21,8 +21,8 @@ from mmflow.sampling.solvers import VelocityFn
 
 __all__ = ["ModelFn", "cfg_velocity"]
 
-ModelFn = Callable[[Tensor, Tensor, Any], Tensor]
-"""(x (B, ...), t (B,), cond) -> v (B, ...)."""
+ModelFn = Callable[..., Tensor]
+"""(x (B, ...), t (B,), cond) -> v (B, ...); a MeanFlow model also takes h= (B,), its jump."""
 
 
 def _expand_rows(cond: Condition, batch_size: int) -> Condition:
@@ -54,16 +54,21 @@ def cfg_velocity(model_fn: ModelFn, cond: Condition, null_cond: Condition, guida
     cond: Tensor (B, ...) or dict of them (batch B or 1); null_cond: same structure, each entry with
     batch B or 1 or no batch dim. guidance == 1 calls model_fn once on the B rows with cond only;
     otherwise once on 2B rows, null first. x may carry a batch of B (or of cond's batch when it is 1).
+    The returned function also takes h= (B,), a MeanFlow jump, passed on to model_fn (the combination is
+    then of average velocities, as the paper's CFG without guidance in training).
     """
     guidance = float(guidance)
 
-    def velocity(x: Tensor, t: Tensor) -> Tensor:
+    def velocity(x: Tensor, t: Tensor, h: Tensor | None = None) -> Tensor:
         b = x.shape[0]
         c = _expand_rows(cond, b)
+        jump = {} if h is None else {"h": h}
         if guidance == 1.0:
-            return model_fn(x, t, c)
+            return model_fn(x, t, c, **jump)
         n = broadcast_null(null_cond, c)
-        out = model_fn(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), _concat(n, c))
+        if h is not None:
+            jump = {"h": torch.cat([h, h], dim=0)}
+        out = model_fn(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), _concat(n, c), **jump)
         u_null, u_cond = out[:b], out[b:]
         return u_null + guidance * (u_cond - u_null)
 

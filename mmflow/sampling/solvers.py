@@ -3,7 +3,9 @@
 Convention: t = 0 is noise, t = 1 is data; the grid is increasing and usually runs from 0 to 1
 (see `mmflow.sampling.grids`). One call of the velocity function on the whole batch is one
 function evaluation (NFE); an n-step solve costs euler n, midpoint 2n, heun 2n, rk4 4n of them
-(counted, not computed, in `SampleOutput.nfe`). Gradients are not disabled here: wrap the call in
+(counted, not computed, in `SampleOutput.nfe`). `meanflow_solve` is not an ODE solver: it jumps along the
+grid with a MeanFlow model's average velocity, z_{t+h} = z_t + h u(z_t, t, h), one evaluation a jump
+(mmflow/flow/meanflow.py); one jump over [0, 1] is one-step generation. Gradients are not disabled here: wrap the call in
 torch.no_grad() (or inference_mode) to sample, leave them on to differentiate through the solver.
 """
 
@@ -15,10 +17,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["VelocityFn", "SampleOutput", "SOLVER_ORDER", "ode_solve", "check_grid"]
+__all__ = ["VelocityFn", "SampleOutput", "SOLVER_ORDER", "ode_solve", "meanflow_solve", "check_grid"]
 
-VelocityFn = Callable[[Tensor, Tensor], Tensor]
-"""(x (B, ...), t (B,)) -> v (B, ...)."""
+VelocityFn = Callable[..., Tensor]
+"""(x (B, ...), t (B,)) -> v (B, ...); for meanflow_solve also h= (B,), the jump: the average velocity."""
 
 SOLVER_ORDER: dict[str, int] = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 
@@ -97,3 +99,19 @@ def ode_solve(
             states.append(x)
     trajectory = torch.stack(states) if states is not None else None
     return SampleOutput(x=x, trajectory=trajectory, nfe=nfe)
+
+
+def meanflow_solve(fn: VelocityFn, x0: Tensor, grid: Tensor, return_trajectory: bool = False) -> SampleOutput:
+    """Jump from x0 (B, ...) at grid[0] along grid (n + 1,): x <- x + h fn(x, t, h=h), h = the next point - t,
+    with fn a MeanFlow model's average velocity (n evaluations; the uniform 1-step grid is one-step generation)."""
+    check_grid(grid)
+    grid = grid.to(device=x0.device, dtype=x0.dtype)
+    x = x0
+    states = [x0] if return_trajectory else None
+    for i in range(grid.shape[0] - 1):
+        t0, h = grid[i], grid[i + 1] - grid[i]
+        x = x + h * fn(x, time_batch(t0, x), h=time_batch(h, x))
+        if states is not None:
+            states.append(x)
+    trajectory = torch.stack(states) if states is not None else None
+    return SampleOutput(x=x, trajectory=trajectory, nfe=grid.shape[0] - 1)

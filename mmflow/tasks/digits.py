@@ -84,7 +84,8 @@ class DigitsImageTask(FlowMatchingTask):
         m = self.recipe.model
         return MMDiTConfig(in_channels=1, patch_size=(m.patch_size, m.patch_size), hidden_size=m.hidden_size,
                            depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, qk_norm=m.qk_norm,
-                           context_dim=m.text_dim, pooled_dim=m.text_dim, pos_embed="rope", null_text="learned")
+                           context_dim=m.text_dim, pooled_dim=m.text_dim, pos_embed="rope", null_text="learned",
+                           interval_embed=self.meanflow)
 
     def text_config(self) -> TokenTextConfig:
         # the vocabulary is a function of the caption templates only, so every run builds the same one

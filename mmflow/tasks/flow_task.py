@@ -2,7 +2,8 @@
 
 A subclass's `loss` turns its batch into (data z, condition) and calls `flow_loss`; the default `loss`
 does that through `split_batch`. The model is called as model(x_t, t, cond) -> velocity, the same
-signature the samplers use.
+signature the samplers use; with flow.objective meanflow as model(x_t, t, cond, h=h) -> average velocity
+over [t, t + h], through a JVP (mmflow/flow/meanflow.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from mmflow.flow.cfg import Condition, apply_condition_dropout, condition_dropout_mask
 from mmflow.flow.loss import cfm_loss
+from mmflow.flow.meanflow import jump_times, meanflow_target
 from mmflow.flow.paths import GaussianPath
 from mmflow.flow.schedules import get_schedule
 from mmflow.flow.time_samplers import get_time_sampler
@@ -40,6 +42,11 @@ class FlowMatchingTask(Task):
         # VP's target blows up at t = 1 (beta' ~ 1/beta); keep training times a hair inside [0, 1]
         eps = 1e-5 if recipe.flow.schedule == "vp" else 0.0
         self.time_sampler = get_time_sampler(ts.name, eps=eps, **ts.kwargs())
+
+    @property
+    def meanflow(self) -> bool:
+        """Whether the velocity model learns MeanFlow's average velocity (and so takes a second time input)."""
+        return self.recipe.flow.objective == "meanflow"
 
     def split_batch(self, batch: Any) -> tuple[Tensor, Condition | None]:
         """batch -> (z (B, ...) data, condition or None), for the default `loss`; a task that overrides
@@ -67,11 +74,13 @@ class FlowMatchingTask(Task):
         noise eps (B, ...), then (with cond and flow.cfg_dropout > 0) the CFG drop mask (B,) from rng.
         keep: condition entries joined after CFG dropout, never dropped (image-to-video's first frame);
         mask: bool, broadcastable to z, the elements the loss covers (None: all; padded frames are not);
-        row_weight: (B,) the rows' weights in a sum instead of the mean (prior preservation, see cfm_loss)."""
+        row_weight: (B,) the rows' weights in a sum instead of the mean (prior preservation, see cfm_loss).
+        MeanFlow then draws a second time (B,) and the rows that jump (B,), and regresses the average velocity
+        over [t, t + h] on its target (mmflow/flow/meanflow.py); its h = 0 rows are the FM loss of the same draws."""
+        flow = self.recipe.flow
         t = rng.draw(lambda n, g: self.time_sampler.sample(n, generator=g)).to(z.dtype)  # (B,)
         eps = rng.randn(*z.shape[1:]).to(z.dtype)  # (B, ...)
-        ps = self.path.sample(z, t, eps)
-        p_drop = self.recipe.flow.cfg_dropout
+        p_drop = flow.cfg_dropout
         drop = None
         if cond is not None and p_drop > 0:
             drop = rng.draw(lambda n, g: condition_dropout_mask(n, p_drop, generator=g))  # (B,) bool
@@ -81,10 +90,21 @@ class FlowMatchingTask(Task):
         # else the model swaps in its own null for the dropped rows (its forward's `drop`)
         if keep:
             cond = {**cond, **keep}  # type: ignore[dict-item]
-        pred = model(ps.x_t, t, cond) if drop is None else model(ps.x_t, t, cond, drop=drop)
-        flow = self.recipe.flow
-        out = cfm_loss(pred.float(), ps.target.float(), t, flow.loss_weighting, flow.loss, flow.huber_c, mask,
-                       row_weight)
+        extra = {} if drop is None else {"drop": drop}
+        adaptive = {}
+        if self.meanflow:  # drawn after FM's draws, so its h = 0 rows see exactly FM's t, eps and drop
+            other = rng.draw(lambda n, g: self.time_sampler.sample(n, generator=g)).to(z.dtype)  # (B,)
+            jump = rng.draw(lambda n, g: torch.rand(n, generator=g) < flow.meanflow.ratio_r_neq_t)  # (B,) bool
+            t, h = jump_times(t, other, jump)
+            ps = self.path.sample(z, t, eps)
+            mf = meanflow_target(lambda x_, t_, h_: model(x_, t_, cond, h=h_, **extra), ps.x_t, t, h, ps.target)
+            pred, target = mf.u, mf.target
+            adaptive = {"adaptive_p": flow.meanflow.adaptive_p, "adaptive_c": flow.meanflow.adaptive_c}
+        else:
+            ps = self.path.sample(z, t, eps)
+            pred, target = model(ps.x_t, t, cond, **extra), ps.target
+        out = cfm_loss(pred.float(), target.float(), t, flow.loss_weighting, flow.loss, flow.huber_c, mask,
+                       row_weight, **adaptive)
         return LossOutput(out.loss, {}, out.per_example.detach(), t.detach())
 
     def sample(self, model: nn.Module, x0: Tensor, cond: Condition | None, sample_cfg: Any, **kwargs: Any) -> SampleOutput:

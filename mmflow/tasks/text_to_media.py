@@ -235,7 +235,8 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         c = self.latent_shape()[0]
         return resolve_mmdit(self.recipe.model.mmdit, in_channels=c, concat_channels=c + 1 if self.i2v else 0,
                              context_dim=self.encoders.context_dim, pooled_dim=self.encoders.pooled_dim,
-                             scalar_conditions=TIMING if self.recipe.model.timing else ())
+                             scalar_conditions=TIMING if self.recipe.model.timing else (),
+                             interval_embed=self.meanflow)
 
     @property
     def i2v(self) -> bool:

@@ -62,7 +62,8 @@ class Toy2DTask(FlowMatchingTask):
     def build_models(self) -> dict[str, nn.Module]:
         m = self.recipe.model
         cfg = MLPVelocityConfig(dim=2, hidden=m.hidden, depth=m.depth, num_classes=self.num_classes,
-                                time_frequency_dim=m.time_frequency_dim, ignore_time=m.ignore_time)
+                                time_frequency_dim=m.time_frequency_dim, ignore_time=m.ignore_time,
+                                interval_embed=self.meanflow)
         return {VELOCITY: MLPVelocity(cfg)}
 
     def build_dataset(self) -> Toy2DDataset:

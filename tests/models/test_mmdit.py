@@ -424,3 +424,20 @@ def test_scalar_conditions_reach_the_output_start_at_zero_and_survive_cfg_dropou
         model(x, t, {**cond, "seconds_total": torch.ones(2, 1)})
     with pytest.raises(ConfigError, match="scalar_conditions: names must be distinct"):
         from_dict(MMDiTConfig, {"scalar_conditions": ["label"]})
+
+
+def test_a_zero_initialised_interval_embedding_leaves_the_model_unchanged() -> None:
+    old = _model()
+    new = MMDiT(_config(interval_embed=True))
+    state, changes = new.adapt_init_state(old.state_dict())  # init_from a flow model
+    new.load_state_dict(state)
+    assert changes == ["interval_embedder: new, starts at zero output (the model starts as the one loaded)"]
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 4, 4, generator=g), torch.rand(2, generator=g)
+    cond = {"text": torch.randn(2, 5, TEXT, generator=g), "pooled": torch.randn(2, POOLED, generator=g),
+            "label": torch.tensor([1, 2])}
+    with torch.no_grad():
+        for h in (None, torch.zeros(2), torch.tensor([0.3, 1.0])):
+            assert torch.equal(new.eval()(x, t, cond, h=h), old(x, t, cond))
+        with pytest.raises(ValueError, match="no interval embedding"):
+            old(x, t, cond, h=torch.zeros(2))

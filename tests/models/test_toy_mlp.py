@@ -120,3 +120,20 @@ def test_dropped_rows_get_the_null_label() -> None:
     with torch.no_grad():
         expected = model(x, t, torch.tensor([0, model.null_label, 2]))
         torch.testing.assert_close(model(x, t, y, drop=drop), expected, atol=0, rtol=0)
+
+
+def test_a_zero_initialised_interval_embedding_leaves_the_model_unchanged(tmp_path) -> None:
+    from mmflow.model_io import load_model, save_model
+
+    old = _model(num_classes=4)
+    new = MLPVelocity(MLPVelocityConfig(**{**old.config.__dict__, "interval_embed": True}))
+    state, changes = new.adapt_init_state(old.state_dict())  # init_from a flow model
+    new.load_state_dict(state)
+    x, t = _inputs()
+    y = torch.tensor([0, 1, 2, 3, 4])
+    for h in (None, torch.zeros(5), torch.rand(5)):  # any h: the new embedding outputs zero
+        assert torch.equal(new.eval()(x, t, y, h=h), old(x, t, y))
+    with pytest.raises(ValueError, match="no interval embedding"):
+        old(x, t, y, h=torch.zeros(5))
+    save_model(old, tmp_path / "old")  # a flow model's folder has no interval weights and still loads
+    assert not any("interval" in k for k in load_model(tmp_path / "old").state_dict())

@@ -110,3 +110,16 @@ def test_guided_sampling_lands_on_the_asked_component(guidance):
     else:  # w > 1 pushes away from the other classes (outwards) and sharpens
         assert radial.mean() > 0.3 and abs(tangential.mean()) < 0.05
         assert radial.var() < 0.2 and tangential.var() < 0.1
+
+
+def test_cfg_passes_a_meanflow_jump_to_both_branches() -> None:
+    seen = []
+
+    def model(x, t, cond, h=None):  # u = cond + h: the guided value shows which rows got which h
+        seen.append(h)
+        return cond[:, None].float() + h[:, None]
+
+    fn = cfg_velocity(model, torch.tensor([2, 4]), torch.tensor(0), 3.0)
+    out = fn(torch.zeros(2, 1), torch.zeros(2), h=torch.tensor([0.5, 1.0]))
+    assert seen[0].tolist() == [0.5, 1.0, 0.5, 1.0]  # [null; cond] rows, each with its own jump
+    torch.testing.assert_close(out, torch.tensor([[6.5], [13.0]]))  # u_null + 3 (u_cond - u_null)

@@ -9,7 +9,7 @@ from mmflow.flow.analytic import eight_gaussians
 from mmflow.flow.paths import GaussianPath
 from mmflow.flow.schedules import CondOTSchedule, CosineSchedule, VPSchedule
 from mmflow.sampling.grids import shifted_grid, uniform_grid
-from mmflow.sampling.solvers import SOLVER_ORDER, ode_solve
+from mmflow.sampling.solvers import SOLVER_ORDER, meanflow_solve, ode_solve
 
 EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 
@@ -126,3 +126,13 @@ def test_shifted_grid_reaches_data():
     assert (weights - 1 / 8).abs().max() < 0.03
     assert within.item() == pytest.approx(0.5, abs=0.06)
     assert math.isclose(grid[-1].item(), 1.0)
+
+
+@pytest.mark.parametrize("jumps", [1, 3])
+def test_meanflow_jumps_are_exact_with_the_true_average_velocity(jumps):
+    # dx/dt = x: the average velocity over [t, t + h] is x (e^h - 1) / h, so any number of jumps lands on e x0
+    x0 = torch.randn(4, 2, dtype=torch.float64)
+    fn = lambda x, t, h: x * torch.expm1(h)[:, None] / h[:, None]  # noqa: E731
+    out = meanflow_solve(fn, x0, uniform_grid(jumps, dtype=torch.float64), return_trajectory=True)
+    torch.testing.assert_close(out.x, math.e * x0)
+    assert out.nfe == jumps and out.trajectory.shape == (jumps + 1, 4, 2)

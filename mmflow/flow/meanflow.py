@@ -1,0 +1,79 @@
+"""MeanFlow (Geng, Deng, Bai, Kolter, He 2025, "Mean Flows for One-step Generative Modeling"), in mmflow's time.
+
+Convention: t = 0 is noise, t = 1 is data. The network u(z, t, h) is the average velocity over a jump of
+length h >= 0 from t towards data,
+
+    u(z_t, t, h) = (1 / h) int_t^{t+h} v(z_s, s) ds,   so   z_{t+h} = z_t + h u(z_t, t, h)   (any h),
+
+and u(z, t, 0) = v(z, t), flow matching's velocity. Differentiating h u = int_t^{t+h} v in t with the end
+t + h fixed, along the trajectory (dz/dt = v), gives the MeanFlow identity
+
+    u = v + h du/dt,   du/dt = (d_z u) v + d_t u - d_h u      (dh/dt = -1 when the end is fixed),
+
+whose right side is the regression target, under stop-gradient, with the path's conditional velocity for v
+and du/dt from ONE forward-mode Jacobian-vector product of the network, tangents (v, 1, -1) on (z, t, h).
+
+From the paper (t_p = 1 is noise, r_p <= t_p, z_{r_p} = z_{t_p} - (t_p - r_p) u_p, network input
+(t_p, t_p - r_p)): t = 1 - t_p, h = t_p - r_p (the same second input), u = -u_p, v = -v_p; its target
+u_p = v_p - (t_p - r_p)(v_p d_z u_p + d_{t_p} u_p) is the one above.
+
+Times (`jump_times`): every row draws t from the recipe's time sampler, exactly as flow matching does; a
+fraction `ratio_r_neq_t` of rows (the paper's 25%) draws a second time from it and jumps between the two,
+t = min, h = max - min (the paper's sorted pair; its sampler is logit_normal m = -0.4, s = 1). Rows with
+h = 0 have target v: their loss is flow matching's exactly.
+
+Cost: forward-mode AD has no formula for torch's fused attention kernels (nor for the MM-DiT's fused
+GELU-linear), so the JVP runs inside `plain_kernels()`: "math" attention, which stores the (B, H, N, N)
+scores (flash: O(N)), and the tangent roughly doubles the forward's work. The guidance-in-training
+variant of the paper (CFG folded into the target) is not implemented: CFG is applied at sampling, on the
+average velocities (2B rows per jump).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from mmflow.models.attention import plain_kernels
+
+__all__ = ["AverageVelocityFn", "MeanFlowTarget", "jump_times", "meanflow_target"]
+
+AverageVelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""(z (B, ...), t (B,), h (B,)) -> u (B, ...), the average velocity over [t, t + h]."""
+
+
+def jump_times(t: Tensor, other: Tensor, jump: Tensor) -> tuple[Tensor, Tensor]:
+    """(t, h), each (B,): where jump (B,) bool, t = min(t, other) and h = |t - other| (t, other (B,) in [0, 1]);
+    elsewhere t unchanged and h = 0."""
+    lo = torch.minimum(t, other)
+    return torch.where(jump, lo, t), torch.where(jump, torch.maximum(t, other) - lo, torch.zeros_like(t))
+
+
+@dataclass
+class MeanFlowTarget:
+    """u: the network's output (B, ...), in the graph; target: v + h du/dt (B, ...), detached; du_dt: the
+    JVP (B, ...), detached (for diagnostics and tests)."""
+
+    u: Tensor
+    target: Tensor
+    du_dt: Tensor
+
+
+def meanflow_target(u_fn: AverageVelocityFn, z: Tensor, t: Tensor, h: Tensor, v: Tensor) -> MeanFlowTarget:
+    """The network's average velocity at (z (B, ...), t (B,), h (B,)) and its MeanFlow target v + h du/dt, with
+    v (B, ...) the path's velocity at (z, t) and du/dt = (d_z u) v + d_t u - d_h u by one torch.func.jvp (inside
+    plain_kernels(): attention on the math backend). Gradients flow into u only."""
+    if v.shape != z.shape:
+        raise ValueError(f"v {tuple(v.shape)} and z {tuple(z.shape)} differ in shape")
+    if t.shape != z.shape[:1] or h.shape != t.shape:
+        raise ValueError(f"t and h must be shaped ({z.shape[0]},), got {tuple(t.shape)} and {tuple(h.shape)}")
+    v = v.to(z.dtype)
+    ones = torch.ones_like(t)
+    with plain_kernels():
+        u, du_dt = torch.func.jvp(u_fn, (z, t, h), (v, ones, -ones))
+    hb = h.view(-1, *([1] * (z.ndim - 1))).to(du_dt.dtype)  # (B, 1, ...)
+    du_dt = du_dt.detach()
+    return MeanFlowTarget(u=u, target=(v.to(du_dt.dtype) + hb * du_dt).detach(), du_dt=du_dt)

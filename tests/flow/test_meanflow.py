@@ -1,0 +1,123 @@
+"""mmflow/flow/meanflow.py: the JVP equals central finite differences through the real networks, the true
+average velocity is a fixed point of the target, and rows with h = 0 are flow matching's loss exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmflow.config import ConfigError
+from mmflow.flow.loss import cfm_loss
+from mmflow.flow.meanflow import jump_times, meanflow_target
+from mmflow.models.mmdit import MMDiT, MMDiTConfig
+from mmflow.models.toy_mlp import MLPVelocity, MLPVelocityConfig
+from mmflow.tasks.toy2d import Toy2DTask
+from mmflow.train.random import BatchRandom
+
+
+def _perturbed(model: torch.nn.Module, std: float, seed: int = 0) -> torch.nn.Module:
+    """model in float64 with every weight moved off its (zero) init, so every path, h's included, is live."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return model.double()
+
+
+def _check_against_finite_differences(u_fn, z: torch.Tensor, t: torch.Tensor, h: torch.Tensor) -> float:
+    """max |JVP - central FD| / max |FD| along the tangent (v, 1, -1), and the target's assembly."""
+    v = torch.randn(z.shape, generator=torch.Generator().manual_seed(3), dtype=z.dtype)
+    out = meanflow_target(u_fn, z, t, h, v)
+    e = 1e-6  # float64; the time features reach 1000 rad per unit t, so truncation ~ e^2 1e9 stays ~1e-3
+    with torch.no_grad():
+        fd = (u_fn(z + e * v, t + e, h - e) - u_fn(z - e * v, t - e, h + e)) / (2 * e)
+        torch.testing.assert_close(out.u, u_fn(z, t, h))
+    torch.testing.assert_close(out.target, v + h.view(-1, *[1] * (z.ndim - 1)) * out.du_dt)
+    assert out.u.requires_grad and not out.target.requires_grad  # stop-gradient on the target
+    return float((out.du_dt - fd).abs().max() / fd.abs().max())
+
+
+def test_jvp_of_the_toy_mlp_matches_central_finite_differences() -> None:
+    cfg = MLPVelocityConfig(dim=2, hidden=32, depth=2, num_classes=4, time_frequency_dim=16, interval_embed=True)
+    torch.manual_seed(0)
+    model = _perturbed(MLPVelocity(cfg), 0.1)
+    g = torch.Generator().manual_seed(1)
+    z, t = torch.randn(6, 2, generator=g, dtype=torch.float64), 0.5 * torch.rand(6, generator=g, dtype=torch.float64)
+    h, y = 0.4 * torch.rand(6, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 0])
+    err = _check_against_finite_differences(lambda z_, t_, h_: model(z_, t_, y, h=h_), z, t, h)
+    assert err < 1e-5, err
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+def test_jvp_of_the_mmdit_matches_central_finite_differences(backend: str) -> None:
+    # sdpa's CPU flash kernel has no forward-mode formula: the JVP must run it as math (plain_kernels)
+    cfg = MMDiTConfig(in_channels=3, patch_size=(2, 2), hidden_size=32, depth=2, num_heads=2, context_dim=8,
+                      pooled_dim=4, qk_norm="rms_norm", interval_embed=True)
+    torch.manual_seed(0)
+    model = _perturbed(MMDiT(cfg, attention_backend=backend), 0.05).train()  # train(): the fused GELU path too
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
+    t, h = torch.tensor([0.2, 0.6], dtype=torch.float64), torch.tensor([0.5, 0.1], dtype=torch.float64)
+    cond = {"text": torch.randn(2, 5, 8, generator=g, dtype=torch.float64),
+            "text_mask": torch.tensor([[True] * 5, [True, True, False, False, False]]),
+            "pooled": torch.randn(2, 4, generator=g, dtype=torch.float64)}
+    err = _check_against_finite_differences(lambda z_, t_, h_: model(z_, t_, cond, h=h_), z, t, h)
+    assert err < 1e-5, err
+    out = meanflow_target(lambda z_, t_, h_: model(z_, t_, cond, h=h_), z, t, h, torch.randn_like(z))
+    (out.u - out.target).pow(2).mean().backward()  # the gradient reaches the weights, the new embedder's too
+    assert model.interval_embedder.mlp[2].weight.grad.abs().sum() > 0
+
+
+def test_the_true_average_velocity_is_a_fixed_point_of_the_target() -> None:
+    # data N(0, s1^2) in 1-D: the flow scales x_0 by s(t) = sqrt(t^2 s1^2 + (1 - t)^2), so
+    # u(x, t, h) = x (s(t + h) / s(t) - 1) / h and v(x, t) = x s'(t) / s(t) exactly: target = u
+    s1 = 0.3
+    s = lambda t: torch.sqrt(t**2 * s1**2 + (1 - t) ** 2)  # noqa: E731
+    ds = lambda t: (t * s1**2 - (1 - t)) / s(t)  # noqa: E731
+    u_fn = lambda x, t, h: x * (s(t + h) / s(t) - 1)[:, None] / h[:, None]  # noqa: E731
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 1, generator=g, dtype=torch.float64)
+    t, h = 0.5 * torch.rand(8, generator=g, dtype=torch.float64), 0.5 * torch.rand(8, generator=g, dtype=torch.float64)
+    out = meanflow_target(u_fn, x, t, h, x * (ds(t) / s(t))[:, None])
+    torch.testing.assert_close(out.target, out.u, rtol=1e-12, atol=1e-12)
+
+
+def test_jump_times_sort_the_pair_only_where_asked() -> None:
+    a, b = torch.tensor([0.2, 0.7, 0.5]), torch.tensor([0.6, 0.1, 0.9])
+    t, h = jump_times(a, b, torch.tensor([True, True, False]))
+    torch.testing.assert_close(t, torch.tensor([0.2, 0.1, 0.5]))
+    torch.testing.assert_close(h, torch.tensor([0.4, 0.6, 0.0]))
+
+
+def test_with_no_jumps_the_meanflow_loss_is_the_fm_loss(make_toy_recipe) -> None:
+    fm = make_toy_recipe()
+    mf = make_toy_recipe("flow.objective=meanflow", "flow.meanflow.ratio_r_neq_t=0", "flow.meanflow.adaptive_p=0")
+    fm_task, mf_task = Toy2DTask(fm), Toy2DTask(mf)
+    fm_model, mf_model = fm_task.build_models()["velocity"], mf_task.build_models()["velocity"]
+    with torch.no_grad():
+        for p in fm_model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    state, changes = mf_model.adapt_init_state(fm_model.state_dict())  # init_from an FM model
+    mf_model.load_state_dict(state)
+    assert changes and "interval" in changes[0]
+    z, labels = torch.randn(16, 2), torch.randint(0, 8, (16,))
+    rng = lambda: BatchRandom(seed=1, step=3, group=0, slot=0, local_batch=16, num_slots=1)  # noqa: E731
+    a = fm_task.flow_loss(fm_model, z, labels, rng())
+    b = mf_task.flow_loss(mf_model, z, labels, rng())
+    torch.testing.assert_close(b.loss, a.loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(b.t, a.t)
+
+
+def test_adaptive_weight_is_a_stop_gradient_weight() -> None:
+    pred = torch.tensor([[1.0, 1.0], [3.0, 3.0]], requires_grad=True)
+    out = cfm_loss(pred, torch.zeros(2, 2), torch.rand(2), adaptive_p=1.0, adaptive_c=1e-3)
+    torch.testing.assert_close(out.loss, torch.tensor((1 / 1.001 + 9 / 9.001) / 2))
+    out.loss.backward()  # d/dpred of sg(w) mean(pred^2) / 2 rows = w pred / 2
+    torch.testing.assert_close(pred.grad, torch.tensor([[0.5 / 1.001] * 2, [1.5 / 9.001] * 2]))
+
+
+def test_recipes_refuse_what_meanflow_cannot_do(make_toy_recipe) -> None:
+    with pytest.raises(ConfigError, match="sample.solver.*objective is fm"):
+        make_toy_recipe("sample.solver=meanflow")
+    with pytest.raises(ConfigError, match="flow.loss.*adaptive weight"):
+        make_toy_recipe("flow.objective=meanflow", "flow.loss=l1")
