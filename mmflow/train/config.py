@@ -10,6 +10,26 @@ from mmflow.models.lora import LoraConfig
 
 
 @dataclass
+class Fsdp2Config:
+    """train.fsdp2: how `train.sharding: fsdp2` shards (mmflow/train/parallelize.py). The defaults: FULL_SHARD
+    (ZeRO-3) computing in float32, so the result equals DDP's to float rounding."""
+
+    reshard_after_forward: bool = field(default=True, metadata={
+        "help": "free a block's gathered weights after its forward and gather them again for its backward (least "
+                "memory); false keeps them until the backward (one all-gather less per block)"})
+    param_dtype: Literal["float32", "bfloat16"] | None = field(default=None, metadata={
+        "help": "dtype the gathered weights compute in (FSDP2 MixedPrecisionPolicy); the stored shards, gradients "
+                "and AdamW states stay float32; null = as stored (train.mixed_precision's autocast still applies)"})
+    reduce_dtype: Literal["float32", "bfloat16"] | None = field(default=None, metadata={
+        "help": "dtype gradients are averaged in across processes; null = param_dtype's"})
+
+    def validate(self) -> None:
+        check(not (self.reduce_dtype == "bfloat16" and self.param_dtype != "bfloat16"), "reduce_dtype",
+              "bfloat16 reduction of float32 gradients only loses precision: set param_dtype: bfloat16 too, "
+              "or reduce in float32")
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = field(default=256, metadata={"min": 1, "help": "per process; global = batch_size * processes * grad_accum"})
     grad_accum: int = field(default=1, metadata={"min": 1, "help": "micro-batches per optimizer step"})
@@ -40,6 +60,11 @@ class TrainConfig:
     validate_every: int = field(default=0, metadata={"min": 0, "help": "0 = only at the end"})
     trackers: list[Literal["tensorboard"]] = field(default_factory=lambda: ["tensorboard"])
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    sharding: Literal["none", "fsdp2"] = field(default="none", metadata={
+        "help": "how several processes hold the trained models: none = each a whole copy (DDP); fsdp2 = split "
+                "over the processes by torch's fully_shard, one unit per MM-DiT block (mmflow/train/parallelize.py); "
+                "one process ignores it"})
+    fsdp2: Fsdp2Config | None = field(default=None, metadata={"help": "sharding fsdp2's options; null = defaults"})
 
     def validate(self) -> None:
         check(self.warmup_steps <= self.max_steps, "warmup_steps", f"{self.warmup_steps} exceeds max_steps {self.max_steps}")
@@ -51,4 +76,12 @@ class TrainConfig:
               "frozen_dtype", f"{self.frozen_dtype} is for a LoRA run's frozen base (train.lora) under "
                               f"mixed_precision bf16 (autocast computes in bf16 from it); this run has "
                               f"{'no lora' if self.lora is None else f'mixed_precision {self.mixed_precision}'}")
+        check(self.fsdp2 is None or self.sharding == "fsdp2", "fsdp2",
+              "these options are for train.sharding: fsdp2 (this run has sharding none)")
+        check(self.sharding == "none" or self.lora is None, "sharding",
+              "fsdp2 with train.lora is not supported (LoRA checkpoints are adapter-only accelerate states); "
+              "a LoRA run's base is frozen: train it with sharding none")
+        check(self.sharding == "none" or self.mixed_precision != "fp16", "sharding",
+              "fsdp2 with mixed_precision fp16 is not supported (its loss scaler does not handle sharded "
+              "gradients): use bf16")
         check(self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "ema_decay", f"must lie in (0, 1) or be null, got {self.ema_decay}")

@@ -36,7 +36,7 @@ from mmflow.train.lora_training import cast_frozen
 from mmflow.train.memory import BlockStack, MemoryEstimate, estimate_memory
 
 __all__ = ["Distribution", "DryRunReport", "ShapeOnlyEncoders", "distribution_from_args", "dry_run",
-           "read_accelerate_config", "run_dry"]
+           "read_accelerate_config", "run_dry", "with_recipe_sharding"]
 
 STAND_IN_ENCODER = "minilm"  # validates a missing encoder's recipe entry in its place (the shapes come from the table)
 
@@ -52,6 +52,8 @@ class Distribution:
     wrap_class: str | None = None  # FSDP's transformer wrap unit, checked against the built models
     mixed_precision: str | None = None  # the config file's, compared with the recipe's
     describe: str = "one process"
+    fsdp_version: int = 0  # accelerate's FSDP plugin: 1 or 2; 0 = none (DDP, one process, or --fsdp)
+    note: str | None = None  # said under the report
 
 
 _SHARDING = {"FULL_SHARD": "full", "1": "full", "HYBRID_SHARD": "hybrid", "4": "hybrid", "NO_SHARD": "none", "3": "none"}
@@ -76,17 +78,43 @@ def read_accelerate_config(path: str) -> Distribution:
     if kind != "FSDP":
         return Distribution(processes, machines, 1, None, mp, f"DDP over {where} ({path})")
     fsdp = raw.get("fsdp_config") or {}
-    if int(fsdp.get("fsdp_version", 1)) == 2:  # FSDP2 names FULL_SHARD "reshard after forward"
-        strategy = "FULL_SHARD" if fsdp.get("fsdp_reshard_after_forward", True) else "SHARD_GRAD_OP"
+    version, note = fsdp.get("fsdp_version", 1), None
+    if version not in (1, 2, "1", "2"):
+        raise ConfigError(f"{version!r}: accelerate's FSDP is version 1 or 2", "fsdp_config.fsdp_version", path)
+    if int(version) == 2:  # FSDP2 has no strategy names: FULL_SHARD is "reshard after forward"
+        reshard = fsdp.get("fsdp_reshard_after_forward", True)
+        reshard = {"true": True, "false": False}.get(str(reshard).lower(), reshard)
+        if not isinstance(reshard, bool):
+            raise ConfigError(f"{reshard!r}: FSDP2 takes true or false", "fsdp_config.fsdp_reshard_after_forward", path)
+        strategy, mode = ("FULL_SHARD", "full") if reshard else ("SHARD_GRAD_OP", "full")
+        if not reshard:
+            note = ("fsdp_reshard_after_forward false: every block's gathered weights stay from its forward to its "
+                    "backward, on top of the estimate (trained parameters x 2 bytes in bf16, x 4 in fp32)")
     else:
         strategy = str(fsdp.get("fsdp_sharding_strategy", "FULL_SHARD"))
-    mode = _SHARDING.get(strategy)
-    if mode is None:
-        raise ConfigError(f"{strategy!r}: the dry run estimates FULL_SHARD, HYBRID_SHARD and NO_SHARD",
-                          "fsdp_config.fsdp_sharding_strategy", path)
+        mode = _SHARDING.get(strategy)
+        if mode is None:
+            raise ConfigError(f"{strategy!r}: the dry run estimates FULL_SHARD, HYBRID_SHARD and NO_SHARD",
+                              "fsdp_config.fsdp_sharding_strategy", path)
     shards = {"full": processes, "hybrid": processes // machines, "none": 1}[mode]
     wrap = fsdp.get("fsdp_transformer_layer_cls_to_wrap")
-    return Distribution(processes, machines, shards, wrap, mp, f"FSDP {strategy} over {where}, {shards}-way shards ({path})")
+    name = "FSDP2" if int(version) == 2 else "FSDP"
+    return Distribution(processes, machines, shards, wrap, mp,
+                        f"{name} {strategy} over {where}, {shards}-way shards ({path})", int(version), note)
+
+
+def with_recipe_sharding(dist: Distribution, sharding: str) -> Distribution:
+    """`dist` as a recipe with train.sharding `sharding` trains under it: fsdp2 shards over every process, one
+    unit per MMDiTBlock (mmflow/train/parallelize.py); refused under accelerate's FSDP plugin, as the trainer does."""
+    if sharding != "fsdp2" or dist.processes == 1:
+        return dist
+    if dist.fsdp_version:
+        raise ConfigError("fsdp2: the trainer shards the models itself; an accelerate config with FSDP "
+                          f"({dist.describe}) would shard them twice: use a MULTI_GPU config, or sharding: none",
+                          "train.sharding")
+    n = dist.processes
+    return dataclasses.replace(dist, shards=n, wrap_class="MMDiTBlock",
+                               describe=f"train.sharding fsdp2 (FULL_SHARD) over {n} GPUs, {n}-way shards")
 
 
 def distribution_from_args(accelerate_config: str | None, num_gpus: int | None, fsdp: bool) -> Distribution:
@@ -276,9 +304,11 @@ def dry_run(recipe_path: str, overrides: Sequence[str] = (), distribution: Distr
 
     assume = dict(assume or {})
     recipe, missing = _load(recipe_path, overrides)
+    distribution = with_recipe_sharding(distribution, recipe.train.sharding)
     task = get_task_class(recipe.task)(recipe)
     notes = [f"{key} {path} is not here (a dry run reads no input)"
              for key, path, _, _ in input_paths(recipe) if not path.exists()]
+    notes += [distribution.note] if distribution.note else []
     frozen: list[ModelLine] = []
     frozen_bytes, tokens = 0, {}
     if recipe.task == "text_to_media":

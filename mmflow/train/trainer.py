@@ -6,7 +6,8 @@ Launch commands (the same code runs in all of them):
     accelerate launch --multi_gpu --num_machines 2 --machine_rank 0 --num_processes 16 \\
         --main_process_ip HOST0 --main_process_port 29500 -m mmflow train recipes/toy2d.yaml  # node 0 of 2
 On a CPU-only machine `--multi_gpu` with `train.device: cpu` (or no GPU) starts gloo processes that
-average gradients (MULTI_CPU).
+average gradients (MULTI_CPU). With `train.sharding: fsdp2` the same launches shard the trained models over the
+processes instead of copying them (mmflow/train/parallelize.py).
 
 The trainer owns distribution, precision, accumulation, clipping, EMA, checkpoints and logging; the
 task (mmflow.train.task) owns models, data and the loss. Randomness and data order are functions of
@@ -16,6 +17,7 @@ batch is split across processes.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -28,18 +30,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mmflow.config import ConfigError, dump_yaml, to_dict
 from mmflow.errors import UserError
 from mmflow.flow.loss import TBinStats
-from mmflow.model_io import load_weights_strict, save_model
+from mmflow.model_io import load_state_dict, load_weights_strict, save_model
+from mmflow.models.mmdit import MMDiTBlock
 from mmflow.train import checkpoint as ckpt
+from mmflow.train import parallelize as fsdp2
+from mmflow.train.config import Fsdp2Config
 from mmflow.train.ema import EMA
 from mmflow.train.init_from import init_from
 from mmflow.train.lora_training import BASE_MODEL_KEY, LoraTraining, cast_frozen
@@ -51,6 +57,7 @@ from mmflow.utils.fs import atomic_folder, crash_point, recover_leftovers, write
 
 logger = logging.getLogger("mmflow.train")
 T_BINS = 10  # bins of t for the logged per-t training loss
+SHARDED_OPTIMIZER = "optimizer_full"  # + _<group>.pt: a sharded run's whole optimizer state, by parameter name
 
 
 @dataclass
@@ -190,6 +197,7 @@ class Trainer:
             cast_frozen(models[self.lora.model_name], self.cfg.frozen_dtype)
             acc.register_save_state_pre_hook(LoraTraining.adapter_only)
         self.model_names = list(models)
+        sharded_emas = self._shard(models, trained)  # before the optimizers: they must see the sharded parameters
         optimizers = {}
         for gname, names in self.groups.items():
             decay, no_decay = [], []
@@ -201,15 +209,74 @@ class Trainer:
                 [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
                 lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps,
             )
-        prepared = acc.prepare(*models.values(), *optimizers.values())
+        # sharded models and their optimizer stay out of accelerate (it would wrap them in DDP and save one rank's
+        # shards): the trainer checkpoints them itself (save_checkpoint, _load_checkpoint)
+        plain = [n for n in models if n not in self.sharded]
+        to_prepare = [*(models[n] for n in plain), *([] if self.sharded else optimizers.values())]
+        prepared = acc.prepare(*to_prepare) if to_prepare else ()
         if not isinstance(prepared, (tuple, list)):
             prepared = (prepared,)
-        self.models: dict[str, nn.Module] = dict(zip(models, prepared[: len(models)]))
-        self.optimizers = dict(zip(optimizers, prepared[len(models):]))
+        self.models: dict[str, nn.Module] = {**models, **dict(zip(plain, prepared[: len(plain)]))}
+        self.optimizers = optimizers if self.sharded else dict(zip(optimizers, prepared[len(plain):]))
         ema_names = self.task.ema_models(models) if self.cfg.ema_decay else []
-        self.emas = {n: EMA(acc.unwrap_model(self.models[n]), self.cfg.ema_decay, self.cfg.ema_warmup) for n in ema_names}
+        self.emas = {n: sharded_emas.get(n) or EMA(acc.unwrap_model(self.models[n]), self.cfg.ema_decay,
+                                                   self.cfg.ema_warmup) for n in ema_names}
         self.task.place_frozen_models(acc.device)  # untrained parts: moved once, never wrapped
         self.dataset = self.task.build_dataset()
+
+    def _shard(self, models: dict[str, nn.Module], trained: list[str]) -> dict[str, EMA]:
+        """train.sharding fsdp2 over several processes: parallelize the trained models in place and keep rank 0 a
+        whole CPU copy of each (exports and validation load the gathered weights into it). Returns the EMAs of the
+        sharded models, sharded alike (so every rank updates only its shard). Sets self.sharded (names; [] = none)."""
+        acc = self.accelerator
+        self.sharded: list[str] = []
+        self.whole_copies: dict[str, nn.Module] = {}
+        if self.cfg.sharding != "fsdp2" or acc.num_processes == 1:
+            return {}
+        self._check_sharding(models, trained)
+        mesh = init_device_mesh(acc.device.type, (acc.num_processes,))  # 1-D: every process holds 1/N
+        keep_ema = set(self.task.ema_models(models)) if self.cfg.ema_decay else set()
+        emas = {}
+        for n in trained:
+            ema = EMA(models[n], self.cfg.ema_decay, self.cfg.ema_warmup) if n in keep_ema else None
+            if self.is_main:
+                self.whole_copies[n] = copy.deepcopy(models[n]).requires_grad_(False)
+            fsdp2.parallelize(models[n], mesh, self.cfg.fsdp2 or Fsdp2Config())
+            if ema is not None:
+                fsdp2.shard_like(ema.shadow, models[n], ema.tracked)
+                emas[n] = ema
+        self.sharded = list(trained)
+        return emas
+
+    def _check_sharding(self, models: dict[str, nn.Module], trained: list[str]) -> None:
+        """Refuse, naming train.sharding, what fsdp2 does not support."""
+        why = None
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            why = ("the trainer shards the models itself: launch without accelerate's FSDP plugin (accelerate launch "
+                   "--multi_gpu), or set sharding: none and let the plugin shard")
+        elif len(self.groups) > 1:
+            why = f"one optimizer is supported; task {self.task.name} steps {list(self.groups)} (use sharding: none)"
+        elif not any(isinstance(m, MMDiTBlock) for n in trained for m in models[n].modules()):
+            why = f"it shards MM-DiT blocks; task {self.task.name} trains none (use sharding: none)"
+        elif getattr(getattr(self.recipe, "flow", None), "objective", "fm") == "meanflow":
+            why = "flow.objective meanflow's JVP through sharded blocks is untested (use sharding: none)"
+        if why is not None:
+            raise ConfigError(f"fsdp2: {why}", "train.sharding")
+
+    def _no_sync(self, name: str) -> Any:
+        """Hold back the gradient averaging of model `name` for a micro-batch (DDP's no_sync or FSDP2's)."""
+        return fsdp2.no_sync(self.models[name]) if name in self.sharded else self.accelerator.no_sync(self.models[name])
+
+    def _whole(self, module: nn.Module, name: str) -> nn.Module | None:
+        """`module` (model `name` or its EMA shadow) whole and bare: a sharded one is gathered into rank 0's CPU
+        copy (a collective: every rank calls it; the others get None)."""
+        if name not in self.sharded:
+            return self.accelerator.unwrap_model(module)
+        state = fsdp2.full_state_dict(module)
+        if not self.is_main:
+            return None
+        self.whole_copies[name].load_state_dict(state)
+        return self.whole_copies[name]
 
     def _dataloader(self, start_micro: int) -> tuple[Any, Any]:
         acc = self.accelerator
@@ -243,6 +310,7 @@ class Trainer:
             "global_batch": self.cfg.batch_size * acc.num_processes,
             "grad_accum": self.cfg.grad_accum,
             "num_processes": acc.num_processes,
+            "sharding": "fsdp2" if self.sharded else "none",  # how the model and optimizer states below were saved
             "ema_updates": {n: e.num_updates for n, e in self.emas.items()},
             "overfit_batch": self.overfit_batch,
             "task_counters": self.task.counters_state(),  # rank 0's counts; other ranks restart theirs from zero
@@ -251,12 +319,15 @@ class Trainer:
         }
 
     def _export_models(self, dest: Path) -> None:
-        acc = self.accelerator
+        """dest/models/ and dest/pipeline.json (every rank calls it: sharded models are gathered; rank 0 writes)."""
         save = save_model if self.lora is None else self.lora.save  # a LoRA run: its adapters only
-        for n in self.model_names:
-            save(acc.unwrap_model(self.models[n]), dest / "models" / n)
-        for n, e in self.emas.items():
-            save(e.shadow, dest / "models" / f"{n}_ema")
+        for folder, module, n in [*((n, self.models[n], n) for n in self.model_names),
+                                  *((f"{n}_ema", e.shadow, n) for n, e in self.emas.items())]:
+            whole = self._whole(module, n)
+            if self.is_main:
+                save(whole, dest / "models" / folder)
+        if not self.is_main:
+            return
         # the frozen components go inside too (main process only), so the folder samples where it is copied;
         # a LoRA run's base holds them, and its export points there
         components = self.task.export_frozen(dest / "models") if self.lora is None else {}
@@ -287,9 +358,13 @@ class Trainer:
         if window:
             window = acc.reduce(torch.tensor(window, dtype=torch.float64, device=acc.device), "mean").tolist()
         acc.wait_for_everyone()
+        self._export_models(tmp)  # models/ first: a sharded model's whole weights are its checkpoint too
+        for gname, opt in self.optimizers.items() if self.sharded else ():
+            state = fsdp2.full_optimizer_state({n: self.models[n] for n in self.sharded}, opt)
+            if self.is_main:
+                torch.save(state, tmp / f"{SHARDED_OPTIMIZER}_{gname}.pt")
         dest = root / ckpt.step_dir_name(step)
         if self.is_main:
-            self._export_models(tmp)
             write_json_atomic(tmp / "trainer_state.json", self._trainer_state(step, window))
             crash_point("checkpoint")
             dest = ckpt.finalize(tmp, root, step)
@@ -323,18 +398,30 @@ class Trainer:
                                  f"move {root} away or choose another run folder (--run-dir or run_dir=...)")
 
     def _load_checkpoint(self, path: Path) -> None:
+        state = json.loads((path / "trainer_state.json").read_text())
+        saved, mine = state.get("sharding", "none"), "fsdp2" if self.sharded else "none"
+        if saved != mine:
+            raise ConfigError(f"{path.name} was written with sharding {saved}, this run shards {mine}: resume with "
+                              f"the sharding that wrote it", "train.sharding")
         if self.lora is None:
-            self.accelerator.load_state(str(path))
+            self.accelerator.load_state(str(path))  # RNG states, and the models and optimizers it prepared
         else:
             self.lora.load_state(self.accelerator, self.models[self.lora.model_name], path)
-        state = json.loads((path / "trainer_state.json").read_text())
+        for n in self.sharded:  # every rank reads the whole weights (shared storage) and keeps its shard
+            fsdp2.load_full_state_dict(self.models[n], load_state_dict(path / "models" / n))
+        for gname, opt in self.optimizers.items() if self.sharded else ():
+            fsdp2.load_full_optimizer_state({n: self.models[n] for n in self.sharded}, opt,
+                                            torch.load(path / f"{SHARDED_OPTIMIZER}_{gname}.pt", weights_only=True))
         for n, e in self.emas.items():
             if self.lora is not None:
                 self.lora.load(e.shadow, path / "models" / f"{n}_ema")
+            elif n in self.sharded:
+                fsdp2.load_full_state_dict(e.shadow, load_state_dict(path / "models" / f"{n}_ema"))
             else:
                 load_weights_strict(e.shadow, load_file(str(path / "models" / f"{n}_ema" / "model.safetensors")),
                                     str(path))
-            e.shadow.to(self.accelerator.device)
+            if n not in self.sharded:
+                e.shadow.to(self.accelerator.device)
             e.num_updates = state["ema_updates"][n]
         if self.is_main:  # older checkpoints kept the counters at the top level
             self.task.load_counters_state(state.get("task_counters", state))
@@ -369,19 +456,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _eval_models(self) -> dict[str, nn.Module]:
-        acc = self.accelerator
+        """The models validation uses (EMA weights where kept), whole, on the device. Every rank calls it (sharded
+        ones are gathered); only the main process's are complete. _release_eval_models() after use."""
         out = {}
         for n in self.model_names:
-            out[n] = self.emas[n].shadow if n in self.emas else acc.unwrap_model(self.models[n])
+            whole = self._whole(self.emas[n].shadow if n in self.emas else self.models[n], n)
+            if whole is not None:
+                out[n] = whole.to(self.accelerator.device) if n in self.sharded else whole
         return out
+
+    def _release_eval_models(self) -> None:
+        """Back to the CPU with rank 0's whole copies of sharded models: the device memory is the shards'."""
+        for m in self.whole_copies.values():
+            m.to("cpu")
 
     def finish_models(self) -> None:
         """Let the task finish its models before the final save (e.g. measure a tokenizer's latent statistics).
 
-        Runs on the main process, on the models that are exported (EMA weights where kept), in eval mode.
+        Runs on the main process, on the models that are exported (EMA weights where kept), in eval mode. Under
+        train.sharding fsdp2 it gets whole copies, so what it changes is not kept (no task with MM-DiTs changes any).
         """
+        models = self._eval_models()
         if self.is_main:
-            models = self._eval_models()
             was_training = {n: m.training for n, m in models.items()}
             for m in models.values():
                 m.eval()
@@ -389,12 +485,13 @@ class Trainer:
                 self.task.finish_models(models, self.dataset, self.accelerator.device)
             for n, m in models.items():
                 m.train(was_training[n])
+        self._release_eval_models()
         self.accelerator.wait_for_everyone()
 
     def validate(self, step: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
+        models = self._eval_models()
         if self.is_main:
-            models = self._eval_models()
             was_training = {n: m.training for n, m in models.items()}
             for m in models.values():
                 m.eval()
@@ -416,6 +513,7 @@ class Trainer:
             if known:
                 self.accelerator.log({f"val/{k}": v for k, v in known.items()}, step=step)
                 logger.info("validation step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in known.items()))
+        self._release_eval_models()
         self.accelerator.wait_for_everyone()
         return metrics
 
@@ -453,9 +551,10 @@ class Trainer:
         acc.wait_for_everyone()
         self._build()
         if self.is_main:
-            logger.info("run %s: %d process(es), device %s, precision %s, global batch %d x accum %d",
+            logger.info("run %s: %d process(es), device %s, precision %s, global batch %d x accum %d%s",
                         self.run_dir, acc.num_processes, acc.device, self.cfg.mixed_precision,
-                        self.cfg.batch_size * acc.num_processes, self.cfg.grad_accum)
+                        self.cfg.batch_size * acc.num_processes, self.cfg.grad_accum,
+                        f", {', '.join(self.sharded)} sharded (fsdp2)" if self.sharded else "")
         self.loss_history: list[tuple[int, float]] = []
         self._loss_window: list[float] = []  # this rank's main losses since the last log line
         self._t_bins = TBinStats(T_BINS)  # this rank's main per-example losses by t since the last log line
@@ -517,7 +616,7 @@ class Trainer:
                             # model computed with here (a GAN's frozen discriminator) must not arm DDP's reducer
                             for n in self.models:
                                 if n not in names or mi < accum - 1:
-                                    stack.enter_context(acc.no_sync(self.models[n]))
+                                    stack.enter_context(self._no_sync(n))
                             handed = {"carry": carry[mi]} if carry[mi] else {}
                             with acc.autocast():
                                 out = self.task.loss(self.models, batch, rng, gname, step, **handed)
@@ -536,7 +635,8 @@ class Trainer:
                             logs[f"{gname}/{k}"] = logs.get(f"{gname}/{k}", 0.0) + v / accum
                     if self.cfg.grad_clip is not None:
                         params = [p for n in names for p in self.models[n].parameters()]
-                        norm = acc.clip_grad_norm_(params, self.cfg.grad_clip)
+                        norm = (fsdp2.clip_grad_norm(params, self.cfg.grad_clip) if self.sharded
+                                else acc.clip_grad_norm_(params, self.cfg.grad_clip))
                         logs[f"{gname}/grad_norm"] = float(norm)
                     opt.step()
                     opt.zero_grad(set_to_none=True)

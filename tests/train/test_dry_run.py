@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmflow.cli import main
+from mmflow.config import ConfigError
 from mmflow.train.dry_run import Distribution, distribution_from_args, dry_run, read_accelerate_config
 from mmflow.train.memory import ACTIVATION_BYTES
 from tests.conftest import REPO
@@ -86,6 +87,25 @@ def test_sd3_recipe_sizes_and_distribution(tmp_path: Path, monkeypatch: pytest.M
     assert report.global_batch == 32 * 16
     assert report.memory.grads == 4 * counts["velocity"] / 16
     assert any("assumed t5-xxl" in m.note for m in report.models)
+
+
+def test_fsdp2_config_and_recipe_sharding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """accelerate's FSDP2 plugin (fsdp_version 2) reads as FSDP FULL_SHARD does; train.sharding fsdp2 over a DDP
+    launch shards alike; both at once is refused, as the trainer refuses it."""
+    monkeypatch.chdir(tmp_path)
+    fsdp2 = read_accelerate_config(str(REPO / "recipes" / "accelerate" / "fsdp2_8gpu.yaml"))
+    assert (fsdp2.processes, fsdp2.shards, fsdp2.wrap_class, fsdp2.fsdp_version) == (8, 8, "MMDiTBlock", 2)
+    v1 = dry_run(str(SD3), (), read_accelerate_config(str(FSDP8)))
+    v2 = dry_run(str(SD3), (), fsdp2)
+    own = dry_run(str(SD3), ("train.sharding=fsdp2",), distribution_from_args(None, 8, False))
+    assert v1.memory == v2.memory == own.memory and "FSDP2 FULL_SHARD" in v2.distribution.describe
+    assert own.distribution.shards == 8 and "train.sharding fsdp2" in own.distribution.describe
+    keep = tmp_path / "keep.yaml"
+    keep.write_text(FSDP8.read_text().replace("fsdp_version: 1", "fsdp_version: 2\n  fsdp_reshard_after_forward: false"))
+    assert any("stay from its forward" in n for n in dry_run(str(SD3), (), read_accelerate_config(str(keep))).notes)
+    with pytest.raises(ConfigError, match="shard them twice") as e:
+        dry_run(str(SD3), ("train.sharding=fsdp2",), fsdp2)
+    assert e.value.key == "train.sharding"
 
 
 def test_wrong_wrap_class_and_unknown_encoder_are_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
