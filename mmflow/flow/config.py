@@ -31,6 +31,9 @@ class MeanFlowConfig:
 
     ratio_r_neq_t: float = field(default=0.25, metadata={
         "min": 0.0, "max": 1.0, "help": "fraction of rows with a jump h > 0 (the paper's r != t); the rest are FM rows"})
+    fm_rows_time: Literal["first", "min"] = field(default="first", metadata={
+        "help": "t of the h = 0 rows: first = the first draw (those rows are flow matching's loss exactly); min = the "
+                "smaller of both draws, as the paper (its sorted pair before r := t), which moves them towards noise"})
     adaptive_p: float = field(default=1.0, metadata={
         "min": 0.0, "help": "adaptive loss weight 1 / (mse + c)^p per row (stop-gradient); 0 = plain MSE"})
     adaptive_c: float = field(default=1e-3, metadata={

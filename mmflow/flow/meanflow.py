@@ -20,7 +20,8 @@ u_p = v_p - (t_p - r_p)(v_p d_z u_p + d_{t_p} u_p) is the one above.
 Times (`jump_times`): every row draws t from the recipe's time sampler, exactly as flow matching does; a
 fraction `ratio_r_neq_t` of rows (the paper's 25%) draws a second time from it and jumps between the two,
 t = min, h = max - min (the paper's sorted pair; its sampler is logit_normal m = -0.4, s = 1). Rows with
-h = 0 have target v: their loss is flow matching's exactly.
+h = 0 have target v: with fm_rows_time "first" (the default) their loss is flow matching's exactly; "min" gives
+them the smaller of both draws, as the paper's sampler does (sorted pair, then r := t), i.e. more noise.
 
 Cost: forward-mode AD has no formula for torch's fused attention kernels (nor for the MM-DiT's fused
 GELU-linear), so the JVP runs inside `plain_kernels()`: "math" attention, which stores the (B, H, N, N)
@@ -45,11 +46,14 @@ AverageVelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 """(z (B, ...), t (B,), h (B,)) -> u (B, ...), the average velocity over [t, t + h]."""
 
 
-def jump_times(t: Tensor, other: Tensor, jump: Tensor) -> tuple[Tensor, Tensor]:
+def jump_times(t: Tensor, other: Tensor, jump: Tensor, fm_rows_time: str = "first") -> tuple[Tensor, Tensor]:
     """(t, h), each (B,): where jump (B,) bool, t = min(t, other) and h = |t - other| (t, other (B,) in [0, 1]);
-    elsewhere t unchanged and h = 0."""
+    elsewhere h = 0 and t unchanged (fm_rows_time "first") or min(t, other) ("min", the paper's sampler)."""
+    if fm_rows_time not in ("first", "min"):
+        raise ValueError(f"fm_rows_time must be 'first' or 'min', got {fm_rows_time!r}")
     lo = torch.minimum(t, other)
-    return torch.where(jump, lo, t), torch.where(jump, torch.maximum(t, other) - lo, torch.zeros_like(t))
+    return (torch.where(jump, lo, t) if fm_rows_time == "first" else lo,
+            torch.where(jump, torch.maximum(t, other) - lo, torch.zeros_like(t)))
 
 
 @dataclass

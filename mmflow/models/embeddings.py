@@ -52,15 +52,16 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, scale: 
 
 
 class TimestepEmbedder(nn.Module):
-    """t (B,) -> (B, hidden): sinusoidal features followed by a two-layer MLP, as in DiT."""
+    """t (B,) -> (B, hidden): sinusoidal features of scale * t followed by a two-layer MLP, as in DiT."""
 
-    def __init__(self, hidden: int, frequency_dim: int = 256) -> None:
+    def __init__(self, hidden: int, frequency_dim: int = 256, scale: float = 1000.0) -> None:
         super().__init__()
         self.frequency_dim = frequency_dim
+        self.scale = scale
         self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t, self.frequency_dim).to(self.mlp[0].weight.dtype))
+        return self.mlp(timestep_embedding(t, self.frequency_dim, scale=self.scale).to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):

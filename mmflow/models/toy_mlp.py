@@ -25,6 +25,10 @@ class MLPVelocityConfig:
     depth: int = field(default=4, metadata={"min": 1, "help": "number of hidden residual blocks"})
     num_classes: int = field(default=0, metadata={"min": 0, "help": "0 = unconditional; else labels 0..n-1, n = null"})
     time_frequency_dim: int = field(default=64, metadata={"min": 2})
+    time_scale: float = field(default=1000.0, metadata={
+        "min": 0.0, "min_exclusive": True,
+        "help": "t and h are multiplied by this before their sinusoidal features (DiT's 1000); the fastest feature "
+                "turns at this many radians per unit t, so d(u)/dt, MeanFlow's JVP target, grows with it"})
     ignore_time: bool = field(default=False, metadata={"help": "debug ablation: the model never sees t"})
     interval_embed: bool = field(default=False, metadata={
         "help": "MeanFlow: a second time input h (the jump length), zero-initialised output"})
@@ -54,9 +58,10 @@ class MLPVelocity(nn.Module):
         self.config = config
         h = config.hidden
         self.inp = nn.Linear(config.dim, h)
-        self.time = TimestepEmbedder(h, config.time_frequency_dim)
+        self.time = TimestepEmbedder(h, config.time_frequency_dim, config.time_scale)
         self.label = LabelEmbedder(config.num_classes, h) if config.num_classes > 0 else None
-        self.interval = TimestepEmbedder(h, config.time_frequency_dim) if config.interval_embed else None
+        self.interval = (TimestepEmbedder(h, config.time_frequency_dim, config.time_scale) if config.interval_embed
+                         else None)
         self.blocks = nn.ModuleList(_ResidualBlock(h) for _ in range(config.depth))
         self.out_norm = nn.LayerNorm(h)
         self.out = nn.Linear(h, config.dim)

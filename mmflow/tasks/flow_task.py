@@ -76,7 +76,7 @@ class FlowMatchingTask(Task):
         mask: bool, broadcastable to z, the elements the loss covers (None: all; padded frames are not);
         row_weight: (B,) the rows' weights in a sum instead of the mean (prior preservation, see cfm_loss).
         MeanFlow then draws a second time (B,) and the rows that jump (B,), and regresses the average velocity
-        over [t, t + h] on its target (mmflow/flow/meanflow.py); its h = 0 rows are the FM loss of the same draws."""
+        over [t, t + h] on its target (mmflow/flow/meanflow.py); with fm_rows_time "first" its h = 0 rows are the FM loss of the same draws."""
         flow = self.recipe.flow
         t = rng.draw(lambda n, g: self.time_sampler.sample(n, generator=g)).to(z.dtype)  # (B,)
         eps = rng.randn(*z.shape[1:]).to(z.dtype)  # (B, ...)
@@ -95,7 +95,7 @@ class FlowMatchingTask(Task):
         if self.meanflow:  # drawn after FM's draws, so its h = 0 rows see exactly FM's t, eps and drop
             other = rng.draw(lambda n, g: self.time_sampler.sample(n, generator=g)).to(z.dtype)  # (B,)
             jump = rng.draw(lambda n, g: torch.rand(n, generator=g) < flow.meanflow.ratio_r_neq_t)  # (B,) bool
-            t, h = jump_times(t, other, jump)
+            t, h = jump_times(t, other, jump, flow.meanflow.fm_rows_time)
             ps = self.path.sample(z, t, eps)
             mf = meanflow_target(lambda x_, t_, h_: model(x_, t_, cond, h=h_, **extra), ps.x_t, t, h, ps.target)
             pred, target = mf.u, mf.target
@@ -105,7 +105,9 @@ class FlowMatchingTask(Task):
             pred, target = model(ps.x_t, t, cond, **extra), ps.target
         out = cfm_loss(pred.float(), target.float(), t, flow.loss_weighting, flow.loss, flow.huber_c, mask,
                        row_weight, **adaptive)
-        return LossOutput(out.loss, {}, out.per_example.detach(), t.detach())
+        # MeanFlow's adaptive loss sits near 1 whatever the fit (mse / (mse + c)): log the plain mse beside it
+        logs = {"mse": out.per_example.detach().mean().item()} if self.meanflow else {}
+        return LossOutput(out.loss, logs, out.per_example.detach(), t.detach())
 
     def sample(self, model: nn.Module, x0: Tensor, cond: Condition | None, sample_cfg: Any, **kwargs: Any) -> SampleOutput:
         """`generate` (mmflow/sampling/generate.py) with this task's path and null condition: noise x0

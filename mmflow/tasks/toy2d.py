@@ -46,6 +46,9 @@ class Toy2DModelConfig:
     hidden: int = field(default=256, metadata={"min": 1})
     depth: int = field(default=4, metadata={"min": 1})
     time_frequency_dim: int = field(default=64, metadata={"min": 2})
+    time_scale: float = field(default=1000.0, metadata={
+        "min": 0.0, "min_exclusive": True,
+        "help": "t (and MeanFlow's h) times this before the sinusoidal features; MeanFlow trains better at 1"})
     ignore_time: bool = field(default=False, metadata={"help": "debug ablation: the model never sees t"})
 
 
@@ -62,8 +65,8 @@ class Toy2DTask(FlowMatchingTask):
     def build_models(self) -> dict[str, nn.Module]:
         m = self.recipe.model
         cfg = MLPVelocityConfig(dim=2, hidden=m.hidden, depth=m.depth, num_classes=self.num_classes,
-                                time_frequency_dim=m.time_frequency_dim, ignore_time=m.ignore_time,
-                                interval_embed=self.meanflow)
+                                time_frequency_dim=m.time_frequency_dim, time_scale=m.time_scale,
+                                ignore_time=m.ignore_time, interval_embed=self.meanflow)
         return {VELOCITY: MLPVelocity(cfg)}
 
     def build_dataset(self) -> Toy2DDataset:

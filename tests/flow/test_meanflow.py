@@ -87,6 +87,11 @@ def test_jump_times_sort_the_pair_only_where_asked() -> None:
     t, h = jump_times(a, b, torch.tensor([True, True, False]))
     torch.testing.assert_close(t, torch.tensor([0.2, 0.1, 0.5]))
     torch.testing.assert_close(h, torch.tensor([0.4, 0.6, 0.0]))
+    t, h = jump_times(a, b, torch.tensor([True, True, False]), fm_rows_time="min")  # the paper's sampler
+    torch.testing.assert_close(t, torch.tensor([0.2, 0.1, 0.5]))  # the h = 0 row takes the smaller draw too
+    torch.testing.assert_close(h, torch.tensor([0.4, 0.6, 0.0]))
+    with pytest.raises(ValueError, match="fm_rows_time"):
+        jump_times(a, b, torch.tensor([True, True, False]), fm_rows_time="max")
 
 
 def test_with_no_jumps_the_meanflow_loss_is_the_fm_loss(make_toy_recipe) -> None:
@@ -106,6 +111,8 @@ def test_with_no_jumps_the_meanflow_loss_is_the_fm_loss(make_toy_recipe) -> None
     b = mf_task.flow_loss(mf_model, z, labels, rng())
     torch.testing.assert_close(b.loss, a.loss, rtol=1e-6, atol=0)
     torch.testing.assert_close(b.t, a.t)
+    # MeanFlow logs the plain mse beside its loss (here equal: no adaptive weight, no jumps)
+    assert a.logs == {} and b.logs["mse"] == pytest.approx(b.loss.item(), rel=1e-6)
 
 
 def test_adaptive_weight_is_a_stop_gradient_weight() -> None:

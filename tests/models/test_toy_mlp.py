@@ -137,3 +137,31 @@ def test_a_zero_initialised_interval_embedding_leaves_the_model_unchanged(tmp_pa
         old(x, t, y, h=torch.zeros(5))
     save_model(old, tmp_path / "old")  # a flow model's folder has no interval weights and still loads
     assert not any("interval" in k for k in load_model(tmp_path / "old").state_dict())
+
+
+def test_a_config_without_time_scale_loads_to_the_same_outputs(tmp_path) -> None:
+    # folders saved before time_scale existed have no such key: they load at 1000, the scale they trained at
+    import json
+
+    from mmflow.model_io import load_model, save_model
+
+    old = _model(num_classes=4, interval_embed=True)
+    save_model(old, tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    saved = json.loads(path.read_text())
+    assert saved["config"].pop("time_scale") == 1000.0
+    path.write_text(json.dumps(saved))
+    loaded = load_model(tmp_path / "m").eval()
+    assert loaded.config.time_scale == 1000.0
+    x, t = _inputs()
+    y, h = torch.tensor([0, 1, 2, 3, 4]), torch.rand(5)
+    assert torch.equal(loaded(x, t, y, h=h), old(x, t, y, h=h))
+
+
+def test_time_scale_stretches_the_time_and_interval_features() -> None:
+    # the same weights at scale s see t as the scale-1000 model sees t * s / 1000
+    fast, slow = _model(interval_embed=True), _model(interval_embed=True, time_scale=10.0)
+    x, t = _inputs()
+    h = torch.rand(5) * (1 - t)
+    torch.testing.assert_close(slow(x, t, h=h), fast(x, t / 100, h=h / 100))
+    assert (slow(x, t, h=h) - fast(x, t, h=h)).abs().max() > 1e-3

@@ -12,8 +12,10 @@ from safetensors.torch import load_file
 from mmflow.cli import main
 from mmflow.flow.analytic import eight_gaussians
 from mmflow.pipeline import FlowPipeline
+from mmflow.tasks import load_recipe
 from mmflow.tasks.toy2d import Toy2DTask
 from mmflow.train.trainer import Trainer
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -91,20 +93,21 @@ def test_sample_command_rejects_an_unknown_label(trained_run, tmp_path, capsys):
     assert "--label 8" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
-def test_meanflow_one_step_samples_beat_one_euler_step_of_the_flow_model(tmp_path, make_toy_recipe, fresh_accelerate):
-    # unconditional 8-gaussians: one Euler step of a flow model lands every sample on E[z] (the origin), one
-    # MeanFlow jump lands on the ring. Same small model and steps for both (~10 s + 5 s on one thread).
-    shared = ("model.hidden=64", "data.num_samples=8192", "data.conditional=false", "train.batch_size=256",
-              "train.max_steps=600", "train.warmup_steps=10", "train.checkpoint_every=600", "train.log_every=300",
-              "sample.num_samples=2000", "sample.steps=1")
+def test_meanflow_one_step_samples_beat_one_euler_step_of_the_flow_model(tmp_path, fresh_accelerate):
+    # the default class-conditional 8-gaussians, each objective's own recipe (MeanFlow's: time_scale 1, the
+    # paper's logit-normal): one Euler step of a flow model lands each class on its component's mean, one MeanFlow
+    # jump spreads it over the component. Same small model, data and steps for both (~40 s + 20 s on one thread;
+    # at 900 steps MeanFlow's 1 step is not there yet: 0.32 vs 0.25).
+    shared = ["model.hidden=128", "model.depth=3", "model.time_frequency_dim=32", "data.num_samples=50000",
+              "train.batch_size=256", "train.max_steps=1500", "train.warmup_steps=50", "train.checkpoint_every=1500",
+              "train.log_every=300", "sample.num_samples=2000"]
     quality = {}
-    for name, extra in (("mf", ("flow.objective=meanflow", "flow.time_sampler.name=logit_normal",
-                                "flow.time_sampler.m=-0.4", "sample.solver=meanflow")),
-                        ("fm", ("sample.solver=euler",))):
+    for name, recipe_file, solver in (("mf", "meanflow_toy2d.yaml", "meanflow"), ("fm", "toy2d.yaml", "euler")):
         fresh_accelerate()
-        recipe = make_toy_recipe(*shared, *extra)
+        recipe = load_recipe(REPO / "recipes" / recipe_file, shared)
+        assert recipe.data.conditional
         Trainer(recipe, Toy2DTask(recipe), tmp_path / name).train()
-        quality[name] = _quality(tmp_path / name, "steps=1")
+        quality[name] = _quality(tmp_path / name, f"solver={solver}", "steps=1")
     mf, fm = quality["mf"], quality["fm"]
     assert mf["nfe"] == fm["nfe"] == 1
-    assert mf["sliced_w1"] < 0.3 * fm["sliced_w1"], (mf, fm)
+    assert mf["sliced_w1"] < 0.75 * fm["sliced_w1"], (mf, fm)
