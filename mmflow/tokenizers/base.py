@@ -90,6 +90,8 @@ class Tokenizer(nn.Module):
 
     modality: ClassVar[str]
     config: object
+    # train.init_from: measured after training, not architecture (a run re-measures them), so not compared
+    init_measured_fields: ClassVar[tuple[str, ...]] = ("latent_shift", "latent_scale")
 
     @abstractmethod
     def encode(self, x: Tensor) -> DiagonalGaussian:

@@ -44,7 +44,8 @@ def source_folder(path: Path) -> Path:
 def config_differences(model: nn.Module, model_type: str, saved: Mapping[str, Any]) -> list[str]:
     """'field: X here, Y there' for each config field of `model` (built from the recipe) that differs from a
     saved model's (`model_type` and the "config" of its config.json), except the fields the model widens
-    itself (`init_adaptable_fields`, see adapt_init_state)."""
+    itself (`init_adaptable_fields`, see adapt_init_state) and those measured from data after training
+    (`init_measured_fields`: a tokenizer's latent statistics)."""
     own_type = getattr(model, "model_type", None)
     if own_type != model_type:
         return [f"model type: {own_type!r} here, {model_type!r} there"]
@@ -56,7 +57,7 @@ def config_differences(model: nn.Module, model_type: str, saved: Mapping[str, An
         return [f"its config.json does not read as a {type(config).__name__}: {e}"]
     if hasattr(config, "resolved"):  # defaults spelled out: None and its meaning are the same model
         config, theirs = config.resolved(), theirs.resolved()
-    skip = set(getattr(model, "init_adaptable_fields", ()))
+    skip = set(getattr(model, "init_adaptable_fields", ())) | set(getattr(model, "init_measured_fields", ()))
     return [f"{f.name}: {getattr(config, f.name)!r} here, {getattr(theirs, f.name)!r} there"
             for f in dataclasses.fields(config) if f.name not in skip and getattr(config, f.name) != getattr(theirs, f.name)]
 

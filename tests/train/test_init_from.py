@@ -63,3 +63,25 @@ def test_a_source_that_does_not_fit_is_named(tmp_path, make_toy_recipe) -> None:
         init_from(task.build_models(), src)  # the configs are compared before any weights are read
     with pytest.raises(ConfigError, match="holds no models/ folder, no model/ export and no checkpoint"):
         init_from(task.build_models(), tmp_path)
+
+
+def test_a_tokenizer_with_measured_latent_statistics_initialises_a_fresh_one(tmp_path) -> None:
+    """Latent statistics are measured after training, not architecture: a recipe's fresh tokenizer (None)
+    starts from a finished one (measured), and its other fields are still compared."""
+    from dataclasses import replace
+
+    from mmflow.model_io import save_model
+    from mmflow.tokenizers import AudioVAE
+    from mmflow.tokenizers.audio_vae import audio_vae_config
+
+    cfg = audio_vae_config("test")
+    torch.manual_seed(0)
+    finished = AudioVAE(replace(cfg, latent_shift=[0.1] * cfg.latent_channels, latent_scale=[2.0] * cfg.latent_channels))
+    save_model(finished, tmp_path / "src" / "models" / "tokenizer")
+    fresh = AudioVAE(cfg)
+    init_from({"tokenizer": fresh}, tmp_path / "src")
+    for (name, a), b in zip(finished.state_dict().items(), fresh.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=0, rtol=0, msg=name)
+    assert fresh.config.latent_shift is None  # re-measured by the run, not copied
+    with pytest.raises(ConfigError, match="latent_channels: 4 here, 8 there"):
+        init_from({"tokenizer": AudioVAE(replace(cfg, latent_channels=4))}, tmp_path / "src")
