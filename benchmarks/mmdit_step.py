@@ -2,11 +2,22 @@
 
 A random diffusers SD3 transformer is built, converted to mmflow (the converter's parity is tested to
 ~1e-6), and both run forward + backward on the same batch; samples/s (median of repeats) and the peak
-memory of the step are reported side by side.
+memory of the step are reported side by side. A third column runs a copy of the mmflow model compiled as
+`train.compile` does (mmflow/models/compile.py: torch.compile, inductor; its compile is the warm-up, untimed);
+--no-compile leaves it out.
 
     .venv/bin/python benchmarks/mmdit_step.py                        # CPU, two small sizes
-    .venv/bin/python benchmarks/mmdit_step.py --device cuda --dtype bfloat16 --sizes B L
-Memory: on GPU the peak CUDA allocation of one step above what was allocated before it (weights), on CPU
+    .venv/bin/python benchmarks/mmdit_step.py --device cuda --dtype bfloat16 --sizes B L --peak-tflops 989
+    .venv/bin/python benchmarks/mmdit_step.py --tiny                 # a quick check of this script (seconds)
+--peak-tflops P adds model FLOPs utilisation, achieved model FLOP/s over P TFLOP/s (the chip's dense peak
+in the dtype: H100/H200 bf16 989). Model FLOPs of one training sample (forward + backward = 3 forwards):
+    6 * P_blocks * N  +  12 * depth * N^2 * D
+with N = latent tokens + text tokens (joint attention), D the hidden width and P_blocks the parameters of
+the MM-DiT blocks (each applied once per token: 2 FLOPs per weight per token forward, 4 backward); the
+second term is attention's two N x N x D matrix products (QK^T and AV), 2 FLOPs each, times 3 for the
+backward. Embedders and the final layer (<2% of the parameters at B) are left out, as is recomputation.
+Memory: on GPU the peak CUDA allocation during one step (torch.cuda.max_memory_allocated: the model's weights,
+gradients and activations; the other models' weights, also on the GPU, subtracted), on CPU
 the tensors autograd saves for the backward pass of one forward (deterministic; resident-memory readings
 were blurred by the allocator by tens of MiB between runs).
 """
@@ -14,11 +25,14 @@ were blurred by the allocator by tens of MiB between runs).
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
 import torch
 from diffusers.utils import logging as diffusers_logging
+
+from mmflow.models.compile import compile_module
 
 diffusers_logging.set_verbosity_error()  # its "keep in float32" note on .to() is about fp16 casts
 
@@ -71,6 +85,15 @@ def _step_fn(which: str, model, x, text, pooled, t):
     return lambda: forward().float().square().mean().backward()
 
 
+def train_flops_per_sample(model, size: str) -> float:
+    """Model FLOPs of one training sample (forward + backward) of mmflow MM-DiT `model` at `size`: the formula
+    in the module docstring."""
+    hidden, depth, _, side, text = SIZES[size]
+    n = (side // 2) ** 2 + text
+    p_blocks = sum(p.numel() for p in model.blocks.parameters())
+    return 6.0 * p_blocks * n + 12.0 * depth * n * n * hidden
+
+
 def _time_interleaved(fns: dict, repeats: int, device: str) -> dict[str, float]:
     """Median seconds per call of each fn, calls alternating A, B, A, B, ... so that load from other jobs
     on the machine falls on both alike (the ratio is what we report)."""
@@ -115,40 +138,64 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the compiled column")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the chip's dense peak: adds the MFU columns")
+    p.add_argument("--tiny", action="store_true", help="size tiny, batch 2, 2 repeats: checks the script runs")
     args = p.parse_args()
+    if args.tiny:
+        args.sizes, args.batch, args.repeats = ["tiny"], 2, 2
     dtype = getattr(torch, args.dtype)
+    cuda = args.device.startswith("cuda")
+    columns = ["mmflow", *(["compiled"] if args.compile else []), "diffusers"]
     print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}, median of {args.repeats} forward+backward steps, the two models alternating")
-    print(f"{'size':6} {'tokens':>7} {'mmflow samples/s':>17} {'diffusers samples/s':>20} {'speed-up':>9} "
-          f"{'mmflow MiB':>11} {'diffusers MiB':>14}   (" + ("peak step allocation" if args.device == "cuda" else "saved for backward") + ")")
+          f"batch {args.batch}, median of {args.repeats} forward+backward steps, the models alternating; "
+          f"compiled = mmflow under torch.compile (inductor)")
+    memory = ("MiB peak of a step (torch.cuda.max_memory_allocated less the other models' weights)" if cuda
+              else "MiB saved for backward")
+    print(f"{'size':6} {'tokens':>7} " + " ".join(f"{c + ' samples/s':>20}" for c in columns)
+          + " " + " ".join(f"{c + ' / diffusers':>22}" for c in columns[:-1])
+          + "   " + memory + ": " + " / ".join(columns)
+          + ("   MFU: " + " / ".join(columns) if args.peak_tflops else ""))
     for size in args.sizes:
         ref, ours = _models(size)
+        models = {"mmflow": ours, **({"compiled": copy.deepcopy(ours)} if args.compile else {}), "diffusers": ref}
+        if args.compile:
+            compile_module(models["compiled"], backend="inductor")
         x, text, pooled, t = _batch(size, args.batch, args.device, dtype)
-        peak: dict[str, float] = {}
+        peak: dict[str, float | None] = {}
         fns = {}
-        for which, model in (("mmflow", ours), ("diffusers", ref)):
+        for which, model in models.items():
             model.to(args.device, dtype).train()
-            fns[which] = _step_fn(which, model, x, text, pooled, t)
-        # gradients accumulate across repeats in both models alike; set_to_none would add an allocation
+            fns[which] = _step_fn("diffusers" if which == "diffusers" else "mmflow", model, x, text, pooled, t)
+        # gradients accumulate across repeats in every model alike; set_to_none would add an allocation
         secs = _time_interleaved(fns, args.repeats, args.device)
         result = {k: args.batch / v for k, v in secs.items()}
-        if args.device == "cuda":
-            for which, model in (("mmflow", ours), ("diffusers", ref)):
-                others = ref if which == "mmflow" else ours
-                others.zero_grad(set_to_none=True)
-                model.zero_grad(set_to_none=True)
+        for which, model in models.items():
+            if cuda:  # the step's peak (its weights, gradients, activations), less the other models' weights
+                for m in models.values():
+                    m.zero_grad(set_to_none=True)
+                others = sum(p.numel() * p.element_size() for name, m in models.items() if name != which
+                             for p in m.parameters())
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
                 fns[which]()
                 torch.cuda.synchronize()
-                peak[which] = (torch.cuda.max_memory_allocated() - base) / 2**20
-        if args.device != "cuda":
-            for which, model in (("mmflow", ours), ("diffusers", ref)):
-                peak[which] = _saved_for_backward_mib(_forward_fn(which, model, x, text, pooled, t))
+                peak[which] = (torch.cuda.max_memory_allocated() - others) / 2**20
+            else:
+                kind = "diffusers" if which == "diffusers" else "mmflow"
+                try:  # a compiled graph may not expose what it saves to the hooks (then: n/a)
+                    peak[which] = _saved_for_backward_mib(_forward_fn(kind, model, x, text, pooled, t))
+                except Exception:  # noqa: BLE001  (a benchmark column, not a result to stop for)
+                    peak[which] = None
         tokens = (SIZES[size][3] // 2) ** 2 + SIZES[size][4]
-        print(f"{size:6} {tokens:7d} {result['mmflow']:17.2f} {result['diffusers']:20.2f} "
-              f"{result['mmflow'] / result['diffusers']:8.2f}x {peak['mmflow']:11.1f} {peak['diffusers']:14.1f}")
+        line = (f"{size:6} {tokens:7d} " + " ".join(f"{result[c]:20.2f}" for c in columns) + " "
+                + " ".join(f"{result[c] / result['diffusers']:21.2f}x" for c in columns[:-1]) + "   "
+                + " / ".join("n/a" if peak[c] is None else f"{peak[c]:.1f}" for c in columns))
+        if args.peak_tflops:
+            flops = train_flops_per_sample(ours, size)
+            line += "   " + " / ".join(f"{100 * result[c] * flops / (args.peak_tflops * 1e12):.1f}%" for c in columns)
+            line += f"  ({flops / 1e9:.1f} GFLOP per sample)"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (checked before loading)")
     s.add_argument("--lora", action="append", dest="loras", default=None, metavar="ADAPTER[:SCALE]",
                    help="a LoRA adapter folder or LoRA run, its update times SCALE (default 1); repeat to compose")
+    s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the velocity model (and an image / audio tokenizer's decoder) on its first call, "
+                        "which then takes tens of seconds or more; default: on for an MM-DiT on CUDA, else off")
     lo = sub.add_parser("lora", help="LoRA adapters: merge one into a full model", epilog=LORA_EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     lo_sub = lo.add_subparsers(dest="lora_command", required=True)
@@ -254,7 +257,9 @@ def _sample(args: argparse.Namespace) -> int:
     device = parse_device(args.device)  # before loading anything
     prompts = list(args.prompts or []) + _prompt_file(args.prompt_file)
     encoders = dict(_pair(p, "--text-encoder") for p in args.text_encoders or [])
-    pipe = FlowPipeline.from_pretrained(args.path, use_ema=not args.no_ema, device=device, text_encoders=encoders)
+    pipe = FlowPipeline.from_pretrained(args.path, use_ema=not args.no_ema, device=device, text_encoders=encoders,
+                                        compile="auto" if args.compile is None else args.compile)
+    print(f"[mmflow] {pipe.compile_note}", file=sys.stderr)
     for text in args.loras or []:
         pipe.load_lora(*_adapter_scale(text))
     cfg = pipe.sample_config(args.overrides)

@@ -14,6 +14,7 @@ intact checkpoint and says so.
     pipe.save(out, "samples/")                  # sample_0000.png ... + samples.png + samples.json
     pipe.save_pretrained("exported/emoji")      # a self-contained copy
     pipe.load_lora("runs/emoji_style", scale=0.8)  # a LoRA adapter (train.lora); save_pretrained merges it
+    FlowPipeline.from_pretrained(folder, device="cuda", compile=True)  # torch.compile; default auto: MM-DiTs on CUDA
 
 Sample i's noise is drawn from seed + i alone, and its file records that seed, the prompt, the
 sampler settings and the model's fingerprint: the same call gives the same output bit for bit on CPU.
@@ -39,6 +40,7 @@ from mmflow.config import ConfigError, apply_overrides, from_dict, to_dict
 from mmflow.errors import MissingInput, UserError
 from mmflow.modalities import get_modality
 from mmflow.model_io import CorruptModel, load_model, read_json_object, save_model
+from mmflow.models.compile import CompileSetting, compile_decision, compile_module
 from mmflow.models.lora import ADAPTER_CONFIG, is_adapter_folder, load_adapter, merged_copy
 from mmflow.recipe import Recipe
 from mmflow.sampling.config import SampleConfig
@@ -49,6 +51,7 @@ from mmflow.tasks.encoders import folder_fingerprint
 from mmflow.tasks.first_frame import FirstFrame, with_first_frame
 from mmflow.tasks.flow_task import FlowMatchingTask
 from mmflow.text.default import TextEncoderNotFound
+from mmflow.tokenizers import AudioVAE, ImageVAE
 from mmflow.train.checkpoint import MANIFEST, list_checkpoints, verify_checkpoint
 from mmflow.train.lora_training import BASE_MODEL_KEY
 from mmflow.utils.fs import atomic_folder, write_json_atomic
@@ -181,6 +184,7 @@ class FlowPipeline:
         self.fingerprint = folder_fingerprint(source)  # the velocity weights' sha256: each sample file records it
         self.device = torch.device("cpu")
         self.adapters: list[tuple[Path, float]] = []  # LoRA adapters added to the velocity model, with their scales
+        self.compile_note = "compile: eager (not asked for)"  # what `compile` decided, for the command line's log
 
     @property
     def components(self) -> dict[str, nn.Module]:
@@ -190,10 +194,12 @@ class FlowPipeline:
     # ------------------------------------------------------------------ loading and saving
     @classmethod
     def from_pretrained(cls, path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu",
-                        text_encoders: Mapping[str, str] | None = None) -> "FlowPipeline":
+                        text_encoders: Mapping[str, str] | None = None,
+                        compile: CompileSetting = "auto") -> "FlowPipeline":
         """Load a saved pipeline, verified (see the module docstring); a run folder whose `model/` export
         does not load falls back to its newest intact checkpoint with a warning naming what was wrong.
-        text_encoders: {encoder name: folder} for encoders the model references rather than holds."""
+        text_encoders: {encoder name: folder} for encoders the model references rather than holds.
+        compile: see `compile` ("auto": on for an MM-DiT on CUDA, eager otherwise)."""
         device = parse_device(device)
         candidates, explicit = model_candidates(path)
         if not candidates:
@@ -211,7 +217,7 @@ class FlowPipeline:
                 continue
             if tried:
                 logger.warning("skipped %s; sampling from %s instead", "; skipped ".join(tried), folder)
-            return pipe.to(device)
+            return pipe.to(device).compile(compile)
         raise CorruptModel(f"{path}: no usable model ({len(tried)} tried): " + "; ".join(tried))
 
     @classmethod
@@ -244,7 +250,7 @@ class FlowPipeline:
         if not base.exists():
             raise MissingInput(f"{folder / PIPELINE_FILE}: the LoRA adapter's base model {base} does not exist "
                                f"(copy it along, or fold the adapter into a full model with `mmflow lora merge`)")
-        pipe = cls.from_pretrained(base, use_ema, text_encoders=text_encoders)
+        pipe = cls.from_pretrained(base, use_ema, text_encoders=text_encoders, compile=False)  # the caller compiles
         pipe.load_lora(_model_dir(folder, info.get("model", "velocity"), use_ema))
         return pipe
 
@@ -261,6 +267,26 @@ class FlowPipeline:
         mixed = f"{self.fingerprint} {folder_fingerprint(folder)} {scale!r}"
         self.fingerprint = hashlib.sha256(mixed.encode()).hexdigest()
         return name
+
+    def compile(self, setting: CompileSetting = True) -> "FlowPipeline":
+        """torch.compile the velocity model and an image or audio tokenizer's decoder in place, as train.compile
+        does (mmflow/models/compile.py): "auto" compiles an MM-DiT on CUDA only. The first sampling call compiles;
+        samples equal eager ones to float rounding (tests/test_pipeline_media.py). A video tokenizer's decoder
+        runs in chunks that carry state across them, and stays eager. The decision is logged and kept in
+        `compile_note`."""
+        on, why = compile_decision(setting, self.device, self.velocity, "compile")
+        compiled = []
+        if on:
+            compile_module(self.velocity)
+            compiled.append(f"{self.model_name} ({type(self.velocity).__name__})")
+            for name, module in self.task.frozen_models().items():
+                if isinstance(module, (ImageVAE, AudioVAE)):
+                    compile_module(module.decoder)
+                    compiled.append(f"{name} decoder")
+        self.compile_note = (f"compile: {' and '.join(compiled)} compiled, on the first call ({why})" if on
+                             else f"compile: eager ({why})")
+        logger.info("%s", self.compile_note)
+        return self
 
     def to(self, device: str | torch.device) -> "FlowPipeline":
         """Move every component to `device` (checked: cpu, cuda, cuda:N or mps)."""

@@ -29,6 +29,7 @@ from media_factory import noisy_frames, sine, write_audio, write_image, write_mp
 from mmflow.config import ConfigError  # noqa: E402
 from mmflow.modalities import get_modality  # noqa: E402
 from mmflow.model_io import save_model  # noqa: E402
+from mmflow.models.compile import is_compiled  # noqa: E402
 from mmflow.pipeline import FlowPipeline, OutputExists  # noqa: E402
 from mmflow.sampling.layout import WrongOutputRequest  # noqa: E402
 from mmflow.tasks import recipe_from_dict  # noqa: E402
@@ -160,11 +161,12 @@ def test_the_moved_model_samples_writes_decodable_files_and_is_seeded(moved, tmp
 def test_the_sample_command_on_the_moved_model_is_reproducible(moved, tmp_path) -> None:
     modality, folder = moved
     runs = []
-    for name in ("a", "b"):
+    for name, flag, note in (("a", [], "eager (compile: auto, off on cpu"), ("b", ["--no-compile"], "eager (compile: false)")):
         done = subprocess.run([sys.executable, "-m", "mmflow", "sample", str(folder), "num_samples=1", "seed=7",
-                               "--prompt", PROMPTS[0], "--out", str(tmp_path / name)], capture_output=True, text=True,
-                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               "--prompt", PROMPTS[0], "--out", str(tmp_path / name), *flag], capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert done.returncode == 0, done.stderr
+        assert f"[mmflow] compile: {note}" in done.stderr
         summary = json.loads(done.stdout)
         assert summary["samples"] == 1 and summary["inputs"] == [PROMPTS[0]]
         runs.append(_decoded(tmp_path / name / f"sample_0000{get_modality(modality).suffix}", modality)[0])
@@ -224,6 +226,29 @@ def test_a_long_prompt_is_truncated_with_a_warning_naming_the_limit(exported, ca
         pipe([long, PROMPTS[0]])
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "takes 8" in warnings[0] and "truncated to 8" in warnings[0]
+
+
+def test_a_compiled_pipeline_samples_like_the_eager_one(exported, monkeypatch) -> None:
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    # aot_eager: seconds instead of the inductor's C++ build (tests/models/test_compile.py compares its kernels)
+    monkeypatch.setattr("mmflow.models.compile.BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    folder = exported("image")  # the one with a tokenizer: its decoder is compiled too
+    eager = FlowPipeline.from_pretrained(folder)  # compile "auto" on a CPU: eager
+    assert not is_compiled(eager.velocity) and "off on cpu" in eager.compile_note
+    compiled = FlowPipeline.from_pretrained(folder, compile=True)
+    assert is_compiled(compiled.velocity) and is_compiled(compiled.task.frozen_models()["tokenizer"].decoder)
+    assert compiled.compile_note == ("compile: velocity (MMDiT) and tokenizer decoder compiled, on the first call "
+                                     "(compile: true)")  # logged, and printed by `mmflow sample`
+    a, b = eager(PROMPTS, seed=3, steps=3), compiled(PROMPTS, seed=3, steps=3)
+    torch.testing.assert_close(b.media, a.media, atol=1e-5, rtol=0)  # decomposed ops: float rounding only
+    assert counters["stats"]["unique_graphs"] == 2  # the MM-DiT once for all 3 steps, the decoder once
+    compiled(PROMPTS[::-1], seed=4, steps=3)
+    assert counters["stats"]["unique_graphs"] == 2  # another call of the same shapes: nothing recompiles
+    torch._dynamo.reset()
 
 
 def test_save_pretrained_round_trips(exported, tmp_path) -> None:

@@ -79,7 +79,9 @@ class LabelEmbedder(nn.Module):
     def forward(self, labels: Tensor) -> Tensor:
         if labels.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"class labels must be an integer tensor, got {labels.dtype}")
-        if labels.numel() and (labels.min() < 0 or labels.max() > self.num_classes):
+        # a compiled forward skips this data-dependent check (a graph break); nn.Embedding still refuses bad indices
+        if not torch.compiler.is_compiling() and labels.numel() and (
+                labels.min() < 0 or labels.max() > self.num_classes):
             raise ValueError(
                 f"class labels must lie in [0, {self.num_classes}] ({self.num_classes} is the null label), "
                 f"got values in [{int(labels.min())}, {int(labels.max())}]"

@@ -65,6 +65,9 @@ class TrainConfig:
                 "over the processes by torch's fully_shard, one unit per MM-DiT block (mmflow/train/parallelize.py); "
                 "one process ignores it"})
     fsdp2: Fsdp2Config | None = field(default=None, metadata={"help": "sharding fsdp2's options; null = defaults"})
+    compile: bool | Literal["auto"] = field(default="auto", metadata={
+        "help": "torch.compile the velocity model's forward (mmflow/models/compile.py): auto = on for an MM-DiT on "
+                "CUDA, off on CPU (its compile outlasts short CPU runs) and under MeanFlow's JVP or sharding fsdp2"})
 
     def validate(self) -> None:
         check(self.warmup_steps <= self.max_steps, "warmup_steps", f"{self.warmup_steps} exceeds max_steps {self.max_steps}")
@@ -84,4 +87,6 @@ class TrainConfig:
         check(self.sharding == "none" or self.mixed_precision != "fp16", "sharding",
               "fsdp2 with mixed_precision fp16 is not supported (its loss scaler does not handle sharded "
               "gradients): use bf16")
+        check(not (self.compile is True and self.sharding == "fsdp2"), "compile",
+              "compile with sharding fsdp2 is untested: set compile false, or auto (which leaves it off under fsdp2)")
         check(self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "ema_decay", f"must lie in (0, 1) or be null, got {self.ema_decay}")

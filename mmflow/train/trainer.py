@@ -42,7 +42,9 @@ from mmflow.config import ConfigError, dump_yaml, to_dict
 from mmflow.errors import UserError
 from mmflow.flow.loss import TBinStats
 from mmflow.model_io import load_state_dict, load_weights_strict, save_model
+from mmflow.models.compile import compile_decision, compile_module
 from mmflow.models.mmdit import MMDiTBlock
+from mmflow.tasks.flow_task import VELOCITY
 from mmflow.train import checkpoint as ckpt
 from mmflow.train import parallelize as fsdp2
 from mmflow.train.config import Fsdp2Config
@@ -221,8 +223,30 @@ class Trainer:
         ema_names = self.task.ema_models(models) if self.cfg.ema_decay else []
         self.emas = {n: sharded_emas.get(n) or EMA(acc.unwrap_model(self.models[n]), self.cfg.ema_decay,
                                                    self.cfg.ema_warmup) for n in ema_names}
+        self._compile()  # after the EMA copies: their shadows stay eager
         self.task.place_frozen_models(acc.device)  # untrained parts: moved once, never wrapped
         self.dataset = self.task.build_dataset()
+
+    def _compile(self) -> None:
+        """train.compile: compile the velocity model's forward in place (mmflow/models/compile.py; its state_dict
+        keys, hence checkpoints and exports, stay the eager ones), and log what was decided and why."""
+        if VELOCITY not in self.models:
+            if self.cfg.compile is True and self.is_main:
+                logger.warning("compile: eager (train.compile: true, but task %s trains no velocity model, the one "
+                               "model compile applies to)", self.task.name)
+            return
+        blocker = None
+        if getattr(getattr(self.recipe, "flow", None), "objective", "fm") == "meanflow":
+            blocker = "flow.objective meanflow differentiates the model with torch.func.jvp, untested through compile"
+        elif self.sharded:
+            blocker = "sharding fsdp2 with compile is untested"
+        model = self.accelerator.unwrap_model(self.models[VELOCITY])
+        on, why = compile_decision(self.cfg.compile, self.accelerator.device, model, "train.compile", blocker)
+        if on:
+            compile_module(model)
+        if self.is_main:
+            logger.info("compile: %s (%s)", f"{VELOCITY} ({type(model).__name__}) compiled, on its first step"
+                        if on else "eager", why)
 
     def _shard(self, models: dict[str, nn.Module], trained: list[str]) -> dict[str, EMA]:
         """train.sharding fsdp2 over several processes: parallelize the trained models in place and keep rank 0 a

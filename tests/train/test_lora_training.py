@@ -89,6 +89,24 @@ def test_lora_trains_only_the_adapters_and_exports_them_alone(tmp_path, base_run
         assert not torch.allclose(pipe.velocity(x, t, label), base_pipe.velocity(x, t, label))
 
 
+def test_a_compiled_lora_run_trains_the_same_adapters_and_saves_the_same_keys(tmp_path, base_run, fresh_accelerate,
+                                                                              monkeypatch):
+    import torch._dynamo
+
+    monkeypatch.setattr("mmflow.models.compile.BACKEND", "aot_eager")  # the trainer's use of compile, not kernels
+    torch._dynamo.reset()
+    _lora_run(tmp_path / "eager", base_run, "train.compile=false")
+    fresh_accelerate()
+    _lora_run(tmp_path / "compiled", base_run, "train.compile=true")
+    torch._dynamo.reset()
+    assert "velocity (MLPVelocity) compiled" in (tmp_path / "compiled" / "train.log").read_text()
+    for sub in ("model/models/velocity", "model/models/velocity_ema"):
+        eager, compiled = (_adapter(tmp_path / run / sub) for run in ("eager", "compiled"))
+        assert eager.keys() == compiled.keys()
+        for key in eager:
+            torch.testing.assert_close(compiled[key], eager[key], atol=1e-5, rtol=1e-5, msg=key)
+
+
 def test_a_resumed_lora_run_ends_with_the_same_adapters(tmp_path, base_run, fresh_accelerate):
     _lora_run(tmp_path / "whole", base_run)
     fresh_accelerate()

@@ -314,3 +314,60 @@ def test_task_counters_are_observed_summed_checkpointed_and_reported(tmp_path, m
         _train(recipe, tmp_path / "killed", task_cls=_CountingCrash)
     resumed = _train(recipe, tmp_path / "killed", task_cls=_Counting, resume=True)  # counts from step 10 on
     assert resumed.metrics == straight.metrics
+
+
+# ---------------------------------------------------------------------- train.compile (mmflow/models/compile.py)
+@pytest.fixture
+def aot_eager(monkeypatch):
+    """Compile with aot_eager (seconds, no C++ build): what these tests check is the trainer's use of compile,
+    not inductor's kernels (tests/models/test_compile.py compares those to eager)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr("mmflow.models.compile.BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    yield counters
+    torch._dynamo.reset()
+    counters.clear()
+
+
+def test_compiled_training_equals_eager_compiles_once_and_saves_the_same_keys(tmp_path, make_toy_recipe,
+                                                                              fresh_accelerate, aot_eager):
+    steps = ("train.max_steps=6", "train.checkpoint_every=3", "train.log_every=3")
+    _train(make_toy_recipe(*steps, "train.compile=false"), tmp_path / "eager")
+    fresh_accelerate()
+    run = tmp_path / "compiled"
+    result = _train(make_toy_recipe(*steps, "train.compile=true"), run)
+    assert aot_eager["stats"]["unique_graphs"] == 1  # six steps of one batch shape: one compilation
+    assert "compile: velocity (MLPVelocity) compiled, on its first step (train.compile: true)" in (
+        run / "train.log").read_text()
+    for sub in ("model/models/velocity", "model/models/velocity_ema", "checkpoints/step_00000006"):  # no `_orig_mod.`
+        assert (load_file(str(run / sub / "model.safetensors")).keys()
+                == load_file(str(tmp_path / "eager" / sub / "model.safetensors")).keys()), sub
+    # aot_eager runs decomposed ATen ops: equal to eager up to float rounding over six AdamW steps
+    _assert_same(_final_weights(run), _final_weights(tmp_path / "eager"), atol=1e-5)
+    _assert_same(_final_weights(run, "velocity_ema"), _final_weights(tmp_path / "eager", "velocity_ema"), atol=1e-5)
+    assert result.final_loss is not None
+    fresh_accelerate()  # a resumed compiled run loads its own checkpoint
+    resumed = _train(make_toy_recipe(*steps, "train.compile=true", "train.max_steps=7"), run, resume=True)
+    assert resumed.step == 7 and "resumed from" in (run / "train.log").read_text()
+
+
+def test_auto_compile_stays_eager_on_cpu_and_says_why(tmp_path, make_toy_recipe):
+    run = tmp_path / "run"
+    _train(make_toy_recipe("train.max_steps=2", "train.checkpoint_every=2"), run)  # train.compile: auto (default)
+    assert "compile: eager (train.compile: auto, off on cpu" in (run / "train.log").read_text()
+
+
+def test_compile_refuses_meanflow_and_fsdp2(tmp_path, make_toy_recipe):
+    from mmflow.config import ConfigError
+    from mmflow.tasks import load_recipe
+    from toy_recipes import REPO, SMALL_TOY
+
+    with pytest.raises(ConfigError, match="compile with sharding fsdp2 is untested"):
+        make_toy_recipe("train.compile=true", "train.sharding=fsdp2")
+    recipe = load_recipe(REPO / "recipes" / "meanflow_toy2d.yaml", [*SMALL_TOY, "train.compile=true"])
+    with pytest.raises(ConfigError, match="torch.func.jvp") as e:
+        _train(recipe, tmp_path / "meanflow")
+    assert e.value.key == "train.compile"
