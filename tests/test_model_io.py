@@ -54,7 +54,7 @@ def test_config_json_contents(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     assert meta["model_type"] == "mlp_velocity"
     assert meta["config"] == {"dim": 2, "hidden": 8, "depth": 2, "num_classes": 3, "time_frequency_dim": 4,
-                              "ignore_time": True}
+                              "ignore_time": True, "interval_embed": False, "time_scale": 1000.0}
 
 
 def test_build_model_from_dict_is_strict() -> None:
