@@ -236,7 +236,7 @@ class Trainer:
                                "model compile applies to)", self.task.name)
             return
         blocker = None
-        if getattr(getattr(self.recipe, "flow", None), "objective", "fm") == "meanflow":
+        if self._meanflow():
             blocker = "flow.objective meanflow differentiates the model with torch.func.jvp, untested through compile"
         elif self.sharded:
             blocker = "sharding fsdp2 with compile is untested"
@@ -282,10 +282,14 @@ class Trainer:
             why = f"one optimizer is supported; task {self.task.name} steps {list(self.groups)} (use sharding: none)"
         elif not any(isinstance(m, MMDiTBlock) for n in trained for m in models[n].modules()):
             why = f"it shards MM-DiT blocks; task {self.task.name} trains none (use sharding: none)"
-        elif getattr(getattr(self.recipe, "flow", None), "objective", "fm") == "meanflow":
+        elif self._meanflow():
             why = "flow.objective meanflow's JVP through sharded blocks is untested (use sharding: none)"
         if why is not None:
             raise ConfigError(f"fsdp2: {why}", "train.sharding")
+
+    def _meanflow(self) -> bool:
+        """The recipe trains with MeanFlow's JVP (flow.objective), which compile and fsdp2 do not support yet."""
+        return getattr(getattr(self.recipe, "flow", None), "objective", "fm") == "meanflow"
 
     def _no_sync(self, name: str) -> Any:
         """Hold back the gradient averaging of model `name` for a micro-batch (DDP's no_sync or FSDP2's)."""
