@@ -29,6 +29,9 @@ streams (latent patches and text), each with its own adaLN-Zero modulation, QKV,
 and MLP, and ONE joint attention over the concatenated sequence (SD3's JointTransformerBlock);
 the last block only supplies keys and values from the text stream (SD3's context_pre_only). The
 conditioning vector is c = time embedding + pooled-text projection (+ label embedding) (+ interval embedding).
+Text tokens carry no positions of their own (SD3: order is whatever the encoder's states hold); with
+text_positions a learned vector per token index is added after the context projection, for small
+encoders whose states lose word order ("a red star left of a blue circle" vs "... right of ...").
 
 Run-time settings, not saved with the model: `MMDiT(config, attention_backend=..., gradient_checkpointing=...)`
 or later `model.set_attention_backend("math")` / `model.set_gradient_checkpointing(True)`.
@@ -96,6 +99,10 @@ class MMDiTConfig:
     null_text_length: int = _field(1, "learned null tokens; the null text is masked after them", min=1)
     interval_embed: bool = _field(False, "MeanFlow: embed a second time input h (the jump length) into c; its "
                                          "output starts at zero, so a flow model gaining it starts unchanged")
+    text_positions: int = _field(0, "learned position vectors added to the first this-many text tokens (0 = none, "
+                                    "as SD3): word order then reaches the model beyond what the text encoder's "
+                                    "states carry; they start at zero, so a model gaining them starts unchanged",
+                                 min=0)
     # The attention backend and gradient checkpointing are run-time settings of MMDiT, not fields here:
     # an exported config.json describes the weights, not the machine that trained them.
 
@@ -125,6 +132,8 @@ class MMDiTConfig:
         clash = sorted(set(self.scalar_conditions) & taken)
         check(not clash and len(set(self.scalar_conditions)) == len(self.scalar_conditions), "scalar_conditions",
               f"names must be distinct and not {sorted(taken)}, got {list(self.scalar_conditions)}")
+        check(not self.text_positions or self.context_dim, "text_positions",
+              f"{self.text_positions} positions, but the model has no text stream (context_dim 0)")
         bad = [i for i in self.dual_attention_layers if i >= self.depth]
         check(not bad, "dual_attention_layers", f"indices {bad} are not blocks of a depth-{self.depth} model")
 
@@ -377,7 +386,8 @@ class MMDiT(nn.Module):
     config_class = MMDiTConfig
     # run-time settings that older exports saved in config.json: dropped on load (mmflow.model_io)
     legacy_config_keys = ("attention_backend", "gradient_checkpointing")
-    init_adaptable_fields = ("concat_channels", "interval_embed")  # train.init_from: adapt_init_state widens these
+    # train.init_from: adapt_init_state widens these
+    init_adaptable_fields = ("concat_channels", "interval_embed", "text_positions")
 
     def __init__(self, config: MMDiTConfig, attention_backend: AttentionBackend = "auto",
                  gradient_checkpointing: bool = False) -> None:
@@ -399,6 +409,8 @@ class MMDiT(nn.Module):
         # MeanFlow's jump length h >= 0 at the time embedding's frequencies (h = 0 -> s = 0 for any time_shift)
         self.interval_embedder = TimeEmbedder(h, 0.0, abs(config.time_scale)) if config.interval_embed else None
         self.context_embedder = nn.Linear(config.context_dim, h) if config.context_dim else None
+        # (S_max, D): zero-init in initialize_weights; added after context_embedder, so any encoder width fits
+        self.text_pos = nn.Parameter(torch.zeros(config.text_positions, h)) if config.text_positions else None
         learned = config.null_text == "learned"
         self.null_tokens = (nn.Parameter(torch.zeros(config.null_text_length, config.context_dim))
                           if learned and config.context_dim else None)
@@ -449,6 +461,8 @@ class MMDiT(nn.Module):
         for null in (self.null_tokens, self.null_pooled):
             if null is not None:
                 nn.init.normal_(null, std=0.02)
+        if self.text_pos is not None:  # zero: a model gaining positions starts as the one it continues
+            nn.init.zeros_(self.text_pos)
         for block in self.blocks:
             for name in ("x_modulation", "c_modulation"):
                 if hasattr(block, name):
@@ -511,6 +525,10 @@ class MMDiT(nn.Module):
         changes: list[str] = []
         if self.interval_embedder is not None:
             state, changes = adopt_missing_weights(state, self.interval_embedder, "interval_embedder")
+        if self.text_pos is not None and "text_pos" not in state:
+            state = {**state, "text_pos": self.text_pos.detach().clone()}
+            changes.append(f"text_pos: {self.config.text_positions} new text positions, start at zero "
+                           "(the model starts as the one loaded)")
         w, own = state.get("x_embedder.weight"), self.x_embedder.weight
         if w is None or w.shape == own.shape or w.ndim != 2 or w.shape[0] != own.shape[0]:
             return state, changes
@@ -523,6 +541,14 @@ class MMDiT(nn.Module):
         wide[:, :, :c_old] = w.view(w.shape[0], p, c_old).to(own.dtype)
         return ({**state, "x_embedder.weight": wide.view_as(own)},
                 [*changes, f"x_embedder: {c_old} -> {c_new} input channels per patch position (new ones start at zero)"])
+
+    def _text_positions(self, length: int) -> Tensor:
+        """The first `length` learned text positions (1, S, D); more tokens than the model has positions is an error."""
+        assert self.text_pos is not None
+        if length > self.text_pos.shape[0]:
+            raise ValueError(f"{length} text tokens, but this model has {self.text_pos.shape[0]} text positions "
+                             "(model.mmdit.text_positions): shorten the text encoders' max_length")
+        return self.text_pos[None, :length]
 
     def _concat_input(self, extra: Tensor | None, x: Tensor) -> Tensor:
         """cond['concat'] checked against x (B, C, *S), or zeros (B, concat_channels, *S) when absent."""
@@ -614,6 +640,8 @@ class MMDiT(nn.Module):
                 latent_keys = latent_keys if latent_keys is not None else mask.new_ones(b, h.shape[1])
                 key_mask = torch.cat([latent_keys, mask], dim=1)  # (B, N + S)
             ctx = self.context_embedder(text)  # (B, S, D)
+            if self.text_pos is not None:
+                ctx = ctx + self._text_positions(ctx.shape[1]).to(ctx.dtype)  # (1, S, D) broadcast
         elif latent_keys is not None:
             key_mask = latent_keys  # (B, N)
 

@@ -113,6 +113,10 @@ class MMDiTSection:
         "min": 0.0, "min_exclusive": True, "help": "base of the RoPE frequencies; null: 10000"})
     dual_attention_layers: tuple[int, ...] = field(default=(), metadata={
         "min": 0, "help": "blocks with SD3.5's extra latent self-attention"})
+    text_positions: int = field(default=0, metadata={
+        "min": 0, "help": "learned positions added to the text tokens (0: none, as SD3); at least the text length "
+                          "(the encoders' max_length summed); they start at zero, so train.init_from a model "
+                          "without them starts unchanged"})
     # SD3's own position table and time input: what converted SD3 / SD3.5 weights (train.init_from) were made with
     pos_embed: Literal["rope", "sincos"] = field(default="rope", metadata={
         "help": "rope: any modality and size; sincos: SD3's fixed 2-D table (images; converted SD3 weights)"})
@@ -293,7 +297,12 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         if len(p) != axes:
             raise ConfigError(f"{list(p)} has {len(p)} entries; {recipe.data.modality} latents have {axes} axes",
                               "model.mmdit.patch_size", source)
-        resolve_mmdit(recipe.model.mmdit, source)  # preset, head width: the MM-DiT's own checks, before any loading
+        # preset, head width: the MM-DiT's own checks, before any loading (the text width is the encoders', later)
+        resolve_mmdit(recipe.model.mmdit, source, context_dim=1)
+        positions, tokens = recipe.model.mmdit.text_positions, recipe.model.text.seq_len
+        if 0 < positions < tokens:
+            raise ConfigError(f"{positions} text positions for {tokens} text tokens (the text encoders' max_length "
+                              f"summed over groups): set at least {tokens}", "model.mmdit.text_positions", source)
         joint = recipe.data.prior or (recipe.data.images if recipe.data.images.path is not None else None)
         if joint is not None:
             try:

@@ -441,3 +441,30 @@ def test_a_zero_initialised_interval_embedding_leaves_the_model_unchanged() -> N
             assert torch.equal(new.eval()(x, t, cond, h=h), old(x, t, cond))
         with pytest.raises(ValueError, match="no interval embedding"):
             old(x, t, cond, h=torch.zeros(2))
+
+
+def test_text_positions_start_at_zero_and_make_the_model_see_word_order() -> None:
+    old = _model()
+    new = MMDiT(_config(text_positions=6))
+    state, changes = new.adapt_init_state(old.state_dict())  # init_from a model without positions
+    new.load_state_dict(state)
+    assert changes == ["text_pos: 6 new text positions, start at zero (the model starts as the one loaded)"]
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 4, 4, generator=g), torch.rand(2, generator=g)
+    text = torch.randn(2, 5, TEXT, generator=g)
+    cond = {"text": text, "pooled": torch.randn(2, POOLED, generator=g), "label": torch.tensor([1, 2])}
+    swapped = {**cond, "text": text[:, [1, 0, 2, 3, 4]]}  # two tokens change places
+    with torch.no_grad():
+        assert torch.equal(new.eval()(x, t, cond), old.eval()(x, t, cond))
+        # without positions the joint attention is blind to the order of the text tokens ...
+        assert torch.allclose(old(x, t, swapped), old(x, t, cond), atol=1e-5)
+        new.text_pos.normal_(generator=g)
+        # ... with them it is not
+        assert (new(x, t, swapped) - new(x, t, cond)).abs().max() > 1e-3
+        with pytest.raises(ValueError, match="7 text tokens, but this model has 6 text positions"):
+            new(x, t, {**cond, "text": torch.randn(2, 7, TEXT)})
+
+
+def test_text_positions_need_a_text_stream() -> None:
+    with pytest.raises(ConfigError, match="text_positions: 4 positions, but the model has no text stream"):
+        _config(context_dim=0, text_positions=4).validate()

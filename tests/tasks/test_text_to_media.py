@@ -233,6 +233,8 @@ def test_mmdit_preset_with_overrides_and_the_filled_in_widths(tmp_path):
     ({"pos_embed_max_size": 64}, "model.mmdit.pos_embed_max_size", ["applies to pos_embed sincos"]),
     ({"pos_embed": "sincos", "rope_theta": 100.0}, "model.mmdit.rope_theta", ["applies to pos_embed rope"]),
     ({"pos_embed": "sincos", "hidden_size": 30, "num_heads": 3}, "model.mmdit.hidden_size", ["multiple of 4"]),
+    ({"text_positions": 7}, "model.mmdit.text_positions", ["7 text positions for 8 text tokens", "at least 8"]),
+    ({"text_positions": -1}, "model.mmdit.text_positions", ["out of bounds"]),
 ])
 def test_mmdit_section_errors_name_the_dotted_key(tmp_path, mmdit, key, words):
     from mmflow.config import ConfigError
