@@ -53,7 +53,7 @@ from mmflow.tasks.flow_task import FlowMatchingTask
 from mmflow.text.default import TextEncoderNotFound
 from mmflow.tokenizers import AudioVAE, ImageVAE
 from mmflow.train.checkpoint import MANIFEST, list_checkpoints, verify_checkpoint
-from mmflow.train.lora_training import BASE_MODEL_KEY
+from mmflow.train.lora_training import BASE_FROM_CWD_KEY, BASE_MODEL_KEY
 from mmflow.utils.fs import atomic_folder, write_json_atomic
 from mmflow.utils.seeding import mix_seed
 
@@ -247,9 +247,16 @@ class FlowPipeline:
                    text_encoders: Mapping[str, str] | None) -> "FlowPipeline":
         """A LoRA export: the base model its pipeline.json points at, with the export's adapter added."""
         base = Path(str(info[BASE_MODEL_KEY]))
+        tried = [str(base)]
+        if not base.exists() and BASE_FROM_CWD_KEY in info:  # the clone moved: the base's place within it
+            base = Path(str(info[BASE_FROM_CWD_KEY]))
+            tried.append(f"{base} (from {Path.cwd()})")
+            if base.exists():
+                logger.info("LoRA base model %s not found; using %s", tried[0], base)
         if not base.exists():
-            raise MissingInput(f"{folder / PIPELINE_FILE}: the LoRA adapter's base model {base} does not exist "
-                               f"(copy it along, or fold the adapter into a full model with `mmflow lora merge`)")
+            raise MissingInput(f"{folder / PIPELINE_FILE}: the LoRA adapter's base model does not exist at "
+                               f"{' nor '.join(tried)} (copy it along, or fold the adapter into a full model "
+                               f"with `mmflow lora merge`)")
         pipe = cls.from_pretrained(base, use_ema, text_encoders=text_encoders, compile=False)  # the caller compiles
         pipe.load_lora(_model_dir(folder, info.get("model", "velocity"), use_ema))
         return pipe

@@ -45,9 +45,10 @@ def _media(path: Path, **kwargs) -> torch.Tensor:
     return pipe(CAPTIONS[0], seed=3, steps=2).media
 
 
-def test_train_an_adapter_sample_with_it_and_merge_it(tmp_path, fresh_accelerate, capsys):
+def test_train_an_adapter_sample_with_it_and_merge_it(tmp_path, fresh_accelerate, capsys, monkeypatch):
     recipe = _recipe(tmp_path)
-    base, style, second = tmp_path / "base", tmp_path / "style", tmp_path / "second"
+    monkeypatch.chdir(tmp_path)  # runs named from the working directory, as a user's clone does
+    base, style, second = Path("base"), Path("style"), Path("second")
     assert main(["train", str(recipe), "--run-dir", str(base)]) == 0
     fresh_accelerate()
     lora = [f"train.init_from={base}", "train.lora.rank=2", "train.lr=0.05",
@@ -73,8 +74,22 @@ def test_train_an_adapter_sample_with_it_and_merge_it(tmp_path, fresh_accelerate
     torch.testing.assert_close(_media(style), _media(base, loras=[(style, 1.0)]), atol=0, rtol=0)
     assert not torch.allclose(half, _media(base), atol=1e-3)
 
+    # the clone moved: the export's absolute base path is gone, its place below the working directory is not
+    info = json.loads((style / "model" / "pipeline.json").read_text())
+    assert info["base_model"] == str((tmp_path / "base" / "model").resolve())
+    assert info["base_model_from_cwd"] == str(Path("base") / "model")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for run in (base, style):
+        run.rename(moved / run)
+    monkeypatch.chdir(moved)
+    torch.testing.assert_close(_media(style), _media(base, loras=[(style, 1.0)]), atol=0, rtol=0)
+    monkeypatch.chdir(tmp_path)
     capsys.readouterr()
-    assert main(["lora", "merge", str(base), str(tmp_path / "images"), str(tmp_path / "m2")]) == 2
+    assert main(["sample", str(moved / style), "--prompt", CAPTIONS[0], "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "base model does not exist at" in err and str(Path("base") / "model") in err, err
+    assert main(["lora", "merge", str(moved / base), str(tmp_path / "images"), str(tmp_path / "m2")]) == 2
     assert "is not a LoRA adapter" in capsys.readouterr().err
-    assert main(["sample", str(base), "--lora", f"{style}:nan", "--out", str(out), "--overwrite"]) == 2
+    assert main(["sample", str(moved / base), "--lora", f"{moved / style}:nan", "--out", str(out), "--overwrite"]) == 2
     assert "finite scale" in capsys.readouterr().err

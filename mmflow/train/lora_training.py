@@ -24,9 +24,12 @@ from mmflow.model_io import CorruptModel
 from mmflow.models.lora import LoraConfig, add_lora, load_adapter_state, save_adapter
 from mmflow.train.init_from import source_folder
 
-__all__ = ["BASE_MODEL_KEY", "LoraTraining", "cast_frozen"]
+__all__ = ["BASE_FROM_CWD_KEY", "BASE_MODEL_KEY", "LoraTraining", "cast_frozen"]
 
 BASE_MODEL_KEY = "base_model"  # pipeline.json: the folder a LoRA export's adapters apply to
+# ... and that folder relative to where training ran, when it lay below it: a clone moved or copied elsewhere
+# (another machine, CI) finds its base again when sampled from its own root
+BASE_FROM_CWD_KEY = "base_model_from_cwd"
 ACCELERATE_WEIGHTS = "model.safetensors"  # what accelerate's save_state names the first model's state
 
 
@@ -45,6 +48,13 @@ class LoraTraining:
         self.settings = settings
         self.base = source_folder(Path(init_from)).resolve()
         self.model_name = ""
+
+    def pipeline_info(self) -> dict[str, str]:
+        """pipeline.json's pointers at the base: its absolute path, and its path from the working directory."""
+        info = {BASE_MODEL_KEY: str(self.base)}
+        if self.base.is_relative_to(Path.cwd().resolve()):
+            info[BASE_FROM_CWD_KEY] = str(self.base.relative_to(Path.cwd().resolve()))
+        return info
 
     def attach(self, models: dict[str, nn.Module], trained: list[str]) -> None:
         """Freeze the one trained model (already loaded from the base) and add the adapter to it."""

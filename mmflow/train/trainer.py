@@ -50,7 +50,7 @@ from mmflow.train import parallelize as fsdp2
 from mmflow.train.config import Fsdp2Config
 from mmflow.train.ema import EMA
 from mmflow.train.init_from import init_from
-from mmflow.train.lora_training import BASE_MODEL_KEY, LoraTraining, cast_frozen
+from mmflow.train.lora_training import LoraTraining, cast_frozen
 from mmflow.train.lr import lr_at
 from mmflow.train.random import BatchRandom
 from mmflow.train.sampler import StreamBatchSampler
@@ -362,7 +362,7 @@ class Trainer:
         # the recipe rides along once, here, so a sampler can rebuild the task without the recipe file
         info = {**self.task.pipeline_info(), "recipe": to_dict(self.recipe)}
         if self.lora is not None:
-            info[BASE_MODEL_KEY] = str(self.lora.base)
+            info.update(self.lora.pipeline_info())
         write_json_atomic(dest / "pipeline.json", {**info, "components": components} if components else info)
 
     def _export_model_folder(self, checkpoint: Path) -> None:
