@@ -5,10 +5,11 @@ in mmflow.tasks.flow_task)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from mmflow.config import check
 from mmflow.flow.loss import DEFAULT_HUBER_C
+from mmflow.sampling.config import check_sample_overrides
 
 
 @dataclass
@@ -41,6 +42,30 @@ class MeanFlowConfig:
 
 
 @dataclass
+class ReflowConfig:
+    """flow.reflow: rectified-flow reflow (mmflow/flow/reflow.py): train on (noise, sample) pairs of a teacher's
+    ODE instead of independent noise and data, which straightens the paths for few-step sampling."""
+
+    teacher: str = field(metadata={
+        "exists": "dir", "help": "the trained flow model whose ODE makes the pairs (run, checkpoint or export); "
+                                 "usually train.init_from too"})
+    pairs: int = field(default=4096, metadata={"min": 1, "help": "pairs made (once; the run then trains on them)"})
+    sample: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "sample settings (solver, steps, guidance, grid, ...) over the teacher's recipe sample section, for "
+                "making the pairs; pair j's noise is drawn from seed + j. The guidance is baked into the pairs: "
+                "sample the student at guidance 1"})
+    batch_size: int = field(default=256, metadata={"min": 1, "help": "pairs made at once"})
+    folder: str | None = field(default=None, metadata={
+        "help": "where the pairs are kept (made when missing or made with other settings); null: <run>/reflow_pairs"})
+
+    def validate(self) -> None:
+        check(self.teacher.strip() != "", "teacher", "must name the teacher model")
+        check_sample_overrides(self.sample, "flow.reflow.pairs")
+        check(self.sample.get("solver") != "sde", "sample.solver",
+              "reflow couples each noise with ONE sample: an ODE solver (euler, heun, ...), not sde")
+
+
+@dataclass
 class FlowConfig:
     schedule: Literal["condot", "cosine", "vp"] = "condot"
     time_sampler: TimeSamplerConfig = field(default_factory=TimeSamplerConfig)
@@ -55,8 +80,12 @@ class FlowConfig:
         "help": "fm: regress the velocity; meanflow: the average velocity over [t, t + h] (1-step sampling with "
                 "sample.solver: meanflow); the model gains a zero-initialised second time input"})
     meanflow: MeanFlowConfig = field(default_factory=MeanFlowConfig)
+    reflow: ReflowConfig | None = field(default=None, metadata={
+        "help": "rectified-flow reflow on a teacher's (noise, sample) pairs (mmflow/flow/reflow.py); null: none"})
 
     def validate(self) -> None:
+        check(self.reflow is None or self.objective == "fm", "reflow",
+              "reflow trains the velocity (objective fm) on a teacher's pairs; MeanFlow on pairs is not supported")
         check(self.objective == "fm" or self.loss == "l2", "loss",
               f"{self.loss} with objective meanflow: MeanFlow's robustness is its adaptive weight "
               f"(flow.meanflow.adaptive_p); use loss: l2")

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 from mmflow.config import check
 
@@ -31,3 +32,13 @@ class SampleConfig:
     def validate(self) -> None:
         check(self.grid != "uniform" or self.shift == 1.0, "shift",
               f"{self.shift} only applies with grid: shifted or sd3 (the uniform grid has no shift)")
+
+
+def check_sample_overrides(settings: Mapping[str, Any], counted_by: str) -> None:
+    """Sample settings over a model's recipe sample section (data.prior.sample, flow.reflow.sample): known keys
+    only, and no num_samples (`counted_by` says what sets how many are made); ConfigError keys are sample.<key>."""
+    known = [f.name for f in dataclasses.fields(SampleConfig)]
+    unknown = [k for k in settings if k not in known]
+    check(not unknown, f"sample.{unknown[0]}" if unknown else "sample",
+          f"not a sample setting; known: {', '.join(known)}")
+    check("num_samples" not in settings, "sample.num_samples", f"how many are made is {counted_by}")

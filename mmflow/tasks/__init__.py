@@ -40,6 +40,9 @@ def recipe_from_dict(raw: dict[str, Any], source: str | None = None) -> Recipe:
     typed["data"] = from_dict(task_cls.data_config_class, raw.get("data") or {}, source=source, prefix="data")
     typed["model"] = from_dict(task_cls.model_config_class, raw.get("model") or {}, source=source, prefix="model")
     recipe = from_dict(Recipe, typed, source=source)
+    if recipe.flow.reflow is not None and not getattr(task_cls, "supports_reflow", False):
+        raise ConfigError(f"the {task_name} task does not train on reflow pairs (toy2d and text_to_media do)",
+                          "flow.reflow", source)
     task_cls.validate_recipe(recipe, source)
     return recipe
 

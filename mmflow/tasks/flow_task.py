@@ -8,6 +8,7 @@ over [t, t + h], through a JVP (mmflow/flow/meanflow.py).
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, Sequence
@@ -15,10 +16,14 @@ from typing import Any, Callable, ClassVar, Literal, Sequence
 import torch
 
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
+from mmflow.config import ConfigError
 from mmflow.flow.cfg import Condition, apply_condition_dropout, condition_dropout_mask
 from mmflow.flow.loss import cfm_loss
+from mmflow.flow.config import ReflowConfig
 from mmflow.flow.meanflow import jump_times, meanflow_target
+from mmflow.flow.reflow import ReflowPairs, pairs_problem, write_pairs
 from mmflow.flow.paths import GaussianPath
 from mmflow.flow.schedules import get_schedule
 from mmflow.flow.time_samplers import get_time_sampler
@@ -30,11 +35,18 @@ from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, Task
 from mmflow.utils.seeding import mix_seed
 
+logger = logging.getLogger("mmflow.tasks")
+
 VELOCITY = "velocity"  # the model name every flow task trains
+REFLOW_FOLDER = "reflow_pairs"  # flow.reflow's pairs, in the run folder unless flow.reflow.folder says otherwise
 STABILITY_ROWS = 8  # samples small-noise validation perturbs (x 4 sampler runs: cheap beside the quality check)
 
 
 class FlowMatchingTask(Task):
+    # tasks whose inputs reflow pairs can carry (prompts, labels) and whose conditions need nothing else;
+    # recipe_from_dict refuses flow.reflow for the others
+    supports_reflow: ClassVar[bool] = False
+
     def __init__(self, recipe: Any) -> None:
         super().__init__(recipe)
         self.path = GaussianPath(get_schedule(recipe.flow.schedule))
@@ -47,6 +59,82 @@ class FlowMatchingTask(Task):
     def meanflow(self) -> bool:
         """Whether the velocity model learns MeanFlow's average velocity (and so takes a second time input)."""
         return self.recipe.flow.objective == "meanflow"
+
+    @property
+    def reflow(self) -> ReflowConfig | None:
+        """flow.reflow: the run trains on a teacher's (noise, sample) pairs (mmflow/flow/reflow.py)."""
+        return self.recipe.flow.reflow
+
+    # ------------------------------------------------------------------ reflow (subclasses defer to these)
+    def reflow_folder(self) -> Path:
+        r = self.recipe.flow.reflow
+        return Path(r.folder) if r.folder else Path(self.recipe.resolved_run_dir()) / REFLOW_FOLDER
+
+    def reflow_inputs(self, n: int) -> list[Any]:
+        """The n inputs (prompts / labels; None: drawn or unconditional) the teacher makes pairs for: by default
+        the task's default inputs, cycled; a text task gives its training captions."""
+        defaults = self.default_inputs()
+        return [defaults[i % len(defaults)] for i in range(n)]
+
+    def reflow_mismatch(self, teacher: FlowMatchingTask) -> str | None:
+        """Why the teacher's samples are not this recipe's training data (another shape), or None."""
+        ours, theirs = self.sample_layout().x_shape, teacher.sample_layout().x_shape
+        return None if tuple(ours) == tuple(theirs) else f"it samples {list(theirs)}, this recipe trains on {list(ours)}"
+
+    def make_reflow_pairs(self, device: torch.device) -> None:
+        """The pairs flow.reflow asks for, made by its teacher unless the pairs folder holds them already."""
+        from mmflow.pipeline import FlowPipeline  # the pipeline imports the task registry: not at import time
+
+        r, folder = self.recipe.flow.reflow, self.reflow_folder()
+        teacher = FlowPipeline.from_pretrained(r.teacher, device=device, compile=False)
+        try:
+            cfg = teacher.sample_config(**r.sample)
+        except ConfigError as e:
+            raise ConfigError(e.message, f"flow.reflow.{e.key}" if e.key else "flow.reflow.sample") from e
+        mismatch = self.reflow_mismatch(teacher.task)
+        if mismatch:
+            raise ConfigError(f"{r.teacher} cannot make this recipe's pairs: {mismatch}", "flow.reflow.teacher")
+        made_with = {"teacher": teacher.fingerprint, "pairs": r.pairs, "solver": cfg.solver, "steps": cfg.steps,
+                     "grid": cfg.grid, "shift": cfg.shift, "guidance": cfg.guidance, "seed": cfg.seed}
+        problem = pairs_problem(folder, made_with)
+        if problem is None:
+            logger.info("flow.reflow: %d pairs in %s", r.pairs, folder)
+            return
+        layout = teacher.task.sample_layout()
+        if layout.modality is not None and teacher.task.layout_condition(layout, 1, device):
+            raise ConfigError(f"{r.teacher} conditions on its output size (timing): reflow pairs do not carry it",
+                              "flow.reflow.teacher")
+        logger.info("flow.reflow: %s; making %d pairs with %s (%s x %d, guidance %g) into %s", problem, r.pairs,
+                    r.teacher, cfg.solver, cfg.steps, cfg.guidance, folder)
+        seeds = [cfg.seed + j for j in range(r.pairs)]
+        inputs, _ = teacher.task.prepare_inputs(self.reflow_inputs(r.pairs), seeds)
+        null = teacher.task.null_condition(teacher.velocity)
+        x0 = torch.stack([torch.randn(layout.x_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        x1 = []
+        for lo in range(0, r.pairs, r.batch_size):
+            rows = inputs[lo: lo + r.batch_size]
+            cond = teacher.task.input_condition(teacher.velocity, rows, device)
+            x1.append(generate(teacher.velocity, x0[lo: lo + r.batch_size].to(device), cond, null, cfg,
+                               teacher.path).x)  # (b, *x_shape) latents: no decode
+            logger.info("flow.reflow: %d of %d pairs made", min(lo + r.batch_size, r.pairs), r.pairs)
+        write_pairs(folder, x0, torch.cat(x1), inputs, made_with)
+        del teacher
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the trained model is built next
+
+    def prepare_data(self, device: torch.device) -> None:
+        if self.reflow is not None:
+            self.make_reflow_pairs(device)
+
+    def reflow_dataset(self) -> Dataset:
+        return ReflowPairs(self.reflow_folder())
+
+    def reflow_loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom) -> LossOutput:
+        """Flow matching on the batch's pairs: x_t between each pair's own noise and sample."""
+        model = models[VELOCITY]
+        x1 = batch["x1"]
+        cond = self.input_condition(model, batch["input"], x1.device) if "input" in batch else None
+        return self.flow_loss(model, x1, cond, rng, noise=batch["x0"])
 
     def split_batch(self, batch: Any) -> tuple[Tensor, Condition | None]:
         """batch -> (z (B, ...) data, condition or None), for the default `loss`; a task that overrides
@@ -64,22 +152,25 @@ class FlowMatchingTask(Task):
         return None
 
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
+        if self.reflow is not None:
+            return self.reflow_loss(models, batch, rng)
         z, cond = self.split_batch(batch)
         return self.flow_loss(models[VELOCITY], z, cond, rng)
 
     def flow_loss(self, model: nn.Module, z: Tensor, cond: Condition | None, rng: BatchRandom,
                   keep: dict[str, Tensor] | None = None, mask: Tensor | None = None,
-                  row_weight: Tensor | None = None) -> LossOutput:
+                  row_weight: Tensor | None = None, noise: Tensor | None = None) -> LossOutput:
         """The CFM loss of data z (B, ...) under cond (entries (B, ...), or None): draws t (B,), then the
         noise eps (B, ...), then (with cond and flow.cfg_dropout > 0) the CFG drop mask (B,) from rng.
         keep: condition entries joined after CFG dropout, never dropped (image-to-video's first frame);
         mask: bool, broadcastable to z, the elements the loss covers (None: all; padded frames are not);
-        row_weight: (B,) the rows' weights in a sum instead of the mean (prior preservation, see cfm_loss).
+        row_weight: (B,) the rows' weights in a sum instead of the mean (prior preservation, see cfm_loss);
+        noise: (B, ...) the rows' coupled noise (reflow pairs) instead of fresh draws.
         MeanFlow then draws a second time (B,) and the rows that jump (B,), and regresses the average velocity
         over [t, t + h] on its target (mmflow/flow/meanflow.py); with fm_rows_time "first" its h = 0 rows are the FM loss of the same draws."""
         flow = self.recipe.flow
         t = rng.draw(lambda n, g: self.time_sampler.sample(n, generator=g)).to(z.dtype)  # (B,)
-        eps = rng.randn(*z.shape[1:]).to(z.dtype)  # (B, ...)
+        eps = rng.randn(*z.shape[1:]).to(z.dtype) if noise is None else noise.to(z.dtype)  # (B, ...)
         p_drop = flow.cfg_dropout
         drop = None
         if cond is not None and p_drop > 0:

@@ -24,7 +24,6 @@ instance rows (mmflow/data/joint.py's JointBatchSampler), and the loss is DreamB
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ from torch import Tensor
 
 from mmflow.config import ConfigError, check
 from mmflow.data.captions import JSONL, CaptionIndex, MediaEntry, find_media, load_captions
-from mmflow.sampling.config import SampleConfig
+from mmflow.sampling.config import check_sample_overrides
 from mmflow.utils.fs import write_text_atomic
 
 __all__ = ["PriorConfig", "class_items", "make_class_media", "prior_row_weights"]
@@ -73,11 +72,7 @@ class PriorConfig:
     def validate(self) -> None:
         check(self.path.strip() != "", "path", "must name the class folder")
         check(self.prompt.strip() != "", "prompt", "the class prompt must not be empty (e.g. 'a photo of a dog')")
-        known = [f.name for f in dataclasses.fields(SampleConfig)]
-        unknown = [k for k in self.sample if k not in known]
-        check(not unknown, f"sample.{unknown[0]}" if unknown else "sample",
-              f"not a sample setting; known: {', '.join(known)}")
-        check("num_samples" not in self.sample, "sample.num_samples", "the number of class items is data.prior.num")
+        check_sample_overrides(self.sample, "data.prior.num")
 
 
 def prior_row_weights(is_class: Tensor, weight: float) -> Tensor:

@@ -197,6 +197,7 @@ class MediaModelConfig:
 @register_task
 class TextToMediaTask(MediaAccounting, FlowMatchingTask):
     name = "text_to_media"
+    supports_reflow = True
     data_config_class = MediaDataConfig
     model_config_class = MediaModelConfig
 
@@ -204,7 +205,6 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         super().__init__(recipe)
         # tokenizer + text encoders, frozen and loaded on first use: training, `mmflow prepare`, sampling
         self.encoders = MediaEncoders(recipe.model.tokenizer, recipe.model.text)
-        self.run_dir: Path = Path(recipe.resolved_run_dir())
         self._evaluator: Evaluator | None = None  # built at the first validation that evaluates (recipe eval:)
         self._real: MediaSet | None = None
         self._as_clips = False  # the image part of a joint recipe: its images are read as 1-frame clips
@@ -241,6 +241,11 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
                              context_dim=self.encoders.context_dim, pooled_dim=self.encoders.pooled_dim,
                              scalar_conditions=TIMING if self.recipe.model.timing else (),
                              interval_embed=self.meanflow)
+
+    @property
+    def run_dir(self) -> Path:
+        """The run folder (the Trainer sets the recipe's run_dir to its own): default home of the cache and pairs."""
+        return Path(self.recipe.resolved_run_dir())
 
     @property
     def i2v(self) -> bool:
@@ -375,6 +380,7 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         """Prior preservation: the class items the class folder lacks, made by the base model (main process)."""
         if self.recipe.data.prior is not None:
             make_class_media(self.recipe, device)
+        super().prepare_data(device)  # reflow pairs
 
     def _own_dataset(self) -> tuple[Dataset, bool]:
         """(the cache if it is there and fresh, else the raw media; whether it is the cache), by data.use_cache."""
@@ -394,6 +400,8 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
     def build_dataset(self) -> Dataset:
         if self.recipe.eval.metrics or self.recipe.eval.check:  # before training: an evaluation that cannot run is refused now
             self._prepare_quality(torch.device("cpu"))
+        if self.reflow is not None:
+            return self.reflow_dataset()
         video, cached = self._own_dataset()
         second = self.second_part()
         if second is None:
@@ -410,6 +418,8 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         return self.track_dropped(JointDataset(video, images))
 
     def collate(self, items: list[Any]) -> Any:
+        if self.reflow is not None:
+            return default_collate(items)
         if self._joint and self.recipe.data.prior is not None:  # same-sized rows: nothing to pad
             return collate_sources(items, self._collate_same_length)
         if self._joint:
@@ -430,6 +440,8 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
 
     def batch_sampler(self, dataset: Dataset, local_batch: int, rank: int, world_size: int, seed: int,
                       start: int) -> Any:
+        if self.reflow is not None:
+            return None  # the trainer's stream over the pairs
         if not isinstance(dataset, JointDataset):
             return self._sampler(dataset, local_batch, rank, world_size, start)
         part, fraction = self.second_part()  # type: ignore[misc]
@@ -443,6 +455,8 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
 
     # ------------------------------------------------------------------ loss
     def loss(self, models: dict[str, nn.Module], batch: Any, rng: BatchRandom, optimizer: str, step: int) -> LossOutput:
+        if self.reflow is not None:
+            return self.reflow_loss(models, batch, rng)
         # raw or cached batch -> latents and text with per-encoder dropout (the trainer placed the encoders)
         enc = self.encoders.encode_batch(batch, rng)
         keep, mask = {}, None
@@ -666,6 +680,22 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
 
     def input_condition(self, velocity: nn.Module, rows: Sequence[Any], device: torch.device) -> dict[str, Tensor]:
         return self.encoders.encode_prompts(list(rows)).as_condition()  # on the device the encoders were placed on
+
+    def reflow_mismatch(self, teacher: FlowMatchingTask) -> str | None:
+        """The pairs are latents: the teacher's tokenizer must be this recipe's (same weights), and their shape."""
+        if not isinstance(teacher, TextToMediaTask):
+            return f"it is a {teacher.name} model, not text-to-media"
+        if teacher.encoders.describe()["tokenizer"] != self.encoders.describe()["tokenizer"]:
+            return "its tokenizer (VAE) is not this recipe's model.tokenizer (other weights)"
+        return super().reflow_mismatch(teacher)
+
+    def reflow_inputs(self, n: int) -> list[Any]:
+        """The training captions, cycled (item order; the pair's seed varies the rest)."""
+        captions = [e.text for e in self.raw_dataset().entries if e.problem is None]
+        if not captions:
+            raise ConfigError(f"{self.recipe.data.path} holds no usable captioned items to make reflow pairs for",
+                              "data.path")
+        return [captions[i % len(captions)] for i in range(n)]
 
     def negative_condition(self, velocity: nn.Module, prompt: str, device: torch.device) -> dict[str, Tensor]:
         return self.input_condition(velocity, [prompt], device)

@@ -13,6 +13,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from mmflow.data.toy2d import TOY_DATASETS, Toy2DDataset, sample_toy
 from mmflow.flow.loss import TBinStats
@@ -55,6 +56,7 @@ class Toy2DModelConfig:
 @register_task
 class Toy2DTask(FlowMatchingTask):
     name = "toy2d"
+    supports_reflow = True
     data_config_class = Toy2DDataConfig
     model_config_class = Toy2DModelConfig
 
@@ -69,7 +71,9 @@ class Toy2DTask(FlowMatchingTask):
                                 ignore_time=m.ignore_time, interval_embed=self.meanflow)
         return {VELOCITY: MLPVelocity(cfg)}
 
-    def build_dataset(self) -> Toy2DDataset:
+    def build_dataset(self) -> Dataset:
+        if self.reflow is not None:
+            return self.reflow_dataset()
         return Toy2DDataset(self.recipe.data.dataset, self.recipe.data.num_samples, self.recipe.seed)
 
     def split_batch(self, batch: Any) -> tuple[Tensor, Tensor | None]:

@@ -156,6 +156,8 @@ class Trainer:
         self.cfg = recipe.train
         self.task = task
         self.run_dir = Path(run_dir)
+        # what the task keeps in the run folder by default (cache, reflow pairs) follows --run-dir too
+        recipe.run_dir = task.recipe.run_dir = str(self.run_dir)
         self.resume = resume
         self.overfit_batch = overfit_batch
         self.accelerator = accelerator or make_accelerator(self.cfg, self.run_dir)

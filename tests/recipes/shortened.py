@@ -13,3 +13,18 @@ def shortened(data: Path, test: Path, steps: int, samples: int = 4) -> list[str]
             f"train.max_steps={steps}", "train.warmup_steps=0", "train.checkpoint_every=2", "train.validate_every=2",
             "train.log_every=1", "data.eval_per_prompt=1", f"eval.num_samples={samples}", f"eval.batch_size={samples}",
             "sample.steps=2"]
+
+
+def shipped_shapes_finetune(root: Path) -> tuple[Path, Path, list[str]]:
+    """For recipes that fine-tune the shipped shapes_t2i (the model stays the shipped one): small train and test
+    shapes folders under `root`, and the overrides that point the recipe at them and shrink only its counts (two
+    steps, batch 4, a validation with 4 probe samples)."""
+    from mmflow.data.shapes import ShapesConfig, write_shapes_folder
+
+    data, test = root / "train", root / "test"
+    write_shapes_folder(data, ShapesConfig(n_one=8, n_two=2), split="train")
+    write_shapes_folder(test, ShapesConfig(n_test_two=2), split="test")
+    return data, test, [
+        f"data.path={data}", f"data.cache={root / 'cache'}", f"eval.real={test}", "train.batch_size=4",
+        "train.max_steps=2", "train.warmup_steps=0", "train.checkpoint_every=2", "train.validate_every=2",
+        "train.log_every=1", "data.eval_per_prompt=1", "eval.num_samples=4", "eval.batch_size=4"]

@@ -13,26 +13,18 @@ from PIL import Image
 from safetensors import safe_open
 
 from mmflow.cli import main
-from mmflow.data.shapes import ShapesConfig, write_shapes_folder
 from tests.conftest import REPO
+from tests.recipes.shortened import shipped_shapes_finetune
 
 RECIPE = REPO / "recipes" / "meanflow_shapes_t2i.yaml"
 
 
-def _overrides(data: Path, test: Path) -> list[str]:
-    return [f"data.path={data}", f"data.cache={data.parent / 'cache'}", f"eval.real={test}", "train.batch_size=4",
-            "train.max_steps=2", "train.warmup_steps=0", "train.checkpoint_every=2", "train.validate_every=2",
-            "train.log_every=1", "data.eval_per_prompt=1", "eval.num_samples=4", "eval.batch_size=4"]
-
-
 def test_meanflow_recipe_fine_tunes_the_shipped_model_and_samples_in_two_jumps(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    data, test = tmp_path / "train", tmp_path / "test"
-    write_shapes_folder(data, ShapesConfig(n_one=8, n_two=2), split="train")
-    write_shapes_folder(test, ShapesConfig(n_test_two=2), split="test")
+    _, _, overrides = shipped_shapes_finetune(tmp_path)
     run = tmp_path / "run"
     monkeypatch.chdir(REPO)  # the recipe names the shipped model and tokenizer from the repository root
-    assert main(["train", str(RECIPE), "--run-dir", str(run), *_overrides(data, test)]) == 0
+    assert main(["train", str(RECIPE), "--run-dir", str(run), *overrides]) == 0
     out = capsys.readouterr().out
     assert "prompt check 'shapes': 4 samples" in out, out
     log = (run / "train.log").read_text()

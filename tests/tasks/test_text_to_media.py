@@ -378,3 +378,52 @@ def test_sincos_positions_take_the_converted_sd3_model_and_must_cover_the_items(
     with pytest.raises(ConfigError) as info:
         small.build_models()
     assert info.value.key == "model.mmdit.pos_embed_max_size" and "8" in str(info.value)
+
+
+def test_reflow_trains_on_the_teachers_pairs_made_once(tmp_path, vae_dir, fresh_accelerate):
+    from mmflow.config import ConfigError
+    from mmflow.flow.reflow import PAIRS_FILE, read_pairs
+    from mmflow.pipeline import FlowPipeline
+
+    folder = _folder(tmp_path / "media", n=4)
+    teacher = tmp_path / "teacher"
+    _train(_recipe(tmp_path, folder, vae_dir, use_cache="off"), teacher)
+    fresh_accelerate()
+    raw = _raw_recipe(tmp_path, folder, vae_dir, use_cache="off")
+    raw["run_dir"] = str(tmp_path / "student")
+    raw["flow"] = {"cfg_dropout": 0.0, "reflow": {"teacher": str(teacher), "pairs": 6, "batch_size": 4,
+                                                  "sample": {"solver": "euler", "steps": 3, "guidance": 3.0}}}
+    raw["train"]["init_from"] = str(teacher)
+    raw["sample"] = {"solver": "euler", "steps": 1, "num_samples": 2, "guidance": 1.0}
+    _, task = _train(recipe_from_dict(raw), tmp_path / "student")
+    pairs = tmp_path / "student" / "reflow_pairs"
+    x0, x1, inputs = read_pairs(pairs)
+    assert x0.shape == x1.shape == (6, *task.latent_shape())
+    assert inputs == [CAPTIONS[i % 4] for i in range(6)]  # the training captions, cycled
+    # pair j is the teacher's own sample from seed j at the pairs' settings, before decoding
+    pipe = FlowPipeline.from_pretrained(teacher)
+    out = pipe(inputs[1], seed=1, solver="euler", steps=3, guidance=3.0)
+    torch.testing.assert_close(out.media[0], pipe.task.sample_layout().decode(x1[1:2])[0].clamp(-1, 1),
+                               atol=1e-5, rtol=1e-5)
+    assert torch.equal(x0[1], torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(1)))
+    made = (pairs / PAIRS_FILE).stat().st_mtime_ns
+    task.make_reflow_pairs(torch.device("cpu"))  # a second start: the pairs are there
+    assert (pairs / PAIRS_FILE).stat().st_mtime_ns == made
+    raw["flow"]["reflow"]["sample"]["guidance"] = 2.0  # other settings: made again
+    TextToMediaTask(recipe_from_dict(raw)).make_reflow_pairs(torch.device("cpu"))
+    assert not torch.equal(read_pairs(pairs)[1], x1)
+    assert main(["sample", str(tmp_path / "student"), "--prompt", "a red square", "--out", str(tmp_path / "out")]) == 0
+    pixels = recipe_from_dict({**raw, "model": {**raw["model"], "tokenizer": None}})  # latents are not pixels
+    with pytest.raises(ConfigError, match="its tokenizer .VAE. is not this recipe's model.tokenizer") as info:
+        TextToMediaTask(pixels).make_reflow_pairs(torch.device("cpu"))
+    assert info.value.key == "flow.reflow.teacher"
+
+
+def test_a_task_that_cannot_carry_reflow_pairs_refuses_them(tmp_path):
+    from mmflow.config import ConfigError
+    from mmflow.tasks import load_recipe
+    from tests.conftest import REPO
+
+    with pytest.raises(ConfigError, match="the digits_image task does not train on reflow pairs") as info:
+        load_recipe(REPO / "recipes" / "digits_image.yaml", [f"flow.reflow.teacher={tmp_path}"])
+    assert info.value.key == "flow.reflow" and info.value.source.endswith("digits_image.yaml")

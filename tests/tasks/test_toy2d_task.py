@@ -111,3 +111,28 @@ def test_meanflow_one_step_samples_beat_one_euler_step_of_the_flow_model(tmp_pat
     mf, fm = quality["mf"], quality["fm"]
     assert mf["nfe"] == fm["nfe"] == 1
     assert mf["sliced_w1"] < 0.75 * fm["sliced_w1"], (mf, fm)
+
+
+def test_reflow_straightens_the_paths_and_improves_one_step_samples(trained_run, tmp_path, fresh_accelerate,
+                                                                     make_toy_recipe):
+    from mmflow.flow.reflow import straightness
+
+    recipe = make_toy_recipe("model.hidden=128", "model.depth=3", "model.time_frequency_dim=32", "train.batch_size=256",
+                             "train.max_steps=400", "train.warmup_steps=20", "train.log_every=100",
+                             "train.checkpoint_every=400", "sample.num_samples=2000", "sample.solver=euler",
+                             "sample.steps=1", "sample.guidance=1", f"flow.reflow.teacher={trained_run}",
+                             "flow.reflow.pairs=8192", f"train.init_from={trained_run}", f"run_dir={tmp_path / 'student'}",
+                             base=())
+    Trainer(recipe, Toy2DTask(recipe), tmp_path / "student").train()
+    assert (tmp_path / "student" / "reflow_pairs" / "pairs.safetensors").is_file()
+    x0 = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 8, (2000,), generator=torch.Generator().manual_seed(2))
+    score = {}
+    for name, run in (("teacher", trained_run), ("student", tmp_path / "student")):
+        pipe = FlowPipeline.from_pretrained(run)
+        with torch.no_grad():
+            s = straightness(lambda x, t: pipe.velocity(x, t, labels), x0, 32).relative
+        score[name] = (s, _quality(run, "solver=euler", "steps=1", "guidance=1")["sliced_w1"])
+    (s_teacher, w_teacher), (s_student, w_student) = score["teacher"], score["student"]
+    assert s_student < 0.2 * s_teacher, score  # measured: 0.0176 -> 0.0005 on a smaller teacher
+    assert w_student < 0.8 * w_teacher, score  # 0.249 -> 0.158
