@@ -60,6 +60,12 @@ class FlowMatchingTask(Task):
         """Whether the velocity model learns MeanFlow's average velocity (and so takes a second time input)."""
         return self.recipe.flow.objective == "meanflow"
 
+    def compiled_model(self) -> str | None:
+        return VELOCITY
+
+    def jvp_training(self) -> str | None:
+        return "flow.objective meanflow differentiates the model with torch.func.jvp" if self.meanflow else None
+
     @property
     def reflow(self) -> ReflowConfig | None:
         """flow.reflow: the run trains on a teacher's (noise, sample) pairs (mmflow/flow/reflow.py)."""

@@ -41,7 +41,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from mmflow.models.mmdit import MMDiTBlock
 from mmflow.train.config import Fsdp2Config
 
-__all__ = ["SHARD_UNITS", "clip_grad_norm", "full_state_dict", "full_optimizer_state", "is_sharded",
+__all__ = ["SHARD_UNITS", "clip_grad_norm", "full_state_dict", "full_optimizer_state", "has_units", "is_sharded",
            "load_full_optimizer_state", "load_full_state_dict", "no_sync", "parallelize", "shard_like"]
 
 SHARD_UNITS: tuple[type[nn.Module], ...] = (MMDiTBlock,)  # each instance is its own FSDP unit
@@ -75,6 +75,11 @@ def parallelize(model: nn.Module, mesh_or_world: DeviceMesh | int, config: Fsdp2
     # the root's weights are needed again at once for the backward: FSDP2 keeps the root gathered regardless
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return [*units, model]
+
+
+def has_units(model: nn.Module) -> bool:
+    """Whether `model` holds SHARD_UNITS submodules (what `parallelize` shards one by one)."""
+    return any(isinstance(m, SHARD_UNITS) for m in model.modules())
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -73,6 +73,15 @@ class Task(ABC):
         """Models that get an EMA copy (used for validation and export)."""
         return self.optimizer_groups(models)[next(iter(self.optimizer_groups(models)))]
 
+    def compiled_model(self) -> str | None:
+        """The model train.compile applies to (the one whose forward dominates a step), or None: none."""
+        return None
+
+    def jvp_training(self) -> str | None:
+        """Why the loss differentiates a model forward-mode (torch.func.jvp), which compile and sharding are not
+        tested with; None when it does not."""
+        return None
+
     def frozen_models(self) -> dict[str, nn.Module]:
         """Modules the task computes with but never trains (a tokenizer, text encoders), by name, in eval
         mode. May load them (lazily built parts). The trainer places them once after building, with

@@ -43,8 +43,6 @@ from mmflow.errors import UserError
 from mmflow.flow.loss import TBinStats
 from mmflow.model_io import load_state_dict, load_weights_strict, save_model
 from mmflow.models.compile import compile_decision, compile_module
-from mmflow.models.mmdit import MMDiTBlock
-from mmflow.tasks.flow_task import VELOCITY
 from mmflow.train import checkpoint as ckpt
 from mmflow.train import parallelize as fsdp2
 from mmflow.train.config import Fsdp2Config
@@ -230,24 +228,26 @@ class Trainer:
         self.dataset = self.task.build_dataset()
 
     def _compile(self) -> None:
-        """train.compile: compile the velocity model's forward in place (mmflow/models/compile.py; its state_dict
-        keys, hence checkpoints and exports, stay the eager ones), and log what was decided and why."""
-        if VELOCITY not in self.models:
+        """train.compile: compile the forward of the model the task names (task.compiled_model) in place
+        (mmflow/models/compile.py; its state_dict keys, hence checkpoints and exports, stay the eager ones), and
+        log what was decided and why."""
+        name = self.task.compiled_model()
+        if name is None or name not in self.models:
             if self.cfg.compile is True and self.is_main:
-                logger.warning("compile: eager (train.compile: true, but task %s trains no velocity model, the one "
-                               "model compile applies to)", self.task.name)
+                logger.warning("compile: eager (train.compile: true, but task %s names no model to compile)",
+                               self.task.name)
             return
-        blocker = None
-        if self._meanflow():
-            blocker = "flow.objective meanflow differentiates the model with torch.func.jvp, untested through compile"
+        blocker = self.task.jvp_training()
+        if blocker is not None:
+            blocker += ", untested through compile"
         elif self.sharded:
             blocker = "sharding fsdp2 with compile is untested"
-        model = self.accelerator.unwrap_model(self.models[VELOCITY])
+        model = self.accelerator.unwrap_model(self.models[name])
         on, why = compile_decision(self.cfg.compile, self.accelerator.device, model, "train.compile", blocker)
         if on:
             compile_module(model)
         if self.is_main:
-            logger.info("compile: %s (%s)", f"{VELOCITY} ({type(model).__name__}) compiled, on its first step"
+            logger.info("compile: %s (%s)", f"{name} ({type(model).__name__}) compiled, on its first step"
                         if on else "eager", why)
 
     def _shard(self, models: dict[str, nn.Module], trained: list[str]) -> dict[str, EMA]:
@@ -282,16 +282,12 @@ class Trainer:
                    "--multi_gpu), or set sharding: none and let the plugin shard")
         elif len(self.groups) > 1:
             why = f"one optimizer is supported; task {self.task.name} steps {list(self.groups)} (use sharding: none)"
-        elif not any(isinstance(m, MMDiTBlock) for n in trained for m in models[n].modules()):
+        elif not any(fsdp2.has_units(models[n]) for n in trained):
             why = f"it shards MM-DiT blocks; task {self.task.name} trains none (use sharding: none)"
-        elif self._meanflow():
-            why = "flow.objective meanflow's JVP through sharded blocks is untested (use sharding: none)"
+        elif self.task.jvp_training() is not None:
+            why = f"{self.task.jvp_training()}, untested through sharded blocks (use sharding: none)"
         if why is not None:
             raise ConfigError(f"fsdp2: {why}", "train.sharding")
-
-    def _meanflow(self) -> bool:
-        """The recipe trains with MeanFlow's JVP (flow.objective), which compile and fsdp2 do not support yet."""
-        return getattr(getattr(self.recipe, "flow", None), "objective", "fm") == "meanflow"
 
     def _no_sync(self, name: str) -> Any:
         """Hold back the gradient averaging of model `name` for a micro-batch (DDP's no_sync or FSDP2's)."""
