@@ -20,11 +20,11 @@ from torch.utils.data import Dataset
 
 from mmflow.config import ConfigError
 from mmflow.flow.cfg import Condition, apply_condition_dropout, condition_dropout_mask
-from mmflow.flow.loss import cfm_loss
 from mmflow.flow.config import ReflowConfig
+from mmflow.flow.loss import cfm_loss
 from mmflow.flow.meanflow import jump_times, meanflow_target
-from mmflow.flow.reflow import ReflowPairs, pairs_problem, write_pairs
 from mmflow.flow.paths import GaussianPath
+from mmflow.flow.reflow import ReflowPairs, pairs_problem, write_pairs
 from mmflow.flow.schedules import get_schedule
 from mmflow.flow.time_samplers import get_time_sampler
 from mmflow.metrics.stability import noise_stability
