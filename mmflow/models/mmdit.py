@@ -30,8 +30,8 @@ and MLP, and ONE joint attention over the concatenated sequence (SD3's JointTran
 the last block only supplies keys and values from the text stream (SD3's context_pre_only). The
 conditioning vector is c = time embedding + pooled-text projection (+ label embedding) (+ interval embedding).
 Text tokens carry no positions of their own (SD3: order is whatever the encoder's states hold); with
-text_positions a learned vector per token index is added after the context projection, for small
-encoders whose states lose word order ("a red star left of a blue circle" vs "... right of ...").
+text_positions a learned vector per token index is added after the context projection, so word order
+("a red star left of a blue circle" vs "a blue circle left of a red star") need not be read out of them.
 
 Run-time settings, not saved with the model: `MMDiT(config, attention_backend=..., gradient_checkpointing=...)`
 or later `model.set_attention_backend("math")` / `model.set_gradient_checkpointing(True)`.
