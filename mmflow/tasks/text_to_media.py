@@ -690,12 +690,14 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         return super().reflow_mismatch(teacher)
 
     def reflow_inputs(self, n: int) -> list[Any]:
-        """The training captions, cycled (item order; the pair's seed varies the rest)."""
+        """n captions spread evenly over the training items in file order (the pair's seed varies the rest):
+        a folder that lists one kind of caption first (one-object, then two-object) gives pairs of every kind
+        even when n is below the item count."""
         captions = [e.text for e in self.raw_dataset().entries if e.problem is None]
         if not captions:
             raise ConfigError(f"{self.recipe.data.path} holds no usable captioned items to make reflow pairs for",
                               "data.path")
-        return [captions[i % len(captions)] for i in range(n)]
+        return [captions[(2 * i + 1) * len(captions) // (2 * n)] for i in range(n)]  # each pick centred in its share
 
     def negative_condition(self, velocity: nn.Module, prompt: str, device: torch.device) -> dict[str, Tensor]:
         return self.input_condition(velocity, [prompt], device)

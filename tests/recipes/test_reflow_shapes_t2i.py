@@ -28,8 +28,10 @@ def test_reflow_recipe_makes_pairs_with_the_shipped_model_and_trains_on_them(
     assert "prompt check 'shapes': 4 samples" in capsys.readouterr().out
     x0, x1, inputs = read_pairs(run / "reflow_pairs")
     assert x0.shape == x1.shape == (6, 16, 16, 16)  # the f4 tokenizer's latents of 64x64 images
-    captions = [json.loads(line)["text"] for line in (data / "metadata.jsonl").read_text().splitlines()]
-    assert inputs == captions[:6]
+    rows = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]
+    picked = [rows[i] for i in (0, 2, 4, 5, 7, 9)]  # spread over the folder, not its head
+    assert inputs == [row["text"] for row in picked]
+    assert {row["kind"] for row in picked} == {"one", "two"}  # the folder lists one-object items first
     assert torch.isfinite(x1).all() and x1.std() > 0.1
     samples = tmp_path / "samples"
     assert main(["sample", str(run), "--prompt", "a large blue square in the centre", "--out", str(samples),

@@ -399,7 +399,7 @@ def test_reflow_trains_on_the_teachers_pairs_made_once(tmp_path, vae_dir, fresh_
     pairs = tmp_path / "student" / "reflow_pairs"
     x0, x1, inputs = read_pairs(pairs)
     assert x0.shape == x1.shape == (6, *task.latent_shape())
-    assert inputs == [CAPTIONS[i % 4] for i in range(6)]  # the training captions, cycled
+    assert inputs == [CAPTIONS[i] for i in (0, 1, 1, 2, 3, 3)]  # the 4 training captions, spread over 6 pairs
     # pair j is the teacher's own sample from seed j at the pairs' settings, before decoding
     pipe = FlowPipeline.from_pretrained(teacher)
     out = pipe(inputs[1], seed=1, solver="euler", steps=3, guidance=3.0)
