@@ -8,6 +8,7 @@ memory of the step are reported side by side. A third column runs a copy of the 
 
     .venv/bin/python benchmarks/mmdit_step.py                        # CPU, two small sizes
     .venv/bin/python benchmarks/mmdit_step.py --device cuda --dtype bfloat16 --sizes B L --peak-tflops 989
+    .venv/bin/python benchmarks/mmdit_step.py --sizes S --autocast   # float32 weights, bf16 autocast (the recipes' CPU path)
     .venv/bin/python benchmarks/mmdit_step.py --tiny                 # a quick check of this script (seconds)
 --peak-tflops P adds model FLOPs utilisation, achieved model FLOP/s over P TFLOP/s (the chip's dense peak
 in the dtype: H100/H200 bf16 989). Model FLOPs of one training sample (forward + backward = 3 forwards):
@@ -80,9 +81,16 @@ def _forward_fn(which: str, model, x, text, pooled, t):
     return lambda: model(hidden_states=x, encoder_hidden_states=text, pooled_projections=pooled, timestep=ts).sample
 
 
-def _step_fn(which: str, model, x, text, pooled, t):
+def _step_fn(which: str, model, x, text, pooled, t, autocast: torch.dtype | None = None):
     forward = _forward_fn(which, model, x, text, pooled, t)
-    return lambda: forward().float().square().mean().backward()
+    if autocast is None:
+        return lambda: forward().float().square().mean().backward()
+
+    def step():  # float32 weights, matmuls in `autocast`: train.mixed_precision's step (the backward outside, as accelerate)
+        with torch.autocast(x.device.type, dtype=autocast):
+            loss = forward().float().square().mean()
+        loss.backward()
+    return step
 
 
 def train_flops_per_sample(model, size: str) -> float:
@@ -138,6 +146,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--autocast", action="store_true",
+                   help="float32 weights under bf16 autocast, as recipes train with train.mixed_precision: bf16")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the compiled column")
     p.add_argument("--peak-tflops", type=float, default=None, help="the chip's dense peak: adds the MFU columns")
     p.add_argument("--tiny", action="store_true", help="size tiny, batch 2, 2 repeats: checks the script runs")
@@ -147,7 +157,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     cuda = args.device.startswith("cuda")
     columns = ["mmflow", *(["compiled"] if args.compile else []), "diffusers"]
-    print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}, threads {torch.get_num_threads()}, "
+    print(f"torch {torch.__version__}, device {args.device}, dtype {args.dtype}"
+          f"{' under bf16 autocast' if args.autocast else ''}, threads {torch.get_num_threads()}, "
           f"batch {args.batch}, median of {args.repeats} forward+backward steps, the models alternating; "
           f"compiled = mmflow under torch.compile (inductor)")
     memory = ("MiB peak of a step (torch.cuda.max_memory_allocated less the other models' weights)" if cuda
@@ -166,7 +177,8 @@ def main() -> None:
         fns = {}
         for which, model in models.items():
             model.to(args.device, dtype).train()
-            fns[which] = _step_fn("diffusers" if which == "diffusers" else "mmflow", model, x, text, pooled, t)
+            fns[which] = _step_fn("diffusers" if which == "diffusers" else "mmflow", model, x, text, pooled, t,
+                                  torch.bfloat16 if args.autocast else None)
         # gradients accumulate across repeats in every model alike; set_to_none would add an allocation
         secs = _time_interleaved(fns, args.repeats, args.device)
         result = {k: args.batch / v for k, v in secs.items()}
@@ -184,7 +196,8 @@ def main() -> None:
             else:
                 kind = "diffusers" if which == "diffusers" else "mmflow"
                 try:  # a compiled graph may not expose what it saves to the hooks (then: n/a)
-                    peak[which] = _saved_for_backward_mib(_forward_fn(kind, model, x, text, pooled, t))
+                    with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.autocast):
+                        peak[which] = _saved_for_backward_mib(_forward_fn(kind, model, x, text, pooled, t))
                 except Exception:  # noqa: BLE001  (a benchmark column, not a result to stop for)
                     peak[which] = None
         tokens = (SIZES[size][3] // 2) ** 2 + SIZES[size][4]
