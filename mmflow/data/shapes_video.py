@@ -8,6 +8,9 @@ one way the whole clip, captioned with what a probe (mmflow.metrics.probes.shape
     motions: moving to the left / right, moving up / down, rotating clockwise / counterclockwise
     (never a circle: its turn is invisible), growing, shrinking; backgrounds: white, black, grey
 
+EXTRA_MOTIONS (up-right: "moving up and to the right") are never drawn by the default splits: a concept set
+(mmflow.data.shapes_video_concept) teaches a trained model one of them, and the probe reads them always.
+
 Motions are large enough to be unambiguous in 9 frames: a move crosses 28-36 px, a turn is 90 degrees
 or more (square, cross and diamond 90, triangle 120, star 144: two of its 72-degree symmetries, so
 square, cross, diamond and star end upright again), a change of size is x1.8-2.0 in side. Every clip
@@ -49,16 +52,22 @@ import torch
 from mmflow.config import check
 from mmflow.data.shapes import COLOURS, IMAGE_SIZE, SHAPES, CaptionError, render
 
-__all__ = ["BACKGROUNDS", "FRAMES", "MOTIONS", "ClipItem", "ClipPrompt", "ShapesVideoConfig", "all_combos", "caption",
+__all__ = ["ALL_MOTIONS", "BACKGROUNDS", "EXTRA_MOTIONS", "FRAMES", "MOTIONS", "ClipItem", "ClipPrompt", "ShapesVideoConfig", "all_combos", "caption",
            "clip_tensor", "draw_clip", "held_out_combos", "make_clips", "parse_caption", "test_prompts",
-           "write_clips_folder"]
+           "write_clip_items", "write_clips_folder"]
 
 TEMPORAL_FACTOR = 4  # the causal video VAE keeps frame 0 and packs every 4 after it: T = 1 + 4k
 FRAMES = (9, 13, 17)  # the clip lengths this set makes
 MOTIONS = ("left", "right", "up", "down", "clockwise", "counterclockwise", "growing", "shrinking")
+# Motions no default split draws: a concept set (mmflow.data.shapes_video_concept) teaches a trained model one.
+# The probe reads a move whose two axes both travel >= its MOVE_PX, within a factor 2 of each other, as up-right
+# when it goes up and to the right (other diagonals keep their larger axis, as before).
+EXTRA_MOTIONS = ("up-right",)
+ALL_MOTIONS = MOTIONS + EXTRA_MOTIONS  # every motion a caption may name, a clip show and the probe read
 _MOTION_PHRASE = {"left": "moving to the left", "right": "moving to the right", "up": "moving up",
                   "down": "moving down", "clockwise": "rotating clockwise",
-                  "counterclockwise": "rotating counterclockwise", "growing": "growing", "shrinking": "shrinking"}
+                  "counterclockwise": "rotating counterclockwise", "growing": "growing", "shrinking": "shrinking",
+                  "up-right": "moving up and to the right"}
 ROTATIONS = ("clockwise", "counterclockwise")
 # Hue-less backgrounds: an object's anti-aliased rim keeps its hue on each (the colour probe votes by
 # hue), and every object colour is >= 110/255 from each in some channel (the probe's foreground test).
@@ -68,6 +77,7 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {"white": (255, 255, 255), "black
 TURN = {"square": 90.0, "cross": 90.0, "diamond": 90.0, "triangle": 120.0, "star": 144.0}
 MOVE_SIDE = (14.0, 20.0)  # px side of a moving object
 MOVE_DISTANCE = (28.0, 36.0)  # px its centre travels
+DIAGONAL_DISTANCE = (20.0, 25.0)  # px a diagonal move's centre travels along each axis (28-35 px in all)
 TURN_SIDE = (18.0, 22.0)  # px side of a turning object
 SCALE_START = (10.0, 12.0)  # px side of a growing object's first frame (a shrinking one's last)
 SCALE_RATIO = (1.8, 2.0)  # its last side over its first
@@ -81,7 +91,7 @@ class ClipPrompt:
 
     shape: str
     colour: str
-    motion: str  # a MOTIONS name
+    motion: str  # an ALL_MOTIONS name
     background: str  # a BACKGROUNDS name
 
     @property
@@ -208,6 +218,12 @@ def _track(prompt: ClipPrompt, frames: int, rng: np.random.Generator) -> list[tu
         across = np.full(frames, rng.uniform(lo, hi))
         xs, ys = (along, across) if m in ("left", "right") else (across, along)
         return [(float(x), float(y), s, 0.0) for x, y in zip(xs, ys)]
+    if m == "up-right":
+        s = rng.uniform(*MOVE_SIDE)
+        lo, hi = s / 2 + 1, IMAGE_SIZE - 1 - s / 2
+        d = rng.uniform(*DIAGONAL_DISTANCE)
+        x0, y0 = rng.uniform(lo, hi - d), rng.uniform(lo + d, hi)  # y grows downwards: up is y - d
+        return [(float(x0 + d * v), float(y0 - d * v), s, 0.0) for v in u]
     cx, cy = c + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, 2)
     if m in ROTATIONS:
         s = rng.uniform(*TURN_SIDE)
@@ -263,19 +279,24 @@ def write_clips_folder(folder: str | Path, cfg: ShapesVideoConfig, split: str = 
     """Write the split into `folder` as a video folder: videos/00000.mp4 ... (H.264 at cfg.fps) and
     metadata.jsonl lines {"file_name", "text", "shape", "colour", "motion", "background", "num_frames",
     "fps"}; returns the folder. Files of an earlier write are replaced, never merged."""
+    return write_clip_items(folder, make_clips(cfg, split), cfg.fps)
+
+
+def write_clip_items(folder: str | Path, items: list[ClipItem], fps: float) -> Path:
+    """Write clips as a video folder (videos/00000.mp4 ..., H.264 at `fps`, and metadata.jsonl as
+    write_clips_folder's); returns the folder. Files of an earlier write are replaced, never merged."""
     from mmflow.utils.fs import atomic_folder
     from mmflow.utils.media_io import write_mp4
 
-    items = make_clips(cfg, split)
     with atomic_folder(folder) as tmp:
         lines = []
         for i, item in enumerate(items):
             name = f"videos/{i:05d}.mp4"
-            write_mp4(clip_tensor(item.frames), tmp / name, fps=cfg.fps)
+            write_mp4(clip_tensor(item.frames), tmp / name, fps=fps)
             p = item.prompt
             lines.append(json.dumps({"file_name": name, "text": item.caption, "shape": p.shape, "colour": p.colour,
                                      "motion": p.motion, "background": p.background,
-                                     "num_frames": int(item.frames.shape[0]), "fps": cfg.fps}))
+                                     "num_frames": int(item.frames.shape[0]), "fps": fps}))
         (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return Path(folder)
 

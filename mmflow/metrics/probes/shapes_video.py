@@ -9,7 +9,8 @@ probe's shape classifier:
   the first frame: every clip of the set starts upright, and a turning triangle does not end so);
 - background: the median of every frame's border pixels, the nearest BACKGROUNDS colour (RGB distance);
 - motion, in this order: a move when the centroid track's least-squares line travels >= MOVE_PX over the
-  clip (direction: its larger axis); else growing / shrinking when the fitted area changes by a factor
+  clip (direction: its larger axis; up-right, the concept sets' diagonal, when both axes travel >= MOVE_PX
+  within DIAGONAL_RATIO of each other, up and to the right); else growing / shrinking when the fitted area changes by a factor
   >= SCALE_FACTOR; else a turn when the summed frame-to-frame rotation reaches TURN_DEGREES. Each step's
   rotation is the angle in [-30, 30] degrees (1-degree grid) that best maps the previous frame's soft
   object mask, turned about its centroid, onto the current one (least squares): exact for squares and
@@ -48,6 +49,7 @@ __all__ = ["ATTRIBUTES", "ClipReading", "score_shapes_video", "turn_degrees"]
 
 ATTRIBUTES = ("motion", "colour", "shape", "background")
 MOVE_PX = 10.0  # px the fitted centroid travels: a move (the set's cross 28-36 px; turning ones wobble < 1)
+DIAGONAL_RATIO = 2.0  # a move whose axes both reach MOVE_PX within this factor of each other is diagonal
 SCALE_FACTOR = 1.7  # fitted area ratio last/first: growing (the set's is 1.8^2 = 3.2 or more)
 TURN_DEGREES = 30.0  # summed rotation: a turn (the set's is 90 or more)
 STEP_ANGLES = np.arange(-30.0, 30.5, 1.0)  # degrees a frame may turn from the previous (the set's: <= 18)
@@ -126,7 +128,7 @@ class ClipReading:
         return last if last.area > SHAPE_TIE * first.area else first
 
     def motion(self) -> tuple[str, dict[str, float]]:
-        """(a MOTIONS name or 'still', the measurements: dx, dy px, area factor, turn degrees)."""
+        """(an ALL_MOTIONS name or 'still', the measurements: dx, dy px, area factor, turn degrees)."""
         seen = self.seen
         if len(seen) < 2:
             return "still", {}
@@ -136,6 +138,9 @@ class ClipReading:
         dx, dy = _fit_change(xs, t, span), _fit_change(ys, t, span)
         factor = float(np.exp(_fit_change(np.log([self.objects[k].area for k in seen]), t, span)))
         measured = {"dx": round(dx, 2), "dy": round(dy, 2), "area_factor": round(factor, 3)}
+        if min(abs(dx), abs(dy)) >= MOVE_PX and min(abs(dx), abs(dy)) * DIAGONAL_RATIO >= max(abs(dx), abs(dy)) \
+                and dx > 0 > dy:
+            return "up-right", measured  # the vocabulary's one diagonal (EXTRA_MOTIONS); y grows downwards
         if max(abs(dx), abs(dy)) >= MOVE_PX:
             return (("right" if dx > 0 else "left") if abs(dx) >= abs(dy) else ("down" if dy > 0 else "up")), measured
         if max(factor, 1.0 / factor) >= SCALE_FACTOR:

@@ -121,3 +121,14 @@ def test_the_prompt_check_scores_a_video_folder(tmp_path, written):
     meta.write_text("".join(json.dumps(r) + "\n" for r in rows))
     wrong = evaluate_folders(None, str(folder), cfg, tmp_path / "b.json", progress=False).report.metrics
     assert wrong["shapes_video_all"] < 0.5
+
+
+def test_the_concept_diagonal_is_read_as_up_right_and_nothing_else_is(probe):
+    from mmflow.data.shapes_video_concept import VideoConceptConfig, make_video_concept
+
+    items = make_video_concept(VideoConceptConfig(n_concept=6, n_test=6, n_prior=0), "test")
+    clips, rows = as_tensor(items), [it.caption for it in items]
+    s = score_shapes_video(clips, rows, probe)
+    assert s["motion"] == 1.0 and s["all"] == 1.0, [it["measured"] for it in s["items"]]
+    back = score_shapes_video(clips.flip(2), rows, probe)  # down and to the left: read by its larger axis
+    assert back["motion"] == 0.0 and {it["pred"]["motion"] for it in back["items"]} <= {"left", "down"}
