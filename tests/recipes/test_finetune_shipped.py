@@ -31,6 +31,11 @@ DATA: dict[str, Callable[[Path], None]] = {
     "tones_t2m": lambda root: (write_tones_folder(root / "train", TonesConfig(n_train=4), split="train"),
                                write_tones_folder(root / "test", TonesConfig(test_tempi_per_key=1), split="test")),
 }
+DATA["reflow_shapes_t2i"] = DATA["shapes_t2i"]
+# recipe name -> overrides that shrink what it makes before training (a reflow student's pairs: a few, short)
+EXTRA: dict[str, list[str]] = {
+    "reflow_shapes_t2i": ["flow.reflow.pairs=4", "flow.reflow.batch_size=4", "flow.reflow.sample.steps=2"],
+}
 
 
 def _recipe_name(name: str) -> str:
@@ -55,7 +60,7 @@ def test_fine_tune_from_shipped_model_full_and_lora(name: str, tmp_path: Path, c
               f"data.cache={tmp_path / 'cache'}", f"eval.real={tmp_path / 'test'}", "train.batch_size=2",
               "train.max_steps=2", "train.warmup_steps=0", "train.checkpoint_every=2", "train.validate_every=0",
               "train.log_every=1", "data.eval_per_prompt=1", "eval.num_samples=2", "eval.batch_size=2",
-              "sample.steps=2"]
+              "sample.steps=2", *EXTRA.get(recipe, [])]
     base = load_file(str(CHECKPOINTS / name / "models" / "velocity" / "model.safetensors"))
 
     full = tmp_path / "full"
