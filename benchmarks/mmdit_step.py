@@ -8,7 +8,7 @@ memory of the step are reported side by side. A third column runs a copy of the 
 
     .venv/bin/python benchmarks/mmdit_step.py                        # CPU, two small sizes
     .venv/bin/python benchmarks/mmdit_step.py --device cuda --dtype bfloat16 --sizes B L --peak-tflops 989
-    .venv/bin/python benchmarks/mmdit_step.py --sizes S --autocast   # float32 weights, bf16 autocast (the recipes' CPU path)
+    .venv/bin/python benchmarks/mmdit_step.py --sizes S --autocast   # float32 weights under bf16 autocast
     .venv/bin/python benchmarks/mmdit_step.py --tiny                 # a quick check of this script (seconds)
 --peak-tflops P adds model FLOPs utilisation, achieved model FLOP/s over P TFLOP/s (the chip's dense peak
 in the dtype: H100/H200 bf16 989). Model FLOPs of one training sample (forward + backward = 3 forwards):
@@ -86,7 +86,7 @@ def _step_fn(which: str, model, x, text, pooled, t, autocast: torch.dtype | None
     if autocast is None:
         return lambda: forward().float().square().mean().backward()
 
-    def step():  # float32 weights, matmuls in `autocast`: train.mixed_precision's step (the backward outside, as accelerate)
+    def step():  # float32 weights, matmuls in `autocast`: train.mixed_precision's step (backward outside it)
         with torch.autocast(x.device.type, dtype=autocast):
             loss = forward().float().square().mean()
         loss.backward()

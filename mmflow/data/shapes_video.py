@@ -53,8 +53,8 @@ from mmflow.config import check
 from mmflow.data.shapes import COLOURS, IMAGE_SIZE, SHAPES, CaptionError, render
 
 __all__ = ["ALL_MOTIONS", "BACKGROUNDS", "EXTRA_MOTIONS", "FRAMES", "MOTIONS", "ClipItem", "ClipPrompt",
-           "ShapesVideoConfig", "all_combos", "caption", "clip_tensor", "draw_clip", "held_out_combos", "make_clips", "parse_caption", "test_prompts",
-           "write_clip_items", "write_clips_folder"]
+           "ShapesVideoConfig", "all_combos", "caption", "clip_tensor", "draw_clip", "held_out_combos", "make_clips",
+           "parse_caption", "test_prompts", "write_clip_items", "write_clips_folder"]
 
 TEMPORAL_FACTOR = 4  # the causal video VAE keeps frame 0 and packs every 4 after it: T = 1 + 4k
 FRAMES = (9, 13, 17)  # the clip lengths this set makes
