@@ -12,9 +12,10 @@ probe's shape classifier:
   clip (direction: its larger axis; up-right, the concept sets' diagonal, when both axes travel >= MOVE_PX
   within DIAGONAL_RATIO of each other, up and to the right); else growing / shrinking when the fitted area
   changes by a factor >= SCALE_FACTOR; else a turn when the summed frame-to-frame rotation reaches
-  TURN_DEGREES. Each step's rotation is the angle in [-30, 30] degrees (1-degree grid) that best maps the previous frame's soft
-  object mask, turned about its centroid, onto the current one (least squares): exact for squares and
-  crosses, whose second moments are isotropic and carry no orientation. Otherwise "still" (wrong).
+  TURN_DEGREES. Each step's rotation is the angle in [-30, 30] degrees (1-degree grid) that best maps the
+  previous frame's soft object mask, turned about its centroid, onto the current one (least squares): exact
+  for squares and crosses, whose second moments are isotropic and carry no orientation. Otherwise "still"
+  (wrong).
 
     score = score_shapes_video(clips, captions)   # clips (B, 3, T, 64, 64) in [-1, 1], as score_shapes
     score["motion"], score["all"], score["items"][0]
