@@ -28,3 +28,19 @@ def shipped_shapes_finetune(root: Path) -> tuple[Path, Path, list[str]]:
         f"data.path={data}", f"data.cache={root / 'cache'}", f"eval.real={test}", "train.batch_size=4",
         "train.max_steps=2", "train.warmup_steps=0", "train.checkpoint_every=2", "train.validate_every=2",
         "train.log_every=1", "data.eval_per_prompt=1", "eval.num_samples=4", "eval.batch_size=4"]
+
+
+def assert_adapter_only(run: Path, base: Path, step: int = 2) -> None:
+    """A LoRA run's export is a peft folder far smaller than the base model's weights, and its checkpoint at
+    `step` holds LoRA tensors only."""
+    from safetensors import safe_open
+
+    from mmflow.models.lora import ADAPTER_WEIGHTS
+
+    velocity = run / "model" / "models" / "velocity"
+    assert (velocity / ADAPTER_WEIGHTS).is_file() and not (velocity / "model.safetensors").exists()
+    base_bytes = (base / "models" / "velocity" / "model.safetensors").stat().st_size
+    assert (velocity / ADAPTER_WEIGHTS).stat().st_size < base_bytes / 4
+    with safe_open(str(run / "checkpoints" / f"step_{step:08d}" / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and all("lora_" in k for k in keys), keys[:4]

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from safetensors import safe_open
 
 from mmflow.cli import main
 from mmflow.data.shapes_concept import ConceptConfig, write_concept_folder
-from mmflow.models.lora import ADAPTER_WEIGHTS
 from tests.conftest import REPO
+from tests.recipes.shortened import assert_adapter_only
 
 RECIPE = REPO / "recipes" / "shapes_t2i_lora_concept.yaml"
 BASE = REPO / "checkpoints" / "shapes_t2i"
@@ -41,13 +40,7 @@ def test_concept_recipe_trains_an_adapter_only_and_samples_with_it(tmp_path: Pat
     assert 0.0 <= float(table["colour"]) <= 1.0, out
 
     # adapter only: the export is a peft folder far smaller than the base, the checkpoint holds LoRA tensors only
-    velocity = run / "model" / "models" / "velocity"
-    assert (velocity / ADAPTER_WEIGHTS).is_file() and not (velocity / "model.safetensors").exists()
-    base_bytes = (BASE / "models" / "velocity" / "model.safetensors").stat().st_size
-    assert (velocity / ADAPTER_WEIGHTS).stat().st_size < base_bytes / 4
-    with safe_open(str(run / "checkpoints" / "step_00000002" / "model.safetensors"), framework="pt") as f:
-        keys = list(f.keys())
-    assert keys and all("lora_" in k for k in keys), keys[:4]
+    assert_adapter_only(run, BASE)
 
     samples = tmp_path / "samples"
     prompt = "a large cyan star in the centre"

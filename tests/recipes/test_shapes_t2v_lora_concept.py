@@ -9,12 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-from safetensors import safe_open
 
 from mmflow.cli import main
 from mmflow.data.shapes_video_concept import VideoConceptConfig, write_video_concept_folder
-from mmflow.models.lora import ADAPTER_WEIGHTS
 from tests.conftest import REPO
+from tests.recipes.shortened import assert_adapter_only
 
 RECIPE = REPO / "recipes" / "shapes_t2v_lora_concept.yaml"
 BASE = REPO / "checkpoints" / "shapes_t2v"
@@ -37,13 +36,7 @@ def test_video_concept_recipe_trains_an_adapter_only_and_samples_with_it(
     table = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("  ")}
     assert 0.0 <= float(table["motion"]) <= 1.0, out
 
-    velocity = run / "model" / "models" / "velocity"
-    assert (velocity / ADAPTER_WEIGHTS).is_file() and not (velocity / "model.safetensors").exists()
-    base_bytes = (BASE / "models" / "velocity" / "model.safetensors").stat().st_size
-    assert (velocity / ADAPTER_WEIGHTS).stat().st_size < base_bytes / 4
-    with safe_open(str(run / "checkpoints" / "step_00000002" / "model.safetensors"), framework="pt") as f:
-        keys = list(f.keys())
-    assert keys and all("lora_" in k for k in keys), keys[:4]
+    assert_adapter_only(run, BASE)
 
     samples = tmp_path / "samples"
     prompt = "a red star moving up and to the right on a black background"
