@@ -23,6 +23,7 @@ import argparse
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from mmflow.config import check
 from mmflow.data.shapes import (EXTRA_COLOURS, POSITIONS, SHAPES, SIZES, ShapeItem, ShapePrompt, ShapesConfig,
                                 ShapeSpec, draw, make_shapes, write_items)
 
-__all__ = ["ConceptConfig", "concept_prompts", "make_concept", "write_concept_folder"]
+__all__ = ["ConceptConfig", "concept_prompts", "make_concept", "taken_in_turn", "write_concept_folder"]
 
 _SPLITS = {"train": 0, "test": 1}
 _STREAM = 7  # the shapes set's streams are 0-2: never the same generator as one of its images
@@ -54,6 +55,15 @@ class ConceptConfig:
         check(self.n_prior_one >= 0 and self.n_prior_two >= 0, "n_prior_one", "counts must be >= 0")
 
 
+def taken_in_turn(groups: list[list[Any]], rng: np.random.Generator, n: int) -> list[Any]:
+    """The first n of `groups` taken one from each group in turn, each group's items in an order `rng`
+    shuffles (the groups are shuffled in place, in order): a concept set's items spread over its shapes,
+    and a larger n extends a smaller one's list."""
+    for items in groups:
+        rng.shuffle(items)
+    return [c for round_ in zip(*groups) for c in round_][:n]
+
+
 def concept_prompts(cfg: ConceptConfig, split: str = "train") -> list[ShapePrompt]:
     """The one-object prompts of the new colour: train, cfg.n_concept of the (shape, position, size)
     combinations, the shapes taken in turn (each shape's combinations in a seeded order); test, the rest,
@@ -61,11 +71,8 @@ def concept_prompts(cfg: ConceptConfig, split: str = "train") -> list[ShapePromp
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
     cfg.validate()
-    rng = np.random.default_rng([cfg.seed, _STREAM])
     per_shape = [[(s, p, z) for p, z in itertools.product(POSITIONS, SIZES)] for s in SHAPES]
-    for combos in per_shape:
-        rng.shuffle(combos)
-    taken = [c for round_ in zip(*per_shape) for c in round_][:cfg.n_concept]  # shape by shape, in turn
+    taken = taken_in_turn(per_shape, np.random.default_rng([cfg.seed, _STREAM]), cfg.n_concept)
     if split == "test":
         chosen = set(taken)
         taken = [(s, p, z) for s, p, z in itertools.product(SHAPES, POSITIONS, SIZES) if (s, p, z) not in chosen]

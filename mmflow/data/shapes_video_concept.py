@@ -28,6 +28,7 @@ import numpy as np
 
 from mmflow.config import check
 from mmflow.data.shapes import COLOURS, SHAPES
+from mmflow.data.shapes_concept import taken_in_turn
 from mmflow.data.shapes_video import (BACKGROUNDS, EXTRA_MOTIONS, FRAMES, ClipItem, ClipPrompt, ShapesVideoConfig,
                                       draw_clip, make_clips, write_clip_items)
 
@@ -68,11 +69,8 @@ def video_concept_prompts(cfg: VideoConceptConfig, split: str = "train") -> list
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
     cfg.validate()
-    rng = np.random.default_rng([cfg.seed, _STREAM])
     per_shape = [[(c, s, b) for c, b in itertools.product(COLOURS, BACKGROUNDS)] for s in SHAPES]
-    for combos in per_shape:
-        rng.shuffle(combos)
-    taken = [c for round_ in zip(*per_shape) for c in round_][:cfg.n_concept]  # shape by shape, in turn
+    taken = taken_in_turn(per_shape, np.random.default_rng([cfg.seed, _STREAM]), cfg.n_concept)
     if split == "test":
         chosen = set(taken)
         rest = [(c, s, b) for c, s, b in itertools.product(COLOURS, SHAPES, BACKGROUNDS) if (c, s, b) not in chosen]
