@@ -354,7 +354,11 @@ class TokenizerTask(MediaAccounting, Task):
             disc = models.get(DISCRIMINATOR)  # its gradients are not this group's: the trainer skips their sync
             with frozen(disc):
                 out = loss_fn.generator_loss(x, x_hat, vae_out.posterior, step, disc, vae_out.last_layer)
-            return LossOutput(out.loss, out.logs, extras={RECONSTRUCTION: x_hat.detach()})
+            loss = out.loss
+            if vae_out.decoder_loss is not None:  # the decoder's own term (the audio VAE's magnitude head)
+                loss = loss + vae_out.decoder_loss
+                out.logs["decoder"] = vae_out.decoder_loss.item()
+            return LossOutput(loss, out.logs, extras={RECONSTRUCTION: x_hat.detach()})
         x_hat = (carry or {}).get(RECONSTRUCTION)
         if x_hat is None:  # called without the generator step's hand-off (e.g. on its own)
             with torch.no_grad():

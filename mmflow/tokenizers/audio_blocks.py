@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torchaudio
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
@@ -101,26 +102,152 @@ class ISTFTHead(nn.Module):
     A 1x1 conv predicts per frame a log magnitude and a phase for n_fft / 2 + 1 bins (n_fft = 4 * hop);
     the inverse STFT (Hann window, centred frames) synthesises the samples. A time-domain head has to learn
     oscillators through transposed convolutions; this one gets them from the Fourier basis.
+
+    With `integrate_phase` the conv also predicts each bin's phase advance per frame (its instantaneous
+    frequency), summed over the frames, and the phase is that sum plus the per-frame phase. A steady tone then
+    comes from a steady input: a convolution over identical frames predicts identical absolute phases, which
+    cancel between overlapping frames unless the tone's frequency is a multiple of the frame rate (the
+    reconstructions beat at the frame rate, 50 Hz, and a pitch tracker reads 49 Hz). The advance starts at that
+    of the bin's centre frequency, 2 pi k hop / n_fft, so the untrained head already overlaps coherently.
     """
 
-    def __init__(self, in_channels: int, channels: int, hop: int) -> None:
+    def __init__(self, in_channels: int, channels: int, hop: int, integrate_phase: bool = False) -> None:
         super().__init__()
         self.channels, self.hop, self.n_fft = channels, hop, 4 * hop
         self.bins = self.n_fft // 2 + 1
+        self.parts = 3 if integrate_phase else 2  # log magnitude, phase (, phase advance per frame)
         # plain conv: its weight is a leaf Parameter, which the adaptive adversarial weight differentiates
-        self.conv = nn.Conv1d(in_channels, channels * 2 * self.bins, 1)
+        self.conv = nn.Conv1d(in_channels, channels * self.parts * self.bins, 1)
         # Start near silence (|S| = e^-5 in every bin): from |S| ~ 1 the log-spectral losses first spend hundreds
         # of steps pushing down the many quiet bins of tonal audio (one batch, 150 steps: log-mel L1 3.3 vs 1.9).
         with torch.no_grad():
-            self.conv.bias.view(channels, 2, self.bins)[:, 0] = INIT_LOG_MAGNITUDE
+            bias = self.conv.bias.view(channels, self.parts, self.bins)
+            bias[:, 0] = INIT_LOG_MAGNITUDE
+            if integrate_phase:  # 2 pi k hop / n_fft = k pi / 2, wrapped to [0, 2 pi)
+                bias[:, 2] = torch.remainder(torch.arange(self.bins) * (2 * math.pi * hop / self.n_fft), 2 * math.pi)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
 
     def forward(self, h: Tensor) -> Tensor:
         b, _, t = h.shape
         # one extra frame: T + 1 centred frames at 0, hop, ..., T * hop cover exactly T * hop samples
         h = F.pad(h, (0, 1), mode="replicate")  # (B, D, T + 1)
-        logmag, phase = self.conv(h).float().reshape(b * self.channels, 2, self.bins, t + 1).unbind(1)
+        parts = self.conv(h).float().reshape(b * self.channels, self.parts, self.bins, t + 1).unbind(1)
+        logmag, phase = parts[0], parts[1]
+        if self.parts == 3:
+            phase = phase + parts[2].cumsum(-1)  # (B*C, bins, T + 1)
         # the clamp keeps exp finite early in training (Vocos clips the magnitude the same way)
         spec = torch.polar(torch.exp(logmag.clamp(max=7.0)), phase)  # (B*C, bins, T + 1) complex
         wave = torch.istft(spec, self.n_fft, self.hop, window=self.window.float(), center=True, length=t * self.hop)
         return wave.reshape(b, self.channels, t * self.hop)
+
+
+class MagnitudeHead(nn.Module):
+    """Features (B, D, T) at the STFT frame rate -> waveform (B, C, T * hop) from a predicted log magnitude alone.
+
+    A 1x1 conv predicts per frame the log magnitude of n_fft / 2 + 1 bins (n_fft = 4 * hop). The phase is not
+    learnt: in training it is the reference clip's own (the input being reconstructed), so the losses measure
+    the magnitude; at decode Griffin-Lim (fast, momentum 0.99, deterministic start) finds a phase that fits it.
+    A learnt phase has to advance coherently from frame to frame, which a convolution over a steady input
+    cannot do (its phases repeat, and a tone between multiples of the frame rate cancels itself: the
+    reconstructions beat at 50 Hz); a magnitude is steady where the sound is. With the true magnitudes,
+    Griffin-Lim at 32 iterations keeps every note of the tones test split in tune and the probe at 1.0.
+    """
+
+    def __init__(self, in_channels: int, channels: int, hop: int, griffin_lim_iters: int = 32) -> None:
+        super().__init__()
+        self.channels, self.hop, self.n_fft, self.iters = channels, hop, 4 * hop, griffin_lim_iters
+        self.bins = self.n_fft // 2 + 1
+        # plain conv: its weight is a leaf Parameter, which the adaptive adversarial weight differentiates
+        self.conv = nn.Conv1d(in_channels, channels * self.bins, 1)
+        with torch.no_grad():  # start near silence, as ISTFTHead does
+            self.conv.bias.fill_(INIT_LOG_MAGNITUDE)
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+
+    def magnitude(self, h: Tensor) -> Tensor:
+        """Features (B, D, T) -> magnitudes (B*C, bins, T + 1) of centred frames at 0, hop, ..., T * hop."""
+        b, _, t = h.shape
+        h = F.pad(h, (0, 1), mode="replicate")  # (B, D, T + 1)
+        return torch.exp(self.conv(h).float().clamp(max=7.0)).reshape(b * self.channels, self.bins, t + 1)
+
+    def spectrum(self, reference: Tensor, frames: int) -> Tensor:
+        """The STFT (B*C, bins, frames + 1), complex, of `reference` (B, C, N <= frames * hop) padded with
+        silence to frames * hop: what `magnitude` predicts, frame for frame."""
+        ref = reference.reshape(-1, reference.shape[-1]).float()
+        ref = F.pad(ref, (0, frames * self.hop - ref.shape[-1]))  # (B*C, frames * hop)
+        return torch.stft(ref, self.n_fft, self.hop, window=self.window.float(), center=True, pad_mode="constant",
+                          return_complex=True)
+
+    def synthesise(self, mag: Tensor, phase: Tensor | None = None) -> Tensor:
+        """Magnitudes (B*C, bins, T + 1) -> waveform (B, C, T * hop): with `phase` (training: the reference's)
+        an inverse STFT; without, Griffin-Lim."""
+        n, window = (mag.shape[-1] - 1) * self.hop, self.window.float()
+        if phase is None:
+            wave = torchaudio.functional.griffinlim(mag, window, self.n_fft, self.hop, self.n_fft, 1.0, self.iters,
+                                                    0.99, n, False)
+        else:
+            wave = torch.istft(torch.polar(mag, phase), self.n_fft, self.hop, window=window, center=True, length=n)
+        return wave.reshape(-1, self.channels, n)
+
+    def forward(self, h: Tensor, reference: Tensor | None = None) -> Tensor:
+        """Features (B, D, T) -> waveform (B, C, T * hop); `reference` (B, C, N <= T * hop): the clip whose phase
+        to use (training), None = Griffin-Lim."""
+        mag = self.magnitude(h)
+        return self.synthesise(mag, None if reference is None else self.spectrum(reference, h.shape[-1]).angle())
+
+
+def log_magnitude_loss(mag: Tensor, target: Tensor) -> Tensor:
+    """Log-magnitude L1 + spectral convergence of predicted STFT magnitudes against a target's, (..., bins, T)."""
+    log_l1 = (mag.clamp_min(1e-5).log() - target.clamp_min(1e-5).log()).abs().mean()
+    convergence = torch.linalg.vector_norm(target - mag) / torch.linalg.vector_norm(target).clamp_min(1e-8)
+    return log_l1 + convergence
+
+
+class ConvNeXt1d(nn.Module):
+    """Vocos backbone block: depthwise conv (k=7) -> LayerNorm -> pointwise MLP (GELU) -> layer scale, plus the input.
+
+    (B, D, T) -> (B, D, T). Cheap at a frame rate (50 Hz at hop 320), so a wide stack costs little there.
+    """
+
+    def __init__(self, channels: int, mlp_ratio: int = 3, layer_scale: float = 0.1) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv1d(channels, channels, 7, padding=3, groups=channels)
+        self.norm = nn.LayerNorm(channels, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(channels, mlp_ratio * channels), nn.GELU(),
+                                 nn.Linear(mlp_ratio * channels, channels))
+        self.gamma = nn.Parameter(torch.full((channels,), layer_scale))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm(self.dwconv(x).transpose(1, 2))  # (B, T, D)
+        return x + (self.gamma * self.mlp(h)).transpose(1, 2)
+
+
+class FrameStack(nn.Module):
+    """A conv into width D, `depth` ConvNeXt1d blocks and a LayerNorm: (B, C_in, T) -> (B, D, T)."""
+
+    def __init__(self, in_channels: int, channels: int, depth: int, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv1d(in_channels, channels, kernel_size, padding=kernel_size // 2)
+        self.norm_in = nn.LayerNorm(channels, eps=1e-6)
+        self.blocks = nn.Sequential(*[ConvNeXt1d(channels, layer_scale=1.0 / depth) for _ in range(depth)])
+        self.norm_out = nn.LayerNorm(channels, eps=1e-6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.norm_in(self.conv_in(x).transpose(1, 2)).transpose(1, 2)  # (B, D, T)
+        return self.norm_out(self.blocks(h).transpose(1, 2)).transpose(1, 2)
+
+
+def stft_features(x: Tensor, hop: int) -> Tensor:
+    """Waveform (B, C, n * hop) -> (B, C * 3 * (2 * hop + 1), n): per latent frame, the log magnitude and the
+    power-compressed (|X|^0.3) real and imaginary parts of a Hann STFT with n_fft = 4 * hop, frame i centred on
+    the middle of samples [i * hop, (i + 1) * hop). The magnitude carries pitch in its harmonic peaks, which a
+    waveform encoder has to discover; the compressed complex part keeps the phase (onsets within a frame)."""
+    b, c, n = x.shape
+    n_fft = 4 * hop
+    left = (n_fft - hop) // 2
+    frames = F.pad(x.reshape(b * c, n).float(), (left, n_fft - hop - left))  # (B*C, n + n_fft - hop)
+    window = torch.hann_window(n_fft, device=x.device)
+    spec = torch.stft(frames, n_fft, hop, window=window, center=False, return_complex=True)  # (B*C, bins, n / hop)
+    mag = spec.abs().clamp_min(1e-5)
+    compressed = spec * mag.pow(-0.7)  # |X|^0.3 e^{i phase}
+    feats = torch.cat([mag.log(), compressed.real, compressed.imag], dim=1)  # (B*C, 3 * bins, n / hop)
+    return feats.reshape(b, c * feats.shape[1], feats.shape[2]).to(x.dtype)

@@ -33,8 +33,11 @@ from torch import Tensor, nn
 from mmflow.config import ConfigError, check, preset_config
 from mmflow.data.audio_reader import CHANNEL_NAMES, prepare_audio
 from mmflow.model_io import register_model
-from mmflow.tokenizers.audio_blocks import DecoderBlock, EncoderBlock, ISTFTHead, ResidualUnit, Snake1d, conv1d
-from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer, check_latent_stats
+from mmflow.tokenizers.audio_blocks import (
+    DecoderBlock, EncoderBlock, FrameStack, ISTFTHead, MagnitudeHead, ResidualUnit, Snake1d, conv1d,
+    log_magnitude_loss, stft_features,
+)
+from mmflow.tokenizers.base import DiagonalGaussian, Tokenizer, TokenizerOutput, check_latent_stats
 
 __all__ = ["AUDIO_VAE_PRESETS", "AudioVAE", "AudioVAEConfig", "audio_vae_config", "prepare_audio"]
 
@@ -56,12 +59,29 @@ class AudioVAEConfig:
     dilations: tuple[int, ...] = _field((1, 3, 9), "dilations of the residual units in every block", min=1)
     latent_channels: int = _field(32, "latent channels", min=1)
     weight_norm: bool = _field(True, "weight-normalised convs (DAC); the output conv never is")
-    head: Literal["wave", "istft"] = _field("wave", "decoder output: 'wave' = a conv at the sample rate (DAC); "
-                                                    "'istft' = log magnitude + phase per frame and an inverse STFT "
-                                                    "(Vocos), which learns pitch far sooner")
+    head: Literal["wave", "istft", "magnitude"] = _field("wave", "decoder output: 'wave' = a conv at the sample "
+                                                                 "rate (DAC); 'istft' = log magnitude + phase per "
+                                                                 "frame and an inverse STFT (Vocos), which learns "
+                                                                 "pitch far sooner; 'magnitude' = a log magnitude "
+                                                                 "per frame, its phase from Griffin-Lim (trained "
+                                                                 "with the input's own phase)")
+    griffin_lim_iters: int = _field(32, "head 'magnitude': Griffin-Lim iterations at decode", min=1)
     istft_hop: int | None = _field(None, "head 'istft': samples per STFT frame (n_fft = 4x); None = the hop. "
                                          "hop / istft_hop must be the product of the decoder's first strides "
                                          "(the reversed `strides`)", min=1)
+    istft_phase: Literal["absolute", "integrated"] = _field("absolute", "head 'istft': 'absolute' = a phase per "
+                                                                     "frame (Vocos); 'integrated' = plus a phase "
+                                                                     "advance per frame summed over the frames, "
+                                                                     "so steady tones stay coherent")
+    encoder_input: Literal["wave", "stft"] = _field("wave", "encoder input: 'wave' = strided convs over the samples "
+                                                              "(DAC); 'stft' = per latent frame the clip's STFT "
+                                                              "(n_fft 4x the hop: log magnitude + compressed complex) "
+                                                              "through `frame_blocks` ConvNeXt blocks, which sees "
+                                                              "pitch in the harmonics from the first step")
+    frame_blocks: int = _field(0, "ConvNeXt blocks (Vocos) at the latent rate, width `frame_channels`: the 'stft' "
+                                  "encoder's, and with head 'istft' at the hop the decoder's in place of its residual "
+                                  "units; 0 = none", min=0)
+    frame_channels: int = _field(256, "width of the frame-rate ConvNeXt stacks", min=1)
     init_posterior_std: float = _field(0.1, "posterior std the untrained encoder starts from (the logvar bias "
                                             "of its output conv); 1.0 = the prior's", min=0.0, min_exclusive=True)
     latent_shift: list[float] | None = _field(None, "per-channel latent mean (None until measured)")
@@ -93,8 +113,17 @@ class AudioVAEConfig:
         check(len(self.block_channels) == len(self.strides), "block_channels",
               f"needs one width per stride ({len(self.strides)}), got {len(self.block_channels)}")
         check(self.head == "istft" or self.istft_hop is None, "istft_hop", "is only used with head 'istft'")
+        check(self.head == "istft" or self.istft_phase == "absolute", "istft_phase", "is only used with head 'istft'")
         if self.head == "istft":
             self.istft_blocks()
+        check(self.encoder_input == "wave" or self.frame_blocks > 0, "frame_blocks",
+              "the 'stft' encoder needs at least one ConvNeXt block")
+        check(self.frame_blocks == 0 or (self.head == "istft" and self.istft_blocks() == 0)
+              or self.head == "magnitude", "frame_blocks", "ConvNeXt frame blocks feed a spectral head at the hop: "
+              "set head: magnitude, or head: istft and istft_hop: null")
+        check(self.head != "magnitude" or self.frame_blocks > 0, "head",
+              "'magnitude' needs the ConvNeXt frame decoder: set frame_blocks >= 1")
+        check(self.head != "magnitude" or self.istft_hop is None, "istft_hop", "is only used with head 'istft'")
         check_latent_stats(self.latent_shift, self.latent_scale, self.latent_channels)
 
 
@@ -118,18 +147,29 @@ class AudioEncoder(nn.Module):
 
     def __init__(self, cfg: AudioVAEConfig) -> None:
         super().__init__()
-        wn = cfg.weight_norm
-        widths = [cfg.base_channels, *cfg.block_channels]
-        self.conv_in = conv1d(cfg.channels, cfg.base_channels, 7, weight_norm=wn)
-        self.blocks = nn.Sequential(*[EncoderBlock(widths[i], widths[i + 1], s, cfg.dilations, wn)
-                                      for i, s in enumerate(cfg.strides)])
-        self.act = Snake1d(widths[-1])
-        self.conv_out = conv1d(widths[-1], 2 * cfg.latent_channels, 3, weight_norm=wn)
+        wn, self.hop = cfg.weight_norm, cfg.hop_length
+        self.spectral = cfg.encoder_input == "stft"
+        if self.spectral:
+            bins = 2 * cfg.hop_length + 1  # n_fft = 4 * hop
+            # a 1x1 input conv: a wide kernel over 3 * bins channels would hold most of the model's weights
+            self.frames = FrameStack(cfg.channels * 3 * bins, cfg.frame_channels, cfg.frame_blocks, kernel_size=1)
+            self.conv_out = nn.Conv1d(cfg.frame_channels, 2 * cfg.latent_channels, 1)
+            with torch.no_grad():  # unit-scale (LayerNorm) features would scatter the starting std 0.07-0.2
+                self.conv_out.weight[cfg.latent_channels:] *= 0.1
+        else:
+            widths = [cfg.base_channels, *cfg.block_channels]
+            self.conv_in = conv1d(cfg.channels, cfg.base_channels, 7, weight_norm=wn)
+            self.blocks = nn.Sequential(*[EncoderBlock(widths[i], widths[i + 1], s, cfg.dilations, wn)
+                                          for i, s in enumerate(cfg.strides)])
+            self.act = Snake1d(widths[-1])
+            self.conv_out = conv1d(widths[-1], 2 * cfg.latent_channels, 3, weight_norm=wn)
         # Noise as large as the prior drowns an untrained encoder's small means (~0.1): the decoder then learns
         # to output silence and ignores its input (posterior collapse: l1 stuck at the data's mean |x|).
         nn.init.constant_(self.conv_out.bias[cfg.latent_channels:], 2 * math.log(cfg.init_posterior_std))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.spectral:
+            return self.conv_out(self.frames(stft_features(x, self.hop)))  # (B, 2*C_lat, n)
         h = self.blocks(self.conv_in(x))  # (B, C_last, n)
         return self.conv_out(self.act(h))  # (B, 2*C_lat, n)
 
@@ -142,6 +182,16 @@ class AudioDecoder(nn.Module):
         wn, depth = cfg.weight_norm, len(cfg.strides)
         widths = [cfg.base_channels, *cfg.block_channels]
         keep = cfg.istft_blocks() if cfg.head == "istft" else depth
+        self.convnext = cfg.frame_blocks > 0
+        if self.convnext:  # Vocos: latents -> ConvNeXt stack at the frame rate -> a spectral head
+            self.frames = FrameStack(cfg.latent_channels, cfg.frame_channels, cfg.frame_blocks)
+            self.istft = True
+            if cfg.head == "magnitude":
+                self.head = MagnitudeHead(cfg.frame_channels, cfg.channels, cfg.hop_length, cfg.griffin_lim_iters)
+            else:
+                self.head = ISTFTHead(cfg.frame_channels, cfg.channels, cfg.hop_length,
+                                      cfg.istft_phase == "integrated")
+            return
         self.conv_in = conv1d(cfg.latent_channels, widths[-1], 7, weight_norm=wn)
         self.blocks = nn.Sequential(*[DecoderBlock(widths[i + 1], widths[i], cfg.strides[i], cfg.dilations, wn)
                                       for i in reversed(range(depth - keep, depth))])
@@ -151,7 +201,8 @@ class AudioDecoder(nn.Module):
             self.frames = nn.Sequential(*[ResidualUnit(width, d, wn) for d in cfg.dilations])
         self.act = Snake1d(width)
         if self.istft:
-            self.head = ISTFTHead(width, cfg.channels, cfg.istft_hop or cfg.hop_length)
+            self.head = ISTFTHead(width, cfg.channels, cfg.istft_hop or cfg.hop_length,
+                                  cfg.istft_phase == "integrated")
         else:
             # plain conv: its weight is a leaf Parameter, which the adaptive adversarial weight differentiates
             self.conv_out = conv1d(width, cfg.channels, 7, weight_norm=False)
@@ -160,6 +211,8 @@ class AudioDecoder(nn.Module):
         return self.head.conv.weight if self.istft else self.conv_out.weight
 
     def forward(self, z: Tensor) -> Tensor:
+        if self.convnext:
+            return self.head(self.frames(z))  # (B, C, n*hop); the magnitude head: Griffin-Lim
         h = self.blocks(self.conv_in(z))  # istft: (B, width, n*hop / istft_hop); wave: (B, base, n*hop)
         if self.istft:
             return self.head(self.act(self.frames(h)))  # (B, C, n*hop)
@@ -221,11 +274,8 @@ class AudioVAE(Tokenizer):
 
     def decode(self, z: Tensor, like_shape: Sequence[int] | None = None) -> Tensor:
         """Raw latents (B, C_lat, n) -> waveform (B, C, n*hop), cropped to like_shape (B, C, N)'s N when given."""
-        c, hop = self.config.latent_channels, self.config.hop_length
-        if z.ndim != 3 or z.shape[1] != c:
-            raise ValueError(f"AudioVAE.decode expects latents of shape (B, {c}, L), got {tuple(z.shape)}")
-        if not torch.isfinite(z).all():
-            raise ValueError("AudioVAE.decode: latents contain NaN or Inf values")
+        self.check_latents(z, "L")
+        hop = self.config.hop_length
         wave = self.decoder(z)
         if like_shape is not None:
             num_samples, full = like_shape[2], wave.shape[2]
@@ -234,3 +284,18 @@ class AudioVAE(Tokenizer):
                                  f"frames (hop {hop}: valid {full - hop + 1}..{full})")
             wave = wave[:, :, :num_samples]
         return wave
+
+    def training_output(self, z: Tensor, x: Tensor, posterior: DiagonalGaussian) -> TokenizerOutput:
+        """The magnitude head's training pass: its magnitudes with x's own phase make the reconstruction (so the
+        waveform losses measure the magnitude alone), and their log-magnitude L1 + spectral convergence
+        against x's STFT is the decoder loss: the inverse STFT of a magnitude and a phase it does not fit is
+        not that magnitude (a widened partial partly cancels there), and Griffin-Lim at decode would restore it."""
+        if self.config.head != "magnitude":
+            return super().training_output(z, x, posterior)
+        self.check_latents(z, "L")
+        head = self.decoder.head
+        mag = head.magnitude(self.decoder.frames(z))  # (B*C, bins, n + 1)
+        spec = head.spectrum(x, z.shape[-1])  # (B*C, bins, n + 1) complex
+        wave = head.synthesise(mag, spec.angle())[..., : x.shape[-1]]  # (B, C, N)
+        return TokenizerOutput(wave, posterior, z, self.last_layer_weight(), log_magnitude_loss(mag, spec.abs()))
+

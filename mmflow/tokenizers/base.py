@@ -77,6 +77,7 @@ class TokenizerOutput:
     posterior: DiagonalGaussian
     latents: Tensor
     last_layer: Tensor
+    decoder_loss: Tensor | None = None  # a loss the decoder scores itself with (added to the training loss)
 
 
 class Tokenizer(nn.Module):
@@ -116,6 +117,20 @@ class Tokenizer(nn.Module):
         so DDP arms its gradient all-reduce."""
         posterior = self.encode(x)
         z = posterior.sample(generator, noise) if sample_posterior else posterior.mode()
+        return self.training_output(z, x, posterior)
+
+    def check_latents(self, z: Tensor, layout: str) -> None:
+        """Raise unless z is finite raw latents (B, latent_channels, *layout); `layout` names the trailing dims
+        for the message ("L", "T', H', W'")."""
+        name, c = type(self).__name__, self.config.latent_channels  # type: ignore[attr-defined]
+        if z.ndim != 2 + len(layout.split(", ")) or z.shape[1] != c:
+            raise ValueError(f"{name}.decode expects latents of shape (B, {c}, {layout}), got {tuple(z.shape)}")
+        if not torch.isfinite(z).all():
+            raise ValueError(f"{name}.decode: latents contain NaN or Inf values")
+
+    def training_output(self, z: Tensor, x: Tensor, posterior: DiagonalGaussian) -> TokenizerOutput:
+        """The training pass's decode of z, the latents of x (B, C, ...). A tokenizer whose decoder learns from
+        more of x overrides it (the audio VAE's magnitude head: x's phase, and a loss on its magnitudes)."""
         return TokenizerOutput(self.decode(z, like_shape=x.shape), posterior, z, self.last_layer_weight())
 
     def _stats(self, z: Tensor) -> tuple[Tensor, Tensor]:

@@ -269,12 +269,6 @@ class VideoVAE(Tokenizer):
         self._check_clip_shape(shape)
         return (self.config.latent_channels, *self.latent_size(*shape[1:]))
 
-    def _check_latents(self, z: Tensor) -> None:
-        c = self.config.latent_channels
-        if z.ndim != 5 or z.shape[1] != c:
-            raise ValueError(f"VideoVAE.decode expects latents of shape (B, {c}, T', H', W'), got {tuple(z.shape)}")
-        if not torch.isfinite(z).all():
-            raise ValueError("VideoVAE.decode: latents contain NaN or Inf values")
 
     # ---- encode / decode ----------------------------------------------------------------------
 
@@ -314,7 +308,7 @@ class VideoVAE(Tokenizer):
         `chunk_latents` (default: config.decode_chunk_latents; 0 = whole) sets the chunk length;
         `tile_latent_size`, `tile_overlap` (default: the config's; 0 = no tiling) tile space.
         """
-        self._check_latents(z)
+        self.check_latents(z, "T', H', W'")
         chunk = self.config.decode_chunk_latents if chunk_latents is None else chunk_latents
         tiling = resolve_tiling(self.config, tile_latent_size, tile_overlap)
         video = tiled_map(lambda tile: self._run_chunked(self.decoder, tile, chunk), z, tiling,

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 
 from mmflow.config import ConfigError, from_dict, to_dict
 from mmflow.model_io import load_model, save_model
-from mmflow.tokenizers.audio_blocks import ISTFTHead, Snake1d
+from mmflow.tokenizers.audio_blocks import (
+    ConvNeXt1d, ISTFTHead, MagnitudeHead, Snake1d, log_magnitude_loss, stft_features,
+)
 from mmflow.tokenizers.audio_vae import (
     AUDIO_VAE_PRESETS,
     AudioVAE,
@@ -24,6 +26,8 @@ from mmflow.tokenizers.losses import adaptive_adv_weight, stft_distance
 
 TINY = audio_vae_config("test", sample_rate=8000)  # hop 8
 ISTFT = replace(TINY, strides=(2, 4, 5), block_channels=(8, 16, 16), head="istft", istft_hop=8)  # hop 40, 5x up
+SPECTRAL = replace(ISTFT, istft_hop=None, encoder_input="stft", frame_blocks=2, frame_channels=32)  # hop 40
+MAGNITUDE = replace(SPECTRAL, head="magnitude")
 
 
 def _vae(cfg: AudioVAEConfig = TINY, seed: int = 0) -> AudioVAE:
@@ -136,7 +140,8 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("cfg", "steps"), [(TINY, 50), (ISTFT, 100)], ids=["wave", "istft"])
+@pytest.mark.parametrize(("cfg", "steps"), [(TINY, 50), (ISTFT, 100), (SPECTRAL, 200), (MAGNITUDE, 100)],
+                         ids=["wave", "istft", "spectral", "magnitude"])
 def test_short_training_reduces_reconstruction_error(short_fit, cfg: AudioVAEConfig, steps: int) -> None:
     """A pure waveform-L1 fit; the ISTFT head learns it (the phases) about half as fast as the wave head."""
     vae, x = _vae(cfg), _sines()
@@ -222,3 +227,119 @@ def test_istft_config_errors_name_the_key(tmp_path: Path) -> None:
     with torch.no_grad():
         z = vae.encode(_sines(n=400)).mean
         torch.testing.assert_close(loaded.decode(z), vae.decode(z))
+
+
+
+def test_stft_features_align_one_frame_per_latent_frame() -> None:
+    """Frame i is centred on the middle of samples [i * hop, (i + 1) * hop): a click there lights frame i most;
+    a steady sine peaks at its bin (n_fft = 4 * hop = 160 at 8 kHz: 50 Hz per bin)."""
+    hop, n = 40, 10
+    click = torch.zeros(1, 1, n * hop)
+    click[0, 0, 3 * hop + hop // 2] = 1.0
+    feats = stft_features(click, hop)
+    bins = 2 * hop + 1
+    assert feats.shape == (1, 3 * bins, n)
+    assert int(feats[0, :bins].mean(0).argmax()) == 3  # the log magnitude is loudest around the click
+    sine = torch.sin(2 * math.pi * 1000 * torch.arange(n * hop) / 8000)[None, None]
+    assert int(stft_features(sine, hop)[0, :bins, 5].argmax()) == 1000 // 50
+    stereo = stft_features(torch.cat([sine, click], dim=1), hop)
+    torch.testing.assert_close(stereo[:, 3 * bins:], feats)  # channel c's features follow channel c - 1's
+
+
+@pytest.mark.parametrize("n", [1, 40, 803])
+def test_spectral_encoder_and_convnext_decoder_keep_the_latent_contract(n: int) -> None:
+    vae, x = _vae(SPECTRAL), _sines(b=2, n=n)
+    assert isinstance(vae.decoder.frames.blocks[0], ConvNeXt1d) and not hasattr(vae.encoder, "blocks")
+    with torch.no_grad():
+        post = vae.encode(x)
+        assert post.mean.shape == (2, 8, math.ceil(n / 40))
+        assert post.std.max() < 0.2  # init_posterior_std holds for the spectral encoder too
+        assert vae.decode(post.mode(), like_shape=x.shape).shape == x.shape
+    assert vae.last_layer_weight() is vae.decoder.head.conv.weight
+    wave_encoder = _vae(replace(SPECTRAL, encoder_input="wave"))  # the waveform encoder, ConvNeXt decoder
+    assert wave_encoder.encode(x).mean.shape == post.mean.shape
+
+
+def test_spectral_config_errors_name_the_key(tmp_path: Path) -> None:
+    base = to_dict(SPECTRAL)
+    with pytest.raises(ConfigError, match="frame_blocks: the 'stft' encoder needs at least one ConvNeXt block"):
+        from_dict(AudioVAEConfig, {**base, "frame_blocks": 0})
+    with pytest.raises(ConfigError, match="frame_blocks: ConvNeXt frame blocks feed a spectral head at the hop"):
+        from_dict(AudioVAEConfig, {**base, "istft_hop": 8})
+    with pytest.raises(ConfigError, match="frame_blocks: ConvNeXt frame blocks"):
+        from_dict(AudioVAEConfig, {**base, "head": "wave", "encoder_input": "wave"})
+    with pytest.raises(ConfigError, match="encoder_input"):
+        from_dict(AudioVAEConfig, {**base, "encoder_input": "mel"})
+    vae = _vae(SPECTRAL)
+    save_model(vae, tmp_path / "spectral")
+    loaded = load_model(tmp_path / "spectral").eval()
+    assert loaded.config == vae.config
+    with torch.no_grad():
+        x = _sines(n=400)
+        torch.testing.assert_close(loaded.decode(loaded.encode(x).mean), vae.decode(vae.encode(x).mean))
+
+
+@pytest.mark.parametrize("integrate", [False, True])
+def test_istft_head_integrated_phase_keeps_a_steady_tone_between_frame_rate_multiples(integrate: bool) -> None:
+    """Bin 9 of a 64-point FFT, hop 16: the tone advances 2 pi 9 * 16 / 64 = 4.5 pi per frame, not a whole number
+    of cycles. The same absolute phase in every frame (what a convolution over a steady input predicts) makes
+    the overlapping frames cancel; the integrated phase, starting from the bin's own advance, keeps a steady
+    cosine of amplitude 1 (as in the test above)."""
+    head, t = ISTFTHead(1, 1, 16, integrate_phase=integrate), 20
+    with torch.no_grad():
+        head.conv.weight.zero_()
+        bias = head.conv.bias.view(head.parts, head.bins)
+        bias[0] = -30.0
+        bias[0, 9] = math.log(24.0)
+        bias[1] = 0.0
+        if integrate:
+            assert bias[2, 9] == pytest.approx(math.pi / 2)  # 4.5 pi, wrapped
+        wave = head(torch.zeros(1, 1, t))[0, 0]
+    inner = wave[64: t * 16 - 64]  # away from the ends, where fewer frames overlap
+    if integrate:
+        assert inner.abs().max() == pytest.approx(1.0, abs=1e-3) and inner.std() == pytest.approx(2 ** -0.5, abs=1e-2)
+    else:
+        assert inner.abs().max() < 0.51  # the frames interfere: half the amplitude is lost
+
+
+def test_magnitude_head_takes_the_reference_phase_in_training_and_griffin_lim_at_decode() -> None:
+    """A steady 1 kHz sine at 8 kHz (hop 40, n_fft 160: bin 20): with the sine's own log magnitude in every
+    frame, the head gives the sine back from its phase, and Griffin-Lim finds a tone of the same pitch and level."""
+    hop, t = 40, 40
+    n = torch.arange(t * hop)
+    sine = 0.5 * torch.sin(2 * math.pi * 1000 * n / 8000)[None, None]  # (1, 1, 1600)
+    head = MagnitudeHead(1, 1, hop)
+    mag = torch.stft(sine[0], 160, hop, window=torch.hann_window(160), return_complex=True).abs()[0, :, t // 2]
+    with torch.no_grad():
+        head.conv.weight.zero_()
+        head.conv.bias.copy_(mag.clamp_min(1e-6).log())
+        inner = slice(4 * hop, (t - 4) * hop)  # away from the ends, where fewer frames overlap
+        trained = head(torch.zeros(1, 1, t), reference=sine)
+        torch.testing.assert_close(trained[..., inner], sine[..., inner], atol=1e-3, rtol=0)
+        decoded = head(torch.zeros(1, 1, t))[0, 0, inner]
+    spectrum = torch.fft.rfft(decoded).abs()
+    assert int(spectrum.argmax()) * 8000 / len(decoded) == pytest.approx(1000, abs=8000 / len(decoded))
+    assert decoded.std() == pytest.approx(0.5 / math.sqrt(2), rel=0.05)
+
+
+def test_magnitude_vae_trains_with_the_input_phase_and_a_magnitude_loss_and_decodes_alone() -> None:
+    cfg = replace(MAGNITUDE, griffin_lim_iters=4)
+    vae, x = _vae(cfg), _sines(b=2, n=803)
+    with torch.no_grad():
+        post = vae.encode(x)
+        out, decoded = vae.training_output(post.mean, x, post), vae.decode(post.mean, like_shape=x.shape)
+        head = vae.decoder.head
+        mag, target = head.magnitude(vae.decoder.frames(post.mean)), head.spectrum(x, post.mean.shape[-1]).abs()
+    assert out.reconstruction.shape == decoded.shape == x.shape and not torch.allclose(out.reconstruction, decoded)
+    assert mag.shape == target.shape == (2, 81, math.ceil(803 / 40) + 1)
+    torch.testing.assert_close(out.decoder_loss, log_magnitude_loss(mag, target))
+    assert log_magnitude_loss(target, target) == 0 and out.decoder_loss > 1.0  # the untrained head is near silence
+    assert isinstance(head, MagnitudeHead) and vae.last_layer_weight() is head.conv.weight
+    assert _vae(SPECTRAL).training_output(post.mean, x, post).decoder_loss is None
+    base = to_dict(cfg)
+    with pytest.raises(ConfigError, match="head: 'magnitude' needs the ConvNeXt frame decoder"):
+        from_dict(AudioVAEConfig, {**base, "frame_blocks": 0, "encoder_input": "wave"})
+    with pytest.raises(ConfigError, match="istft_hop: is only used with head 'istft'"):
+        from_dict(AudioVAEConfig, {**base, "istft_hop": 8})
+    with pytest.raises(ConfigError, match="istft_phase: is only used with head 'istft'"):
+        from_dict(AudioVAEConfig, {**base, "istft_phase": "integrated"})
