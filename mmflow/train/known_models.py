@@ -86,10 +86,11 @@ KNOWN_TOKENIZERS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     # 16 channels, trained with `mmflow train tokenizers/video.yaml model.preset=cogvideox ...`
     "video-vae-16ch": ("video_vae", dict(block_out_channels=(128, 256, 256, 512), layers_per_block=3, latent_channels=16),
                        ("video-vae-16ch", "video-vae", "cogvideox-vae")),
-    # mmflow's CPU-size waveform VAE (tokenizers/audio.yaml: 16 kHz mono, hop 320, 16 channels), what
-    # checkpoints/tokenizers/audio ships
-    "audio-vae-16k": ("audio_vae", dict(sample_rate=16000, channels=1, base_channels=8, block_channels=(16, 32, 64, 128),
-                                        strides=(2, 4, 5, 8), latent_channels=16), ("audio", "audio-vae-16k")),
+    # mmflow's CPU-size spectral audio VAE (tokenizers/audio.yaml: 16 kHz mono, hop 320, 16 channels, STFT encoder,
+    # ConvNeXt decoder, magnitude head), what checkpoints/tokenizers/audio ships
+    "audio-vae-16k": ("audio_vae", dict(sample_rate=16000, channels=1, strides=(2, 4, 5, 8), latent_channels=16,
+                                        encoder_input="stft", frame_blocks=6, frame_channels=256, head="magnitude"),
+                      ("audio", "audio-vae-16k")),
     # mmflow's waveform VAE at Stable Audio Open's rate and compression: 44.1 kHz stereo, hop 2048 (21.5 latent
     # frames per second), 64 channels; trained with `mmflow train tokenizers/audio.yaml` at these widths
     "audio-vae-44k": ("audio_vae", dict(sample_rate=44100, channels=2, base_channels=128,
