@@ -37,16 +37,26 @@ def mel_distance(x_hat: Tensor, x: Tensor, sample_rate: int) -> float:
     return float((torch.log(mel(x_hat) + 1e-5) - torch.log(mel(x) + 1e-5)).abs().mean())
 
 
-def pitch_errors(originals: Tensor, reconstructions: Tensor, sample_rate: int) -> np.ndarray:
-    """Cents, reconstruction minus original, of every note found in both at the same start (YIN frames)."""
-    cents = []
+def note_matches(originals: Tensor, reconstructions: Tensor, sample_rate: int) -> list[list[tuple[float, bool] | None]]:
+    """Per clip, per original note: None when no reconstructed note starts within one YIN frame (16 ms) of it,
+    else (cents, reconstruction minus original; whether it starts in the very same frame)."""
+    out = []
     for x, y in zip(originals, reconstructions):
         found = {s: m for s, _, m in analyse(y[0], sample_rate).notes}
+        clip = []
         for s, _, m in analyse(x[0], sample_rate).notes:
-            near = [found[k] for k in (s - 1, s, s + 1) if k in found]
-            if near:
-                cents.append(100.0 * (near[0] - m))
-    return np.asarray(cents)
+            near = [(found[k], k == s) for k in (s, s - 1, s + 1) if k in found]
+            clip.append((100.0 * (near[0][0] - m), near[0][1]) if near else None)
+        out.append(clip)
+    return out
+
+
+def _cents_summary(notes: list[tuple[float, bool] | None]) -> dict[str, object]:
+    """Counts and |cents| percentiles of one group of note matches."""
+    cents = np.abs([n[0] for n in notes if n is not None])
+    return {"notes": len(notes), "matched": int(len(cents)), "same_frame": sum(1 for n in notes if n and n[1]),
+            "median_cents": round(float(np.median(cents)), 2) if len(cents) else None,
+            "p90_cents": round(float(np.percentile(cents, 90)), 2) if len(cents) else None}
 
 
 def read_clips(folder: Path, names: list[str], sample_rate: int) -> Tensor:
@@ -86,14 +96,19 @@ def main() -> None:
         x = read_clips(tones, [r["file_name"] for r in rows], rate)
         y = round_trip(vae, x)
         results["tones"] = report("tones", x, y, rate)
-        cents = pitch_errors(x, y, rate)
+        matches = note_matches(x, y, rate)
+        cents = np.asarray([n[0] for clip in matches for n in clip if n is not None])
         found = len(cents) > 0  # none: no reconstructed note starts where an original one does (a pitchless decoder)
+        by_timbre: dict[str, list] = {}
+        for row, clip in zip(rows, matches):
+            by_timbre.setdefault(row.get("timbre", "?"), []).extend(clip)
         results["tones"].update({"notes": int(len(cents)),
                                  "pitch_error_median_cents": round(float(np.median(np.abs(cents))), 2) if found else None,
                                  "pitch_error_p95_cents": round(float(np.percentile(np.abs(cents), 95)), 2) if found else None,
                                  "probe_on_reconstructions": {k: round(float(v), 3) for k, v in
                                                               score_tones(y, [r["text"] for r in rows]).items()
-                                                              if k not in ("items", "n", "n_mode")}})
+                                                              if k not in ("items", "n", "n_mode")},
+                                 "notes_by_timbre": {t: _cents_summary(v) for t, v in sorted(by_timbre.items())}})
     music = Path(args.music)
     if (music / "metadata.jsonl").is_file():
         rows = [json.loads(line) for line in (music / "metadata.jsonl").read_text().splitlines() if line.strip()]
