@@ -1,4 +1,4 @@
-"""Waveform VAE (DAC / Stable Audio style): (B, C, N) audio in [-1, 1] <-> latents (B, C_lat, N / hop).
+"""Audio VAE (DAC / Stable Audio style, or spectral): (B, C, N) audio in [-1, 1] <-> latents (B, C_lat, N / hop).
 
 The encoder is a stack of strided 1-D convolutions with dilated residual units and Snake activations;
 the decoder mirrors it with transposed convolutions. The hop (samples per latent frame) is the product
@@ -6,6 +6,12 @@ of `strides`: the default (2, 4, 5, 8) = 320 at 16 kHz gives 50 latent frames pe
 = 384 gives ~41.7 Hz. With `head="istft"` (Vocos) the decoder keeps only its first upsampling blocks, up to
 one STFT frame per `istft_hop` samples, and an inverse STFT makes the samples (audio_blocks.ISTFTHead);
 latents and shapes stay the same.
+
+The spectral variant (tokenizers/audio.yaml): `encoder_input="stft"` reads each latent frame's STFT (n_fft
+4 * hop) through `frame_blocks` ConvNeXt blocks at the latent rate instead of strided convolutions, the decoder
+is the same ConvNeXt stack, and `head="magnitude"` predicts only a log magnitude per frame: Griffin-Lim finds
+the phase at decode, training takes the input's own phase and scores the magnitudes directly
+(`training_output`). A learnt phase per frame cannot hold a steady tone (BENCHMARKS.md, "Why the notes fail").
 
 A clip whose length is not a multiple of the hop is padded on the right with silence (zeros) before
 encoding (L = ceil(N / hop) latent frames); `decode(z, like_shape=(B, C, N))` and `forward` crop back to N.
@@ -79,8 +85,8 @@ class AudioVAEConfig:
                                                               "through `frame_blocks` ConvNeXt blocks, which sees "
                                                               "pitch in the harmonics from the first step")
     frame_blocks: int = _field(0, "ConvNeXt blocks (Vocos) at the latent rate, width `frame_channels`: the 'stft' "
-                                  "encoder's, and with head 'istft' at the hop the decoder's in place of its residual "
-                                  "units; 0 = none", min=0)
+                                  "encoder's, and the decoder's before a spectral head at the hop ('magnitude', or "
+                                  "'istft' with istft_hop null) in place of its conv blocks; 0 = none", min=0)
     frame_channels: int = _field(256, "width of the frame-rate ConvNeXt stacks", min=1)
     init_posterior_std: float = _field(0.1, "posterior std the untrained encoder starts from (the logvar bias "
                                             "of its output conv); 1.0 = the prior's", min=0.0, min_exclusive=True)
@@ -298,4 +304,3 @@ class AudioVAE(Tokenizer):
         spec = head.spectrum(x, z.shape[-1])  # (B*C, bins, n + 1) complex
         wave = head.synthesise(mag, spec.angle())[..., : x.shape[-1]]  # (B, C, N)
         return TokenizerOutput(wave, posterior, z, self.last_layer_weight(), log_magnitude_loss(mag, spec.abs()))
-
