@@ -188,11 +188,9 @@ class MagnitudeHead(nn.Module):
             wave = torch.istft(torch.polar(mag, phase), self.n_fft, self.hop, window=window, center=True, length=n)
         return wave.reshape(-1, self.channels, n)
 
-    def forward(self, h: Tensor, reference: Tensor | None = None) -> Tensor:
-        """Features (B, D, T) -> waveform (B, C, T * hop); `reference` (B, C, N <= T * hop): the clip whose phase
-        to use (training), None = Griffin-Lim."""
-        mag = self.magnitude(h)
-        return self.synthesise(mag, None if reference is None else self.spectrum(reference, h.shape[-1]).angle())
+    def forward(self, h: Tensor) -> Tensor:
+        """Features (B, D, T) -> waveform (B, C, T * hop) through Griffin-Lim (training: AudioVAE.training_output)."""
+        return self.synthesise(self.magnitude(h))
 
 
 def log_magnitude_loss(mag: Tensor, target: Tensor) -> Tensor:

@@ -314,7 +314,7 @@ def test_magnitude_head_takes_the_reference_phase_in_training_and_griffin_lim_at
         head.conv.weight.zero_()
         head.conv.bias.copy_(mag.clamp_min(1e-6).log())
         inner = slice(4 * hop, (t - 4) * hop)  # away from the ends, where fewer frames overlap
-        trained = head(torch.zeros(1, 1, t), reference=sine)
+        trained = head.synthesise(head.magnitude(torch.zeros(1, 1, t)), head.spectrum(sine, t).angle())
         torch.testing.assert_close(trained[..., inner], sine[..., inner], atol=1e-3, rtol=0)
         decoded = head(torch.zeros(1, 1, t))[0, 0, inner]
     spectrum = torch.fft.rfft(decoded).abs()
