@@ -12,6 +12,9 @@ The spectral variant (tokenizers/audio.yaml): `encoder_input="stft"` reads each 
 is the same ConvNeXt stack, and `head="magnitude"` predicts only a log magnitude per frame: Griffin-Lim finds
 the phase at decode, training takes the input's own phase and scores the magnitudes directly
 (`training_output`). A learnt phase per frame cannot hold a steady tone (BENCHMARKS.md, "Why the notes fail").
+`magnitude_subframes` frames per latent frame, a GELU layer of `magnitude_hidden` before the readout, and
+`magnitude_frequency` (each bin's instantaneous frequency too, integrated into the phase at decode: the pitch
+of a lone partial, which its magnitude lobe alone places up to 35 cents off) refine that head.
 
 A clip whose length is not a multiple of the hop is padded on the right with silence (zeros) before
 encoding (L = ceil(N / hop) latent frames); `decode(z, like_shape=(B, C, N))` and `forward` crop back to N.
@@ -71,7 +74,15 @@ class AudioVAEConfig:
                                                                  "pitch far sooner; 'magnitude' = a log magnitude "
                                                                  "per frame, its phase from Griffin-Lim (trained "
                                                                  "with the input's own phase)")
-    griffin_lim_iters: int = _field(32, "head 'magnitude': Griffin-Lim iterations at decode", min=1)
+    griffin_lim_iters: int = _field(32, "head 'magnitude': Griffin-Lim iterations at decode (0: the phase vocoder's "
+                                        "phase alone, with magnitude_frequency)", min=0)
+    magnitude_subframes: int = _field(1, "head 'magnitude': STFT frames per latent frame (hop / this apart; n_fft "
+                                         "stays 4x the hop): 2 halves the time step onsets are placed on", min=1)
+    magnitude_frequency: bool = _field(False, "head 'magnitude': also predict each bin's instantaneous frequency "
+                                              "(trained on the input's phase advance); decode integrates it into "
+                                              "the phase Griffin-Lim starts from, so a lone partial keeps its pitch")
+    magnitude_hidden: int = _field(0, "head 'magnitude': width of a GELU layer before its linear readout of the "
+                                      "log magnitudes; 0 = the readout straight from the frame features", min=0)
     istft_hop: int | None = _field(None, "head 'istft': samples per STFT frame (n_fft = 4x); None = the hop. "
                                          "hop / istft_hop must be the product of the decoder's first strides "
                                          "(the reversed `strides`)", min=1)
@@ -130,6 +141,16 @@ class AudioVAEConfig:
         check(self.head != "magnitude" or self.frame_blocks > 0, "head",
               "'magnitude' needs the ConvNeXt frame decoder: set frame_blocks >= 1")
         check(self.head != "magnitude" or self.istft_hop is None, "istft_hop", "is only used with head 'istft'")
+        check(self.head == "magnitude" or self.magnitude_subframes == 1, "magnitude_subframes",
+              "is only used with head 'magnitude'")
+        check(self.head == "magnitude" or self.magnitude_hidden == 0, "magnitude_hidden",
+              "is only used with head 'magnitude'")
+        check(self.head == "magnitude" or not self.magnitude_frequency, "magnitude_frequency",
+              "is only used with head 'magnitude'")
+        check(self.griffin_lim_iters > 0 or self.magnitude_frequency, "griffin_lim_iters",
+              "0 leaves no phase without magnitude_frequency: set >= 1")
+        check(self.head != "magnitude" or self.hop_length % (2 * self.magnitude_subframes) == 0, "magnitude_subframes",
+              f"must split the hop ({self.hop_length}) into frames an even number of samples apart")
         check_latent_stats(self.latent_shift, self.latent_scale, self.latent_channels)
 
 
@@ -193,7 +214,8 @@ class AudioDecoder(nn.Module):
             self.frames = FrameStack(cfg.latent_channels, cfg.frame_channels, cfg.frame_blocks)
             self.istft = True
             if cfg.head == "magnitude":
-                self.head = MagnitudeHead(cfg.frame_channels, cfg.channels, cfg.hop_length, cfg.griffin_lim_iters)
+                self.head = MagnitudeHead(cfg.frame_channels, cfg.channels, cfg.hop_length, cfg.griffin_lim_iters,
+                                          cfg.magnitude_subframes, cfg.magnitude_hidden, cfg.magnitude_frequency)
             else:
                 self.head = ISTFTHead(cfg.frame_channels, cfg.channels, cfg.hop_length,
                                       cfg.istft_phase == "integrated")
@@ -300,7 +322,10 @@ class AudioVAE(Tokenizer):
             return super().training_output(z, x, posterior)
         self.check_latents(z, "L")
         head = self.decoder.head
-        mag = head.magnitude(self.decoder.frames(z))  # (B*C, bins, n + 1)
-        spec = head.spectrum(x, z.shape[-1])  # (B*C, bins, n + 1) complex
+        mag, offset = head.predict(self.decoder.frames(z))  # (B*C, bins, n * subframes + 2) each
+        spec = head.spectrum(x, z.shape[-1])  # (B*C, bins, n * subframes + 2) complex
         wave = head.synthesise(mag, spec.angle())[..., : x.shape[-1]]  # (B, C, N)
-        return TokenizerOutput(wave, posterior, z, self.last_layer_weight(), log_magnitude_loss(mag, spec.abs()))
+        loss = log_magnitude_loss(mag, spec.abs())
+        if offset is not None:
+            loss = loss + head.frequency_loss(offset, spec)
+        return TokenizerOutput(wave, posterior, z, self.last_layer_weight(), loss)

@@ -302,17 +302,18 @@ def test_istft_head_integrated_phase_keeps_a_steady_tone_between_frame_rate_mult
         assert inner.abs().max() < 0.51  # the frames interfere: half the amplitude is lost
 
 
-def test_magnitude_head_takes_the_reference_phase_in_training_and_griffin_lim_at_decode() -> None:
+@pytest.mark.parametrize("subframes", [1, 2])
+def test_magnitude_head_takes_the_reference_phase_in_training_and_griffin_lim_at_decode(subframes: int) -> None:
     """A steady 1 kHz sine at 8 kHz (hop 40, n_fft 160: bin 20): with the sine's own log magnitude in every
     frame, the head gives the sine back from its phase, and Griffin-Lim finds a tone of the same pitch and level."""
     hop, t = 40, 40
     n = torch.arange(t * hop)
     sine = 0.5 * torch.sin(2 * math.pi * 1000 * n / 8000)[None, None]  # (1, 1, 1600)
-    head = MagnitudeHead(1, 1, hop)
+    head = MagnitudeHead(1, 1, hop, subframes=subframes)
     mag = torch.stft(sine[0], 160, hop, window=torch.hann_window(160), return_complex=True).abs()[0, :, t // 2]
     with torch.no_grad():
         head.conv.weight.zero_()
-        head.conv.bias.copy_(mag.clamp_min(1e-6).log())
+        head.conv.bias.copy_(mag.clamp_min(1e-6).log().repeat(subframes))
         inner = slice(4 * hop, (t - 4) * hop)  # away from the ends, where fewer frames overlap
         trained = head.synthesise(head.magnitude(torch.zeros(1, 1, t)), head.spectrum(sine, t).angle())
         torch.testing.assert_close(trained[..., inner], sine[..., inner], atol=1e-3, rtol=0)
@@ -320,6 +321,64 @@ def test_magnitude_head_takes_the_reference_phase_in_training_and_griffin_lim_at
     spectrum = torch.fft.rfft(decoded).abs()
     assert int(spectrum.argmax()) * 8000 / len(decoded) == pytest.approx(1000, abs=8000 / len(decoded))
     assert decoded.std() == pytest.approx(0.5 / math.sqrt(2), rel=0.05)
+
+
+@pytest.mark.parametrize("subframes", [1, 2, 4])
+def test_magnitude_head_frames_sit_on_the_encoders_frames(subframes: int) -> None:
+    """Frame j of the head is centred at (j - 1/2) * step: with one frame per latent frame, frame i + 1 is
+    centred where the encoder's frame i is, so a click there lights both; with more, latent frame i's
+    `subframes` frames split its span. The conv's outputs land on those frames in order (latent-major), the
+    reconstruction keeps the click where it was, and the ends reach one frame beyond the clip."""
+    hop, t = 40, 10
+    head = MagnitudeHead(1, 1, hop, subframes=subframes)
+    step = hop // subframes
+    for at in (3 * hop + step // 2, 6 * hop + hop - step // 2):  # the centre of latent frame 3's first subframe...
+        click = torch.zeros(1, 1, t * hop)
+        click[0, 0, at] = 1.0
+        spec = head.spectrum(click, t)  # (1, bins, t * subframes + 2)
+        assert spec.shape == (1, 2 * hop + 1, t * subframes + 2)
+        assert int(spec.abs().pow(2).sum(1).argmax()) == at // step + 1
+        if subframes == 1:
+            assert int(stft_features(click, hop)[0, : 2 * hop + 1].mean(0).argmax()) == at // hop
+        back = head.synthesise(spec.abs(), spec.angle())
+        torch.testing.assert_close(back, click, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        head.conv.weight.zero_()
+        head.conv.bias.copy_(torch.arange(subframes).repeat_interleave(2 * hop + 1).float().log1p())
+        frames = head.magnitude(torch.zeros(1, 1, t))[0, 0]  # bin 0 of every frame: k + 1 in subframe k
+    want = torch.arange(subframes).float().add(1).repeat(t + 2)[subframes - 1: (t + 1) * subframes + 1]
+    torch.testing.assert_close(frames, want)
+    with pytest.raises(ValueError, match="hop 40 must split into 3 frames"):
+        MagnitudeHead(1, 1, hop, subframes=3)
+
+
+def test_magnitude_head_predicting_frequencies_decodes_an_off_bin_tone_in_tune() -> None:
+    """A 1010 Hz tone at 8 kHz lies a fifth of a bin from bin 20 (n_fft 160: 50 Hz per bin). With its true
+    magnitudes and frequency offsets (the loss is ~0 there, not at the bins' centres), the phase vocoder alone
+    (no Griffin-Lim) gives back a steady 1010 Hz sinusoid: nearly all of the decoded energy projects on it."""
+    hop, t, sr, freq = 40, 40, 8000, 1010.0
+    n = torch.arange(t * hop)
+    tone = 0.5 * torch.sin(2 * math.pi * freq * n / sr)[None, None]  # (1, 1, 1600)
+    head = MagnitudeHead(1, 1, hop, griffin_lim_iters=0, subframes=2, frequency=True)
+    spec = head.spectrum(tone, t)  # (1, 81, 82)
+    middle = spec[0, :, t]  # a frame inside the clip
+    advance = torch.angle(spec[0, :, t] * spec[0, :, t - 1].conj())
+    offset = (torch.remainder(advance - head.unit * torch.arange(81) + math.pi, 2 * math.pi) - math.pi) / head.unit
+    assert float(offset[20]) == pytest.approx(0.2, abs=1e-3)  # the tone's frequency, seen from bin 20
+    with torch.no_grad():
+        head.conv.weight.zero_()
+        bias = head.conv.bias.view(2, 2, 81)  # (subframe, [log magnitude, offset], bins)
+        bias[:, 0] = middle.abs().clamp_min(1e-6).log()
+        bias[:, 1] = torch.atanh((offset / (math.pi / head.unit)).clamp(-0.999, 0.999))
+        mag, predicted = head.predict(torch.zeros(1, 1, t))
+        assert float(head.frequency_loss(predicted, spec)) < 0.05 < float(head.frequency_loss(0 * predicted, spec))
+        decoded = head(torch.zeros(1, 1, t))[0, 0, 6 * hop: (t - 6) * hop]
+    k = n[6 * hop: (t - 6) * hop].float()
+    basis = torch.stack([torch.sin(2 * math.pi * freq * k / sr), torch.cos(2 * math.pi * freq * k / sr)])  # (2, L)
+    coef = torch.linalg.lstsq(basis.T, decoded[:, None]).solution
+    residual = decoded - (basis.T @ coef)[:, 0]
+    assert float(residual.pow(2).sum() / decoded.pow(2).sum()) < 0.01
+    assert float(coef.norm()) == pytest.approx(0.5, rel=0.1)
 
 
 def test_magnitude_vae_trains_with_the_input_phase_and_a_magnitude_loss_and_decodes_alone() -> None:
@@ -331,7 +390,7 @@ def test_magnitude_vae_trains_with_the_input_phase_and_a_magnitude_loss_and_deco
         head = vae.decoder.head
         mag, target = head.magnitude(vae.decoder.frames(post.mean)), head.spectrum(x, post.mean.shape[-1]).abs()
     assert out.reconstruction.shape == decoded.shape == x.shape and not torch.allclose(out.reconstruction, decoded)
-    assert mag.shape == target.shape == (2, 81, math.ceil(803 / 40) + 1)
+    assert mag.shape == target.shape == (2, 81, math.ceil(803 / 40) + 2)
     torch.testing.assert_close(out.decoder_loss, log_magnitude_loss(mag, target))
     assert log_magnitude_loss(target, target) == 0 and out.decoder_loss > 1.0  # the untrained head is near silence
     assert isinstance(head, MagnitudeHead) and vae.last_layer_weight() is head.conv.weight
@@ -343,3 +402,27 @@ def test_magnitude_vae_trains_with_the_input_phase_and_a_magnitude_loss_and_deco
         from_dict(AudioVAEConfig, {**base, "istft_hop": 8})
     with pytest.raises(ConfigError, match="istft_phase: is only used with head 'istft'"):
         from_dict(AudioVAEConfig, {**base, "istft_phase": "integrated"})
+    with pytest.raises(ConfigError, match="magnitude_subframes: must split the hop"):
+        from_dict(AudioVAEConfig, {**base, "magnitude_subframes": 3})
+    with pytest.raises(ConfigError, match="magnitude_subframes: is only used with head 'magnitude'"):
+        from_dict(AudioVAEConfig, {**to_dict(SPECTRAL), "magnitude_subframes": 2})
+    with pytest.raises(ConfigError, match="magnitude_frequency: is only used with head 'magnitude'"):
+        from_dict(AudioVAEConfig, {**to_dict(SPECTRAL), "magnitude_frequency": True})
+    with pytest.raises(ConfigError, match="griffin_lim_iters: 0 leaves no phase"):
+        from_dict(AudioVAEConfig, {**base, "griffin_lim_iters": 0})
+    with pytest.raises(ConfigError, match="magnitude_hidden: is only used with head 'magnitude'"):
+        from_dict(AudioVAEConfig, {**to_dict(SPECTRAL), "magnitude_hidden": 32})
+    deep = _vae(replace(cfg, magnitude_hidden=48, magnitude_subframes=2))
+    with torch.no_grad():
+        out = deep.training_output(post.mean, x, post)
+    readout = deep.decoder.head.conv
+    assert readout.in_channels == 48 and readout.out_channels == 2 * 81 and deep.last_layer_weight() is readout.weight
+    assert out.reconstruction.shape == x.shape and deep.decode(post.mean, like_shape=x.shape).shape == x.shape
+    tuned = _vae(replace(cfg, magnitude_frequency=True, griffin_lim_iters=0))
+    with torch.no_grad():
+        out = tuned.training_output(post.mean, x, post)
+        mag, offset = tuned.decoder.head.predict(tuned.decoder.frames(post.mean))
+        spec = tuned.decoder.head.spectrum(x, post.mean.shape[-1])
+    torch.testing.assert_close(out.decoder_loss, log_magnitude_loss(mag, spec.abs())
+                               + tuned.decoder.head.frequency_loss(offset, spec))
+    assert tuned.decode(post.mean, like_shape=x.shape).shape == x.shape
