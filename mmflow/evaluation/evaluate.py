@@ -38,7 +38,7 @@ from mmflow.metrics.frechet import FeatureStats, frechet_distance
 from mmflow.metrics.manifold import manifold_report
 from mmflow.utils.fs import atomic_folder
 
-__all__ = ["EvalReport", "Evaluator"]
+__all__ = ["DISTRIBUTION_METRICS", "EvalReport", "Evaluator", "check_real"]
 
 logger = logging.getLogger("mmflow.evaluation")
 
@@ -66,6 +66,17 @@ class EvalReport:
                           *lines])
 
 
+DISTRIBUTION_METRICS = ("fd", "precision_recall", "density_coverage")  # compare features with a real set's
+
+
+def check_real(cfg: EvalConfig, real: object | None) -> None:
+    """Refuse distribution metrics without a real set (before any sampling: mmflow eval MODEL checks first)."""
+    wanted = [m for m in cfg.metrics if m in DISTRIBUTION_METRICS]
+    if wanted and real is None:
+        raise MediaSetError(f"{', '.join(wanted)} compare with real media: give a real folder (--real), or choose "
+                            "--metrics without them (e.g. only --check)")
+
+
 class Evaluator:
     """The extractors an EvalConfig names, built once for `modality`, on `device`."""
 
@@ -75,7 +86,7 @@ class Evaluator:
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
         self.media_rate: int | None = None  # the sample rate of generated audio handed to score_media
         name, options = (cfg.features, {}) if cfg.features != "auto" else AUTO_FEATURES[modality]
-        needs_features = {"fd", "precision_recall", "density_coverage"} & set(cfg.metrics)
+        needs_features = set(DISTRIBUTION_METRICS) & set(cfg.metrics)
         self.features = get_features(name, cfg.features_path, self.device, **options) if needs_features else None
         if self.features is not None and self.features.modality != modality:
             raise FeatureMismatch(f"feature extractor {name!r} reads {self.features.modality} media, but the media "
@@ -201,9 +212,7 @@ class Evaluator:
         metrics: dict[str, float] = {}
         num_real = 0
         if self.features is not None:
-            if real is None:
-                raise MediaSetError(f"{', '.join(m for m in self.cfg.metrics if m in ('fd', 'precision_recall', 'density_coverage'))} "
-                                    "compare with real media: give a real folder (--real)")
+            check_real(self.cfg, real)
             real_feats = self.real_features(real)
             fake_feats = self._extract(self.features, self._set_batches(fake, self.features), len(fake), "features")
             metrics.update(self._distribution(real_feats, fake_feats))
@@ -227,8 +236,7 @@ class Evaluator:
         metrics: dict[str, float] = {}
         num_real = 0
         if self.features is not None:
-            if real is None:
-                raise MediaSetError("distribution metrics compare with real media: give a real folder")
+            check_real(self.cfg, real)
             real_feats = self.real_features(real)
             fake_feats = self._extract(self.features, self._tensor_batches(media, self.features), len(media), "features")
             metrics.update(self._distribution(real_feats, fake_feats))

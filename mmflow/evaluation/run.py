@@ -22,7 +22,7 @@ import torch
 
 from mmflow.config import to_dict
 from mmflow.evaluation.config import EvalConfig
-from mmflow.evaluation.evaluate import EvalReport, Evaluator
+from mmflow.evaluation.evaluate import EvalReport, Evaluator, check_real
 from mmflow.evaluation.media_sets import MediaSet, MediaSetError, load_media_set
 from mmflow.utils.fs import write_json_atomic
 
@@ -88,6 +88,7 @@ def evaluate_model(path: str, cfg: EvalConfig, out: str | Path | None, prompts: 
     if layout.modality is None:
         raise MediaSetError(f"{path}: a {pipe.task.name} model makes points, not media; mmflow eval scores media")
     real_set = load_media_set(real, layout.modality) if real else None
+    check_real(cfg, real_set)  # before sampling, which may take minutes
     inputs = _prompts(prompts, real_set, pipe)
     rows = [inputs[i % len(inputs)] for i in range(num)]
     lo, hi = shard(num, acc.process_index, acc.num_processes)

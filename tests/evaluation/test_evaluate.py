@@ -153,6 +153,19 @@ def test_a_model_scores_the_same_on_one_and_on_two_processes(image_model, sets, 
         assert b["metrics"][k] == pytest.approx(v, abs=1e-6), k
 
 
+def test_a_model_without_a_real_folder_is_refused_before_sampling(image_model, tmp_path, monkeypatch) -> None:
+    from mmflow.evaluation.run import evaluate_model
+    from mmflow.pipeline import FlowPipeline
+
+    def sample(*args, **kwargs):
+        raise AssertionError("sampled before the metrics were checked")
+
+    monkeypatch.setattr(FlowPipeline, "__call__", sample)
+    with pytest.raises(MediaSetError, match="fd compare with real media: give a real folder"):
+        evaluate_model(str(image_model), EvalConfig(metrics=["fd"]), tmp_path / "r.json", num=2, device="cpu")
+    assert not (tmp_path / "r.json").exists()
+
+
 def _free_port() -> int:
     import socket
 
