@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-import torchaudio
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
