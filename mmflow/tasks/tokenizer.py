@@ -40,6 +40,8 @@ from mmflow.tokenizers import (
     PatchDiscriminatorConfig, Tokenizer, TokenizerOutput, VAELoss, VAELossConfig, VideoVAE, apply_latent_stats,
     measure_latent_stats, stft_distance,
 )
+from mmflow.model_io import CONFIG_NAME, read_json_object
+from mmflow.train.init_from import model_folder, source_folder
 from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, Task, format_metric
 from mmflow.utils.seeding import mix_seed
@@ -98,6 +100,10 @@ class TokenizerModelConfig:
     vae: dict[str, Any] = field(default_factory=dict, metadata={"help": "VAE config fields over the preset, e.g. latent_channels: 16"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute each VAE level in backward: less memory, more compute (image VAE only; not saved with it)"})
+    freeze_encoder: bool = field(default=False, metadata={
+        "help": "train the decoder only (as Stable Diffusion's ft-MSE VAE decoders were): the encoder and the latent "
+                "statistics stay train.init_from's, so latents cached through it, and flow models trained on "
+                "them, stay valid with the new decoder"})
     discriminator: DiscriminatorSection = field(default_factory=DiscriminatorSection)
     loss: VAELossConfig = field(default_factory=VAELossConfig)
 
@@ -231,6 +237,8 @@ class TokenizerTask(MediaAccounting, Task):
         vae = vae_kind(self.modality)[0](self.vae_config)
         if self.recipe.model.gradient_checkpointing:  # validate_recipe: only VAEs that have it
             vae.set_gradient_checkpointing(True)
+        for module in vae.encoder_modules() if self.recipe.model.freeze_encoder else ():
+            module.requires_grad_(False)  # the optimizer skips them; init_from loads them after
         models: dict[str, nn.Module] = {TOKENIZER: vae}
         if self.adversarial:
             d = self.recipe.model.discriminator
@@ -258,6 +266,9 @@ class TokenizerTask(MediaAccounting, Task):
             raise ConfigError("the tokenizer task trains on one size (the trainer's sampler mixes buckets); "
                               "set data.bucketing: false", "data.bucketing", source)
         vae = tokenizer_config(data, model, source)
+        if model.freeze_encoder and recipe.train.init_from is None:
+            raise ConfigError("a decoder-only fine-tune keeps a trained encoder: set train.init_from to the tokenizer "
+                              "(run or model folder) whose encoder to keep", "model.freeze_encoder", source)
         if model.gradient_checkpointing and not hasattr(vae_kind(data.modality)[0], "set_gradient_checkpointing"):
             raise ConfigError(f"the {data.modality} VAE has no gradient checkpointing (the image VAE has); set it to false",
                               "model.gradient_checkpointing", source)
@@ -408,8 +419,19 @@ class TokenizerTask(MediaAccounting, Task):
         return metrics
 
     def finish_models(self, models: dict[str, nn.Module], dataset: Dataset, device: torch.device) -> None:
-        """Measure per-channel latent statistics on up to data.stats_items training items and store them."""
+        """Measure per-channel latent statistics on up to data.stats_items training items and store them; a
+        decoder-only fine-tune (model.freeze_encoder) keeps its init_from tokenizer's instead, so its latents
+        are those of the tokenizer it started from, number for number."""
         vae = models[TOKENIZER]
+        if self.recipe.model.freeze_encoder:
+            src = model_folder(source_folder(Path(self.recipe.train.init_from)), TOKENIZER)
+            saved = read_json_object(src / CONFIG_NAME).get("config", {})
+            if saved.get("latent_shift") is None or saved.get("latent_scale") is None:
+                raise ConfigError(f"{src} has no latent statistics to keep (a tokenizer whose run did not finish?)",
+                                  "train.init_from")
+            apply_latent_stats(vae, saved["latent_shift"], saved["latent_scale"])
+            logger.info("latent statistics kept from %s (the encoder was frozen)", src)
+            return
         if isinstance(dataset, TrainingItems):
             dataset = dataset.whole()  # statistics of the latents the flow model will see: whole items
         n = min(len(dataset), self.recipe.data.stats_items)

@@ -94,6 +94,10 @@ class Tokenizer(nn.Module):
     # train.init_from: measured after training, not architecture (a run re-measures them), so not compared
     init_measured_fields: ClassVar[tuple[str, ...]] = ("latent_shift", "latent_scale")
 
+    def encoder_modules(self) -> list[nn.Module]:
+        """The modules that map media to the posterior (what a decoder-only fine-tune freezes)."""
+        return [m for m in (getattr(self, "encoder", None), getattr(self, "quant_conv", None)) if m is not None]
+
     @abstractmethod
     def encode(self, x: Tensor) -> DiagonalGaussian:
         """Media (B, C, ...) in [-1, 1] (audio: waveform in [-1, 1]) -> posterior over raw latents."""

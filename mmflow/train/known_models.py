@@ -87,9 +87,11 @@ KNOWN_TOKENIZERS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
     "video-vae-16ch": ("video_vae", dict(block_out_channels=(128, 256, 256, 512), layers_per_block=3, latent_channels=16),
                        ("video-vae-16ch", "video-vae", "cogvideox-vae")),
     # mmflow's CPU-size spectral audio VAE (tokenizers/audio.yaml: 16 kHz mono, hop 320, 16 channels, STFT encoder,
-    # ConvNeXt decoder, magnitude head), what checkpoints/tokenizers/audio ships
+    # ConvNeXt decoder, magnitude + frequency head), what checkpoints/tokenizers/audio ships
     "audio-vae-16k": ("audio_vae", dict(sample_rate=16000, channels=1, strides=(2, 4, 5, 8), latent_channels=16,
-                                        encoder_input="stft", frame_blocks=6, frame_channels=256, head="magnitude"),
+                                        encoder_input="stft", frame_blocks=6, frame_channels=256, head="magnitude",
+                                        magnitude_subframes=2, magnitude_hidden=1024, magnitude_frequency=True,
+                                        griffin_lim_iters=0),
                       ("audio", "audio-vae-16k")),
     # mmflow's waveform VAE at Stable Audio Open's rate and compression: 44.1 kHz stereo, hop 2048 (21.5 latent
     # frames per second), 64 channels; trained with `mmflow train tokenizers/audio.yaml` at these widths

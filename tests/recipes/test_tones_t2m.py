@@ -1,6 +1,6 @@
 """recipes/tones_t2m.yaml shortened, through the CLI: generate a few tones clips (half of them cut short), train
-a few steps through an audio tokenizer of the shipped one's size (a fresh one: the shipped tokenizer is not
-trained yet) with timing conditioning (checkpoint, validation with the tones
+a few steps through a fresh audio tokenizer with the shipped one's latents (hop 320, 16 channels; untrained and
+smaller, so the test stays fast) with timing conditioning (checkpoint, validation with the tones
 probe), resume, sample a prompt at the window's length, shorter and longer, and read the WAVs it wrote with
 soundfile. Only the network, the data and the step counts are shrunk."""
 

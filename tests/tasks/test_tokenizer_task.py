@@ -87,6 +87,26 @@ def test_image_training_lowers_loss_and_exports_normalising_latent_stats(tmp_pat
     assert (tmp_path / "run" / "validation" / ckpt.step_dir_name(30) / "reconstructions.png").stat().st_size > 500
 
 
+def test_a_decoder_only_fine_tune_keeps_the_encoder_and_its_latents(tmp_path):
+    data = _images(tmp_path / "data")
+    _train(_recipe("image_f8", data, *IMAGE, "train.max_steps=6", "train.checkpoint_every=6"), tmp_path / "base")
+    base = tmp_path / "base" / "model" / "models" / TOKENIZER
+    recipe = _recipe("image_f8", data, *IMAGE, "train.max_steps=6", "train.checkpoint_every=6",
+                     "model.freeze_encoder=true", f"train.init_from={tmp_path / 'base'}", "data.stats_items=4")
+    _train(recipe, tmp_path / "ft")
+    before, after = load_file(base / "model.safetensors"), load_file(tmp_path / "ft" / "model" / "models" / TOKENIZER /
+                                                                     "model.safetensors")
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    # the latent statistics are the base's (not re-measured on other items): cached latents stay valid
+    old, new = load_model(base).eval(), load_model(tmp_path / "ft" / "model" / "models" / TOKENIZER).eval()
+    assert (new.config.latent_shift, new.config.latent_scale) == (old.config.latent_shift, old.config.latent_scale)
+    x = TokenizerTask(recipe).held_out_media()
+    with torch.no_grad():
+        torch.testing.assert_close(new.encode_latents(x), old.encode_latents(x), rtol=0, atol=0)
+
+
 def test_held_out_items_are_never_trained_on_even_as_replacements(tmp_path):
     data = _images(tmp_path / "data", n=10)
     write_zero_byte(data / "img_005.png")  # the last training item: its replacement search reaches held-out items
@@ -260,6 +280,7 @@ def test_audio_recipe_trains_from_the_command_line(tmp_path, capsys):
     ("audio", ["model.vae.sample_rate=24000"], "model.vae.sample_rate"),
     ("image_f8", ["model.vae.gradient_checkpointing=true"], "model.vae.gradient_checkpointing"),  # moved out
     ("video", ["model.gradient_checkpointing=true"], "model.gradient_checkpointing"),  # image VAE only
+    ("image_f8", ["model.freeze_encoder=true"], "model.freeze_encoder"),  # no train.init_from to keep
 ])
 def test_bad_recipes_name_the_key(recipe, overrides, key):
     with pytest.raises(ConfigError) as e:

@@ -19,6 +19,7 @@ from mmflow.metrics.reconstruction import hue_error, psnr
 from mmflow.model_io import load_model
 from tests.conftest import REPO
 
+ONSET_FRAMES = 2  # how far (tones-probe analysis frames) a reconstructed note's start may be from the original's
 SHIPPED = sorted(p for p in (REPO / "checkpoints" / "tokenizers").iterdir() if p.is_dir())
 
 
@@ -69,6 +70,9 @@ def _check_audio(model: torch.nn.Module) -> None:
     assert y.shape == x.shape
     assert float(stft_distance(y, x).mean()) < 0.5 * float(stft_distance(torch.zeros_like(x), x).mean())
     for a, b in zip(x, y):
-        want, got = analyse(a[0]).notes, {s: m for s, _, m in analyse(b[0]).notes}
-        cents = [100 * (got[s] - m) for s, _, m in want if s in got]
+        want, got = analyse(a[0]).notes, analyse(b[0]).notes
+        # each original note against the reconstructed note starting nearest it, within two 16 ms analysis
+        # frames: the decoder places onsets on its own 10 ms frames, and 32 ms is below an audible asynchrony
+        cents = [100 * (min(got, key=lambda n: abs(n[0] - s))[2] - m) for s, _, m in want
+                 if got and min(abs(n[0] - s) for n in got) <= ONSET_FRAMES]
         assert len(cents) >= len(want) // 2 and float(np.median(np.abs(cents))) < 20.0  # every note in tune
