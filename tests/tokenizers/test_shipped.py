@@ -32,7 +32,7 @@ def _images() -> torch.Tensor:
 
 
 def test_the_shipped_tokenizers_are_there() -> None:
-    assert {p.name for p in SHIPPED} >= {"image_f4", "image_f8", "video"}
+    assert {p.name for p in SHIPPED} >= {"image_f4", "image_f8", "video", "audio"}
 
 
 @pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
