@@ -33,6 +33,7 @@ from mmflow.config import ConfigError, from_dict, to_dict
 from mmflow.data.bad_items import BadDataError, BadMedia
 from mmflow.data.media_folder import MAX_CANDIDATES, MediaFolderConfig, MediaFolderDataset, collate
 from mmflow.metrics.reconstruction import hue_error, psnr
+from mmflow.model_io import CONFIG_NAME, read_json_object
 from mmflow.tasks import register_task
 from mmflow.tasks.media_accounting import MediaAccounting
 from mmflow.tokenizers import (
@@ -40,7 +41,6 @@ from mmflow.tokenizers import (
     PatchDiscriminatorConfig, Tokenizer, TokenizerOutput, VAELoss, VAELossConfig, VideoVAE, apply_latent_stats,
     measure_latent_stats, stft_distance,
 )
-from mmflow.model_io import CONFIG_NAME, read_json_object
 from mmflow.train.init_from import model_folder, source_folder
 from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, Task, format_metric

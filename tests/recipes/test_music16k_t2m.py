@@ -1,8 +1,8 @@
 """recipes/music16k_t2m.yaml shortened, through the CLI: a few synthetic melodies written as a music16k-style
 folder (audio/NNNN.wav + metadata.jsonl with its captions), a fresh audio tokenizer with the shipped one's latents
-(hop 320, 16 channels; untrained and smaller, so the test stays fast), prepare, 2 training steps with a validation scored by the music check and
-the Frechet distance in the music probe's features, then a sampled WAV read back with soundfile. Only the
-network, the data and the step counts are shrunk; no shared data needed."""
+(hop 320, 16 channels; untrained and smaller, so the test stays fast), prepare, 2 training steps with a validation
+scored by the music check and the Frechet distance in the music probe's features, then a sampled WAV read back
+with soundfile. Only the network, the data and the step counts are shrunk; no shared data needed."""
 
 from __future__ import annotations
 
