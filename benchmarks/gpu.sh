@@ -9,10 +9,12 @@
 # MFU = samples/s * model FLOPs per sample / peak FLOP/s, with PEAK_TFLOPS the chip's dense bf16 peak
 # (H100/H200 SXM: 989; set PEAK_TFLOPS for another chip). Model FLOPs of one training sample (forward + backward,
 # i.e. 3 forwards), as benchmarks/mmdit_step.py's train_flops_per_sample computes them:
-#     6 * P_blocks * N  +  12 * depth * N^2 * D
-# N = latent tokens + text tokens (joint attention: B 32*32 + 77 = 1101, L 32*32 + 154 = 1178), D the hidden
-# width, P_blocks the MM-DiT blocks' parameters (2 FLOPs per weight per token forward, 4 backward); the second
-# term is attention's QK^T and AV (2 N^2 D FLOPs each per layer forward, x3 with the backward).
+#     6 * (P_x * N_x + P_c * N_c)  +  12 * depth * N^2 * D
+# N_x latent tokens (32*32), N_c text tokens (B 77, L 154), N = N_x + N_c (joint attention), D the hidden width,
+# P_x / P_c the latent / text streams' block parameters without the adaLN modulation (each weight acts on its own
+# stream's tokens: 2 FLOPs per weight per token forward, 4 backward); the second term is attention's QK^T and AV
+# (2 N^2 D FLOPs each per layer forward, x3 with the backward). B: 693 GFLOP per sample, L: 2536.
+# Measured on an H200, 2026-12-04 (BENCHMARKS.md): B 204 / 370 / 179 samples/s, L 110 / 158 / 94.
 set -u
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-/tmp/gpu_mmdit}

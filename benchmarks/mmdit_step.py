@@ -12,9 +12,10 @@ memory of the step are reported side by side. A third column runs a copy of the 
     .venv/bin/python benchmarks/mmdit_step.py --tiny                 # a quick check of this script (seconds)
 --peak-tflops P adds model FLOPs utilisation, achieved model FLOP/s over P TFLOP/s (the chip's dense peak
 in the dtype: H100/H200 bf16 989). Model FLOPs of one training sample (forward + backward = 3 forwards):
-    6 * P_blocks * N  +  12 * depth * N^2 * D
-with N = latent tokens + text tokens (joint attention), D the hidden width and P_blocks the parameters of
-the MM-DiT blocks (each applied once per token: 2 FLOPs per weight per token forward, 4 backward); the
+    6 * (P_x * N_x + P_c * N_c)  +  12 * depth * N^2 * D
+with N_x latent tokens, N_c text tokens, N = N_x + N_c (joint attention), D the hidden width, P_x and P_c the
+parameters of the MM-DiT blocks' latent (x_*) and text (c_*) streams without the adaLN modulation (each weight
+acts once per token of its own stream: 2 FLOPs forward, 4 backward; the modulation acts once per sample); the
 second term is attention's two N x N x D matrix products (QK^T and AV), 2 FLOPs each, times 3 for the
 backward. Embedders and the final layer (<2% of the parameters at B) are left out, as is recomputation.
 Memory: on GPU the peak CUDA allocation during one step (torch.cuda.max_memory_allocated: the model's weights,
@@ -95,11 +96,18 @@ def _step_fn(which: str, model, x, text, pooled, t, autocast: torch.dtype | None
 
 def train_flops_per_sample(model, size: str) -> float:
     """Model FLOPs of one training sample (forward + backward) of mmflow MM-DiT `model` at `size`: the formula
-    in the module docstring."""
+    in the module docstring. Each stream's weights act on its own tokens (x_* on the latent patches, c_* on the
+    text tokens); the adaLN modulation layers act once per sample (on the pooled condition), about nothing."""
     hidden, depth, _, side, text = SIZES[size]
-    n = (side // 2) ** 2 + text
-    p_blocks = sum(p.numel() for p in model.blocks.parameters())
-    return 6.0 * p_blocks * n + 12.0 * depth * n * n * hidden
+    latent = (side // 2) ** 2
+    n = latent + text
+    per_token = {"x_": latent, "c_": text}
+    weight_token_products = 0
+    for name, p in model.blocks.named_parameters():
+        leaf = name.split(".")[1]  # blocks.<i>.<leaf>...: "0.x_qkv.weight" -> "x_qkv"
+        if "modulation" not in leaf:
+            weight_token_products += p.numel() * per_token[leaf[:2]]
+    return 6.0 * weight_token_products + 12.0 * depth * n * n * hidden
 
 
 def _time_interleaved(fns: dict, repeats: int, device: str) -> dict[str, float]:
