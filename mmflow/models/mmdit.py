@@ -103,6 +103,10 @@ class MMDiTConfig:
                                     "as SD3): word order then reaches the model beyond what the text encoder's "
                                     "states carry; they start at zero, so a model gaining them starts unchanged",
                                  min=0)
+    abs_positions: bool = _field(False, "rope: also add a fixed sinusoidal table of each latent token's grid "
+                                        "coordinates (the rope angles' sin and cos at the model's width): RoPE is "
+                                        "relative only, and a token far from both ends cannot tell where in the "
+                                        "clip it sits (which note of a melody)")
     # The attention backend and gradient checkpointing are run-time settings of MMDiT, not fields here:
     # an exported config.json describes the weights, not the machine that trained them.
 
@@ -128,6 +132,8 @@ class MMDiTConfig:
             check(k == 2, "pos_embed",
                   f"sincos is SD3's 2-D table; patch_size {list(self.patch_size)} is not 2-D (use rope)")
             check(self.hidden_size % 4 == 0, "hidden_size", f"sincos needs a multiple of 4, got {self.hidden_size}")
+        check(not self.abs_positions or self.pos_embed == "rope", "abs_positions",
+              "adds to rope's relative positions; sincos positions are absolute already")
         taken = {"text", "text_mask", "pooled", "label", "concat", "frames"}
         clash = sorted(set(self.scalar_conditions) & taken)
         check(not clash and len(set(self.scalar_conditions)) == len(self.scalar_conditions), "scalar_conditions",
@@ -618,6 +624,9 @@ class MMDiT(nn.Module):
             h = h + crop_sincos_table(self.pos_table, cfg.pos_embed_max_size, grid).to(h.dtype)  # (B, N, D)
         else:
             rope = rope_angles(grid, cfg.head_dim, cfg.rope_theta, device=x.device)  # (N, Dh/2) each
+            if cfg.abs_positions:
+                cos, sin = rope_angles(grid, cfg.hidden_size, cfg.rope_theta, device=x.device)  # (N, D/2) each
+                h = h + torch.cat([sin, cos], dim=-1).to(h.dtype)  # (N, D) broadcast over the batch
 
         c = self.t_embedder(t)  # (B, D)
         if self.pooled_embedder is not None:

@@ -117,6 +117,9 @@ class MMDiTSection:
         "min": 0, "help": "learned positions added to the text tokens (0: none, as SD3); at least the text length "
                           "(the encoders' max_length summed); they start at zero, so train.init_from a model "
                           "without them starts unchanged"})
+    abs_positions: bool = field(default=False, metadata={
+        "help": "rope: also add a fixed sinusoidal table of each latent token's position (RoPE alone is relative: "
+                "far from both ends a token cannot tell where in the clip it sits); no weights"})
     # SD3's own position table and time input: what converted SD3 / SD3.5 weights (train.init_from) were made with
     pos_embed: Literal["rope", "sincos"] = field(default="rope", metadata={
         "help": "rope: any modality and size; sincos: SD3's fixed 2-D table (images; converted SD3 weights)"})

@@ -468,3 +468,26 @@ def test_text_positions_start_at_zero_and_make_the_model_see_word_order() -> Non
 def test_text_positions_need_a_text_stream() -> None:
     with pytest.raises(ConfigError, match="text_positions: 4 positions, but the model has no text stream"):
         _config(context_dim=0, text_positions=4).validate()
+
+
+def test_abs_positions_add_the_sinusoidal_table_of_each_token_and_no_weights() -> None:
+    plain = _model(patch_size=(2,), dual_attention_layers=())
+    placed = MMDiT(_config(patch_size=(2,), dual_attention_layers=(), abs_positions=True))
+    placed.load_state_dict(plain.state_dict())  # no parameters of its own: checkpoints load both ways
+    seen = {}
+    for name, model in (("plain", plain), ("placed", placed)):
+        model.blocks[0].register_forward_pre_hook(lambda m, args, name=name: seen.__setitem__(name, args[0]))
+    x = torch.ones(2, 3, 16)  # every token the same: what tells them apart is where they sit
+    cond = {"text": torch.zeros(2, 5, TEXT), "pooled": torch.zeros(2, POOLED), "label": torch.tensor([1, 2])}
+    with torch.no_grad():
+        plain.eval()(x, torch.rand(2), cond), placed.eval()(x, torch.rand(2), cond)
+    assert torch.allclose(seen["plain"], seen["plain"][:, :1].expand_as(seen["plain"]))  # 8 equal tokens
+    p = torch.arange(8.0)[:, None]  # token positions; pair j turns at theta ** (-2 j / D)
+    freqs = 10000.0 ** (-torch.arange(0, 32, 2) / 32.0)
+    table = torch.cat([torch.sin(p * freqs), torch.cos(p * freqs)], dim=1)  # (8, 32)
+    assert torch.allclose(seen["placed"] - seen["plain"], table.expand(2, 8, 32), atol=1e-5)
+
+
+def test_abs_positions_are_for_rope() -> None:
+    with pytest.raises(ConfigError, match="abs_positions: adds to rope's relative positions"):
+        _config(pos_embed="sincos", abs_positions=True).validate()
