@@ -11,7 +11,7 @@
 #   3. shapes_t2i trained 30 steps on CUDA (bf16 autocast, train.compile auto = compiled there; the first step holds
 #      the compile, over 65 s with a cold inductor cache on the H200), then sampled eager and compiled
 # (train.sharding fsdp2 needs 2+ processes and NCCL refuses two on one GPU: one GPU cannot check the sharding;
-# accelerate's FSDP plugins are refused with EMA, README "Several GPUs".)
+# accelerate's FSDP plugins are refused with an EMA: README, "Sharded training".)
 # Where the venv cannot travel (a lent machine takes 64 MiB of working tree), wheels of the packages missing
 # there may be carried in .whl/ (installed into /tmp/site) and a folder put first on PYTHONPATH by the caller;
 # benchmarks/gpu_carry.sh prepares both (and says what the stand-in for the MiniLM wheel is).

@@ -23,7 +23,7 @@ examples:
   mmflow train recipes/toy2d.yaml train.max_steps=500 data.dataset=two_moons
   mmflow train recipes/toy2d.yaml --resume                     # continue from the newest good checkpoint
   mmflow train recipes/toy2d.yaml --overfit-batch 1            # debugging: one fixed sample
-  mmflow train recipes/image_t2i_sd3_2b.yaml --dry-run --accelerate-config recipes/accelerate/fsdp_8gpu.yaml
+  mmflow train recipes/image_t2i_sd3_2b.yaml --dry-run --accelerate-config recipes/accelerate/multi_gpu_8gpu.yaml
   accelerate launch --multi_gpu --num_processes 2 -m mmflow train recipes/toy2d.yaml
 """
 
@@ -110,8 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dry-run", action="store_true", help="build the models on the meta device and print parameters, "
                    "tokens per step and per-GPU memory; reads no data, writes nothing (mmflow/train/dry_run.py)")
     t.add_argument("--accelerate-config", default=None, metavar="FILE", help="--dry-run: the distribution of this "
-                   "`accelerate launch --config_file` (e.g. recipes/accelerate/fsdp_8gpu.yaml)")
-    t.add_argument("--num-gpus", type=_positive(int), default=None, metavar="N", help="--dry-run: N GPUs (DDP)")
+                   "`accelerate launch --config_file` (e.g. recipes/accelerate/multi_gpu_8gpu.yaml)")
+    t.add_argument("--num-gpus", type=_positive(int), default=None, metavar="N",
+                   help="--dry-run: N GPUs (DDP; sharded where the recipe has train.sharding: fsdp2)")
     t.add_argument("--fsdp", action="store_true", help="--dry-run: FSDP FULL_SHARD over the --num-gpus")
     t.add_argument("--assume", action="append", default=None, metavar="KEY=NAME", help="--dry-run: a missing text "
                    "encoder (its key) or tokenizer ('tokenizer') is this known model (mmflow/train/known_models.py)")

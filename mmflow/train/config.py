@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mmflow.config import check
+from mmflow.config import ConfigError, check
 from mmflow.models.lora import LoraConfig
+
+# the launch train.sharding fsdp2 takes on one machine (a plain MULTI_GPU config); named in refusals
+MULTI_GPU_CONFIG = "recipes/accelerate/multi_gpu_8gpu.yaml"
 
 
 @dataclass
@@ -90,3 +93,23 @@ class TrainConfig:
         check(not (self.compile is True and self.sharding == "fsdp2"), "compile",
               "compile with sharding fsdp2 is untested: set compile false, or auto (which leaves it off under fsdp2)")
         check(self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "ema_decay", f"must lie in (0, 1) or be null, got {self.ema_decay}")
+
+
+def check_fsdp_plugin(train: TrainConfig, processes: int, source: str | None = None) -> None:
+    """Refuse, before any work, a `train` section that accelerate's FSDP plugin (an accelerate config with
+    distributed_type FSDP, fsdp_version 1 or 2, read from `source` where known) cannot train over `processes`
+    processes. The trainer and the dry run both call it, so `--dry-run --accelerate-config` refuses what a launch
+    would."""
+    where = f"distributed_type: FSDP in {source or 'the accelerate config'}"
+    if train.sharding == "fsdp2" and processes > 1:
+        raise ConfigError(f"fsdp2: the trainer shards the models itself; accelerate's FSDP plugin ({where}) would "
+                          f"shard them twice: launch with a MULTI_GPU accelerate config (e.g. {MULTI_GPU_CONFIG}, "
+                          "or accelerate launch --multi_gpu)", "train.sharding")
+    if train.ema_decay is not None:
+        # the plugin wraps the model in accelerator.prepare; the EMA's deepcopy of it then fails (TypeError under
+        # fsdp_version 1, AssertionError under 2): found on an H200, torch 2.11, accelerate 1.15
+        raise ConfigError(f"{train.ema_decay} (an EMA) cannot train under accelerate's FSDP plugin ({where}): the "
+                          "plugin shards the model inside accelerator.prepare, where the EMA cannot copy it "
+                          "(copy.deepcopy fails, seen on an H200). Launch with a MULTI_GPU accelerate config "
+                          f"(e.g. {MULTI_GPU_CONFIG}) and train.sharding: fsdp2, which shards the model and its EMA "
+                          "alike, or set train.ema_decay: null", "train.ema_decay")

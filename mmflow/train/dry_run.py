@@ -8,7 +8,7 @@ tokenizer) are sized from their config.json; where a folder is missing here, a p
 mmflow.train.known_models stands in (matched by name, or `--assume KEY=NAME`) and the report says so.
 Missing data folders are only listed: the dry run never opens them.
 
-    mmflow train recipes/image_t2i_sd3_2b.yaml --dry-run --accelerate-config recipes/accelerate/fsdp_8gpu.yaml
+    mmflow train recipes/image_t2i_sd3_2b.yaml --dry-run --accelerate-config recipes/accelerate/multi_gpu_8gpu.yaml
     mmflow train recipes/emoji_image.yaml --dry-run --num-gpus 2
 """
 
@@ -29,6 +29,7 @@ from mmflow.data.buckets import make_buckets
 from mmflow.models.lora import add_lora
 from mmflow.models.mmdit import MMDiT
 from mmflow.text.combine import TextConditionerConfig
+from mmflow.train.config import TrainConfig, check_fsdp_plugin
 from mmflow.train.init_from import check_init_config, check_same_config, model_folder, source_folder
 from mmflow.train.known_models import (EncoderShape, TokenizerShape, encoder_present, encoder_shape, known_velocity,
                                        meta_parameters, tokenizer_shape)
@@ -54,9 +55,15 @@ class Distribution:
     describe: str = "one process"
     fsdp_version: int = 0  # accelerate's FSDP plugin: 1 or 2; 0 = none (DDP, one process, or --fsdp)
     note: str | None = None  # said under the report
+    source: str | None = None  # the accelerate config file it was read from
 
 
 _SHARDING = {"FULL_SHARD": "full", "1": "full", "HYBRID_SHARD": "hybrid", "4": "hybrid", "NO_SHARD": "none", "3": "none"}
+
+
+def _gpus(processes: int, machines: int) -> str:
+    """'16 GPUs (2 machines x 8)': the GPUs of a distribution, for its description."""
+    return f"{processes} GPUs" + (f" ({machines} machines x {processes // machines})" if machines > 1 else "")
 
 
 def read_accelerate_config(path: str) -> Distribution:
@@ -73,10 +80,10 @@ def read_accelerate_config(path: str) -> Distribution:
     if processes < 1 or machines < 1 or processes % machines:
         raise ConfigError(f"{processes} processes do not split evenly over {machines} machines", "num_processes", path)
     kind = str(raw.get("distributed_type", "NO"))
-    where = f"{processes} GPUs" + (f" ({machines} machines x {processes // machines})" if machines > 1 else "")
+    where = _gpus(processes, machines)
     mp = raw.get("mixed_precision")
     if kind != "FSDP":
-        return Distribution(processes, machines, 1, None, mp, f"DDP over {where} ({path})")
+        return Distribution(processes, machines, 1, None, mp, f"DDP over {where} ({path})", source=path)
     fsdp = raw.get("fsdp_config") or {}
     version, note = fsdp.get("fsdp_version", 1), None
     if version not in (1, 2, "1", "2"):
@@ -100,21 +107,21 @@ def read_accelerate_config(path: str) -> Distribution:
     wrap = fsdp.get("fsdp_transformer_layer_cls_to_wrap")
     name = "FSDP2" if int(version) == 2 else "FSDP"
     return Distribution(processes, machines, shards, wrap, mp,
-                        f"{name} {strategy} over {where}, {shards}-way shards ({path})", int(version), note)
+                        f"{name} {strategy} over {where}, {shards}-way shards ({path})", int(version), note, path)
 
 
-def with_recipe_sharding(dist: Distribution, sharding: str) -> Distribution:
-    """`dist` as a recipe with train.sharding `sharding` trains under it: fsdp2 shards over every process, one
-    unit per MMDiTBlock (mmflow/train/parallelize.py); refused under accelerate's FSDP plugin, as the trainer does."""
-    if sharding != "fsdp2" or dist.processes == 1:
-        return dist
+def with_recipe_sharding(dist: Distribution, train: TrainConfig) -> Distribution:
+    """`dist` as a recipe with `train` trains under it: train.sharding fsdp2 shards over every process, one unit
+    per MMDiTBlock (mmflow/train/parallelize.py). Under accelerate's FSDP plugin, what the trainer refuses
+    (check_fsdp_plugin: fsdp2 sharding, an EMA) is refused here too."""
     if dist.fsdp_version:
-        raise ConfigError("fsdp2: the trainer shards the models itself; an accelerate config with FSDP "
-                          f"({dist.describe}) would shard them twice: use a MULTI_GPU config, or sharding: none",
-                          "train.sharding")
+        check_fsdp_plugin(train, dist.processes, dist.source)
+    if train.sharding != "fsdp2" or dist.processes == 1:
+        return dist
     n = dist.processes
-    return dataclasses.replace(dist, shards=n, wrap_class="MMDiTBlock",
-                               describe=f"train.sharding fsdp2 (FULL_SHARD) over {n} GPUs, {n}-way shards")
+    launch = f" ({dist.source})" if dist.source else ""
+    return dataclasses.replace(dist, shards=n, wrap_class="MMDiTBlock", describe=f"train.sharding fsdp2 (FULL_SHARD) "
+                               f"over {_gpus(n, dist.machines)}, {n}-way shards{launch}")
 
 
 def distribution_from_args(accelerate_config: str | None, num_gpus: int | None, fsdp: bool) -> Distribution:
@@ -304,7 +311,7 @@ def dry_run(recipe_path: str, overrides: Sequence[str] = (), distribution: Distr
 
     assume = dict(assume or {})
     recipe, missing = _load(recipe_path, overrides)
-    distribution = with_recipe_sharding(distribution, recipe.train.sharding)
+    distribution = with_recipe_sharding(distribution, recipe.train)
     task = get_task_class(recipe.task)(recipe)
     notes = [f"{key} {path} is not here (a dry run reads no input)"
              for key, path, _, _ in input_paths(recipe) if not path.exists()]

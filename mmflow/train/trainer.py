@@ -45,7 +45,7 @@ from mmflow.model_io import load_state_dict, load_weights_strict, save_model
 from mmflow.models.compile import compile_decision, compile_module
 from mmflow.train import checkpoint as ckpt
 from mmflow.train import parallelize as fsdp2
-from mmflow.train.config import Fsdp2Config
+from mmflow.train.config import Fsdp2Config, check_fsdp_plugin
 from mmflow.train.ema import EMA
 from mmflow.train.init_from import init_from
 from mmflow.train.lora_training import LoraTraining, cast_frozen
@@ -159,6 +159,8 @@ class Trainer:
         self.resume = resume
         self.overfit_batch = overfit_batch
         self.accelerator = accelerator or make_accelerator(self.cfg, self.run_dir)
+        if self.accelerator.distributed_type == DistributedType.FSDP:  # before any work, as the dry run refuses it
+            check_fsdp_plugin(self.cfg, self.accelerator.num_processes)
         self.is_main = self.accelerator.is_main_process
         self.lora = LoraTraining(self.cfg.lora, self.cfg.init_from) if self.cfg.lora is not None else None
 
@@ -276,11 +278,8 @@ class Trainer:
 
     def _check_sharding(self, models: dict[str, nn.Module], trained: list[str]) -> None:
         """Refuse, naming train.sharding, what fsdp2 does not support."""
-        why = None
-        if self.accelerator.distributed_type == DistributedType.FSDP:
-            why = ("the trainer shards the models itself: launch without accelerate's FSDP plugin (accelerate launch "
-                   "--multi_gpu), or set sharding: none and let the plugin shard")
-        elif len(self.groups) > 1:
+        why = None  # under accelerate's FSDP plugin the run stopped earlier (check_fsdp_plugin in __init__)
+        if len(self.groups) > 1:
             why = f"one optimizer is supported; task {self.task.name} steps {list(self.groups)} (use sharding: none)"
         elif not any(fsdp2.has_units(models[n]) for n in trained):
             why = f"it shards MM-DiT blocks; task {self.task.name} trains none (use sharding: none)"

@@ -3,21 +3,38 @@ folder without its data or weights, writes nothing, and its numbers match a hand
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mmflow.cli import main
 from mmflow.config import ConfigError
+from mmflow.train.config import MULTI_GPU_CONFIG
 from mmflow.train.dry_run import Distribution, distribution_from_args, dry_run, read_accelerate_config
 from mmflow.train.memory import ACTIVATION_BYTES
 from tests.conftest import REPO
 
 RECIPES = sorted((REPO / "recipes").glob("*.yaml")) + sorted((REPO / "tokenizers").glob("*.yaml"))
 SD3 = REPO / "recipes" / "image_t2i_sd3_2b.yaml"
-FSDP8 = REPO / "recipes" / "accelerate" / "fsdp_8gpu.yaml"
-FSDP16 = REPO / "recipes" / "accelerate" / "fsdp_2x8gpu.yaml"
+GPU_RECIPES = [SD3, REPO / "recipes" / "video_t2v_gpu.yaml", REPO / "recipes" / "audio_t2m_gpu.yaml"]
+MULTI8 = REPO / MULTI_GPU_CONFIG
+MULTI16 = REPO / "recipes" / "accelerate" / "multi_gpu_2x8gpu.yaml"
 EMOJI = REPO / "recipes" / "emoji_image.yaml"
+NO_PLUGIN = ("train.sharding=none", "train.ema_decay=null")  # what accelerate's FSDP plugin can train
+
+
+def _fsdp_plugin_config(folder: Path, version: int = 1, **fsdp: object) -> Path:
+    """A user's accelerate config with the FSDP plugin (none ships: the shipped recipes keep an EMA) over 8 GPUs."""
+    path = folder / f"fsdp{version}_8gpu.yaml"
+    options = {"fsdp_version": version, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+               "fsdp_transformer_layer_cls_to_wrap": "MMDiTBlock", "fsdp_state_dict_type": "FULL_STATE_DICT",
+               **({"fsdp_sharding_strategy": "FULL_SHARD"} if version == 1 else {}), **fsdp}
+    path.write_text(yaml.safe_dump({"compute_environment": "LOCAL_MACHINE", "distributed_type": "FSDP",
+                                    "mixed_precision": "bf16", "num_machines": 1, "num_processes": 8,
+                                    "fsdp_config": options}))
+    return path
 
 
 def _dry(args: list[str], cwd: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
@@ -32,13 +49,15 @@ def _dry(args: list[str], cwd: Path, capsys: pytest.CaptureFixture[str], monkeyp
 def test_every_recipe_dry_runs_and_writes_nothing(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     runs_before = sorted((REPO / "runs").iterdir()) if (REPO / "runs").is_dir() else []
-    extra = ["--accelerate-config", str(FSDP8)] if recipe == SD3 else ["--num-gpus", "2"]
+    extra = ["--accelerate-config", str(MULTI8)] if recipe in GPU_RECIPES else ["--num-gpus", "2"]
     if "checkpoints/" in recipe.read_text():  # a shipped tokenizer, found from the repository root as users run
         (tmp_path / "checkpoints").symlink_to(REPO / "checkpoints")
     before = sorted(tmp_path.iterdir())
     rc, out, err = _dry([str(recipe), *extra], tmp_path, capsys, monkeypatch)  # ../shared is not beside tmp_path
     assert rc == 0, out + err
     assert "nothing read, nothing written" in out and "total per GPU" in out and "trained in all" in out
+    if recipe in GPU_RECIPES:  # the launch their headers give: the trainer's own sharding, 8 ways
+        assert "distribution: train.sharding fsdp2 (FULL_SHARD) over 8 GPUs, 8-way shards" in out, out
     assert sorted(tmp_path.iterdir()) == before  # no run folder, no cache, no logs
     assert (sorted((REPO / "runs").iterdir()) if (REPO / "runs").is_dir() else []) == runs_before
 
@@ -74,11 +93,14 @@ def test_small_recipe_matches_a_hand_count(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_sd3_recipe_sizes_and_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The GPU recipe without its weights: published model sizes, SD3's text layout, 16-way FSDP shards."""
+    """The GPU recipe without its weights: published model sizes, SD3's text layout, 16-way shards of its
+    train.sharding fsdp2 over two machines' MULTI_GPU launch."""
     monkeypatch.chdir(tmp_path)
-    dist = read_accelerate_config(str(FSDP16))
-    assert (dist.processes, dist.machines, dist.shards, dist.wrap_class) == (16, 2, 16, "MMDiTBlock")
+    dist = read_accelerate_config(str(MULTI16))
+    assert (dist.processes, dist.machines, dist.shards, dist.fsdp_version) == (16, 2, 1, 0)  # DDP by itself
     report = dry_run(str(SD3), (), dist)
+    assert (report.distribution.shards, report.distribution.wrap_class) == (16, "MMDiTBlock")
+    assert "over 16 GPUs (2 machines x 8), 16-way shards" in report.distribution.describe
     counts = {m.name: m.parameters for m in report.models}
     assert 2.00e9 < counts["velocity"] < 2.05e9  # SD3-medium's MM-DiT: 2.03B
     assert counts["text:clip_l"] == 123_650_304 and 694e6 < counts["text:clip_g"] < 696e6
@@ -89,33 +111,66 @@ def test_sd3_recipe_sizes_and_distribution(tmp_path: Path, monkeypatch: pytest.M
     assert any("assumed t5-xxl" in m.note for m in report.models)
 
 
-def test_fsdp2_config_and_recipe_sharding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """accelerate's FSDP2 plugin (fsdp_version 2) reads as FSDP FULL_SHARD does; train.sharding fsdp2 over a DDP
-    launch shards alike; both at once is refused, as the trainer refuses it."""
+def test_fsdp_plugin_configs_and_recipe_sharding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """accelerate's FSDP plugin, fsdp_version 1 or 2, reads as FULL_SHARD over its processes; the recipe's own
+    train.sharding fsdp2 over a MULTI_GPU launch shards alike (without an EMA, the only way the plugin trains)."""
     monkeypatch.chdir(tmp_path)
-    fsdp2 = read_accelerate_config(str(REPO / "recipes" / "accelerate" / "fsdp2_8gpu.yaml"))
-    assert (fsdp2.processes, fsdp2.shards, fsdp2.wrap_class, fsdp2.fsdp_version) == (8, 8, "MMDiTBlock", 2)
-    v1 = dry_run(str(SD3), (), read_accelerate_config(str(FSDP8)))
-    v2 = dry_run(str(SD3), (), fsdp2)
-    own = dry_run(str(SD3), ("train.sharding=fsdp2",), distribution_from_args(None, 8, False))
-    assert v1.memory == v2.memory == own.memory and "FSDP2 FULL_SHARD" in v2.distribution.describe
+    v1, v2 = (read_accelerate_config(str(_fsdp_plugin_config(tmp_path, v))) for v in (1, 2))
+    assert (v2.processes, v2.shards, v2.wrap_class, v2.fsdp_version) == (8, 8, "MMDiTBlock", 2)
+    assert v1.fsdp_version == 1 and "FSDP FULL_SHARD" in v1.describe and "FSDP2 FULL_SHARD" in v2.describe
+    plugin1, plugin2 = dry_run(str(SD3), NO_PLUGIN, v1), dry_run(str(SD3), NO_PLUGIN, v2)
+    own = dry_run(str(SD3), ("train.ema_decay=null",), read_accelerate_config(str(MULTI8)))
+    assert plugin1.memory == plugin2.memory == own.memory
     assert own.distribution.shards == 8 and "train.sharding fsdp2" in own.distribution.describe
-    keep = tmp_path / "keep.yaml"
-    keep.write_text(FSDP8.read_text().replace("fsdp_version: 1", "fsdp_version: 2\n  fsdp_reshard_after_forward: false"))
-    assert any("stay from its forward" in n for n in dry_run(str(SD3), (), read_accelerate_config(str(keep))).notes)
+    keep = read_accelerate_config(str(_fsdp_plugin_config(tmp_path, 2, fsdp_reshard_after_forward=False)))
+    assert any("stay from its forward" in n for n in dry_run(str(SD3), NO_PLUGIN, keep).notes)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_fsdp_plugin_is_refused_with_the_recipe_sharding_or_an_ema(version: int, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the trainer refuses them before any work (mmflow.train.config.check_fsdp_plugin): the plugin would shard
+    train.sharding fsdp2's models twice, and the EMA cannot copy a model the plugin wrapped (seen on an H200)."""
+    plugin = _fsdp_plugin_config(tmp_path, version)
+    work = tmp_path / "work"
+    work.mkdir()
     with pytest.raises(ConfigError, match="shard them twice") as e:
-        dry_run(str(SD3), ("train.sharding=fsdp2",), fsdp2)
+        dry_run(str(SD3), (), read_accelerate_config(str(plugin)))  # as shipped: fsdp2 and an EMA
     assert e.value.key == "train.sharding"
+    rc, _, err = _dry([str(SD3), "--accelerate-config", str(plugin), "train.sharding=none"], work, capsys,
+                      monkeypatch)
+    refusal = (f"train.ema_decay: 0.9999 (an EMA) cannot train under accelerate's FSDP plugin "
+               f"(distributed_type: FSDP in {plugin})")
+    assert rc == 2 and refusal in err, err
+    assert "accelerator.prepare" in err and MULTI_GPU_CONFIG in err and "train.ema_decay: null" in err
+    rc, out, err = _dry([str(SD3), "--accelerate-config", str(plugin), *NO_PLUGIN], work, capsys, monkeypatch)
+    assert rc == 0 and "8-way shards" in out, err
+    assert list(work.iterdir()) == []
+
+
+def test_accelerate_configs_named_in_recipes_and_readme_exist_and_match_the_gpu_recipes() -> None:
+    """Every recipes/accelerate/ file a recipe, the README or mmflow names is shipped; each config a GPU recipe's
+    header launches with reads as MULTI_GPU (the trainer's own sharding, which keeps the EMA) at its precision."""
+    texts = {p: p.read_text() for p in [*RECIPES, REPO / "README.md", *sorted((REPO / "mmflow").rglob("*.py"))]}
+    named = {(p, m) for p, t in texts.items() for m in re.findall(r"recipes/accelerate/[\w.-]+\.yaml", t)}
+    assert not [(str(p.relative_to(REPO)), m) for p, m in named if not (REPO / m).is_file()]
+    for recipe in GPU_RECIPES:
+        train = yaml.safe_load(texts[recipe])["train"]
+        configs = sorted(m for p, m in named if p == recipe)
+        assert train["sharding"] == "fsdp2" and MULTI_GPU_CONFIG in configs, recipe
+        for config in configs:
+            dist = read_accelerate_config(str(REPO / config))
+            assert dist.fsdp_version == 0 and dist.processes > 1, config
+            assert dist.mixed_precision == train["mixed_precision"], config
 
 
 def test_wrong_wrap_class_and_unknown_encoder_are_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(FSDP8.read_text().replace("fsdp_transformer_layer_cls_to_wrap: MMDiTBlock",
-                                             "fsdp_transformer_layer_cls_to_wrap: DiTBlock"))
+    bad = _fsdp_plugin_config(tmp_path, fsdp_transformer_layer_cls_to_wrap="DiTBlock")
     work = tmp_path / "work"
     work.mkdir()
-    rc, _, err = _dry([str(SD3), "--accelerate-config", str(bad)], work, capsys, monkeypatch)
+    rc, _, err = _dry([str(SD3), "--accelerate-config", str(bad), *NO_PLUGIN], work, capsys, monkeypatch)
     assert rc == 2 and "fsdp_transformer_layer_cls_to_wrap" in err and "MMDiTBlock" in err, err
     renamed = [str(SD3), "model.text.encoders.2.name=big_text"]
     rc, _, err = _dry(renamed, work, capsys, monkeypatch)

@@ -123,6 +123,23 @@ def test_sharded_clipping_ema_and_whole_state_dicts(mesh):
     assert all(torch.equal(full_state_dict(fresh_shadow)[k], v) for k, v in whole_ema.items())
 
 
+def test_gradient_checkpointing_through_sharded_blocks_matches_the_plain_model(mesh):
+    """The GPU recipes' combination: each block recomputed in its backward (model.gradient_checkpointing) inside its
+    unit, which gathers the block again for the recompute; the gradients are the plain model's."""
+    model = _mmdit()
+    plain = copy.deepcopy(model)
+    model.set_gradient_checkpointing(True)
+    parallelize(model, mesh, Fsdp2Config())
+    x, t, cond = _inputs()
+    model(x, t, cond).pow(2).mean().backward()
+    plain(x, t, cond).pow(2).mean().backward()
+    grads = {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == {n for n, p in plain.named_parameters() if p.grad is not None} and grads
+    for n, p in plain.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-5, atol=1e-7, msg=n)
+
+
 def test_bf16_params_compute_in_bf16_and_keep_fp32_shards(mesh):
     model = _mmdit()
     plain = copy.deepcopy(model)
@@ -157,9 +174,10 @@ def test_trainer_refuses_sharding_a_task_without_mmdit_blocks(tmp_path):
     with pytest.raises(ConfigError, match="MM-DiT") as e:
         trainer._check_sharding(models, list(models))
     assert e.value.key == "train.sharding"
-    acc.distributed_type = DistributedType.FSDP
-    with pytest.raises(ConfigError, match="accelerate's FSDP plugin"):
-        trainer._check_sharding(models, list(models))
+    acc.distributed_type, acc.num_processes = DistributedType.FSDP, 2  # refused before any work, as the dry run does
+    with pytest.raises(ConfigError, match="accelerate's FSDP plugin .* would shard them twice") as e:
+        Trainer(recipe, task, tmp_path, accelerator=acc)  # type: ignore[arg-type]
+    assert e.value.key == "train.sharding"
 
 
 # ---------------------------------------------------------------------------------------------- 2 gloo processes

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate import DistributedType
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
+from mmflow.config import ConfigError
 from mmflow.models.toy_mlp import MLPVelocity
 from mmflow.model_io import load_model
 from mmflow.tasks.toy2d import Toy2DTask
 from mmflow.train import checkpoint as ckpt
+from mmflow.train.config import MULTI_GPU_CONFIG, TrainConfig, check_fsdp_plugin
 from mmflow.train.task import CounterReport, LossOutput
 from mmflow.train.trainer import NoUsableCheckpoint, Trainer
 
@@ -189,6 +193,44 @@ def test_fp16_without_a_gpu_is_refused_before_any_work(tmp_path, make_toy_recipe
     with pytest.raises(ConfigError, match="train.mixed_precision: 'fp16' needs a CUDA device"):
         _train(make_toy_recipe("train.mixed_precision=fp16"), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("ema_decay, sharding, processes, refused", [
+    (0.999, "none", 1, "train.ema_decay"),   # found on an H200: the EMA's deepcopy of the plugin's model fails
+    (0.999, "none", 8, "train.ema_decay"),
+    (None, "fsdp2", 8, "train.sharding"),    # sharded twice
+    (0.999, "fsdp2", 8, "train.sharding"),
+    (None, "fsdp2", 1, None),                # one process: the trainer does not shard, the plugin may
+    (None, "none", 8, None),
+])
+def test_what_accelerates_fsdp_plugin_cannot_train(ema_decay, sharding, processes, refused) -> None:
+    train = TrainConfig(ema_decay=ema_decay, sharding=sharding)
+    if refused is None:
+        check_fsdp_plugin(train, processes)
+        return
+    with pytest.raises(ConfigError, match="accelerate's FSDP plugin") as e:
+        check_fsdp_plugin(train, processes, "fsdp.yaml")
+    assert e.value.key == refused and "distributed_type: FSDP in fsdp.yaml" in str(e.value)
+    assert MULTI_GPU_CONFIG in str(e.value)
+    if refused == "train.ema_decay":
+        assert str(e.value) == (
+            "train.ema_decay: 0.999 (an EMA) cannot train under accelerate's FSDP plugin (distributed_type: FSDP in "
+            "fsdp.yaml): the plugin shards the model inside accelerator.prepare, where the EMA cannot copy it "
+            "(copy.deepcopy fails, seen on an H200). Launch with a MULTI_GPU accelerate config (e.g. "
+            "recipes/accelerate/multi_gpu_8gpu.yaml) and train.sharding: fsdp2, which shards the model and its EMA "
+            "alike, or set train.ema_decay: null")
+
+
+def test_accelerates_fsdp_plugin_with_an_ema_is_refused_before_any_work(tmp_path, make_toy_recipe):
+    """The trainer asks the accelerator it is given (a stand-in here: the plugin needs GPUs) before it builds or
+    writes anything; without an EMA it goes on."""
+    acc = SimpleNamespace(is_main_process=True, distributed_type=DistributedType.FSDP, num_processes=1)
+    recipe = make_toy_recipe()
+    with pytest.raises(ConfigError, match="accelerator.prepare, where the EMA cannot copy it") as e:
+        Trainer(recipe, Toy2DTask(recipe), tmp_path / "run", accelerator=acc)  # type: ignore[arg-type]
+    assert e.value.key == "train.ema_decay" and not (tmp_path / "run").exists()
+    plain = make_toy_recipe("train.ema_decay=null")
+    Trainer(plain, Toy2DTask(plain), tmp_path / "run", accelerator=acc)  # type: ignore[arg-type]
 
 
 class _WithCritic(Toy2DTask):
