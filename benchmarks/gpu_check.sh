@@ -53,6 +53,6 @@ step t2i_sample 40 $MM sample "$RUNS/t2i" --device "$DEVICE" --no-compile --prom
     --out "$RUNS/t2i_samples" num_samples=2
 [ "$DEVICE" = cuda ] && step t2i_sample_compiled 150 $MM sample "$RUNS/t2i" --device cuda --compile \
     --prompt "a green star in the centre" --out "$RUNS/t2i_samples_compiled" num_samples=2
-# the lent machine returns at most 8 files: the logs stay loose, the rest goes into one archive
+# the lent machine returns at most 8 files: summary.txt and env.txt stay loose, the rest goes into one archive
 tar czf "$OUT/gpu_check.tgz" -C "$RUNS" --exclude "*.safetensors" --exclude "*.pt" --exclude "*.bin" . 2> /dev/null
 cat "$OUT/summary.txt"; grep -h -v "^W[0-9]" "$RUNS"/mmdit/*.log 2> /dev/null | grep -E "samples/s|size|MFU|mmflow|diffusers" | tail -n 20
