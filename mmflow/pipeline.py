@@ -47,7 +47,7 @@ from mmflow.sampling.config import SampleConfig
 from mmflow.sampling.generate import NonFiniteSamples, generate
 from mmflow.sampling.layout import SampleLayout, WrongOutputRequest
 from mmflow.tasks import get_task_class, recipe_from_dict
-from mmflow.tasks.encoders import folder_fingerprint
+from mmflow.tasks.encoders import bundled_tokenizer, folder_fingerprint
 from mmflow.tasks.first_frame import FirstFrame, with_first_frame
 from mmflow.tasks.flow_task import FlowMatchingTask
 from mmflow.text.default import TextEncoderNotFound
@@ -113,14 +113,22 @@ def _model_dir(folder: Path, name: str, use_ema: bool) -> Path:
 def adapter_folder(path: str | Path, use_ema: bool = True) -> Path:
     """The LoRA adapter `path` names: a peft adapter folder, or the adapter a LoRA run, checkpoint or export
     holds (its EMA adapter where saved and `use_ema`)."""
+    return _adapter_and_tokenizer(path, use_ema)[0]
+
+
+def _adapter_and_tokenizer(path: str | Path, use_ema: bool = True) -> tuple[Path, Path | None]:
+    """adapter_folder(path), and the tokenizer a LoRA run's export bundles (a decoder of its own; None: the
+    base's, or a bare peft folder)."""
     path = Path(path)
     if is_adapter_folder(path):
-        return path
+        return path, None
     for folder in model_candidates(path)[0]:
         if (folder / PIPELINE_FILE).is_file():
             info = read_json_object(folder / PIPELINE_FILE)
             if BASE_MODEL_KEY in info:
-                return _model_dir(folder, info.get("model", "velocity"), use_ema)
+                record = (info.get("components") or {}).get("tokenizer")
+                return (_model_dir(folder, info.get("model", "velocity"), use_ema),
+                        bundled_tokenizer(folder, record) if record is not None else None)
     raise MissingInput(f"{path} is not a LoRA adapter: no {ADAPTER_CONFIG} there, and it is not a LoRA run, "
                        f"checkpoint or export (trained with train.lora)")
 
@@ -184,6 +192,7 @@ class FlowPipeline:
         self.fingerprint = folder_fingerprint(source)  # the velocity weights' sha256: each sample file records it
         self.device = torch.device("cpu")
         self.adapters: list[tuple[Path, float]] = []  # LoRA adapters added to the velocity model, with their scales
+        self.own_tokenizer: Path | None = None  # a LoRA run's own decoder, where one brought it (use_tokenizer)
         self.compile_note = "compile: eager (not asked for)"  # what `compile` decided, for the command line's log
 
     @property
@@ -258,17 +267,36 @@ class FlowPipeline:
                                f"{' nor '.join(tried)} (copy it along, or fold the adapter into a full model "
                                f"with `mmflow lora merge`)")
         pipe = cls.from_pretrained(base, use_ema, text_encoders=text_encoders, compile=False)  # the caller compiles
-        pipe.load_lora(_model_dir(folder, info.get("model", "velocity"), use_ema))
+        pipe.load_lora(folder, use_ema=use_ema)
         return pipe
 
-    def load_lora(self, adapter: str | Path, scale: float = 1.0) -> str:
+    def use_tokenizer(self, folder: Path) -> None:
+        """Decode (and encode) through the tokenizer in `folder` instead: a LoRA run's own decoder of the same
+        latents. The fingerprint that samples record changes with it."""
+        self.own_tokenizer = Path(folder)
+        self.task.encoders.tokenizer_path = str(folder)
+        self.task.encoders._tokenizer = None  # loaded from the new folder on first use
+        self.task.place_frozen_models(self.device)
+        self.fingerprint = hashlib.sha256(f"{self.fingerprint} {folder_fingerprint(folder)}".encode()).hexdigest()
+        logger.info("tokenizer: %s (the LoRA run's own decoder)", folder)
+
+    def load_lora(self, adapter: str | Path, scale: float = 1.0, use_ema: bool = True) -> str:
         """Add a LoRA adapter to the velocity model, its update weighted by `scale` (0: none); several compose
         (their updates add). adapter: a peft adapter folder or a LoRA run / checkpoint / export (see
         `adapter_folder`); one made for another base model is refused (AdapterMismatch naming the layers).
+        A run that trained through a decoder of its own (mmflow/train/lora_training.py) brings it along: the
+        pipeline decodes through it from then on (two adapters with different decoders are refused).
         The fingerprint that samples record changes with it. Returns the adapter's name in the model."""
-        folder = adapter_folder(adapter)
+        folder, tokenizer = _adapter_and_tokenizer(adapter, use_ema)
+        if tokenizer is not None and self.own_tokenizer is not None and (
+                folder_fingerprint(tokenizer) != folder_fingerprint(self.own_tokenizer)):
+            raise WrongOutputRequest(f"{adapter} decodes through its own tokenizer {tokenizer}, another than the one "
+                                     f"an earlier adapter brought ({self.own_tokenizer}): one pipeline decodes "
+                                     f"through one")
         name = f"adapter{len(self.adapters)}"
         load_adapter(self.velocity, folder, name, scale)
+        if tokenizer is not None:
+            self.use_tokenizer(tokenizer)
         self.velocity.to(self.device)
         self.adapters.append((folder, scale))
         mixed = f"{self.fingerprint} {folder_fingerprint(folder)} {scale!r}"

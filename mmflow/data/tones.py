@@ -14,6 +14,9 @@ between C3 and B4. Square, saw and triangle are band-limited (wavetables summed 
 below 7 kHz), the plucked string is Karplus-Strong with a fractional delay, so every pitch is in tune
 (within a cent).
 
+EXTRA_TIMBRES (an organ: "an organ scale in C major at 100 bpm") are never drawn by these splits: they are
+concepts to fine-tune on (mmflow.data.tones_concept), which captions, synthesis and the probe know.
+
 Some timbre-pattern-mode combinations never appear in the train split (`held_out_combos`: a diagonal
 rule over timbre x (pattern, mode)); the test prompts are exactly those combinations, every key at two
 tempi each, so the test measures composition, not memory.
@@ -52,9 +55,9 @@ from scipy.signal import lfilter
 from mmflow.config import check
 from mmflow.errors import UserError
 
-__all__ = ["KEYS", "MODES", "NUM_SAMPLES", "PATTERNS", "SAMPLE_RATE", "TEMPI", "TIMBRES", "VARIANTS", "CaptionError",
-           "ToneItem", "TonePrompt", "TonesConfig", "caption", "held_out_combos", "make_tones", "midi_to_hz",
-           "note_midis", "parse_caption", "synthesize", "test_prompts", "write_tones_folder"]
+__all__ = ["ALL_TIMBRES", "EXTRA_TIMBRES", "KEYS", "MODES", "NUM_SAMPLES", "PATTERNS", "SAMPLE_RATE", "TEMPI",
+           "TIMBRES", "VARIANTS", "CaptionError", "ToneItem", "TonePrompt", "TonesConfig", "caption", "held_out_combos", "make_tones", "midi_to_hz",
+           "note_midis", "parse_caption", "synthesize", "test_prompts", "write_tone_items", "write_tones_folder"]
 
 SAMPLE_RATE = 16000
 SECONDS = 4.0
@@ -64,6 +67,8 @@ KEYS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")  # inde
 MODES = ("major", "minor")
 TEMPI = (80, 100, 120, 140)  # bpm: >= 17% apart, far outside the probe's 5% tolerance
 TIMBRES = ("sine", "square", "saw", "triangle", "plucked")
+EXTRA_TIMBRES = ("organ",)  # never drawn by the default splits: a concept to fine-tune on (mmflow.data.tones_concept)
+ALL_TIMBRES = TIMBRES + EXTRA_TIMBRES  # what captions may name and the probe's classifier tells apart
 PATTERNS = ("scale", "arpeggio", "note")
 # The five (pattern, mode) variants the held-out rule runs over; "note" states no mode.
 VARIANTS = (("scale", "major"), ("scale", "minor"), ("arpeggio", "major"), ("arpeggio", "minor"), ("note", None))
@@ -167,17 +172,18 @@ def held_out_combos(cfg: TonesConfig) -> list[tuple[str, str, str | None]]:
 # ---------------------------------------------------------------- captions
 
 def caption(prompt: TonePrompt) -> str:
-    """'a saw arpeggio in A minor at 120 bpm' / 'a sine note C repeated at 80 bpm'."""
+    """'a saw arpeggio in A minor at 120 bpm' / 'a sine note C repeated at 80 bpm' / 'an organ scale ...'."""
+    article = "an" if prompt.timbre[0] in "aeiou" else "a"
     if prompt.pattern == "note":
-        return f"a {prompt.timbre} note {prompt.key} repeated at {prompt.tempo} bpm"
-    return f"a {prompt.timbre} {prompt.pattern} in {prompt.key} {prompt.mode} at {prompt.tempo} bpm"
+        return f"{article} {prompt.timbre} note {prompt.key} repeated at {prompt.tempo} bpm"
+    return f"{article} {prompt.timbre} {prompt.pattern} in {prompt.key} {prompt.mode} at {prompt.tempo} bpm"
 
 
 _KEY_OF = {k.lower(): k for k in KEYS}
-_T, _K = "|".join(TIMBRES), "|".join(re.escape(k.lower()) for k in KEYS)
+_T, _K = "|".join(ALL_TIMBRES), "|".join(re.escape(k.lower()) for k in KEYS)
 _TEMPO = "|".join(str(t) for t in TEMPI)
-_TONAL_RE = re.compile(f"^a ({_T}) (scale|arpeggio) in ({_K}) ({'|'.join(MODES)}) at ({_TEMPO}) bpm$")
-_NOTE_RE = re.compile(f"^a ({_T}) note ({_K}) repeated at ({_TEMPO}) bpm$")
+_TONAL_RE = re.compile(f"^an? ({_T}) (scale|arpeggio) in ({_K}) ({'|'.join(MODES)}) at ({_TEMPO}) bpm$")
+_NOTE_RE = re.compile(f"^an? ({_T}) note ({_K}) repeated at ({_TEMPO}) bpm$")
 
 
 def parse_caption(text: str) -> TonePrompt:
@@ -190,7 +196,7 @@ def parse_caption(text: str) -> TonePrompt:
         timbre, key, tempo = m.groups()
         return TonePrompt(timbre, "note", _KEY_OF[key], None, int(tempo))
     raise CaptionError(f"{text!r} is not a tones caption (like 'a saw arpeggio in A minor at 120 bpm' or "
-                       f"'a sine note C repeated at 80 bpm'; timbres {', '.join(TIMBRES)}; keys "
+                       f"'a sine note C repeated at 80 bpm'; timbres {', '.join(ALL_TIMBRES)}; keys "
                        f"{', '.join(KEYS)}; tempi {', '.join(map(str, TEMPI))} bpm)")
 
 
@@ -214,7 +220,8 @@ def note_midis(prompt: TonePrompt, tonic_midi: int, count: int) -> list[int]:
 @functools.lru_cache(maxsize=256)
 def _wavetable(timbre: str, hz: float) -> np.ndarray:
     """One period (TABLE,) of a band-limited waveform of peak ~1: its harmonics below MAX_HARMONIC_HZ only
-    (cached: a set plays at most 5 timbres x 37 pitches)."""
+    (cached: a set plays at most 6 timbres x 37 pitches). The organ is drawbar-like: harmonics 1, 2, 3, 4, 6, 8
+    (octaves and fifths, no 5th or 7th), unlike the odd-only square/triangle and the every-harmonic saw."""
     phase = np.arange(TABLE) / TABLE
     top = max(1, int(MAX_HARMONIC_HZ // hz))
     k = np.arange(1, top + 1)
@@ -226,6 +233,9 @@ def _wavetable(timbre: str, hz: float) -> np.ndarray:
         amp = 2 / (np.pi * k) * (-1.0) ** (k + 1)
     elif timbre == "triangle":
         amp = np.where(k % 2 == 1, 8 / (np.pi * k) ** 2 * (-1.0) ** ((k - 1) // 2), 0.0)
+    elif timbre == "organ":
+        drawbars = {1: 1.0, 2: 0.7, 3: 0.5, 4: 0.35, 6: 0.25, 8: 0.2}
+        amp = np.array([drawbars.get(int(j), 0.0) for j in k]) / 1.6  # peak ~1
     else:
         raise ValueError(f"no wavetable for timbre {timbre!r}")
     return amp @ np.sin(2 * np.pi * k[:, None] * phase[None, :])  # (TABLE,)
@@ -341,14 +351,18 @@ def cut_short(item: ToneItem, seconds: float) -> ToneItem:
 
 
 def write_tones_folder(folder: str | Path, cfg: TonesConfig, split: str = "train") -> Path:
-    """Write the split into `folder` as an audio folder: tone_00000.wav ... (16-bit PCM, 16 kHz mono) and
-    metadata.jsonl lines {"file_name", "text", "timbre", "pattern", "key", "mode", "tempo"}; returns the
-    folder. Files of an earlier write are overwritten, never merged."""
+    """Write the split into `folder` as an audio folder (see `write_tone_items`); returns the folder."""
+    return write_tone_items(folder, make_tones(cfg, split))
+
+
+def write_tone_items(folder: str | Path, items: list[ToneItem]) -> Path:
+    """Write clips as an audio folder: tone_00000.wav ... (16-bit PCM, 16 kHz mono) and metadata.jsonl lines
+    {"file_name", "text", "timbre", "pattern", "key", "mode", "tempo", "seconds"}; returns the folder. Files of
+    an earlier write are overwritten, never merged."""
     import soundfile as sf
 
     from mmflow.utils.fs import atomic_folder
 
-    items = make_tones(cfg, split)
     with atomic_folder(folder) as tmp:
         lines = []
         for i, item in enumerate(items):

@@ -113,6 +113,23 @@ def _bundled(folder: Path, record: Mapping[str, Any], what: str) -> Path:
     return path
 
 
+def export_tokenizer(src: Path, models_dir: Path) -> dict[str, str]:
+    """Copy a tokenizer folder byte-exact to models_dir/tokenizer; its pipeline.json record {"folder" (relative
+    to models_dir's parent), "fingerprint"}."""
+    dest = models_dir / "tokenizer"
+    _copy_folder(src, dest, _skip_all_but_model_files)
+    return {"folder": dest.relative_to(models_dir.parent).as_posix(), "fingerprint": folder_fingerprint(dest)}
+
+
+def bundled_tokenizer(folder: Path, record: Mapping[str, Any]) -> Path:
+    """The tokenizer an exported `folder` bundles (pipeline.json's record), checked against its fingerprint."""
+    tok = _bundled(folder, record, "tokenizer")
+    if folder_fingerprint(tok) != record["fingerprint"]:
+        raise CorruptModel(f"{folder}: the bundled tokenizer {tok} changed since the export (its fingerprint "
+                           "differs from pipeline.json's); copy the exported folder again")
+    return tok
+
+
 def _remedy(key: str) -> str:
     return (f'point to it with text_encoders={{"{key}": "/path/to/encoder"}} (FlowPipeline.from_pretrained) or '
             f"--text-encoder {key}=/path/to/encoder (mmflow sample)")
@@ -235,9 +252,7 @@ class MediaEncoders:
         root = models_dir.parent
         record: dict[str, Any] = {}
         if self.tokenizer_path is not None:
-            dest = models_dir / "tokenizer"
-            _copy_folder(Path(self.tokenizer_path), dest, _skip_all_but_model_files)
-            record["tokenizer"] = {"folder": dest.relative_to(root).as_posix(), "fingerprint": folder_fingerprint(dest)}
+            record["tokenizer"] = export_tokenizer(Path(self.tokenizer_path), models_dir)
         encoders: dict[str, Any] = {}
         for e in self.text_config.encoders:
             if export_mode(e) == "reference":
@@ -264,11 +279,7 @@ class MediaEncoders:
         overrides = dict(text_encoders or {})
         model = recipe.get("model") or {}
         if "tokenizer" in components:
-            tok = _bundled(folder, components["tokenizer"], "tokenizer")
-            if folder_fingerprint(tok) != components["tokenizer"]["fingerprint"]:
-                raise CorruptModel(f"{folder}: the bundled tokenizer {tok} changed since the export (its fingerprint "
-                                   "differs from pipeline.json's); copy the exported folder again")
-            model["tokenizer"] = str(tok)
+            model["tokenizer"] = str(bundled_tokenizer(folder, components["tokenizer"]))
         records = components.get("text_encoders", {})
         entries = model.get("text", {}).get("encoders", [])
         referenced = [k for k in map(_encoder_key, entries) if records.get(k, {}).get("mode") != "copy"]

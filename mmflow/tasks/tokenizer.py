@@ -41,7 +41,7 @@ from mmflow.tokenizers import (
     PatchDiscriminatorConfig, Tokenizer, TokenizerOutput, VAELoss, VAELossConfig, VideoVAE, apply_latent_stats,
     measure_latent_stats, stft_distance,
 )
-from mmflow.train.init_from import model_folder, source_folder
+from mmflow.train.init_from import init_model_folder
 from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, Task, format_metric
 from mmflow.utils.seeding import mix_seed
@@ -424,7 +424,7 @@ class TokenizerTask(MediaAccounting, Task):
         are those of the tokenizer it started from, number for number."""
         vae = models[TOKENIZER]
         if self.recipe.model.freeze_encoder:
-            src = model_folder(source_folder(Path(self.recipe.train.init_from)), TOKENIZER)
+            src = init_model_folder(Path(self.recipe.train.init_from), TOKENIZER)
             saved = read_json_object(src / CONFIG_NAME).get("config", {})
             if saved.get("latent_shift") is None or saved.get("latent_scale") is None:
                 raise ConfigError(f"{src} has no latent statistics to keep (a tokenizer whose run did not finish?)",

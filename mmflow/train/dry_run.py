@@ -30,7 +30,7 @@ from mmflow.models.lora import add_lora
 from mmflow.models.mmdit import MMDiT
 from mmflow.text.combine import TextConditionerConfig
 from mmflow.train.config import TrainConfig, check_fsdp_plugin
-from mmflow.train.init_from import check_init_config, check_same_config, model_folder, source_folder
+from mmflow.train.init_from import check_init_config, check_same_config, init_model_folder
 from mmflow.train.known_models import (EncoderShape, TokenizerShape, encoder_present, encoder_shape, known_velocity,
                                        meta_parameters, tokenizer_shape)
 from mmflow.train.lora_training import cast_frozen
@@ -356,9 +356,8 @@ def _check_init_from(path: str, trained: Mapping[str, nn.Module], notes: list[st
     """train.init_from's models have the configs the recipe builds (config.json, or a published model the
     absent folder is named after): else the ConfigError the run would raise, now."""
     if Path(path).exists():
-        folder = source_folder(Path(path))
         for name, model in trained.items():
-            check_init_config(model, model_folder(folder, name), name)
+            check_init_config(model, init_model_folder(Path(path), name), name)
         notes.append(f"train.init_from {path}: its {', '.join(trained)} config matches the recipe's")
         return
     known = known_velocity(path)

@@ -1,7 +1,8 @@
 """`train.init_from`: start a run's trained models from another run's weights (fine-tuning, staged training).
 
-The source is a run folder (its model/ export, else its newest checkpoint), a checkpoint folder or an
-exported model folder; each trained model of the new run loads models/<name>_ema (where saved) or
+The source is a run folder (its model/ export, else its newest checkpoint), a checkpoint folder, an
+exported model folder, or one model's own folder (config.json + weights, as a shipped tokenizer in
+checkpoints/tokenizers/); each trained model of the new run loads models/<name>_ema (where saved) or
 models/<name>. Architectures must match, except where a model knows how to widen itself
 (`adapt_init_state`: an MM-DiT gaining image-to-video input channels starts them at zero, so the new
 model begins exactly as the old one). Only a fresh start reads it: `--resume` continues the run's own
@@ -23,8 +24,8 @@ from mmflow.train.checkpoint import MANIFEST, list_checkpoints
 
 logger = logging.getLogger("mmflow.train")
 
-__all__ = ["check_init_config", "check_same_config", "config_differences", "init_from", "model_folder",
-           "source_folder"]
+__all__ = ["check_init_config", "check_same_config", "config_differences", "init_from", "init_model_folder",
+           "model_folder", "source_folder"]
 
 
 def source_folder(path: Path) -> Path:
@@ -80,6 +81,14 @@ def model_folder(folder: Path, name: str) -> Path:
     return src
 
 
+def init_model_folder(path: Path, name: str) -> Path:
+    """The saved model a run's model `name` starts from: `path` itself where it is one model's folder
+    (config.json + weights, no models/), else model_folder(source_folder(path), name)."""
+    if (path / CONFIG_NAME).is_file() and not (path / "models").is_dir():
+        return path
+    return model_folder(source_folder(path), name)
+
+
 def check_init_config(model: nn.Module, src: Path, name: str) -> None:
     """The saved model in folder `src` (config.json) is the one the recipe builds as `name`: else ConfigError."""
     meta = read_json_object(src / CONFIG_NAME) if (src / CONFIG_NAME).is_file() else {}
@@ -90,8 +99,7 @@ def check_init_config(model: nn.Module, src: Path, name: str) -> None:
 def init_from(models: dict[str, nn.Module], path: Path) -> None:
     """Load each of `models` (freshly built) from `path`'s weights, EMA first, after checking each saved config
     is the one the recipe builds (before any weights are read); errors name train.init_from."""
-    folder = source_folder(path)
-    sources = {name: model_folder(folder, name) for name in models}
+    sources = {name: init_model_folder(path, name) for name in models}
     for name, model in models.items():
         check_init_config(model, sources[name], name)
     for name, model in models.items():

@@ -8,6 +8,11 @@ The base weights load from init_from (on --resume too: checkpoints hold none of 
 the optimizer and the EMA see the adapters only. Checkpoints (accelerate's model state) and the exported
 models/<name> and models/<name>_ema hold only the adapter, as peft adapter folders whose config points at
 the base, and pipeline.json names the base as "base_model": FlowPipeline loads the base, then the adapter.
+
+A run may train through another decoder of the base's latents than the base's own tokenizer (a decoder-only
+fine-tune, model.freeze_encoder, for sounds or images the shipped decoder renders badly): the recipe's tokenizer
+must encode as the base's does (same encoder weights to float16 rounding, same latent statistics; checked before
+any work), and the export bundles it, so the run samples through the decoder it was validated with.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from mmflow.config import ConfigError
-from mmflow.model_io import CorruptModel
+from mmflow.model_io import CorruptModel, load_model, read_json_object
 from mmflow.models.lora import LoraConfig, add_lora, load_adapter_state, save_adapter
 from mmflow.train.init_from import source_folder
 
-__all__ = ["BASE_FROM_CWD_KEY", "BASE_MODEL_KEY", "LoraTraining", "cast_frozen"]
+__all__ = ["BASE_FROM_CWD_KEY", "BASE_MODEL_KEY", "LoraTraining", "cast_frozen", "check_same_latents",
+           "tokenizer_override"]
 
 BASE_MODEL_KEY = "base_model"  # pipeline.json: the folder a LoRA export's adapters apply to
 # ... and that folder relative to where training ran, when it lay below it: a clone moved or copied elsewhere
@@ -41,13 +47,66 @@ def cast_frozen(model: nn.Module, dtype: str) -> None:
             p.data = p.data.to(getattr(torch, dtype))
 
 
-class LoraTraining:
-    """What a LoRA run does beside a full fine-tune: adapt the trained model, save and load adapters only."""
+def check_same_latents(tokenizer: Path, base_tokenizer: Path) -> None:
+    """ConfigError (model.tokenizer) unless `tokenizer` encodes as `base_tokenizer` does: the same type and
+    latent channels, latent statistics, and encoder weights (to float16 rounding: a shipped float16 folder and
+    a float32 run of it are one encoder). Only the decoder may differ."""
+    mine, theirs = load_model(tokenizer), load_model(base_tokenizer)
 
-    def __init__(self, settings: LoraConfig, init_from: str) -> None:
+    def refuse(what: str) -> None:
+        raise ConfigError(f"{tokenizer} is not a decoder of the LoRA base's latents ({base_tokenizer}): {what}; a "
+                          f"LoRA trains on the latents the base was trained on, so its tokenizer must be the base's "
+                          f"or a decoder-only fine-tune of it (model.freeze_encoder=true train.init_from="
+                          f"{base_tokenizer})", "model.tokenizer")
+
+    if type(mine) is not type(theirs) or mine.config.latent_channels != theirs.config.latent_channels:
+        refuse(f"{type(mine).__name__} with {mine.config.latent_channels} latent channels against "
+               f"{type(theirs).__name__} with {theirs.config.latent_channels}")
+    for field in ("latent_shift", "latent_scale"):
+        a, b = getattr(mine.config, field, None), getattr(theirs.config, field, None)
+        if (a is None) != (b is None) or (a is not None and not torch.allclose(torch.tensor(a), torch.tensor(b),
+                                                                               rtol=1e-3, atol=1e-6)):
+            refuse(f"its {field} differs")
+    for m, t in zip(mine.encoder_modules(), theirs.encoder_modules()):
+        for (name, x), (_, y) in zip(m.state_dict().items(), t.state_dict().items()):
+            if x.shape != y.shape or not torch.allclose(x.float(), y.float(), rtol=2e-3, atol=1e-4):
+                refuse(f"its encoder differs (at {name})")
+
+
+def tokenizer_override(tokenizer: str | None, base: Path) -> Path | None:
+    """The recipe's tokenizer folder where it is not the one the base (an exported folder or checkpoint) bundles,
+    after check_same_latents; None where it is the same (or the base bundles none)."""
+    info = read_json_object(base / "pipeline.json") if (base / "pipeline.json").is_file() else {}
+    record = (info.get("components") or {}).get("tokenizer")
+    if tokenizer is None or record is None:
+        return None
+    from mmflow.tasks.encoders import bundled_tokenizer, folder_fingerprint
+
+    base_tokenizer = bundled_tokenizer(base, record)
+    if folder_fingerprint(Path(tokenizer)) == record["fingerprint"]:
+        return None
+    check_same_latents(Path(tokenizer), base_tokenizer)
+    return Path(tokenizer)
+
+
+class LoraTraining:
+    """What a LoRA run does beside a full fine-tune: adapt the trained model, save and load adapters only.
+    `tokenizer`: the recipe's tokenizer folder (None in pixel space)."""
+
+    def __init__(self, settings: LoraConfig, init_from: str, tokenizer: str | None = None) -> None:
         self.settings = settings
         self.base = source_folder(Path(init_from)).resolve()
         self.model_name = ""
+        self.tokenizer = tokenizer_override(tokenizer, self.base)  # a decoder of the base's latents, or None
+
+    def export_components(self, models_dir: Path) -> dict[str, Any]:
+        """pipeline.json's "components" of a LoRA export: the run's own tokenizer where it is not the base's (the
+        base holds every other frozen component)."""
+        if self.tokenizer is None:
+            return {}
+        from mmflow.tasks.encoders import export_tokenizer
+
+        return {"tokenizer": export_tokenizer(self.tokenizer, models_dir)}
 
     def pipeline_info(self) -> dict[str, str]:
         """pipeline.json's pointers at the base: its absolute path, and its path from the working directory."""

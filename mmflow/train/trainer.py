@@ -162,7 +162,9 @@ class Trainer:
         if self.accelerator.distributed_type == DistributedType.FSDP:  # before any work, as the dry run refuses it
             check_fsdp_plugin(self.cfg, self.accelerator.num_processes)
         self.is_main = self.accelerator.is_main_process
-        self.lora = LoraTraining(self.cfg.lora, self.cfg.init_from) if self.cfg.lora is not None else None
+        tokenizer = getattr(getattr(task, "encoders", None), "tokenizer_path", None)  # a latent task's, else None
+        self.lora = (LoraTraining(self.cfg.lora, self.cfg.init_from, tokenizer) if self.cfg.lora is not None
+                     else None)
 
     # ------------------------------------------------------------------ set-up
     def _setup_logging(self) -> None:
@@ -354,8 +356,9 @@ class Trainer:
         if not self.is_main:
             return
         # the frozen components go inside too (main process only), so the folder samples where it is copied;
-        # a LoRA run's base holds them, and its export points there
-        components = self.task.export_frozen(dest / "models") if self.lora is None else {}
+        # a LoRA run's base holds them, and its export points there (but for a tokenizer of its own)
+        components = (self.task.export_frozen(dest / "models") if self.lora is None
+                      else self.lora.export_components(dest / "models"))
         # the recipe rides along once, here, so a sampler can rebuild the task without the recipe file
         info = {**self.task.pipeline_info(), "recipe": to_dict(self.recipe)}
         if self.lora is not None:

@@ -5,6 +5,7 @@ samples of the held-out folder `test`; data and cache from `data`."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 def shortened(data: Path, test: Path, steps: int, samples: int = 4) -> list[str]:
@@ -44,3 +45,25 @@ def assert_adapter_only(run: Path, base: Path, step: int = 2) -> None:
     with safe_open(str(run / "checkpoints" / f"step_{step:08d}" / "model.safetensors"), framework="pt") as f:
         keys = list(f.keys())
     assert keys and all("lora_" in k for k in keys), keys[:4]
+
+
+def concept_overrides(data: Path, test: Path) -> list[str]:
+    """A concept-LoRA recipe (on a shipped model) shrunk: data and held-out prompts from `data` / `test`, two steps
+    at batch 4, a validation with 4 probe samples at two sampling steps."""
+    return [f"data.path={data}", f"data.cache={data.parent / 'cache'}", f"eval.real={test}", "train.batch_size=4",
+            "train.max_steps=2", "train.warmup_steps=0", "train.checkpoint_every=2", "train.validate_every=2",
+            "train.log_every=1", "data.eval_per_prompt=1", "eval.num_samples=4", "eval.batch_size=4", "sample.steps=2"]
+
+
+def train_concept_adapter(recipe: Path, base: Path, data: Path, test: Path, run: Path, check: str, attribute: str,
+                          capsys: Any) -> None:
+    """Train a concept-LoRA recipe shortened (concept_overrides) through the CLI, from the repository root; the
+    validation's probe table reads `attribute` as an accuracy, and the run saved an adapter only."""
+    from mmflow.cli import main
+
+    assert main(["train", str(recipe), "--run-dir", str(run), *concept_overrides(data, test)]) == 0
+    out = capsys.readouterr().out
+    assert f"prompt check '{check}': 4 samples" in out, out
+    table = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("  ")}
+    assert 0.0 <= float(table[attribute]) <= 1.0, out
+    assert_adapter_only(run, base)

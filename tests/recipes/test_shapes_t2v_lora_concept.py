@@ -13,7 +13,7 @@ import pytest
 from mmflow.cli import main
 from mmflow.data.shapes_video_concept import VideoConceptConfig, write_video_concept_folder
 from tests.conftest import REPO
-from tests.recipes.shortened import assert_adapter_only
+from tests.recipes.shortened import train_concept_adapter
 
 RECIPE = REPO / "recipes" / "shapes_t2v_lora_concept.yaml"
 BASE = REPO / "checkpoints" / "shapes_t2v"
@@ -26,17 +26,7 @@ def test_video_concept_recipe_trains_an_adapter_only_and_samples_with_it(
     test = write_video_concept_folder(tmp_path / "test", cfg, "test")
     run = tmp_path / "run"
     monkeypatch.chdir(REPO)  # the recipe names the shipped model and tokenizer from the repository root
-    overrides = [f"data.path={data}", f"data.cache={tmp_path / 'cache'}", f"eval.real={test}", "train.batch_size=4",
-                 "train.max_steps=2", "train.warmup_steps=0", "train.checkpoint_every=2", "train.validate_every=2",
-                 "train.log_every=1", "data.eval_per_prompt=1", "eval.num_samples=4", "eval.batch_size=4",
-                 "sample.steps=2"]
-    assert main(["train", str(RECIPE), "--run-dir", str(run), *overrides]) == 0
-    out = capsys.readouterr().out
-    assert "prompt check 'shapes_video': 4 samples" in out, out
-    table = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("  ")}
-    assert 0.0 <= float(table["motion"]) <= 1.0, out
-
-    assert_adapter_only(run, BASE)
+    train_concept_adapter(RECIPE, BASE, data, test, run, "shapes_video", "motion", capsys)
 
     samples = tmp_path / "samples"
     prompt = "a red star moving up and to the right on a black background"

@@ -87,12 +87,15 @@ def test_image_training_lowers_loss_and_exports_normalising_latent_stats(tmp_pat
     assert (tmp_path / "run" / "validation" / ckpt.step_dir_name(30) / "reconstructions.png").stat().st_size > 500
 
 
-def test_a_decoder_only_fine_tune_keeps_the_encoder_and_its_latents(tmp_path):
+@pytest.mark.parametrize("source", ["run", "model folder"])
+def test_a_decoder_only_fine_tune_keeps_the_encoder_and_its_latents(tmp_path, source):
+    """From a run, or from the tokenizer's own folder (config.json + weights, as checkpoints/tokenizers/*)."""
     data = _images(tmp_path / "data")
     _train(_recipe("image_f8", data, *IMAGE, "train.max_steps=6", "train.checkpoint_every=6"), tmp_path / "base")
     base = tmp_path / "base" / "model" / "models" / TOKENIZER
+    start = tmp_path / "base" if source == "run" else base
     recipe = _recipe("image_f8", data, *IMAGE, "train.max_steps=6", "train.checkpoint_every=6",
-                     "model.freeze_encoder=true", f"train.init_from={tmp_path / 'base'}", "data.stats_items=4")
+                     "model.freeze_encoder=true", f"train.init_from={start}", "data.stats_items=4")
     _train(recipe, tmp_path / "ft")
     before, after = load_file(base / "model.safetensors"), load_file(tmp_path / "ft" / "model" / "models" / TOKENIZER /
                                                                      "model.safetensors")

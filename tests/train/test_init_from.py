@@ -85,3 +85,10 @@ def test_a_tokenizer_with_measured_latent_statistics_initialises_a_fresh_one(tmp
     assert fresh.config.latent_shift is None  # re-measured by the run, not copied
     with pytest.raises(ConfigError, match="latent_channels: 4 here, 8 there"):
         init_from({"tokenizer": AudioVAE(replace(cfg, latent_channels=4))}, tmp_path / "src")
+    # one model's own folder (config.json + weights, as checkpoints/tokenizers/*) is a source too
+    again = AudioVAE(cfg)
+    init_from({"tokenizer": again}, tmp_path / "src" / "models" / "tokenizer")
+    torch.testing.assert_close(again.state_dict(), finished.state_dict(), atol=0, rtol=0)
+    with pytest.raises(ConfigError, match="model type: 'mmdit' here, 'audio_vae' there"):
+        init_from({"velocity": MMDiT(MMDiTConfig(patch_size=(2,), hidden_size=32, depth=1, num_heads=2))},
+                  tmp_path / "src" / "models" / "tokenizer")

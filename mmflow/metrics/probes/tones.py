@@ -13,7 +13,9 @@ Rules where a rule is exact, a small classifier where it is not:
 - tempo: mmflow.metrics.probes.tempo.estimate_tempo within TEMPO_TOLERANCE of the asked bpm;
 - timbre: a small MLP on pitch-normalised features (the first N_HARMONICS harmonic amplitudes in dB
   against the fundamental, their spread over frames, how they and the loudness change over a note),
-  trained on clips of the generated train split, half of them noised, low-passed or mu-law coded.
+  trained on clips of the generated train split, half of them noised, low-passed or mu-law coded, and
+  as many clips of each EXTRA_TIMBRES timbre (the organ, which only fine-tuning concepts play), so a model
+  that plays an old prompt with the new timbre is caught.
 
     score = score_tones(waves, captions)      # waves (B, 1, N) or (B, N) in [-1, 1] at 16 kHz
     score["all"], score["items"][0]           # accuracies; per-item predictions and correctness
@@ -38,8 +40,8 @@ import torch.nn.functional as F
 from scipy.signal import butter, sosfilt
 from torch import Tensor, nn
 
-from mmflow.data.tones import (KEYS, MODES, NUM_SAMPLES, PATTERNS, SAMPLE_RATE, TIMBRES, ToneItem, TonePrompt,
-                               TonesConfig, make_tones, parse_caption)
+from mmflow.data.tones import (ALL_TIMBRES, EXTRA_TIMBRES, KEYS, MODES, NUM_SAMPLES, PATTERNS, SAMPLE_RATE, TIMBRES,
+                               ToneItem, TonePrompt, TonesConfig, make_tones, parse_caption)
 from mmflow.metrics.probes.base import Probe, ProbeConfig, ProbeInputError, fraction, load_probe
 from mmflow.metrics.probes.tempo import estimate_tempo
 from mmflow.model_io import register_model
@@ -192,7 +194,7 @@ def analyse(wave: np.ndarray | Tensor, sample_rate: int = SAMPLE_RATE) -> ToneAn
 def tones_config(**overrides: Any) -> ProbeConfig:
     """The config of a fresh tones probe: the classifier's timbre head plus the rules' attributes."""
     base = dict(name="tones", modality="audio", media_shape=[1, NUM_SAMPLES], sample_rate=SAMPLE_RATE,
-                attributes={"timbre": list(TIMBRES), "pitch": list(KEYS), "mode": list(MODES),
+                attributes={"timbre": list(ALL_TIMBRES), "pitch": list(KEYS), "mode": list(MODES),
                             "pattern": list(PATTERNS)}, width=64, feature_dim=32)
     base.update(overrides)
     return ProbeConfig(**base)
@@ -200,7 +202,7 @@ def tones_config(**overrides: Any) -> ProbeConfig:
 
 @register_model("probe_tones")
 class TonesProbe(Probe):
-    """Clips (B, 1, 64000) at 16 kHz in [-1, 1] -> timbre logits (B, 5) from the clip's pitch-normalised
+    """Clips (B, 1, 64000) at 16 kHz in [-1, 1] -> timbre logits (B, T) from the clip's pitch-normalised
     harmonic features; `predict` adds pitch (the tonic), mode and pattern by the rules. Features: the
     MLP's hidden layer (B, 32)."""
 
@@ -230,7 +232,8 @@ class TonesProbe(Probe):
         if not len(features):
             return []
         x = torch.from_numpy(np.stack(features)).to(self.mean.device)
-        return [TIMBRES[int(k)] for k in self.prepared_logits({"features": x})["timbre"].argmax(1).cpu()]
+        names = self.config.attributes["timbre"]  # the classes this probe was trained on
+        return [names[int(k)] for k in self.prepared_logits({"features": x})["timbre"].argmax(1).cpu()]
 
     @torch.no_grad()
     def predict(self, media: Tensor, batch_size: int = 64) -> dict[str, Tensor]:
@@ -238,7 +241,8 @@ class TonesProbe(Probe):
         self.check_input(media)
         found = [analyse(m[0], self.config.sample_rate or SAMPLE_RATE) for m in media]
         timbres = self.classify([a.features for a in found])
-        return {"timbre": torch.tensor([TIMBRES.index(t) for t in timbres], dtype=torch.long),
+        names = self.config.attributes["timbre"]
+        return {"timbre": torch.tensor([names.index(t) for t in timbres], dtype=torch.long),
                 "pitch": torch.tensor([a.tonic or 0 for a in found], dtype=torch.long),
                 "mode": torch.tensor([MODES.index(a.third) if a.third else 0 for a in found], dtype=torch.long),
                 "pattern": torch.tensor([PATTERNS.index(a.pattern) if a.pattern else 0 for a in found],
@@ -333,20 +337,24 @@ def _labelled_features(items: list[ToneItem], seed: int) -> tuple[Tensor, Tensor
     for item in items:
         for w in (item.wave, degrade(item.wave, rng)):
             feats.append(analyse(w).features)
-            labels.append(TIMBRES.index(item.prompt.timbre))
+            labels.append(ALL_TIMBRES.index(item.prompt.timbre))
     return torch.from_numpy(np.stack(feats)), torch.tensor(labels, dtype=torch.long)
 
 
 def train_tones_probe(out: Path | None, cfg: TonesConfig | None = None, epochs: int = 60, seed: int = 0,
                       command: str = "") -> tuple[TonesProbe, dict[str, Any]]:
-    """Train the timbre classifier on cfg's train split, score the probe on its test split (the held-out
-    combinations, real clips), write it to `out` (unless None); (probe, test score)."""
+    """Train the timbre classifier on cfg's train split plus as many clips of each extra timbre as of an
+    average old one, score the probe on its test split (the held-out combinations, real clips) and on other
+    extra-timbre clips, write it to `out` (unless None); (probe, test score)."""
+    from mmflow.data.tones_concept import timbre_clips
     from mmflow.metrics.probes.train import fit_probe
     from mmflow.model_io import save_model
 
     cfg = cfg or TonesConfig(n_train=1000, seed=seed)
     start = time.perf_counter()
-    x, y = _labelled_features(make_tones(cfg, "train"), seed)
+    per_timbre = cfg.n_train // len(TIMBRES)
+    extra = [it for t in EXTRA_TIMBRES for it in timbre_clips(t, 2 * per_timbre, seed)]  # half train, half test
+    x, y = _labelled_features(make_tones(cfg, "train") + extra[0::2], seed)
     logger.info("%d feature vectors in %.1f s", len(y), time.perf_counter() - start)
     torch.manual_seed(seed)
     probe = TonesProbe(tones_config(command=command))
@@ -358,6 +366,11 @@ def train_tones_probe(out: Path | None, cfg: TonesConfig | None = None, epochs: 
     probe.config.held_out_accuracy = {a: score[a] for a in ("timbre", "pitch", "mode", "pattern")}
     probe.config.held_out_items = score["n"]
     probe.config.extra_metrics = {"tempo": score["tempo"], "all": score["all"]}
+    if extra:
+        held = extra[1::2]
+        extra_score = score_tones(np.stack([it.wave for it in held]), [it.prompt for it in held], probe)
+        probe.config.extra_metrics["extra_timbres"] = extra_score["timbre"]
+        score["extra_timbres"] = extra_score["timbre"]
     if out is not None:
         save_model(probe, out)
     return probe.eval(), score

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     _, score = train_tones_probe(args.out, epochs=args.epochs, seed=args.seed, command=command)
     acc = ", ".join(f"{a} {score[a]:.3f}" for a in ("pitch", "mode", "pattern", "tempo", "timbre", "all"))
-    print(f"tones: on the test split ({score['n']} real clips): {acc}; {time.perf_counter() - start:.0f} s; "
+    extra = f"; extra timbres {score['extra_timbres']:.3f}" if "extra_timbres" in score else ""
+    print(f"tones: on the test split ({score['n']} real clips): {acc}{extra}; {time.perf_counter() - start:.0f} s; "
           f"wrote {args.out}")
     return 0
 

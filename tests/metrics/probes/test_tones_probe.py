@@ -13,12 +13,14 @@ import pytest
 import torch
 
 import mmflow.data.tones as td
-from mmflow.data.tones import KEYS, NUM_SAMPLES, TEMPI, TIMBRES, ToneItem, TonePrompt, TonesConfig, make_tones
+from mmflow.data.tones import (ALL_TIMBRES, KEYS, NUM_SAMPLES, TEMPI, TIMBRES, ToneItem, TonePrompt, TonesConfig,
+                               make_tones)
+from mmflow.data.tones_concept import timbre_clips
 from mmflow.evaluation.config import CHECKS
 from mmflow.metrics.features import get_features
 from mmflow.metrics.probes import ProbeInputError, TonesProbe, load_probe, score_tones
 from mmflow.metrics.probes.checks import PROMPT_CHECKS, prompt_check
-from mmflow.metrics.probes.tones import analyse, degrade, mu_law, train_tones_probe
+from mmflow.metrics.probes.tones import analyse, degrade, mu_law, tones_config, train_tones_probe
 
 CFG = TonesConfig(n_train=30, seed=5)
 KEYS_SCORED = ("pitch", "mode", "pattern", "tempo", "timbre", "all")
@@ -57,6 +59,30 @@ def test_exact_on_generated_test_and_train_clips(probe):
     # what the shipped probe says of itself (measured on the full default test split)
     assert probe.config.held_out_items == 120
     assert min(probe.config.held_out_accuracy.values()) == 1.0 and probe.config.extra_metrics["all"] == 1.0
+    assert probe.config.attributes["timbre"] == list(ALL_TIMBRES) and probe.config.extra_metrics["extra_timbres"] == 1.0
+
+
+def test_tells_the_new_timbre_from_the_old_ones(probe):
+    """The organ (EXTRA_TIMBRES: only fine-tuning concepts play it) is classified as itself, and an old
+    prompt played on it fails timbre: a fine-tuned model that forgets is caught."""
+    organ = timbre_clips("organ", 10, seed=3)
+    s = score_tones(waves(organ), [it.prompt for it in organ], probe)
+    assert s["timbre"] == 1.0 and s["all"] == 1.0
+    as_old = [dataclasses.replace(it.prompt, timbre=TIMBRES[i % len(TIMBRES)]) for i, it in enumerate(organ)]
+    assert score_tones(waves(organ), as_old, probe)["timbre"] == 0.0
+
+
+def test_a_probe_keeps_the_timbre_names_it_was_trained_on(probe, tmp_path):
+    """A probe saved with the five old timbres (before the organ) still names its classes right."""
+    from mmflow.model_io import load_model, save_model
+    old = TonesProbe(tones_config(attributes={**probe.config.attributes, "timbre": list(TIMBRES)}))
+    state = {k: v for k, v in probe.state_dict().items() if not k.startswith("heads.")}
+    old.load_state_dict({**state, "heads.timbre.weight": probe.heads["timbre"].weight[:5],
+                         "heads.timbre.bias": probe.heads["timbre"].bias[:5]})
+    save_model(old, tmp_path / "old")
+    items = make_tones(CFG, "test")[::6]
+    again = load_model(tmp_path / "old")
+    assert again.classify([analyse(it.wave).features for it in items]) == [it.prompt.timbre for it in items]
 
 
 def test_exact_on_degraded_clips(probe):
@@ -163,10 +189,15 @@ def test_degrade_keeps_the_clip_in_range():
     assert np.abs(q - np.linspace(-1, 1, 1001)).max() < 0.05 and len(np.unique(q)) <= 256
 
 
+def again_names(folder: Path) -> list[str]:
+    return load_probe(folder).config.attributes["timbre"]
+
+
 def test_training_learns_timbres_from_a_small_set(tmp_path):
     probe, score = train_tones_probe(tmp_path / "p", TonesConfig(n_train=40, seed=1, test_tempi_per_key=1),
                                      epochs=30, seed=0, command="test")
-    assert score["timbre"] >= 0.8 and score["pitch"] == 1.0  # chance: 1/5
+    assert score["timbre"] >= 0.8 and score["pitch"] == 1.0  # chance: 1/6
+    assert score["extra_timbres"] >= 0.8 and again_names(tmp_path / "p") == list(ALL_TIMBRES)
     again = load_probe(tmp_path / "p")
     assert again.config.held_out_accuracy == probe.config.held_out_accuracy and again.config.held_out_items == 60
     torch.testing.assert_close(again.mean, probe.mean)  # the feature standardisation is saved with the weights
