@@ -6,6 +6,10 @@ pattern in the other mode, that is in the train split. If the model fails the he
 mirrors right, it does not compose; if it fails both alike, it has not learnt the melodies at all. Per
 combination: how many samples read as each mode and each pattern, and how many start on the asked tonic.
 
+Then whether the mode word steers the sample at all: every held-out prompt again with its mode flipped, each row
+from the same starting noise as its original (row i's noise comes from its seed alone). A model that follows the
+word reads major for one and minor for the other; one that ignores it reads the same for both, whatever is asked.
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tones_breakdown.py checkpoints/tones_t2m --guidance 4
 """
 
@@ -35,6 +39,18 @@ def breakdown(pipe: FlowPipeline, prompts: list, guidance: float | None, seed: i
     return {**{k: scores[k] for k in ACCURACIES}, "combinations": {k: dict(sorted(v.items())) for k, v in combos.items()}}
 
 
+def mode_pairs(pipe: FlowPipeline, prompts: list, guidance: float | None, seed: int, batch_size: int) -> dict:
+    """Each prompt beside itself with the other mode, from the same noise: how often the probe reads the
+    same mode in both (the word ignored), both right, and the pair's second-note interval the same."""
+    other = {MODES[0]: MODES[1], MODES[1]: MODES[0]}
+    flipped = [replace(q, mode=other[q.mode]) if q.mode else q for q in prompts]
+    a, b = (score_tones(pipe([p.text for p in ps], seed=seed, guidance=guidance, batch_size=batch_size).media,
+                        ps)["items"] for ps in (prompts, flipped))
+    rows = [(x, y) for q, x, y in zip(prompts, a, b) if q.mode is not None]
+    return {"pairs": len(rows), "same_mode_read": sum(x["pred"]["mode"] == y["pred"]["mode"] for x, y in rows),
+            "both_right": sum(bool(x.get("mode")) and bool(y.get("mode")) for x, y in rows)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model", help="run, checkpoint or exported folder of a tones_t2m model")
@@ -53,6 +69,9 @@ def main() -> None:
         print(f"{name}: " + "  ".join(f"{k} {r[k]:.3f}" for k in ACCURACIES))
         for combo, counts in r["combinations"].items():
             print(f"    {combo:24s} {counts}")
+    report["mode_flipped_same_noise"] = pairs = mode_pairs(pipe, held_out, args.guidance, args.seed, args.batch_size)
+    print(f"mode flipped, same noise: {pairs['same_mode_read']} of {pairs['pairs']} pairs read the same mode "
+          f"(the word ignored), {pairs['both_right']} read both right")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
