@@ -274,8 +274,7 @@ class FlowPipeline:
         """Decode (and encode) through the tokenizer in `folder` instead: a LoRA run's own decoder of the same
         latents. The fingerprint that samples record changes with it."""
         self.own_tokenizer = Path(folder)
-        self.task.encoders.tokenizer_path = str(folder)
-        self.task.encoders._tokenizer = None  # loaded from the new folder on first use
+        self.task.encoders.use_tokenizer(folder)
         self.task.place_frozen_models(self.device)
         self.fingerprint = hashlib.sha256(f"{self.fingerprint} {folder_fingerprint(folder)}".encode()).hexdigest()
         logger.info("tokenizer: %s (the LoRA run's own decoder)", folder)

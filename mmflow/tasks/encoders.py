@@ -173,6 +173,10 @@ class MediaEncoders:
             self._tokenizer = _frozen(load_model(path))
         return self._tokenizer
 
+    def use_tokenizer(self, path: str | Path) -> None:
+        """Encode and decode through the tokenizer folder `path` from now on (loaded on first use)."""
+        self.tokenizer_path, self._tokenizer = str(path), None
+
     @property
     def text(self) -> TextConditioner:
         """The frozen text conditioner (loaded on first access)."""
