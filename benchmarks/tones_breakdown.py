@@ -40,8 +40,8 @@ def breakdown(pipe: FlowPipeline, prompts: list, guidance: float | None, seed: i
 
 
 def mode_pairs(pipe: FlowPipeline, prompts: list, guidance: float | None, seed: int, batch_size: int) -> dict:
-    """Each prompt beside itself with the other mode, from the same noise: how often the probe reads the
-    same mode in both (the word ignored), both right, and the pair's second-note interval the same."""
+    """Each prompt beside itself with the other mode, from the same noise: of the pairs with a mode, how often
+    the probe reads the same mode in both (the word ignored) and how often both right."""
     other = {MODES[0]: MODES[1], MODES[1]: MODES[0]}
     flipped = [replace(q, mode=other[q.mode]) if q.mode else q for q in prompts]
     a, b = (score_tones(pipe([p.text for p in ps], seed=seed, guidance=guidance, batch_size=batch_size).media,
