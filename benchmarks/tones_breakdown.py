@@ -4,7 +4,9 @@ combination, beside the same prompts with the other mode, which training did pla
 Each held-out (timbre, pattern, mode) combination of mmflow/data/tones.py has a mirror, the same timbre and
 pattern in the other mode, that is in the train split. If the model fails the held-out prompts but plays their
 mirrors right, it does not compose; if it fails both alike, it has not learnt the melodies at all. Per
-combination: how many samples read as each mode and each pattern, and how many start on the asked tonic.
+combination: how many samples read as each mode and each pattern, and how many start on the asked tonic; per
+pattern and note of the melody, how often that note lies the asked interval above the first one (to the nearest
+semitone), which tells a wrong third (the mode's note) from pitches that wander everywhere.
 
 Then whether the mode word steers the sample at all: every held-out prompt again with its mode flipped, each row
 from the same starting noise as its original (row i's noise comes from its seed alone). A model that follows the
@@ -20,11 +22,30 @@ import json
 from collections import Counter
 from dataclasses import replace
 
-from mmflow.data.tones import MODES, TonesConfig, test_prompts
-from mmflow.metrics.probes.tones import score_tones
+import numpy as np
+
+from mmflow.data.tones import ARPEGGIO_STEPS, MODES, SCALE_STEPS, TonePrompt, TonesConfig, test_prompts
+from mmflow.metrics.probes.tones import analyse, score_tones
 from mmflow.pipeline import FlowPipeline
 
 ACCURACIES = ("pitch", "mode", "pattern", "tempo", "timbre", "all")
+
+
+def interval_hits(waves: np.ndarray, prompts: list[TonePrompt]) -> dict[str, list[list[int]]]:
+    """Per melodic pattern, per note index of one cycle: [hits, clips] where the note the probe reads (rounded to a
+    semitone) is the asked interval above the clip's first note. waves (B, N) at 16 kHz. A clip with fewer notes
+    counts only for the notes it has; "note" prompts (one pitch) are left out."""
+    out: dict[str, list[list[int]]] = {}
+    for wave, p in zip(waves, prompts):
+        if p.pattern == "note":
+            continue
+        steps = (SCALE_STEPS if p.pattern == "scale" else ARPEGGIO_STEPS)[p.mode]
+        counts = out.setdefault(p.pattern, [[0, 0] for _ in steps])
+        notes = [midi for _, _, midi in analyse(wave).notes]
+        for i, midi in enumerate(notes[:len(steps)]):
+            counts[i][0] += int(round(midi - notes[0]) == steps[i])
+            counts[i][1] += 1
+    return out
 
 
 def breakdown(pipe: FlowPipeline, prompts: list, guidance: float | None, seed: int, batch_size: int) -> dict:
@@ -36,7 +57,9 @@ def breakdown(pipe: FlowPipeline, prompts: list, guidance: float | None, seed: i
         c = combos.setdefault(f"{p.timbre} {p.pattern} {p.mode or '-'}", Counter())
         c.update({"n": 1, f"mode {item['pred']['mode']}": 1, f"pattern {item['pred']['pattern']}": 1,
                   "tonic right": int(item["pitch"])})
-    return {**{k: scores[k] for k in ACCURACIES}, "combinations": {k: dict(sorted(v.items())) for k, v in combos.items()}}
+    waves = out.media.float().mean(dim=1).numpy()  # (B, N): channels mixed, as the probe reads them
+    return {**{k: scores[k] for k in ACCURACIES}, "combinations": {k: dict(sorted(v.items())) for k, v in combos.items()},
+            "intervals": interval_hits(waves, prompts)}
 
 
 def mode_pairs(pipe: FlowPipeline, prompts: list, guidance: float | None, seed: int, batch_size: int) -> dict:
@@ -69,6 +92,9 @@ def main() -> None:
         print(f"{name}: " + "  ".join(f"{k} {r[k]:.3f}" for k in ACCURACIES))
         for combo, counts in r["combinations"].items():
             print(f"    {combo:24s} {counts}")
+        for pattern, counts in r["intervals"].items():
+            print(f"    {pattern} notes on the asked interval above the first: "
+                  + " ".join(f"{h}/{n}" for h, n in counts))
     report["mode_flipped_same_noise"] = pairs = mode_pairs(pipe, held_out, args.guidance, args.seed, args.batch_size)
     print(f"mode flipped, same noise: {pairs['same_mode_read']} of {pairs['pairs']} pairs read the same mode "
           f"(the word ignored), {pairs['both_right']} read both right")
