@@ -37,6 +37,10 @@ of the train clips end early, after a length drawn from [min_seconds, 4] s (fade
 are written that long; the rest, and every test clip, are 4 s:
 
     python -m mmflow.data.tones --out data/tones_timed/train --split train --short-fraction 0.5
+
+`timbre_free_captions` (`--timbre-free-captions`) lists every train clip twice, under its caption and under the
+same words without the timbre ("an arpeggio in A minor at 120 bpm"): in the train split a timbre and a pattern
+can tell the mode by themselves (every sine arpeggio is minor), a caption without the timbre cannot.
 """
 
 from __future__ import annotations
@@ -144,6 +148,9 @@ class TonesConfig:
     short_fraction: float = 0.0  # train clips cut short (timing conditioning), each to a length in [min_seconds, 4]
     min_seconds: float = 1.0
     held_out: list[list[Any]] | None = None  # [timbre, pattern, mode or None] never in train; None: the diagonal rule
+    # train clips also listed under their caption without the timbre ("an arpeggio in A minor at 120 bpm"): the
+    # held-out combinations pair a timbre with a mode, the words without a timbre never are
+    timbre_free_captions: bool = False
 
     def validate(self) -> None:
         check(self.n_train >= 0, "n_train", "must be >= 0")
@@ -171,12 +178,16 @@ def held_out_combos(cfg: TonesConfig) -> list[tuple[str, str, str | None]]:
 
 # ---------------------------------------------------------------- captions
 
-def caption(prompt: TonePrompt) -> str:
-    """'a saw arpeggio in A minor at 120 bpm' / 'a sine note C repeated at 80 bpm' / 'an organ scale ...'."""
-    article = "an" if prompt.timbre[0] in "aeiou" else "a"
+def caption(prompt: TonePrompt, timbre: bool = True) -> str:
+    """'a saw arpeggio in A minor at 120 bpm' / 'a sine note C repeated at 80 bpm' / 'an organ scale ...';
+    timbre=False leaves the timbre out: 'an arpeggio in A minor at 120 bpm' (a second train caption, not a prompt
+    the probe scores: parse_caption refuses it)."""
     if prompt.pattern == "note":
-        return f"{article} {prompt.timbre} note {prompt.key} repeated at {prompt.tempo} bpm"
-    return f"{article} {prompt.timbre} {prompt.pattern} in {prompt.key} {prompt.mode} at {prompt.tempo} bpm"
+        text = f"{prompt.timbre} note {prompt.key} repeated at {prompt.tempo} bpm"
+    else:
+        text = f"{prompt.timbre} {prompt.pattern} in {prompt.key} {prompt.mode} at {prompt.tempo} bpm"
+    text = text if timbre else text.split(" ", 1)[1]
+    return f"{'an' if text[0] in 'aeiou' else 'a'} {text}"
 
 
 _KEY_OF = {k.lower(): k for k in KEYS}
@@ -352,13 +363,14 @@ def cut_short(item: ToneItem, seconds: float) -> ToneItem:
 
 def write_tones_folder(folder: str | Path, cfg: TonesConfig, split: str = "train") -> Path:
     """Write the split into `folder` as an audio folder (see `write_tone_items`); returns the folder."""
-    return write_tone_items(folder, make_tones(cfg, split))
+    return write_tone_items(folder, make_tones(cfg, split), timbre_free=cfg.timbre_free_captions and split == "train")
 
 
-def write_tone_items(folder: str | Path, items: list[ToneItem]) -> Path:
+def write_tone_items(folder: str | Path, items: list[ToneItem], timbre_free: bool = False) -> Path:
     """Write clips as an audio folder: tone_00000.wav ... (16-bit PCM, 16 kHz mono) and metadata.jsonl lines
-    {"file_name", "text", "timbre", "pattern", "key", "mode", "tempo", "seconds"}; returns the folder. Files of
-    an earlier write are overwritten, never merged."""
+    {"file_name", "text", "timbre", "pattern", "key", "mode", "tempo", "seconds"}; with `timbre_free` each clip has
+    a second line, its caption without the timbre (a file listed twice: two captions). Returns the folder. Files
+    of an earlier write are overwritten, never merged."""
     import soundfile as sf
 
     from mmflow.utils.fs import atomic_folder
@@ -368,8 +380,9 @@ def write_tone_items(folder: str | Path, items: list[ToneItem]) -> Path:
         for i, item in enumerate(items):
             name = f"tone_{i:05d}.wav"
             sf.write(str(tmp / name), item.wave, SAMPLE_RATE, subtype="PCM_16")
-            lines.append(json.dumps({"file_name": name, "text": item.caption, **item.prompt.to_dict(),
-                                     "seconds": round(item.seconds, 4)}))
+            texts = [item.caption, caption(item.prompt, timbre=False)] if timbre_free else [item.caption]
+            lines += [json.dumps({"file_name": name, "text": text, **item.prompt.to_dict(),
+                                  "seconds": round(item.seconds, 4)}) for text in texts]
         (tmp / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return Path(folder)
 
@@ -383,13 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short-fraction", type=float, default=0.0, help="train clips cut short (timing conditioning)")
     p.add_argument("--min-seconds", type=float, default=TonesConfig.min_seconds, help="the shortest cut")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timbre-free-captions", action="store_true",
+                   help="train clips also listed under their caption without the timbre")
     args = p.parse_args(argv)
     cfg = TonesConfig(n_train=args.n_train, seed=args.seed, test_tempi_per_key=args.test_tempi_per_key,
-                      short_fraction=args.short_fraction, min_seconds=args.min_seconds)
-    write_tones_folder(args.out, cfg, args.split)
-    n = sum(1 for _ in (args.out / "metadata.jsonl").open())
+                      short_fraction=args.short_fraction, min_seconds=args.min_seconds,
+                      timbre_free_captions=args.timbre_free_captions)
+    folder = write_tones_folder(args.out, cfg, args.split)
+    rows = [json.loads(line)["file_name"] for line in (folder / "metadata.jsonl").open()]
     held = ", ".join(" ".join(x for x in c if x) for c in held_out_combos(cfg))
-    print(f"wrote {n} {args.split} clips to {args.out}; held out: {held}")
+    print(f"wrote {len(set(rows))} {args.split} clips ({len(rows)} captions) to {args.out}; held out: {held}")
     return 0
 
 

@@ -168,3 +168,26 @@ def test_written_folder_is_an_audio_folder(tmp_path, capsys):
     assert not (folder / "tone_00002.wav").exists()
     assert td.main(["--out", str(folder), "--split", "test", "--test-tempi-per-key", "1"]) == 0
     assert "wrote 60 test clips" in capsys.readouterr().out
+
+
+def test_timbre_free_captions_list_each_train_clip_twice(tmp_path, capsys):
+    folder = tmp_path / "tones"
+    assert td.main(["--out", str(folder), "--n-train", "5", "--timbre-free-captions"]) == 0
+    assert "wrote 5 train clips (10 captions)" in capsys.readouterr().out
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    items = make_tones(TonesConfig(n_train=5))
+    for i, it in enumerate(items):
+        full, free = rows[2 * i], rows[2 * i + 1]
+        assert full["file_name"] == free["file_name"] == f"tone_{i:05d}.wav" and full["text"] == it.caption
+        assert free["text"] == it.caption.replace(f" {it.prompt.timbre} ", " ", 1).replace("a a", "an a", 1)
+        assert it.prompt.timbre not in free["text"] and TonePrompt.from_dict(free) == it.prompt
+    free = TonePrompt("saw", "arpeggio", "A", "minor", 120), TonePrompt("organ", "note", "C", None, 80)
+    assert [td.caption(p, timbre=False) for p in free] == ["an arpeggio in A minor at 120 bpm",
+                                                           "a note C repeated at 80 bpm"]
+    with pytest.raises(td.CaptionError):
+        parse_caption(td.caption(free[0], timbre=False))  # a train caption, never a scored prompt
+    ds = MediaFolderDataset(MediaFolderConfig(path=str(folder), modality="audio", sample_rate=SAMPLE_RATE, seconds=4.0))
+    assert len(ds) == 10
+    assert td.main(["--out", str(tmp_path / "test"), "--split", "test", "--test-tempi-per-key", "1",
+                    "--timbre-free-captions"]) == 0
+    assert "wrote 60 test clips (60 captions)" in capsys.readouterr().out  # test prompts keep their timbre
