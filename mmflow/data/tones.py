@@ -148,8 +148,7 @@ class TonesConfig:
     short_fraction: float = 0.0  # train clips cut short (timing conditioning), each to a length in [min_seconds, 4]
     min_seconds: float = 1.0
     held_out: list[list[Any]] | None = None  # [timbre, pattern, mode or None] never in train; None: the diagonal rule
-    # train clips also listed under their caption without the timbre ("an arpeggio in A minor at 120 bpm"): the
-    # held-out combinations pair a timbre with a mode, the words without a timbre never are
+    # train clips also listed under their caption without the timbre ("an arpeggio in A minor at 120 bpm")
     timbre_free_captions: bool = False
 
     def validate(self) -> None:

@@ -179,8 +179,8 @@ def test_timbre_free_captions_list_each_train_clip_twice(tmp_path, capsys):
     for i, it in enumerate(items):
         full, free = rows[2 * i], rows[2 * i + 1]
         assert full["file_name"] == free["file_name"] == f"tone_{i:05d}.wav" and full["text"] == it.caption
-        assert free["text"] == it.caption.replace(f" {it.prompt.timbre} ", " ", 1).replace("a a", "an a", 1)
-        assert it.prompt.timbre not in free["text"] and TonePrompt.from_dict(free) == it.prompt
+        assert free["text"] == td.caption(it.prompt, timbre=False) and it.prompt.timbre not in free["text"]
+        assert TonePrompt.from_dict(free) == it.prompt
     free = TonePrompt("saw", "arpeggio", "A", "minor", 120), TonePrompt("organ", "note", "C", None, 80)
     assert [td.caption(p, timbre=False) for p in free] == ["an arpeggio in A minor at 120 bpm",
                                                            "a note C repeated at 80 bpm"]
