@@ -121,6 +121,12 @@ class MediaFolderConfig:
         return self.crop or self.spec.default_crop
 
     @property
+    def reads_randomly(self) -> bool:
+        """Whether reading an item draws from its generator (a random crop, a video's random first frame),
+        so that what is read, and what a cache freezes, depends on the recipe's seed."""
+        return self.crop_mode == "random" or (self.modality == "video" and self.clip_start == "random")
+
+    @property
     def media_extensions(self) -> tuple[str, ...]:
         return tuple(e.lower().strip(". ") for e in self.extensions) or self.spec.extensions
 

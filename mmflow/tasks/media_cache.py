@@ -51,7 +51,9 @@ def cache_describe(recipe: Any, dataset: MediaFolderDataset, encoders: MediaEnco
     return {
         "format": "text_to_media/1",
         **({"extras": list(CACHED_EXTRAS)} if d.modality == "audio" else {}),  # caches from before lack timing
-        "seed": recipe.seed,  # random crops and clip starts of epoch 0 are frozen into the cache
+        # random crops and clip starts of epoch 0 are frozen into the cache; deterministic reads do not depend on
+        # the seed, so a second seed of a recipe trains from the same cache
+        **({"seed": recipe.seed} if d.reads_randomly else {}),
         **encoders.describe(),
         "data": {k: getattr(d, k) for k in PREPROCESSING_KEYS},
         "files": files,
@@ -69,8 +71,9 @@ def prepare_cache(task: Any, accelerator: Any, batch_size: int = 16) -> PrepareR
     """Encode every item of the task's media folder into its cache (every rank a share; rank 0 publishes)."""
     acc = accelerator
     raw = task.raw_dataset()
-    if task.recipe.data.crop_mode == "random":
-        logger.warning("data.crop is random: the cache freezes each item's epoch-0 crop (no augmentation)")
+    if task.recipe.data.reads_randomly:
+        logger.warning("data.crop or data.clip_start is random: the cache freezes each item's epoch-0 crop and "
+                       "clip start (no augmentation) and holds for this seed only")
     writer = CacheWriter(task.cache_dir(), task.describe(raw), rank=acc.process_index, world_size=acc.num_processes)
     if acc.is_main_process:
         writer.begin()

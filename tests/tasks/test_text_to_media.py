@@ -111,6 +111,18 @@ def test_a_changed_caption_makes_the_cache_stale(tmp_path, fresh_accelerate):
         TextToMediaTask(recipe).build_dataset()
 
 
+def test_another_seed_reuses_a_deterministic_cache_but_not_a_random_crop_one(tmp_path, fresh_accelerate):
+    folder = _folder(tmp_path / "media", n=4)
+    for crop, stale in (("center", False), ("random", True)):
+        recipe = _recipe(tmp_path, folder, None, use_cache="require", crop=crop, cache=str(tmp_path / crop))
+        task = TextToMediaTask(recipe)
+        prepare_cache(task, make_accelerator(recipe.train, tmp_path / "run"))
+        raw = _raw_recipe(tmp_path, folder, None, use_cache="require", crop=crop, cache=str(tmp_path / crop))
+        other = TextToMediaTask(recipe_from_dict({**raw, "seed": 1}, source="test"))
+        problem = cache_problem(other.cache_dir(), other.describe(other.raw_dataset()))
+        assert (problem is not None and "changed: seed" in problem) if stale else problem is None, (crop, problem)
+
+
 def test_bad_media_are_skipped_counted_and_reported(tmp_path, fresh_accelerate, capsys):
     folder = _folder(tmp_path / "media", n=8, bad=True)
     recipe = _recipe(tmp_path, folder, None, use_cache="off", max_bad_fraction=0.5)
