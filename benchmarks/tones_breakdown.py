@@ -48,8 +48,10 @@ def interval_hits(waves: np.ndarray, prompts: list[TonePrompt]) -> dict[str, lis
     return out
 
 
-def breakdown(pipe: FlowPipeline, prompts: list, guidance: float | None, seed: int, batch_size: int) -> dict:
-    """The probe's accuracies over `prompts` and, per (timbre, pattern, mode), counts of what the samples play."""
+def breakdown(pipe: FlowPipeline, prompts: list, guidance: float | None, seed: int,
+              batch_size: int) -> tuple[dict, list]:
+    """The probe's accuracies over `prompts` and, per (timbre, pattern, mode), counts of what the samples play;
+    and the probe's items (one per sample, for `mode_pairs`)."""
     out = pipe([p.text for p in prompts], seed=seed, guidance=guidance, batch_size=batch_size)
     scores = score_tones(out.media, prompts)
     combos: dict[str, Counter] = {}
@@ -59,16 +61,17 @@ def breakdown(pipe: FlowPipeline, prompts: list, guidance: float | None, seed: i
                   "tonic right": int(item["pitch"])})
     waves = out.media.float().mean(dim=1).numpy()  # (B, N): channels mixed, as the probe reads them
     return {**{k: scores[k] for k in ACCURACIES}, "combinations": {k: dict(sorted(v.items())) for k, v in combos.items()},
-            "intervals": interval_hits(waves, prompts)}
+            "intervals": interval_hits(waves, prompts)}, scores["items"]
 
 
-def mode_pairs(pipe: FlowPipeline, prompts: list, guidance: float | None, seed: int, batch_size: int) -> dict:
-    """Each prompt beside itself with the other mode, from the same noise: of the pairs with a mode, how often
-    the probe reads the same mode in both (the word ignored) and how often both right."""
+def mode_pairs(pipe: FlowPipeline, prompts: list, a: list, guidance: float | None, seed: int, batch_size: int) -> dict:
+    """Each prompt beside itself with the other mode, from the same noise (`a`: the probe's items of `prompts`
+    sampled at `seed`): of the pairs with a mode, how often the probe reads the same mode in both (the word
+    ignored) and how often both right."""
     other = {MODES[0]: MODES[1], MODES[1]: MODES[0]}
     flipped = [replace(q, mode=other[q.mode]) if q.mode else q for q in prompts]
-    a, b = (score_tones(pipe([p.text for p in ps], seed=seed, guidance=guidance, batch_size=batch_size).media,
-                        ps)["items"] for ps in (prompts, flipped))
+    b = score_tones(pipe([p.text for p in flipped], seed=seed, guidance=guidance, batch_size=batch_size).media,
+                    flipped)["items"]
     rows = [(x, y) for q, x, y in zip(prompts, a, b) if q.mode is not None]
     return {"pairs": len(rows), "same_mode_read": sum(x["pred"]["mode"] == y["pred"]["mode"] for x, y in rows),
             "both_right": sum(bool(x.get("mode")) and bool(y.get("mode")) for x, y in rows)}
@@ -86,8 +89,9 @@ def main() -> None:
     held_out = test_prompts(TonesConfig())
     other = {MODES[0]: MODES[1], MODES[1]: MODES[0]}
     mirrors = [replace(q, mode=other[q.mode]) for q in held_out if q.mode is not None]  # all in the train split
-    report = {name: breakdown(pipe, prompts, args.guidance, args.seed, args.batch_size)
-              for name, prompts in (("held_out", held_out), ("mirrors_seen_in_training", mirrors))}
+    report, items = {}, {}
+    for name, prompts in (("held_out", held_out), ("mirrors_seen_in_training", mirrors)):
+        report[name], items[name] = breakdown(pipe, prompts, args.guidance, args.seed, args.batch_size)
     for name, r in report.items():
         print(f"{name}: " + "  ".join(f"{k} {r[k]:.3f}" for k in ACCURACIES))
         for combo, counts in r["combinations"].items():
@@ -95,7 +99,8 @@ def main() -> None:
         for pattern, counts in r["intervals"].items():
             print(f"    {pattern} notes on the asked interval above the first: "
                   + " ".join(f"{h}/{n}" for h, n in counts))
-    report["mode_flipped_same_noise"] = pairs = mode_pairs(pipe, held_out, args.guidance, args.seed, args.batch_size)
+    pairs = mode_pairs(pipe, held_out, items["held_out"], args.guidance, args.seed, args.batch_size)
+    report["mode_flipped_same_noise"] = pairs
     print(f"mode flipped, same noise: {pairs['same_mode_read']} of {pairs['pairs']} pairs read the same mode "
           f"(the word ignored), {pairs['both_right']} read both right")
     if args.out:
