@@ -64,7 +64,8 @@ def breakdown(pipe: FlowPipeline, prompts: list, guidance: float | None, seed: i
             "intervals": interval_hits(waves, prompts)}, scores["items"]
 
 
-def mode_pairs(pipe: FlowPipeline, prompts: list, a: list, guidance: float | None, seed: int, batch_size: int) -> dict:
+def mode_pairs(pipe: FlowPipeline, prompts: list, a: list, guidance: float | None, seed: int,
+               batch_size: int) -> dict:
     """Each prompt beside itself with the other mode, from the same noise (`a`: the probe's items of `prompts`
     sampled at `seed`): of the pairs with a mode, how often the probe reads the same mode in both (the word
     ignored) and how often both right."""

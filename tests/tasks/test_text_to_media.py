@@ -114,10 +114,9 @@ def test_a_changed_caption_makes_the_cache_stale(tmp_path, fresh_accelerate):
 def test_another_seed_reuses_a_deterministic_cache_but_not_a_random_crop_one(tmp_path, fresh_accelerate):
     folder = _folder(tmp_path / "media", n=4)
     for crop, stale in (("center", False), ("random", True)):
-        recipe = _recipe(tmp_path, folder, None, use_cache="require", crop=crop, cache=str(tmp_path / crop))
-        task = TextToMediaTask(recipe)
-        prepare_cache(task, make_accelerator(recipe.train, tmp_path / "run"))
         raw = _raw_recipe(tmp_path, folder, None, use_cache="require", crop=crop, cache=str(tmp_path / crop))
+        recipe = recipe_from_dict(raw, source="test")
+        prepare_cache(TextToMediaTask(recipe), make_accelerator(recipe.train, tmp_path / "run"))
         other = TextToMediaTask(recipe_from_dict({**raw, "seed": 1}, source="test"))
         problem = cache_problem(other.cache_dir(), other.describe(other.raw_dataset()))
         assert (problem is not None and "changed: seed" in problem) if stale else problem is None, (crop, problem)
