@@ -42,13 +42,15 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # what a PeftModel's saved keys start with
 TRAINED_ADAPTER = "default"  # peft's name for the adapter a run trains
 
-# Named groups of the MM-DiT's linear layers (mmflow.models.mmdit), both streams; absent ones (the last
-# block's text query, SD3.5's second attention) simply match nothing.
+# Named groups of the MM-DiT's linear layers (mmflow.models.mmdit), both streams and the text refiner; absent
+# ones (the last block's text query, SD3.5's second attention, a refiner) simply match nothing.
 TARGET_GROUPS: dict[str, tuple[str, ...]] = {
     "attention": ("blocks.*.x_qkv", "blocks.*.x_proj", "blocks.*.x_qkv2", "blocks.*.x_proj2",
-                  "blocks.*.c_qkv", "blocks.*.c_kv", "blocks.*.c_proj"),
-    "mlp": ("blocks.*.x_mlp.fc1", "blocks.*.x_mlp.fc2", "blocks.*.c_mlp.fc1", "blocks.*.c_mlp.fc2"),
-    "modulation": ("blocks.*.x_modulation", "blocks.*.c_modulation", "final_layer.modulation"),
+                  "blocks.*.c_qkv", "blocks.*.c_kv", "blocks.*.c_proj", "text_refiner.*.x_qkv", "text_refiner.*.x_proj"),
+    "mlp": ("blocks.*.x_mlp.fc1", "blocks.*.x_mlp.fc2", "blocks.*.c_mlp.fc1", "blocks.*.c_mlp.fc2",
+            "text_refiner.*.x_mlp.fc1", "text_refiner.*.x_mlp.fc2"),
+    "modulation": ("blocks.*.x_modulation", "blocks.*.c_modulation", "final_layer.modulation",
+                   "text_refiner.*.x_modulation"),
 }
 
 

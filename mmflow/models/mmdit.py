@@ -103,6 +103,11 @@ class MMDiTConfig:
                                     "as SD3): word order then reaches the model beyond what the text encoder's "
                                     "states carry; they start at zero, so a model gaining them starts unchanged",
                                  min=0)
+    text_refiner: int = _field(0, "text-only blocks over the text tokens before the joint blocks (Lumina-Image 2's "
+                                  "context refiner, HunyuanVideo's token refiner): the words attend to each other "
+                                  "alone, modulated by t and the pooled text, so what a word means in its caption "
+                                  "(which object is left of which) is worked out before the latents read it; they "
+                                  "start as the identity, so a model gaining them starts unchanged", min=0)
     abs_positions: bool = _field(False, "rope: also add a fixed sinusoidal table of each latent token's grid "
                                         "coordinates (the rope angles' sin and cos at the model's width): RoPE is "
                                         "relative only, and a token far from both ends cannot tell where in the "
@@ -140,6 +145,8 @@ class MMDiTConfig:
               f"names must be distinct and not {sorted(taken)}, got {list(self.scalar_conditions)}")
         check(not self.text_positions or self.context_dim, "text_positions",
               f"{self.text_positions} positions, but the model has no text stream (context_dim 0)")
+        check(not self.text_refiner or self.context_dim, "text_refiner",
+              f"{self.text_refiner} refiner blocks, but the model has no text stream (context_dim 0)")
         bad = [i for i in self.dual_attention_layers if i >= self.depth]
         check(not bad, "dual_attention_layers", f"indices {bad} are not blocks of a depth-{self.depth} model")
 
@@ -393,7 +400,7 @@ class MMDiT(nn.Module):
     # run-time settings that older exports saved in config.json: dropped on load (mmflow.model_io)
     legacy_config_keys = ("attention_backend", "gradient_checkpointing")
     # train.init_from: adapt_init_state widens these
-    init_adaptable_fields = ("concat_channels", "interval_embed", "text_positions")
+    init_adaptable_fields = ("concat_channels", "interval_embed", "text_positions", "text_refiner")
 
     def __init__(self, config: MMDiTConfig, attention_backend: AttentionBackend = "auto",
                  gradient_checkpointing: bool = False) -> None:
@@ -432,6 +439,12 @@ class MMDiT(nn.Module):
                        qk_norm=config.qk_norm, backend=self.backend)
             for i in range(config.depth)
         )
+        # text-only blocks: the joint block without a context stream, run on the text tokens as its "latents"
+        self.text_refiner = nn.ModuleList(
+            MMDiTBlock(h, config.num_heads, mlp_hidden, has_context=False, context_pre_only=False,
+                       dual_attention=False, qk_norm=config.qk_norm, backend=self.backend)
+            for _ in range(config.text_refiner)
+        )
         self.final_layer = FinalLayer(h, math.prod(p) * self.out_channels)
         self.initialize_weights()
 
@@ -440,7 +453,7 @@ class MMDiT(nn.Module):
     def set_attention_backend(self, requested: AttentionBackend) -> None:
         """Switch every block to `requested` (resolved as in mmflow.models.attention; weights unchanged)."""
         self.backend = resolve_attention_backend(requested)
-        for block in self.blocks:
+        for block in (*self.blocks, *self.text_refiner):
             block.backend = self.backend
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
@@ -469,7 +482,7 @@ class MMDiT(nn.Module):
                 nn.init.normal_(null, std=0.02)
         if self.text_pos is not None:  # zero: a model gaining positions starts as the one it continues
             nn.init.zeros_(self.text_pos)
-        for block in self.blocks:
+        for block in (*self.blocks, *self.text_refiner):  # zero modulation: each block starts as the identity
             for name in ("x_modulation", "c_modulation"):
                 if hasattr(block, name):
                     nn.init.zeros_(getattr(block, name).weight)
@@ -531,6 +544,10 @@ class MMDiT(nn.Module):
         changes: list[str] = []
         if self.interval_embedder is not None:
             state, changes = adopt_missing_weights(state, self.interval_embedder, "interval_embedder")
+        if len(self.text_refiner):
+            state, new = adopt_missing_weights(state, self.text_refiner, "text_refiner")
+            changes += [f"text_refiner: {len(self.text_refiner)} new blocks, start as the identity (the model starts "
+                        "as the one loaded)"] if new else []
         if self.text_pos is not None and "text_pos" not in state:
             state = {**state, "text_pos": self.text_pos.detach().clone()}
             changes.append(f"text_pos: {self.config.text_positions} new text positions, start at zero "
@@ -593,6 +610,13 @@ class MMDiT(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------
 
+    def _run_block(self, block: MMDiTBlock, x: Tensor, ctx: Tensor | None, c: Tensor,
+                   rope: tuple[Tensor, Tensor] | None, key_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One block, recomputed in backward under gradient checkpointing (training only)."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, x, ctx, c, rope, key_mask, use_reentrant=False)
+        return block(x, ctx, c, rope, key_mask)
+
     def forward(self, x: Tensor, t: Tensor, cond: dict[str, Tensor] | None = None, drop: Tensor | None = None,
                 h: Tensor | None = None) -> Tensor:
         """x (B, C, *S), t (B,) or scalar, cond (see the module docstring; None = the null condition)
@@ -651,14 +675,13 @@ class MMDiT(nn.Module):
             ctx = self.context_embedder(text)  # (B, S, D)
             if self.text_pos is not None:
                 ctx = ctx + self._text_positions(ctx.shape[1]).to(ctx.dtype)  # (1, S, D) broadcast
+            for block in self.text_refiner:
+                ctx = self._run_block(block, ctx, None, c, None, mask)[0]  # (B, S, D); mask (B, S) or None
         elif latent_keys is not None:
             key_mask = latent_keys  # (B, N)
 
         for block in self.blocks:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h, ctx = checkpoint(block, h, ctx, c, rope, key_mask, use_reentrant=False)
-            else:
-                h, ctx = block(h, ctx, c, rope, key_mask)
+            h, ctx = self._run_block(block, h, ctx, c, rope, key_mask)
         out = self.final_layer(h, c)  # (B, N, prod(p) * C_out)
         return unpatchify(out, grid, tuple(cfg.patch_size), self.out_channels)  # (B, C_out, *S)
 

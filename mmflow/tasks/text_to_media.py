@@ -117,6 +117,10 @@ class MMDiTSection:
         "min": 0, "help": "learned positions added to the text tokens (0: none, as SD3); at least the text length "
                           "(the encoders' max_length summed); they start at zero, so train.init_from a model "
                           "without them starts unchanged"})
+    text_refiner: int = field(default=0, metadata={
+        "min": 0, "help": "text-only blocks over the words before the joint blocks (Lumina-Image 2's context refiner; "
+                          "0: none, as SD3); they start as the identity, so train.init_from a model without them "
+                          "starts unchanged"})
     abs_positions: bool = field(default=False, metadata={
         "help": "rope: also add a fixed sinusoidal table of each latent token's position (RoPE alone is relative: "
                 "far from both ends a token cannot tell where in the clip it sits); no weights"})

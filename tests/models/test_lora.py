@@ -57,6 +57,9 @@ def test_groups_select_both_streams_and_unknown_targets_are_refused_by_name():
     assert resolve_targets(model, ["mlp", "blocks.1.x_qkv"]) == [
         "blocks.0.x_mlp.fc1", "blocks.0.x_mlp.fc2", "blocks.0.c_mlp.fc1", "blocks.0.c_mlp.fc2",
         "blocks.1.x_qkv", "blocks.1.x_mlp.fc1", "blocks.1.x_mlp.fc2"]
+    refined = _model(text_refiner=1)
+    assert [m for m in resolve_targets(refined, ["attention", "mlp"]) if m.startswith("text_refiner")] == [
+        "text_refiner.0.x_qkv", "text_refiner.0.x_proj", "text_refiner.0.x_mlp.fc1", "text_refiner.0.x_mlp.fc2"]
     with pytest.raises(ConfigError, match="'blocks.*.q_proj' matches no linear layer") as e:
         resolve_targets(model, ["attention", "blocks.*.q_proj"])
     assert e.value.key == "train.lora.targets"

@@ -491,3 +491,34 @@ def test_abs_positions_add_the_sinusoidal_table_of_each_token_and_no_weights() -
 def test_abs_positions_are_for_rope() -> None:
     with pytest.raises(ConfigError, match="abs_positions: adds to rope's relative positions"):
         _config(pos_embed="sincos", abs_positions=True).validate()
+
+
+def test_text_refiner_starts_as_the_identity_and_reads_the_words_together() -> None:
+    old = _model()
+    new = MMDiT(_config(text_refiner=2, text_positions=6))
+    state, changes = new.adapt_init_state(old.state_dict())  # init_from a model without a refiner
+    new.load_state_dict(state)
+    assert "text_refiner: 2 new blocks, start as the identity (the model starts as the one loaded)" in changes
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 4, 4, generator=g), torch.rand(2, generator=g)
+    text = torch.randn(2, 5, TEXT, generator=g)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    cond = {"text": text, "text_mask": mask, "pooled": torch.randn(2, POOLED, generator=g), "label": torch.tensor([1, 2])}
+    with torch.no_grad():
+        assert torch.equal(new.eval()(x, t, cond), old.eval()(x, t, cond))
+        for p in new.text_refiner.parameters():  # a trained refiner: every weight non-zero
+            p.normal_(std=0.1, generator=g)
+        out = new(x, t, cond)
+        assert (out - old(x, t, cond)).abs().max() > 1e-3
+        # padded tokens are no keys to the refiner either: the padded row is the row of its 3 real tokens alone
+        short = {"text": text[1:, :3], "text_mask": mask[1:, :3], "pooled": cond["pooled"][1:], "label": cond["label"][1:]}
+        assert torch.allclose(new(x[1:], t[1:], short), out[1:], atol=1e-5)
+    # it trains: every refiner weight gets a gradient through the joint blocks
+    new.train()
+    new(x, t, cond).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in new.text_refiner.parameters())
+
+
+def test_text_refiner_needs_a_text_stream() -> None:
+    with pytest.raises(ConfigError, match="text_refiner: 2 refiner blocks, but the model has no text stream"):
+        _config(context_dim=0, text_refiner=2).validate()

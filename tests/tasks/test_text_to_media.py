@@ -246,6 +246,7 @@ def test_mmdit_preset_with_overrides_and_the_filled_in_widths(tmp_path):
     ({"pos_embed": "sincos", "hidden_size": 30, "num_heads": 3}, "model.mmdit.hidden_size", ["multiple of 4"]),
     ({"text_positions": 7}, "model.mmdit.text_positions", ["7 text positions for 8 text tokens", "at least 8"]),
     ({"text_positions": -1}, "model.mmdit.text_positions", ["out of bounds"]),
+    ({"text_refiner": -1}, "model.mmdit.text_refiner", ["out of bounds"]),
 ])
 def test_mmdit_section_errors_name_the_dotted_key(tmp_path, mmdit, key, words):
     from mmflow.config import ConfigError
