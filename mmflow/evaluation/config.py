@@ -32,7 +32,8 @@ class EvalConfig:
     metrics: list[str] = field(default_factory=list, metadata={
         "help": f"any of {', '.join(METRICS)}; empty: no evaluation (training)"})
     features: str = field(default="auto", metadata={
-        "help": "feature extractor name (inception, clip, video_frames, i3d, mel, clap, probe:<name>, ...); "
+        "help": "feature extractor name (inception, clip, video_frames, i3d, mel, clap, probe:<name>, ...; "
+                "video_frames:<image extractor>, e.g. video_frames:probe:shapes, picks the per-frame one); "
                 "auto: a weight-free one per modality"})
     features_path: str | None = field(default=None, metadata={"help": "the extractor's local weights file / folder"})
     clip: str | None = field(default=None, metadata={

@@ -62,6 +62,7 @@ class FeatureExtractor(nn.Module, ABC):
 
 
 FEATURES: dict[str, Callable[..., FeatureExtractor]] = {}
+VIDEO_FRAMES = "video_frames"  # the per-frame video extractor (features/video.py): "video_frames:<image name>"
 
 
 def register_features(name: str) -> Callable[[Callable[..., FeatureExtractor]], Callable[..., FeatureExtractor]]:
@@ -76,9 +77,16 @@ def register_features(name: str) -> Callable[[Callable[..., FeatureExtractor]], 
 
 def get_features(name: str, path: str | None = None, device: str | torch.device = "cpu", **options: Any) -> FeatureExtractor:
     """The extractor registered under `name`, built from the local weights at `path` (where it needs
-    any), in eval mode on `device`; UnknownFeatures names the known ones."""
+    any), in eval mode on `device`; UnknownFeatures names the known ones. "video_frames:<image extractor>"
+    (e.g. "video_frames:probe:shapes") is video_frames with that extractor on every frame, so a name alone
+    (`mmflow eval --features`) can choose it."""
     import mmflow.metrics.features  # noqa: F401  (registers the built-in extractors)
 
+    head, _, frames = name.partition(":")
+    if head == VIDEO_FRAMES and frames:
+        if "frames" in options:
+            raise UnknownFeatures(f"{name!r} names its frame extractor already; frames={options['frames']!r} too")
+        name, options = VIDEO_FRAMES, {**options, "frames": frames}
     if name not in FEATURES:
         raise UnknownFeatures(f"unknown feature extractor {name!r}; known: {', '.join(sorted(FEATURES))}")
     module = FEATURES[name](path, **options)

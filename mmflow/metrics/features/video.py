@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmflow.metrics.features.base import FEATURES, FeatureExtractor, UnknownFeatures, register_features
+from mmflow.metrics.features.base import FEATURES, VIDEO_FRAMES, FeatureExtractor, UnknownFeatures, register_features
 from mmflow.metrics.features.preprocess import resize_center_crop
 from mmflow.metrics.features.weights import WrongWeights, file_sha256, load_torchscript, require_path
 
@@ -46,7 +46,7 @@ def per_frame(image: FeatureExtractor, video: Tensor) -> Tensor:
 class VideoFrameFeatures(FeatureExtractor):
     """(B, 3, T, H, W) -> (B, 2 * D): mean over time of per-frame features, then mean |f_{t+1} - f_t|."""
 
-    name = "video_frames"
+    name = VIDEO_FRAMES
     modality = "video"
 
     def __init__(self, image: FeatureExtractor) -> None:
@@ -91,7 +91,7 @@ class I3DFeatures(FeatureExtractor):
         return {"name": self.name, "dim": self.dim, "side": I3D_SIDE, "weights_sha256": self.weights_sha256}
 
 
-@register_features("video_frames")
+@register_features(VIDEO_FRAMES)
 def _video_frames(path: str | os.PathLike | None = None, frames: str = "clip", **options: Any) -> VideoFrameFeatures:
     if frames not in FEATURES:
         raise UnknownFeatures(f"video_frames: frames={frames!r} is no registered image extractor; "

@@ -24,6 +24,17 @@ def test_video_frames_is_frame_mean_then_mean_absolute_motion():
     assert feats.describe() == {"name": "video_frames", "dim": 396, "frames": image.describe()}
 
 
+def test_a_name_alone_picks_the_frame_extractor():
+    named = get_features("video_frames:pixels")
+    assert named.describe() == get_features("video_frames", frames="pixels").describe()
+    video = torch.rand(1, 3, 2, 16, 16) * 2 - 1
+    torch.testing.assert_close(named(video), get_features("video_frames", frames="pixels")(video))
+    with pytest.raises(UnknownFeatures, match="no_such"):
+        get_features("video_frames:no_such")
+    with pytest.raises(UnknownFeatures, match="names its frame extractor already"):
+        get_features("video_frames:pixels", frames="clip")
+
+
 def test_video_frames_with_clip_frames(tiny_clip):
     feats = get_features("video_frames", path=str(tiny_clip))  # frames="clip" by default
     assert feats(torch.zeros(1, 3, 2, 32, 32)).shape == (1, 32)
