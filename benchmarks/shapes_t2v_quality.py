@@ -9,6 +9,8 @@ at --batch-size, is a by-product: pipeline wall time / clips, text encoding and 
     image-to-video  each test clip's first frame as --image with its caption: PSNR of the sample's frame 0
                     against the given frame (and against the frame through the tokenizer alone: the ceiling),
                     and the probe's accuracies of the continued clips
+    confusion       for text-to-video (and 2x length), how often each asked motion and shape was read as each
+                    other one ("asked -> read": count; "none" where the probe found no object)
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/shapes_t2v_quality.py runs/shapes_t2v --seed 0
 """
@@ -18,10 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 
+from mmflow.data.shapes_video import parse_caption
 from mmflow.metrics.probes.shapes_video import score_shapes_video
 from mmflow.metrics.reconstruction import psnr
 from mmflow.modalities import get_modality
@@ -30,6 +34,16 @@ from mmflow.pipeline import FlowPipeline
 
 def _scores(report: dict) -> dict[str, float]:
     return {k: round(float(v), 3) for k, v in report.items() if k not in ("items", "n")}
+
+
+def confusion(report: dict, attributes: tuple[str, ...] = ("motion", "shape")) -> dict[str, dict[str, int]]:
+    """{attribute: {"asked -> read": count}} over a score_shapes_video report's items, sorted."""
+    out: dict[str, Counter] = {a: Counter() for a in attributes}
+    for item in report["items"]:
+        asked = parse_caption(item["prompt"])
+        for a in attributes:
+            out[a][f"{getattr(asked, a)} -> {item['pred'][a] or 'none'}"] += 1
+    return {a: dict(sorted(c.items())) for a, c in out.items()}
 
 
 def main() -> None:
@@ -57,8 +71,10 @@ def main() -> None:
         res = pipe(prompts, num_per_prompt=args.per_prompt, seed=args.seed, num_frames=frames, batch_size=args.batch_size)
         per_clip = (time.perf_counter() - start) / len(asked)  # text encoding, sampling with CFG, VAE decode
         out["settings"] = res.settings
-        out[part if frames is None else f"{part}_{frames}_frames"] = {**_scores(score_shapes_video(res.media, asked)),
-                                                                     "seconds_per_clip": round(per_clip, 3)}
+        report = score_shapes_video(res.media, asked)
+        out[part if frames is None else f"{part}_{frames}_frames"] = {**_scores(report),
+                                                                     "seconds_per_clip": round(per_clip, 3),
+                                                                     "confusion": confusion(report)}
         print(part, out, flush=True)
     if "i2v" not in skip:
         video = get_modality("video")
