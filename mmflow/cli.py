@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -249,7 +250,19 @@ def _train(args: argparse.Namespace) -> int:
         final = result.run_dir / "validation" / step_dir_name(result.step)
         pictures = sorted(final.glob("*.png")) if final.is_dir() else []
         print("pictures: " + ("  ".join(str(p) for p in pictures) if pictures else str(result.run_dir / "validation")))
+    if accelerator.num_processes > 1:
+        _exit_now(0)
     return 0
+
+
+def _exit_now(code: int) -> None:
+    """End a finished multi-process run without the interpreter's finalization: its results are written and
+    the process group is down, and the threads other libraries leave behind (gloo, OpenMP, tqdm) have been
+    seen to stall a rank's exit, which leaves `accelerate launch` waiting forever."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _sample(args: argparse.Namespace) -> int:

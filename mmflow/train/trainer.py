@@ -18,6 +18,7 @@ batch is split across processes.
 from __future__ import annotations
 
 import copy
+import faulthandler
 import json
 import logging
 import math
@@ -56,6 +57,7 @@ from mmflow.train.task import Task
 from mmflow.utils.fs import atomic_folder, crash_point, recover_leftovers, write_json_atomic
 
 logger = logging.getLogger("mmflow.train")
+TEARDOWN_DUMP_S = 60.0  # a process-group teardown slower than this prints every thread's stack
 T_BINS = 10  # bins of t for the logged per-t training loss
 SHARDED_OPTIMIZER = "optimizer_full"  # + _<group>.pt: a sharded run's whole optimizer state, by parameter name
 
@@ -605,8 +607,7 @@ class Trainer:
             if self.is_main:
                 logger.info("the run had finished at step %d: its results in %s are kept", final,
                             self.run_dir / "metrics.json")
-            acc.wait_for_everyone()
-            acc.end_training()
+            self._end_training()
             return TrainResult(self.run_dir, final, kept["final_loss"],
                                {k: v for k, v in kept.items() if k not in ("step", "final_loss")}, self.loss_history)
         if self.cfg.trackers:
@@ -701,6 +702,20 @@ class Trainer:
         last_loss = self.loss_history[-1][1] if self.loss_history else None  # null in JSON, never NaN
         if self.is_main:
             write_json_atomic(self.run_dir / "metrics.json", {"step": final, "final_loss": last_loss, **metrics})
-        acc.wait_for_everyone()  # tear the process group down together (a rank leaving early can abort the other)
-        acc.end_training()
+        self._end_training()
         return TrainResult(self.run_dir, final, last_loss, metrics, self.loss_history)
+
+    def _end_training(self) -> None:
+        """Close the trackers and tear the process group down, every rank together (a rank leaving early can
+        abort the other). Process-group teardown has been seen to stall on rare occasions (pytorch#75097): if it
+        takes over TEARDOWN_DUMP_S, every thread's stack goes to stderr so the stall can be placed."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        watched = acc.num_processes > 1
+        if watched:
+            faulthandler.dump_traceback_later(TEARDOWN_DUMP_S, exit=False)
+        try:
+            acc.end_training()
+        finally:
+            if watched:
+                faulthandler.cancel_dump_traceback_later()

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from media_factory import sine, write_audio, write_image  # noqa: E402
 
+from launched import run_launched  # noqa: E402
 from mmflow.cli import main  # noqa: E402
 from mmflow.evaluation.config import EvalConfig  # noqa: E402
 from mmflow.evaluation.evaluate import Evaluator  # noqa: E402
@@ -145,7 +146,7 @@ def test_a_model_scores_the_same_on_one_and_on_two_processes(image_model, sets, 
               "--out", str(tmp_path / "two.json")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    two = subprocess.run(launch, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    two = run_launched(launch, cwd=tmp_path, timeout=600, env=env)
     assert two.returncode == 0, two.stderr
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert b["processes"] == 2 and a["processes"] == 1 and a["num_fake"] == b["num_fake"] == 9

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from media_factory import write_image, write_zero_byte  # noqa: E402
 
+from launched import run_launched  # noqa: E402
 from mmflow.cli import main  # noqa: E402
 from mmflow.data.cache import StaleCacheError, cache_problem  # noqa: E402
 from mmflow.model_io import save_model  # noqa: E402
@@ -293,7 +294,6 @@ def test_flat_mmdit_keys_of_older_recipes_still_load(tmp_path, caplog):
 def test_prepare_on_two_processes_writes_the_same_cache_as_one(tmp_path, vae_dir, fresh_accelerate):
     import os
     import socket
-    import subprocess
 
     from mmflow.config import dump_yaml
     from mmflow.data.cache import CachedDataset
@@ -309,9 +309,10 @@ def test_prepare_on_two_processes_writes_the_same_cache_as_one(tmp_path, vae_dir
         port = s.getsockname()[1]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--main_process_port", str(port), "-m", "mmflow", "prepare", str(recipe_file),
-                    f"data.cache={tmp_path / 'two'}"], env=env, check=True, timeout=300)
+    done = run_launched([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                         "--main_process_port", str(port), "-m", "mmflow", "prepare", str(recipe_file),
+                         f"data.cache={tmp_path / 'two'}"], env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
     one, two = CachedDataset(tmp_path / "one"), CachedDataset(tmp_path / "two")
     assert one.keys == two.keys and len(one) == 7
     assert len(two.index["skipped"]) == 1 and "broken.png" in two.index["skipped"][0][0]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from media_factory import pattern_rgb, write_image  # noqa: E402
 
+from launched import run_launched  # noqa: E402
 from mmflow.tasks import load_recipe  # noqa: E402
 from mmflow.tasks.tokenizer import DISCRIMINATOR, TOKENIZER, TokenizerTask  # noqa: E402
 from mmflow.train.trainer import Trainer  # noqa: E402
@@ -52,7 +52,7 @@ def test_two_processes_equal_one_with_the_doubled_batch(tmp_path):
            *settings, "train.batch_size=2", "--run-dir", str(tmp_path / "double")]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    out = run_launched(cmd, cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     for name in (TOKENIZER, DISCRIMINATOR):
         a = load_file(str(tmp_path / "single" / "model" / "models" / name / "model.safetensors"))

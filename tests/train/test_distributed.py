@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from launched import run_launched
 from mmflow.tasks.toy2d import Toy2DTask
 from mmflow.train.trainer import Trainer
 
@@ -78,7 +79,7 @@ def test_two_processes_average_gradients_like_one_with_the_doubled_batch(tmp_pat
     run = tmp_path / "ddp"
     cmd = _launch_cmd(["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
                        str(_free_port())], run, 32, small_toy_overrides)
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = run_launched(cmd, cwd=tmp_path, env=_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     _check_rank0_only_wrote(run, proc.stdout + proc.stderr)
     _assert_close_runs(single, run)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from test_distributed import STEPS, _env, _free_port, _launch_cmd
 
+from launched import run_launched
 from mmflow.config import ConfigError
 from mmflow.model_io import load_state_dict
 from mmflow.models.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
@@ -138,7 +138,7 @@ def test_two_processes_train_the_same_adapter_as_one_with_the_doubled_batch(tmp_
     Trainer(recipe, Toy2DTask(recipe), tmp_path / "single").train()
     cmd = _launch_cmd(["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--main_process_port",
                        str(_free_port())], tmp_path / "ddp", 32, [*small_toy_overrides, *lora])
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = run_launched(cmd, cwd=tmp_path, env=_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("velocity", "velocity_ema"):
         want, got = (_adapter(r / "model" / "models" / name) for r in (tmp_path / "single", tmp_path / "ddp"))

@@ -8,7 +8,6 @@ import copy
 import os
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +21,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 import mmflow.builtin_models  # noqa: F401  (registers the model types load_model builds)
+from launched import run_launched
 from mmflow.config import ConfigError
 from mmflow.model_io import load_model
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
@@ -187,7 +187,7 @@ def _launch(run_dir: Path, *extra: str) -> str:
            *TINY, *extra, "--run-dir", str(run_dir)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    proc = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_launched(cmd, cwd=run_dir.parent, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 
