@@ -367,6 +367,10 @@ def _prepare(args: argparse.Namespace) -> int:
             print(f"cache: {result.folder}   {result.cached} items cached, {len(result.skipped)} bad items skipped")
             for path, reason in result.skipped[:20]:
                 print(f"  skipped {path}: {reason}")
+    if accelerator.num_processes > 1:  # as a finished training run: down together, then out without finalization
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        _exit_now(0)
     return 0
 
 
