@@ -350,7 +350,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from mmflow.recipe import check_before_work
     from mmflow.tasks import get_task_class, load_recipe
     from mmflow.tasks.media_cache import prepare_cache
-    from mmflow.train.trainer import make_accelerator
+    from mmflow.train.trainer import end_processes, make_accelerator
 
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = check_before_work(recipe, args.recipe, args.overrides)  # inputs exist, folder is safe
@@ -368,8 +368,7 @@ def _prepare(args: argparse.Namespace) -> int:
             for path, reason in result.skipped[:20]:
                 print(f"  skipped {path}: {reason}")
     if accelerator.num_processes > 1:  # as a finished training run: down together, then out without finalization
-        accelerator.wait_for_everyone()
-        accelerator.end_training()
+        end_processes(accelerator)
         _exit_now(0)
     return 0
 

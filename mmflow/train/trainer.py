@@ -607,7 +607,7 @@ class Trainer:
             if self.is_main:
                 logger.info("the run had finished at step %d: its results in %s are kept", final,
                             self.run_dir / "metrics.json")
-            self._end_training()
+            end_processes(acc)
             return TrainResult(self.run_dir, final, kept["final_loss"],
                                {k: v for k, v in kept.items() if k not in ("step", "final_loss")}, self.loss_history)
         if self.cfg.trackers:
@@ -702,20 +702,20 @@ class Trainer:
         last_loss = self.loss_history[-1][1] if self.loss_history else None  # null in JSON, never NaN
         if self.is_main:
             write_json_atomic(self.run_dir / "metrics.json", {"step": final, "final_loss": last_loss, **metrics})
-        self._end_training()
+        end_processes(acc)
         return TrainResult(self.run_dir, final, last_loss, metrics, self.loss_history)
 
-    def _end_training(self) -> None:
-        """Close the trackers and tear the process group down, every rank together (a rank leaving early can
-        abort the other). Process-group teardown has been seen to stall on rare occasions (pytorch#75097): if it
-        takes over TEARDOWN_DUMP_S, every thread's stack goes to stderr so the stall can be placed."""
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        watched = acc.num_processes > 1
+
+def end_processes(acc: Accelerator) -> None:
+    """Close the trackers and tear the process group down, every rank together (a rank leaving early can abort
+    the other). Process-group teardown has been seen to stall on rare occasions (pytorch#75097): if it takes
+    over TEARDOWN_DUMP_S, every thread's stack goes to stderr so the stall can be placed."""
+    acc.wait_for_everyone()
+    watched = acc.num_processes > 1
+    if watched:
+        faulthandler.dump_traceback_later(TEARDOWN_DUMP_S, exit=False)
+    try:
+        acc.end_training()
+    finally:
         if watched:
-            faulthandler.dump_traceback_later(TEARDOWN_DUMP_S, exit=False)
-        try:
-            acc.end_training()
-        finally:
-            if watched:
-                faulthandler.cancel_dump_traceback_later()
+            faulthandler.cancel_dump_traceback_later()
