@@ -44,7 +44,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = field(default=1e-8, metadata={"min": 0.0, "min_exclusive": True})
     grad_clip: float | None = field(default=1.0, metadata={"help": "max global grad norm; null = off"})
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = field(default="no", metadata={
+        "help": "autocast precision; auto = bf16 where the device has bf16 kernels (a CUDA GPU, an AVX512 or Arm "
+                "BF16 CPU), else float32 (mmflow/train/precision.py)"})
     init_from: str | None = field(default=None, metadata={
         "exists": "dir", "help": "start the trained models from this run, checkpoint or exported model (EMA weights "
                                  "where saved); a fresh start only (--resume continues the run's own checkpoint)"})

@@ -337,6 +337,9 @@ def dry_run(recipe_path: str, overrides: Sequence[str] = (), distribution: Distr
     if recipe.train.lora is not None:
         count, lines, base_bytes = _lora_setup(recipe.train, models, trained, count, lines)
     mp = recipe.train.mixed_precision
+    if mp == "auto":  # the estimate is for GPUs, where auto is bf16 from Ampere on (mmflow/train/precision.py)
+        mp = "bf16"
+        notes.append("train.mixed_precision auto: estimated as bf16 (a GPU with bf16 kernels)")
     if distribution.mixed_precision not in (None, mp):
         notes.append(f"the Accelerate config says mixed_precision {distribution.mixed_precision}, the recipe "
                      f"{mp}: the recipe's wins (make_accelerator passes it)")

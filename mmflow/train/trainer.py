@@ -48,6 +48,7 @@ from mmflow.train import checkpoint as ckpt
 from mmflow.train import parallelize as fsdp2
 from mmflow.train.config import Fsdp2Config, check_fsdp_plugin
 from mmflow.train.ema import EMA
+from mmflow.train.precision import resolve_mixed_precision
 from mmflow.train.init_from import init_from
 from mmflow.train.lora_training import LoraTraining, cast_frozen
 from mmflow.train.lr import lr_at
@@ -133,11 +134,9 @@ def make_accelerator(train_cfg: Any, run_dir: Path) -> Accelerator:
     if train_cfg.device == "cuda" and not cuda:
         raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available (use 'auto' or 'cpu')")
     cpu = train_cfg.device == "cpu" or not cuda
-    if cpu and train_cfg.mixed_precision == "fp16":
-        raise ConfigError("train.mixed_precision: 'fp16' needs a CUDA device; on CPU use 'bf16' or 'no'")
     return Accelerator(
         cpu=cpu,
-        mixed_precision=train_cfg.mixed_precision,
+        mixed_precision=resolve_mixed_precision(train_cfg.mixed_precision, cpu),
         log_with=list(train_cfg.trackers) or None,
         project_dir=str(run_dir),
     )
@@ -582,7 +581,7 @@ class Trainer:
         self._build()
         if self.is_main:
             logger.info("run %s: %d process(es), device %s, precision %s, global batch %d x accum %d%s",
-                        self.run_dir, acc.num_processes, acc.device, self.cfg.mixed_precision,
+                        self.run_dir, acc.num_processes, acc.device, acc.mixed_precision,
                         self.cfg.batch_size * acc.num_processes, self.cfg.grad_accum,
                         f", {', '.join(self.sharded)} sharded (fsdp2)" if self.sharded else "")
         self.loss_history: list[tuple[int, float]] = []

@@ -1,6 +1,6 @@
 """recipes/meanflow_shapes_t2i.yaml shortened, through the CLI: MeanFlow fine-tuning of the shipped shapes_t2i
-(two steps, batch 4, under the recipe's bf16 autocast, a validation with the shapes probe), then 2-jump sampling
-of the run. Only step counts and data are shrunk: the model is the shipped one, as train.init_from names it."""
+(two steps, batch 4, under the recipe's autocast: bf16 where native; a validation with the shapes probe), then
+2-jump sampling of the run. Only step counts and data are shrunk: the model is the shipped one, as train.init_from names it."""
 
 from __future__ import annotations
 
