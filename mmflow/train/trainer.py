@@ -580,8 +580,10 @@ class Trainer:
         acc.wait_for_everyone()
         self._build()
         if self.is_main:
+            precision = acc.mixed_precision + ("" if acc.mixed_precision == self.cfg.mixed_precision else
+                                               f" (train.mixed_precision {self.cfg.mixed_precision})")
             logger.info("run %s: %d process(es), device %s, precision %s, global batch %d x accum %d%s",
-                        self.run_dir, acc.num_processes, acc.device, acc.mixed_precision,
+                        self.run_dir, acc.num_processes, acc.device, precision,
                         self.cfg.batch_size * acc.num_processes, self.cfg.grad_accum,
                         f", {', '.join(self.sharded)} sharded (fsdp2)" if self.sharded else "")
         self.loss_history: list[tuple[int, float]] = []

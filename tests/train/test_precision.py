@@ -70,3 +70,26 @@ def test_the_accelerator_autocasts_as_resolved(bf16_native, fresh_accelerate, tm
         assert y.dtype == (torch.bfloat16 if native else torch.float32)
     finally:
         fresh_accelerate()
+
+
+def test_an_auto_run_on_a_cpu_without_bf16_trains_in_float32(bf16_native, fresh_accelerate, make_toy_recipe,
+                                                             tmp_path):
+    from safetensors.torch import load_file
+
+    from mmflow.tasks.toy2d import Toy2DTask
+    from mmflow.train.trainer import Trainer
+
+    def weights(run_dir):
+        return load_file(str(run_dir / "model" / "models" / "velocity" / "model.safetensors"))
+
+    bf16_native(False)
+    fresh_accelerate()
+    recipe = make_toy_recipe("train.max_steps=5", "train.mixed_precision=auto")
+    Trainer(recipe, Toy2DTask(recipe), tmp_path / "auto").train()
+    assert "precision no (train.mixed_precision auto)" in (tmp_path / "auto" / "train.log").read_text()
+    fresh_accelerate()
+    recipe = make_toy_recipe("train.max_steps=5", "train.mixed_precision=no")
+    Trainer(recipe, Toy2DTask(recipe), tmp_path / "fp32").train()
+    fresh_accelerate()
+    auto, fp32 = weights(tmp_path / "auto"), weights(tmp_path / "fp32")
+    assert all(torch.equal(auto[k], fp32[k]) for k in fp32)  # the same run, bit for bit
