@@ -48,10 +48,10 @@ from mmflow.train import checkpoint as ckpt
 from mmflow.train import parallelize as fsdp2
 from mmflow.train.config import Fsdp2Config, check_fsdp_plugin
 from mmflow.train.ema import EMA
-from mmflow.train.precision import resolve_mixed_precision
 from mmflow.train.init_from import init_from
 from mmflow.train.lora_training import LoraTraining, cast_frozen
 from mmflow.train.lr import lr_at
+from mmflow.train.precision import resolve_mixed_precision
 from mmflow.train.random import BatchRandom
 from mmflow.train.sampler import StreamBatchSampler
 from mmflow.train.task import Task
