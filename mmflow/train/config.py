@@ -11,6 +11,9 @@ from mmflow.models.lora import LoraConfig
 # the launch train.sharding fsdp2 takes on one machine (a plain MULTI_GPU config); named in refusals
 MULTI_GPU_CONFIG = "recipes/accelerate/multi_gpu_8gpu.yaml"
 
+#: train.mixed_precision's values (mmflow/train/precision.py resolves them against the device)
+MixedPrecision = Literal["no", "fp16", "bf16", "auto"]
+
 
 @dataclass
 class Fsdp2Config:
@@ -44,7 +47,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = field(default=1e-8, metadata={"min": 0.0, "min_exclusive": True})
     grad_clip: float | None = field(default=1.0, metadata={"help": "max global grad norm; null = off"})
-    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = field(default="no", metadata={
+    mixed_precision: MixedPrecision = field(default="no", metadata={
         "help": "autocast precision; auto = bf16 where the device has bf16 kernels (a CUDA GPU, an AVX512 or Arm "
                 "BF16 CPU), else float32 (mmflow/train/precision.py)"})
     init_from: str | None = field(default=None, metadata={

@@ -10,15 +10,17 @@ recipes ask for: bf16 where it is native, float32 where it is not.
 from __future__ import annotations
 
 import logging
+import typing
 
 import torch
 
 from mmflow.config import ConfigError
+from mmflow.train.config import MixedPrecision
 
 logger = logging.getLogger(__name__)
 
-#: the values `train.mixed_precision` takes
-CHOICES = ("no", "fp16", "bf16", "auto")
+#: the values `train.mixed_precision` takes (recipes are validated against the same Literal)
+CHOICES: tuple[str, ...] = typing.get_args(MixedPrecision)
 
 
 def native_bf16(cpu: bool) -> bool:
