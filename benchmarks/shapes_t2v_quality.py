@@ -9,6 +9,8 @@ at --batch-size, is a by-product: pipeline wall time / clips, text encoding and 
     image-to-video  each test clip's first frame as --image with its caption: PSNR of the sample's frame 0
                     against the given frame (and against the frame through the tokenizer alone: the ceiling),
                     and the probe's accuracies of the continued clips
+    round trip      the real test clips through the tokenizer alone (encode, decode), scored by the probe: the
+                    ceiling a model sampling through this tokenizer can reach
     confusion       for text-to-video (and 2x length), how often each asked motion and shape was read as each
                     other one ("asked -> read": count; "none" where the probe found no object)
 
@@ -55,7 +57,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-ema", action="store_true")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: t2v, long, i2v")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: t2v, long, i2v, roundtrip")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     pipe = FlowPipeline.from_pretrained(args.model, use_ema=not args.no_ema)
@@ -76,8 +78,22 @@ def main() -> None:
                                                                      "seconds_per_clip": round(per_clip, 3),
                                                                      "confusion": confusion(report)}
         print(part, out, flush=True)
+    video = get_modality("video")
+    if "roundtrip" not in skip:
+        enc = pipe.task.encoders
+        report = {"items": []}
+        for i in range(0, len(rows), args.batch_size):
+            clips = torch.stack([video.read_whole(Path(args.test) / r["file_name"])[0]
+                                 for r in rows[i:i + args.batch_size]])  # (B, 3, T, H, W)
+            with torch.no_grad():
+                back = enc.decode(enc.encode(clips), like_shape=tuple(clips.shape)).clamp(-1, 1)
+            part = score_shapes_video(back, prompts[i:i + args.batch_size])
+            report["items"] += part["items"]
+        out["roundtrip"] = {**{a: round(sum(item[a] for item in report["items"]) / len(rows), 3)
+                               for a in ("motion", "colour", "shape", "background", "all")},
+                            "confusion": confusion(report)}
+        print("roundtrip", out["roundtrip"], flush=True)
     if "i2v" not in skip:
-        video = get_modality("video")
         firsts = torch.stack([video.read_whole(Path(args.test) / r["file_name"])[0][:, 0] for r in rows])  # (N, 3, H, W)
         res = pipe(prompts, seed=args.seed, image=list(firsts), batch_size=args.batch_size)
         enc = pipe.task.encoders
