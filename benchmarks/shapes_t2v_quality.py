@@ -32,6 +32,7 @@ from mmflow.metrics.probes.shapes_video import score_shapes_video
 from mmflow.metrics.reconstruction import psnr
 from mmflow.modalities import get_modality
 from mmflow.pipeline import FlowPipeline
+from mmflow.train.lora_training import check_same_latents
 
 
 def _scores(report: dict) -> dict[str, float]:
@@ -57,13 +58,18 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--tokenizer", default=None,
+                   help="decode through this tokenizer folder instead (a decoder-only fine-tune: same latents)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: t2v, long, i2v, roundtrip")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     pipe = FlowPipeline.from_pretrained(args.model, use_ema=not args.no_ema)
+    if args.tokenizer:
+        check_same_latents(Path(args.tokenizer), Path(pipe.task.encoders.tokenizer_path))
+        pipe.use_tokenizer(Path(args.tokenizer))
     rows = [json.loads(line) for line in (Path(args.test) / "metadata.jsonl").read_text().splitlines() if line.strip()]
     prompts = [r["text"] for r in rows]
-    out: dict[str, object] = {"model": str(pipe.source), "prompts": len(prompts), "per_prompt": args.per_prompt,
+    out: dict[str, object] = {"model": str(pipe.source), "tokenizer": str(pipe.task.encoders.tokenizer_path), "prompts": len(prompts), "per_prompt": args.per_prompt,
                               "seed": args.seed, "settings": None}
     asked = [p for p in prompts for _ in range(args.per_prompt)]
     for part, frames in (("t2v", None), ("long", args.long_frames)):

@@ -46,17 +46,20 @@ logger = logging.getLogger("mmflow.evaluation")
 @dataclass
 class EvalReport:
     """metrics by name (fd, precision, recall, density, coverage, clip_score, aesthetic); counts of real and
-    fake items used; skipped: (file, reason) of media that did not decode; features: the extractor's describe()."""
+    fake items used; skipped: (file, reason) of media that did not decode; features: the extractor's describe();
+    items: the prompt check's reading of each generated item, in order (empty without a check)."""
 
     metrics: dict[str, float]
     num_real: int
     num_fake: int
     features: dict[str, Any]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metrics": self.metrics, "num_real": self.num_real, "num_fake": self.num_fake,
-                "features": self.features, "skipped": [list(s) for s in self.skipped]}
+        out = {"metrics": self.metrics, "num_real": self.num_real, "num_fake": self.num_fake,
+               "features": self.features, "skipped": [list(s) for s in self.skipped]}
+        return {**out, "items": self.items} if self.items else out
 
     def table(self) -> str:
         """The metrics as an aligned two-column text table."""
@@ -183,12 +186,16 @@ class Evaluator:
         return metrics
 
     def _alignment(self, batches: Iterable[Tensor], total: int, prompts: Sequence[str], media: Tensor | None
-                   ) -> dict[str, float]:
+                   ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """(clip_score / aesthetic / the prompt check's accuracies, the check's per-item readings)."""
         metrics: dict[str, float] = {}
+        items: list[dict[str, Any]] = []
         if self.cfg.check is not None and media is not None:
-            from mmflow.metrics.probes.checks import prompt_check
+            from mmflow.metrics.probes.checks import check_report
 
-            metrics.update({f"{self.cfg.check}_{k}": v for k, v in prompt_check(self.cfg.check, media, prompts).items()})
+            checked = check_report(self.cfg.check, media, prompts)
+            metrics.update({f"{self.cfg.check}_{k}": v for k, v in checked.accuracies.items()})
+            items = checked.items
         if "clip_score" in self.cfg.metrics:
             if len(prompts) != total or not any(prompts):
                 raise MediaSetError(f"clip_score needs a prompt per generated item: {sum(map(bool, prompts))} of "
@@ -202,7 +209,7 @@ class Evaluator:
             from mmflow.metrics.features.aesthetic import aesthetic_score
 
             metrics["aesthetic"] = float(aesthetic_score(media, self.clip, self.aesthetic, self.cfg.batch_size).mean())
-        return metrics
+        return metrics, items
 
     def score_sets(self, real: MediaSet | None, fake: MediaSet) -> EvalReport:
         """Score the generated folder `fake` against `real` (None: only clip_score / aesthetic)."""
@@ -211,6 +218,7 @@ class Evaluator:
                                 f"{fake.root} holds {fake.modality}: compare media of one modality")
         metrics: dict[str, float] = {}
         num_real = 0
+        items: list[dict[str, Any]] = []
         if self.features is not None:
             check_real(self.cfg, real)
             real_feats = self.real_features(real)
@@ -225,9 +233,11 @@ class Evaluator:
             kept = [i for _, idx in pairs for i in idx]
             media = torch.cat([x for x, _ in pairs]) if pairs and (self.aesthetic is not None or self.cfg.check is not None) else None
             batches = (x for x, _ in pairs) if self.clip is not None else iter(())
-            metrics.update(self._alignment(batches, len(kept), [fake.captions[i] for i in kept], media))
+            aligned, items = self._alignment(batches, len(kept), [fake.captions[i] for i in kept], media)
+            metrics.update(aligned)
+            items = [{"file": fake.files[i].relative_to(fake.root).as_posix(), **it} for i, it in zip(kept, items)]
         skipped = (real.skipped if real else []) + fake.skipped
-        return EvalReport(metrics, num_real, len(fake) - len(fake.skipped), self._describe(), skipped)
+        return EvalReport(metrics, num_real, len(fake) - len(fake.skipped), self._describe(), skipped, items)
 
     def score_media(self, media: Tensor, prompts: Sequence[str], real: MediaSet | None,
                     sample_rate: int | None = None) -> EvalReport:
@@ -235,6 +245,7 @@ class Evaluator:
         self.media_rate = sample_rate
         metrics: dict[str, float] = {}
         num_real = 0
+        items: list[dict[str, Any]] = []
         if self.features is not None:
             check_real(self.cfg, real)
             real_feats = self.real_features(real)
@@ -243,8 +254,9 @@ class Evaluator:
             num_real = len(real_feats)
         if self.clip is not None or self.cfg.check is not None:
             batches = self._tensor_batches(media, self.clip) if self.clip is not None else iter(())
-            metrics.update(self._alignment(batches, len(media), list(prompts), media))
-        return EvalReport(metrics, num_real, len(media), self._describe(), list(real.skipped) if real else [])
+            aligned, items = self._alignment(batches, len(media), list(prompts), media)
+            metrics.update(aligned)
+        return EvalReport(metrics, num_real, len(media), self._describe(), list(real.skipped) if real else [], items)
 
     def _describe(self) -> dict[str, Any]:
         out = dict(self.features.describe()) if self.features is not None else {"name": None}

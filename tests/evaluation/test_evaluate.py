@@ -236,6 +236,28 @@ def test_a_prompt_check_scores_each_item_against_its_own_prompt(tmp_path) -> Non
     assert wrong["shapes_all"] < 0.2 and wrong["shapes_two_all"] < 0.5
 
 
+def test_the_report_keeps_each_items_reading(tmp_path) -> None:
+    """eval.json's "items": per file, its prompt, what the probe read and which attributes were right, so a
+    miss can be looked at (here: one image given another's caption is the one item read wrong)."""
+    from mmflow.data.shapes import ShapesConfig, write_shapes_folder
+
+    real = write_shapes_folder(tmp_path / "test", ShapesConfig(n_test_two=2), split="test")
+    meta = real / "metadata.jsonl"
+    rows = [json.loads(line) for line in meta.read_text().splitlines()]
+    ones = [i for i, r in enumerate(rows) if r["kind"] == "one"]
+    first = rows[ones[0]]["objects"][0]
+    other = next(i for i in ones if all(rows[i]["objects"][0][k] != first[k] for k in ("colour", "shape")))
+    rows[ones[0]]["text"] = rows[other]["text"]  # another colour and shape than the image shows
+    meta.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    evaluate_folders(None, str(real), EvalConfig(metrics=[], check="shapes"), tmp_path / "e.json", progress=False)
+    items = json.loads((tmp_path / "e.json").read_text())["items"]
+    assert [it["file"] for it in items] == [r["file_name"] for r in rows]
+    assert [it["prompt"] for it in items] == [r["text"] for r in rows]
+    wrong = [it["file"] for it in items if not it["all" if it["kind"] == "one" else "two_all"]]
+    assert wrong == [rows[ones[0]]["file_name"]], wrong
+    assert items[ones[0]]["pred"] and isinstance(items[ones[0]]["pred"], dict)
+
+
 def test_a_check_on_one_kind_of_prompt_leaves_the_other_kind_out_of_a_valid_report(tmp_path) -> None:
     """Only two-object prompts: no one-object accuracy exists; the report leaves those out (NaN is not JSON)."""
     from mmflow.data.shapes import ShapesConfig, write_shapes_folder
