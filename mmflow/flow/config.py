@@ -39,6 +39,14 @@ class MeanFlowConfig:
         "min": 0.0, "help": "adaptive loss weight 1 / (mse + c)^p per row (stop-gradient); 0 = plain MSE"})
     adaptive_c: float = field(default=1e-3, metadata={
         "min": 0.0, "min_exclusive": True, "help": "its c; note mse is a mean over elements here (the paper's sum)"})
+    guidance: float = field(default=1.0, metadata={
+        "min": 1.0, "help": "the paper's omega: classifier-free guidance folded into the target (its Sec. 4.2), so the "
+                            "model learns the guided field and samples with sample.guidance 1 (one row per jump); "
+                            "1 = off. Costs one no-grad forward of the null condition per step"})
+    guidance_kappa: float = field(default=0.0, metadata={
+        "min": 0.0, "max": 1.0, "max_exclusive": True,
+        "help": "the paper's kappa: part of the target from the model's own conditional velocity; the guidance "
+                "learnt is guidance / (1 - kappa). Costs another no-grad forward"})
 
 
 @dataclass
@@ -86,6 +94,9 @@ class FlowConfig:
     def validate(self) -> None:
         check(self.reflow is None or self.objective == "fm", "reflow",
               "reflow trains the velocity (objective fm) on a teacher's pairs; MeanFlow on pairs is not supported")
+        check(self.objective == "meanflow" or (self.meanflow.guidance == 1.0 and self.meanflow.guidance_kappa == 0.0),
+              "meanflow.guidance", "guidance in the target is MeanFlow's (objective meanflow); a flow-matching model "
+              "is guided at sampling (sample.guidance)")
         check(self.objective == "fm" or self.loss == "l2", "loss",
               f"{self.loss} with objective meanflow: MeanFlow's robustness is its adaptive weight "
               f"(flow.meanflow.adaptive_p); use loss: l2")

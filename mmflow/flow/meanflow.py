@@ -25,9 +25,14 @@ them the smaller of both draws, as the paper's sampler does (sorted pair, then r
 
 Cost: forward-mode AD has no formula for torch's fused attention kernels (nor for the MM-DiT's fused
 GELU-linear), so the JVP runs inside `plain_kernels()`: "math" attention, which stores the (B, H, N, N)
-scores (flash: O(N)), and the tangent roughly doubles the forward's work. The guidance-in-training
-variant of the paper (CFG folded into the target) is not implemented: CFG is applied at sampling, on the
-average velocities (2B rows per jump).
+scores (flash: O(N)), and the tangent roughly doubles the forward's work.
+
+Guidance (`guided_velocity`, the paper's Sec. 4.2 and its kappa variant): with flow.meanflow.guidance omega > 1
+the path's velocity v in the identity is replaced by omega v + kappa u(z, t, 0 | c) + (1 - omega - kappa)
+u(z, t, 0 | null), the model's own current velocities under stop-gradient; its fixed point is the CFG field
+u_null + omega / (1 - kappa) (u_c - u_null), so the model learns the guided field and samples with one row per
+jump (sample.guidance 1). Rows whose condition is the null (dropout) keep v's expectation: the unconditional
+velocity. Without it, CFG is applied at sampling, on the average velocities (2B rows per jump).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from torch import Tensor
 
 from mmflow.models.attention import plain_kernels
 
-__all__ = ["AverageVelocityFn", "MeanFlowTarget", "jump_times", "meanflow_target"]
+__all__ = ["AverageVelocityFn", "MeanFlowTarget", "guided_velocity", "jump_times", "meanflow_target"]
 
 AverageVelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 """(z (B, ...), t (B,), h (B,)) -> u (B, ...), the average velocity over [t, t + h]."""
@@ -54,6 +59,17 @@ def jump_times(t: Tensor, other: Tensor, jump: Tensor, fm_rows_time: str = "firs
     lo = torch.minimum(t, other)
     return (torch.where(jump, lo, t) if fm_rows_time == "first" else lo,
             torch.where(jump, torch.maximum(t, other) - lo, torch.zeros_like(t)))
+
+
+def guided_velocity(v: Tensor, u_null: Tensor, omega: float, u_cond: Tensor | None = None, kappa: float = 0.0
+                    ) -> Tensor:
+    """The guided velocity omega v + kappa u_cond + (1 - omega - kappa) u_null (all (B, ...)): the path's
+    velocity v mixed with the model's own h = 0 outputs under the condition (u_cond) and the null (u_null),
+    both detached. kappa > 0 needs u_cond."""
+    if kappa and u_cond is None:
+        raise ValueError("kappa > 0 needs the model's conditional velocity u_cond")
+    out = omega * v + (1.0 - omega - kappa) * u_null.detach().to(v.dtype)
+    return out + kappa * u_cond.detach().to(v.dtype) if kappa else out
 
 
 @dataclass

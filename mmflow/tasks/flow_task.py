@@ -22,7 +22,7 @@ from mmflow.config import ConfigError
 from mmflow.flow.cfg import Condition, apply_condition_dropout, condition_dropout_mask
 from mmflow.flow.config import ReflowConfig
 from mmflow.flow.loss import cfm_loss
-from mmflow.flow.meanflow import jump_times, meanflow_target
+from mmflow.flow.meanflow import guided_velocity, jump_times, meanflow_target
 from mmflow.flow.paths import GaussianPath
 from mmflow.flow.reflow import ReflowPairs, pairs_problem, write_pairs
 from mmflow.flow.schedules import get_schedule
@@ -179,6 +179,16 @@ class FlowMatchingTask(Task):
         eps = rng.randn(*z.shape[1:]).to(z.dtype) if noise is None else noise.to(z.dtype)  # (B, ...)
         p_drop = flow.cfg_dropout
         drop = None
+        # MeanFlow's guidance in the target needs the model's velocity under the null condition: every row's
+        # condition replaced by the task's null (or the model's own, through its forward's `drop`)
+        guided = self.meanflow and flow.meanflow.guidance != 1.0 and cond is not None
+        if guided:
+            null = self.task_null()
+            everyone = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)  # (B,)
+            null_cond, null_extra = ((apply_condition_dropout(cond, null, everyone), {}) if null is not None
+                                     else (cond, {"drop": everyone}))
+            if keep:
+                null_cond = {**null_cond, **keep}  # type: ignore[dict-item]
         if cond is not None and p_drop > 0:
             drop = rng.draw(lambda n, g: condition_dropout_mask(n, p_drop, generator=g))  # (B,) bool
             null = self.task_null()
@@ -194,7 +204,14 @@ class FlowMatchingTask(Task):
             jump = rng.draw(lambda n, g: torch.rand(n, generator=g) < flow.meanflow.ratio_r_neq_t)  # (B,) bool
             t, h = jump_times(t, other, jump, flow.meanflow.fm_rows_time)
             ps = self.path.sample(z, t, eps)
-            mf = meanflow_target(lambda x_, t_, h_: model(x_, t_, cond, h=h_, **extra), ps.x_t, t, h, ps.target)
+            v = ps.target
+            if guided:
+                mfc, zero = flow.meanflow, torch.zeros_like(t)
+                with torch.no_grad():
+                    u_null = model(ps.x_t, t, null_cond, h=zero, **null_extra)
+                    u_cond = model(ps.x_t, t, cond, h=zero, **extra) if mfc.guidance_kappa else None
+                v = guided_velocity(v, u_null, mfc.guidance, u_cond, mfc.guidance_kappa)
+            mf = meanflow_target(lambda x_, t_, h_: model(x_, t_, cond, h=h_, **extra), ps.x_t, t, h, v)
             pred, target = mf.u, mf.target
             adaptive = {"adaptive_p": flow.meanflow.adaptive_p, "adaptive_c": flow.meanflow.adaptive_c}
         else:

@@ -8,7 +8,7 @@ import torch
 
 from mmflow.config import ConfigError
 from mmflow.flow.loss import cfm_loss
-from mmflow.flow.meanflow import jump_times, meanflow_target
+from mmflow.flow.meanflow import guided_velocity, jump_times, meanflow_target
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
 from mmflow.models.toy_mlp import MLPVelocity, MLPVelocityConfig
 from mmflow.tasks.toy2d import Toy2DTask
@@ -115,6 +115,45 @@ def test_with_no_jumps_the_meanflow_loss_is_the_fm_loss(make_toy_recipe) -> None
     assert a.logs == {} and b.logs["mse"] == pytest.approx(b.loss.item(), rel=1e-6)
 
 
+def test_the_guided_velocitys_fixed_point_is_the_cfg_field() -> None:
+    # u_c = target(u_c) exactly where u_c = u_null + omega / (1 - kappa) (v_c - u_null): CFG at omega / (1 - kappa)
+    g = torch.Generator().manual_seed(0)
+    v, u_null = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    for omega, kappa in ((3.0, 0.0), (2.0, 0.5)):
+        cfg_field = u_null + omega / (1 - kappa) * (v - u_null)
+        torch.testing.assert_close(guided_velocity(v, u_null, omega, cfg_field, kappa), cfg_field)
+    torch.testing.assert_close(guided_velocity(v, u_null, 1.0), v)  # omega 1: the path's own velocity
+    with pytest.raises(ValueError, match="kappa > 0 needs"):
+        guided_velocity(v, u_null, 2.0, kappa=0.5)
+
+
+def test_guidance_in_the_target_mixes_in_the_models_own_null_velocity(make_toy_recipe) -> None:
+    # no jumps and no adaptive weight: the loss is the MSE of u(z_t, t, 0 | c) against omega v + (1 - omega)
+    # u(z_t, t, 0 | null), the null velocity from the model's own forward with every row dropped, no gradient
+    omega = 3.0
+    recipe = make_toy_recipe("flow.objective=meanflow", "flow.meanflow.ratio_r_neq_t=0", "flow.meanflow.adaptive_p=0",
+                             "flow.cfg_dropout=0", f"flow.meanflow.guidance={omega}")
+    task = Toy2DTask(recipe)
+    model = task.build_models()["velocity"]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    z, labels = torch.randn(16, 2), torch.randint(0, 8, (16,))
+    rng = lambda: BatchRandom(seed=1, step=3, group=0, slot=0, local_batch=16, num_slots=1)  # noqa: E731
+    got = task.flow_loss(model, z, labels, rng())
+    r = rng()  # the same draws in the same order: t, then the noise
+    t = r.draw(lambda n, g: task.time_sampler.sample(n, generator=g))
+    ps = task.path.sample(z, t, r.randn(*z.shape[1:]))
+    zero, everyone = torch.zeros(16), torch.ones(16, dtype=torch.bool)
+    with torch.no_grad():
+        pred = model(ps.x_t, t, labels, h=zero)
+        target = omega * ps.target + (1 - omega) * model(ps.x_t, t, labels, h=zero, drop=everyone)
+    torch.testing.assert_close(got.loss, cfm_loss(pred, target, t).loss, rtol=1e-5, atol=0)
+    plain = make_toy_recipe("flow.objective=meanflow", "flow.meanflow.ratio_r_neq_t=0", "flow.meanflow.adaptive_p=0",
+                            "flow.cfg_dropout=0")
+    assert abs(Toy2DTask(plain).flow_loss(model, z, labels, rng()).loss.item() - got.loss.item()) > 1e-3
+
+
 def test_adaptive_weight_is_a_stop_gradient_weight() -> None:
     pred = torch.tensor([[1.0, 1.0], [3.0, 3.0]], requires_grad=True)
     out = cfm_loss(pred, torch.zeros(2, 2), torch.rand(2), adaptive_p=1.0, adaptive_c=1e-3)
@@ -128,3 +167,5 @@ def test_recipes_refuse_what_meanflow_cannot_do(make_toy_recipe) -> None:
         make_toy_recipe("sample.solver=meanflow")
     with pytest.raises(ConfigError, match="flow.loss.*adaptive weight"):
         make_toy_recipe("flow.objective=meanflow", "flow.loss=l1")
+    with pytest.raises(ConfigError, match="flow.meanflow.guidance.*objective meanflow"):
+        make_toy_recipe("flow.meanflow.guidance=2")
