@@ -69,8 +69,9 @@ def main() -> None:
         pipe.use_tokenizer(Path(args.tokenizer))
     rows = [json.loads(line) for line in (Path(args.test) / "metadata.jsonl").read_text().splitlines() if line.strip()]
     prompts = [r["text"] for r in rows]
-    out: dict[str, object] = {"model": str(pipe.source), "tokenizer": str(pipe.task.encoders.tokenizer_path), "prompts": len(prompts), "per_prompt": args.per_prompt,
-                              "seed": args.seed, "settings": None}
+    out: dict[str, object] = {"model": str(pipe.source), "tokenizer": str(pipe.task.encoders.tokenizer_path),
+                              "prompts": len(prompts), "per_prompt": args.per_prompt, "seed": args.seed,
+                              "settings": None}
     asked = [p for p in prompts for _ in range(args.per_prompt)]
     for part, frames in (("t2v", None), ("long", args.long_frames)):
         if part in skip:
@@ -86,18 +87,14 @@ def main() -> None:
         print(part, out, flush=True)
     video = get_modality("video")
     if "roundtrip" not in skip:
-        enc = pipe.task.encoders
-        report = {"items": []}
+        enc, backs = pipe.task.encoders, []
         for i in range(0, len(rows), args.batch_size):
             clips = torch.stack([video.read_whole(Path(args.test) / r["file_name"])[0]
                                  for r in rows[i:i + args.batch_size]])  # (B, 3, T, H, W)
             with torch.no_grad():
-                back = enc.decode(enc.encode(clips), like_shape=tuple(clips.shape)).clamp(-1, 1)
-            part = score_shapes_video(back, prompts[i:i + args.batch_size])
-            report["items"] += part["items"]
-        out["roundtrip"] = {**{a: round(sum(item[a] for item in report["items"]) / len(rows), 3)
-                               for a in ("motion", "colour", "shape", "background", "all")},
-                            "confusion": confusion(report)}
+                backs.append(enc.decode(enc.encode(clips), like_shape=tuple(clips.shape)).clamp(-1, 1))
+        report = score_shapes_video(torch.cat(backs), prompts)
+        out["roundtrip"] = {**_scores(report), "confusion": confusion(report)}
         print("roundtrip", out["roundtrip"], flush=True)
     if "i2v" not in skip:
         firsts = torch.stack([video.read_whole(Path(args.test) / r["file_name"])[0][:, 0] for r in rows])  # (N, 3, H, W)
