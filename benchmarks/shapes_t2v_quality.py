@@ -85,19 +85,20 @@ def main() -> None:
                                                                      "seconds_per_clip": round(per_clip, 3),
                                                                      "confusion": confusion(report)}
         print(part, out, flush=True)
-    video = get_modality("video")
+    if not {"roundtrip", "i2v"} <= skip:  # the held-out clips, read once for the parts that need them
+        video = get_modality("video")
+        real = torch.stack([video.read_whole(Path(args.test) / r["file_name"])[0] for r in rows])  # (N, 3, T, H, W)
     if "roundtrip" not in skip:
         enc, backs = pipe.task.encoders, []
         for i in range(0, len(rows), args.batch_size):
-            clips = torch.stack([video.read_whole(Path(args.test) / r["file_name"])[0]
-                                 for r in rows[i:i + args.batch_size]])  # (B, 3, T, H, W)
+            clips = real[i:i + args.batch_size]  # (B, 3, T, H, W)
             with torch.no_grad():
                 backs.append(enc.decode(enc.encode(clips), like_shape=tuple(clips.shape)).clamp(-1, 1))
         report = score_shapes_video(torch.cat(backs), prompts)
         out["roundtrip"] = {**_scores(report), "confusion": confusion(report)}
         print("roundtrip", out["roundtrip"], flush=True)
     if "i2v" not in skip:
-        firsts = torch.stack([video.read_whole(Path(args.test) / r["file_name"])[0][:, 0] for r in rows])  # (N, 3, H, W)
+        firsts = real[:, :, 0]  # (N, 3, H, W)
         res = pipe(prompts, seed=args.seed, image=list(firsts), batch_size=args.batch_size)
         enc = pipe.task.encoders
         own = enc.decode(enc.encode(firsts.unsqueeze(2)), like_shape=(len(rows), 3, 1, *firsts.shape[2:]))[:, :, 0]

@@ -390,8 +390,9 @@ def _encode_decode(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from mmflow.config import from_dict
     from mmflow.evaluation.config import EvalConfig
-    from mmflow.evaluation.run import default_cache_dir, evaluate_folders, evaluate_model, print_report
+    from mmflow.evaluation.run import default_cache_dir, eval_accelerator, evaluate_folders, evaluate_model, print_report
     from mmflow.pipeline import parse_device
+    from mmflow.train.trainer import end_processes
 
     if (args.model is None) == (args.fake is None):
         raise ConfigError("give a model to sample (mmflow eval MODEL) or a folder of generated media (--fake), "
@@ -409,8 +410,13 @@ def _eval(args: argparse.Namespace) -> int:
         result = evaluate_folders(args.real, args.fake, cfg, args.out, args.modality, cache, args.device or "cpu")
     else:
         encoders = dict(_pair(p, "--text-encoder") for p in args.text_encoders or [])
+        acc = eval_accelerator(args.device)
         result = evaluate_model(args.model, cfg, args.out, _prompt_file(args.prompts, "--prompts"), args.num, args.real, cache,
-                                args.device, args.overrides, encoders, use_ema=not args.no_ema)
+                                args.device, args.overrides, encoders, use_ema=not args.no_ema, accelerator=acc)
+        if acc.num_processes > 1:  # the others waited for the main process's scoring: down together, then out
+            print_report(result)
+            end_processes(acc)
+            _exit_now(0)
     print_report(result)
     return 0
 

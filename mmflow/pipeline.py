@@ -44,7 +44,7 @@ from mmflow.models.compile import CompileSetting, compile_decision, compile_modu
 from mmflow.models.lora import ADAPTER_CONFIG, is_adapter_folder, load_adapter, merged_copy
 from mmflow.recipe import Recipe
 from mmflow.sampling.config import SampleConfig
-from mmflow.sampling.generate import NonFiniteSamples, generate
+from mmflow.sampling.generate import NonFiniteSamples, generate, row_noise
 from mmflow.sampling.layout import SampleLayout, WrongOutputRequest
 from mmflow.tasks import get_task_class, recipe_from_dict
 from mmflow.tasks.encoders import bundled_tokenizer, folder_fingerprint
@@ -268,6 +268,12 @@ class FlowPipeline:
                                f"with `mmflow lora merge`)")
         pipe = cls.from_pretrained(base, use_ema, text_encoders=text_encoders, compile=False)  # the caller compiles
         pipe.load_lora(folder, use_ema=use_ema)
+        # the run's sampler settings and prompts, not the base's: what its validation measured it with
+        sample = info.get("recipe", {}).get("sample")
+        if isinstance(sample, dict):
+            pipe.sample_defaults = from_dict(SampleConfig, sample, source=str(folder / PIPELINE_FILE), prefix="sample")
+        if info.get("default_inputs"):
+            pipe.info = {**pipe.info, "default_inputs": info["default_inputs"]}
         return pipe
 
     def use_tokenizer(self, folder: Path) -> None:
@@ -343,7 +349,8 @@ class FlowPipeline:
                 save_model(module, out / "models" / name, dtype=dtype)
             info = {k: v for k, v in self.info.items() if k not in ("recipe", "components")}
             components = self.task.export_frozen(out / "models")
-            write_json_atomic(out / PIPELINE_FILE, {**info, "recipe": to_dict(self.recipe),
+            recipe = {**to_dict(self.recipe), "sample": to_dict(self.sample_defaults)}  # a LoRA export's own
+            write_json_atomic(out / PIPELINE_FILE, {**info, "recipe": recipe,
                                                     **({"components": components} if components else {})})
         return folder
 
@@ -388,8 +395,7 @@ class FlowPipeline:
         with torch.no_grad(), tqdm(total=len(rows), unit="sample", disable=not progress, desc="sampling") as bar:
             null = self._null(negative_prompt)
             for lo in range(0, len(rows), step):
-                x0 = torch.stack([torch.randn(layout.x_shape, generator=torch.Generator().manual_seed(s))
-                                  for s in seeds[lo: lo + step]])  # (b, *x_shape): row i from its seed alone
+                x0 = row_noise(layout.x_shape, seeds[lo: lo + step])  # (b, *x_shape)
                 cond = self.task.input_condition(self.velocity, rows[lo: lo + step], self.device)
                 null_b, decode = null if cond is not None else None, layout.decode
                 extra = self.task.layout_condition(layout, len(x0), self.device) if cond is not None else {}

@@ -42,7 +42,7 @@ def _media(path: Path, **kwargs) -> torch.Tensor:
     pipe = FlowPipeline.from_pretrained(path)
     for adapter, scale in kwargs.pop("loras", []):
         pipe.load_lora(adapter, scale)
-    return pipe(CAPTIONS[0], seed=3, steps=2).media
+    return pipe(CAPTIONS[0], seed=3, steps=2, guidance=2.0).media
 
 
 def test_train_an_adapter_sample_with_it_and_merge_it(tmp_path, fresh_accelerate, capsys, monkeypatch):
@@ -53,11 +53,14 @@ def test_train_an_adapter_sample_with_it_and_merge_it(tmp_path, fresh_accelerate
     fresh_accelerate()
     lora = [f"train.init_from={base}", "train.lora.rank=2", "train.lr=0.05",
             "train.lora.targets=[attention,mlp,modulation]"]
-    assert main(["train", str(recipe), *lora, "--run-dir", str(style)]) == 0
+    assert main(["train", str(recipe), *lora, "sample.guidance=3.0", "--run-dir", str(style)]) == 0
     fresh_accelerate()
     assert main(["train", str(recipe), *lora, "train.lora.targets=[blocks.0.x_qkv]", "seed=1",
                  "--run-dir", str(second)]) == 0
     assert (style / "model" / "models" / "velocity" / ADAPTER_WEIGHTS).is_file()
+    # the LoRA run's export samples with its own recipe's settings (those its validation used), not the base's
+    assert FlowPipeline.from_pretrained(style).sample_config().guidance == 3.0
+    assert FlowPipeline.from_pretrained(base).sample_config().guidance == 2.0
 
     out = tmp_path / "samples"
     assert main(["sample", str(base), "--lora", f"{style}:0.5", "--lora", str(second), "--prompt", CAPTIONS[0],

@@ -26,7 +26,8 @@ from mmflow.evaluation.evaluate import EvalReport, Evaluator, check_real
 from mmflow.evaluation.media_sets import MediaSet, MediaSetError, load_media_set
 from mmflow.utils.fs import write_json_atomic
 
-__all__ = ["EvalResult", "default_cache_dir", "evaluate_folders", "evaluate_model", "print_report", "shard"]
+__all__ = ["EvalResult", "default_cache_dir", "eval_accelerator", "evaluate_folders", "evaluate_model", "print_report",
+           "shard"]
 
 logger = logging.getLogger("mmflow.evaluation")
 
@@ -70,18 +71,25 @@ def _prompts(given: Sequence[str], real: MediaSet | None, pipe: Any) -> list[Any
     return [None]
 
 
+def eval_accelerator(device: str | None) -> Any:
+    """The Accelerator a model is sampled under: on the CPU when asked or without CUDA."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=device == "cpu" or (device is None and not torch.cuda.is_available()))
+
+
 def evaluate_model(path: str, cfg: EvalConfig, out: str | Path | None, prompts: Sequence[str] = (), num: int = 256,
                    real: str | None = None, cache_dir: str | Path | None = None, device: str | None = None,
                    sample_overrides: Sequence[str] = (), text_encoders: dict[str, str] | None = None,
-                   use_ema: bool = True, progress: bool = True) -> EvalResult:
+                   use_ema: bool = True, progress: bool = True, accelerator: Any = None) -> EvalResult:
     """Sample `num` rows from the model at `path` (data-parallel under accelerate launch) and score them
-    against `real`; the main process writes the JSON report to `out` (default <path>/eval.json)."""
-    from accelerate import Accelerator
+    against `real`; the main process writes the JSON report to `out` (default <path>/eval.json).
+    accelerator: the caller's (which then tears the processes down together); default eval_accelerator(device)."""
     from accelerate.utils import gather_object
 
     from mmflow.pipeline import FlowPipeline
 
-    acc = Accelerator(cpu=device == "cpu" or (device is None and not torch.cuda.is_available()))
+    acc = accelerator if accelerator is not None else eval_accelerator(device)
     pipe = FlowPipeline.from_pretrained(path, use_ema=use_ema, device=acc.device, text_encoders=text_encoders)
     sample_cfg = pipe.sample_config(sample_overrides)
     layout = pipe.task.sample_layout()

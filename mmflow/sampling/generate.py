@@ -7,7 +7,7 @@ how x0 is drawn (`seeded_noise`); everything after that is `generate`, for valid
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -18,19 +18,26 @@ from mmflow.flow.paths import GaussianPath
 from mmflow.sampling.guidance import ModelFn, cfg_velocity
 from mmflow.sampling.run import solve
 from mmflow.sampling.solvers import SampleOutput, VelocityFn
+from mmflow.utils.seeding import mix_seed
 
-__all__ = ["NonFiniteSamples", "generate", "seeded_noise"]
+__all__ = ["NonFiniteSamples", "generate", "row_noise", "seeded_noise"]
 
 
 class NonFiniteSamples(UserError, ArithmeticError):
     """Sampling produced NaN or inf: nothing is written (finite weights, so the sample settings overflow)."""
 
 
+def row_noise(shape: tuple[int, ...], seeds: Iterable[int]) -> Tensor:
+    """x0 (len(seeds), *shape) ~ N(0, I) on CPU (so every device draws the same noise), row i from seeds[i]
+    alone: a sample's noise does not depend on the batch or the process that draws it."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
 def seeded_noise(shape: tuple[int, ...], seed: int) -> tuple[Tensor, torch.Generator]:
-    """x0 ~ N(0, I) of `shape` on CPU from `seed` (so every device draws the same noise), and the
-    generator in its state after x0, for what the task draws next (labels, the SDE's noise)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g), g
+    """x0 of `shape` (B, ...) with row i from seed + i (`row_noise`: the rule of FlowPipeline, so a run's
+    validation and `mmflow eval` of its export draw the same x0 for the same seed), and a generator, seeded
+    from `seed` apart from every row's, for what the task draws next (labels, the SDE's noise)."""
+    return row_noise(shape[1:], range(seed, seed + shape[0])), torch.Generator().manual_seed(mix_seed(seed, 0))
 
 
 def generate(velocity: ModelFn, x0: Tensor, cond: Condition | None, null_cond: Condition | None, sample_cfg: Any,

@@ -1,11 +1,14 @@
 """The overrides that shrink a text_to_media recipe for its CLI test: a 1-block, 32-wide MM-DiT, batch 4,
 `steps` steps with a checkpoint and a validation every 2, two sampling steps, and `samples` evaluation
-samples of the held-out folder `test`; data and cache from `data`."""
+samples of the held-out folder `test`; data and cache from `data`. Also what several recipe tests check
+their outputs with (an MP4 decoded by PyAV, an adapter-only export)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def shortened(data: Path, test: Path, steps: int, samples: int = 4) -> list[str]:
@@ -67,3 +70,13 @@ def train_concept_adapter(recipe: Path, base: Path, data: Path, test: Path, run:
     table = {line.split()[0]: line.split()[1] for line in out.splitlines() if line.startswith("  ")}
     assert 0.0 <= float(table[attribute]) <= 1.0, out
     assert_adapter_only(run, base)
+
+
+def mp4_frames(path: Path) -> tuple[np.ndarray, float, str]:
+    """An MP4 decoded with PyAV, independently of mmflow's reader: frames (T, H, W, 3) uint8, fps, codec name."""
+    import av
+
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        return frames, float(stream.average_rate), stream.codec_context.name

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from mmflow.cli import main
 from mmflow.data.shapes_video import ShapesVideoConfig, write_clips_folder
 from tests.conftest import REPO
-from tests.recipes.test_shapes_t2v import _frames
+from tests.recipes.shortened import mp4_frames
 
 RECIPE = REPO / "recipes" / "meanflow_shapes_t2v.yaml"
 
@@ -46,7 +46,7 @@ def test_meanflow_video_recipe_fine_tunes_the_shipped_model_and_samples_in_two_j
         assert main(["sample", str(run), "--prompt", prompt, "--out", str(out_dir), "num_samples=1", *extra]) == 0
         info = json.loads(capsys.readouterr().out)
         assert info["nfe"] == 2, info  # the recipe's 2 jumps
-        pixels, fps, codec = _frames(out_dir / "sample_0000.mp4")
+        pixels, fps, codec = mp4_frames(out_dir / "sample_0000.mp4")
         assert pixels.shape == (9, 64, 64, 3) and fps == 8.0 and codec == "h264"
         assert pixels.std() > 0
     assert abs(float(pixels[0].mean()) - 250) < 12  # i2v: frame 0 is the given image, through the tokenizer

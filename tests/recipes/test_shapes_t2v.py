@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,7 +15,7 @@ from PIL import Image
 from mmflow.cli import main
 from mmflow.data.shapes_video import ShapesVideoConfig, write_clips_folder
 from tests.conftest import REPO
-from tests.recipes.shortened import shortened
+from tests.recipes.shortened import mp4_frames, shortened
 
 RECIPE = REPO / "recipes" / "shapes_t2v.yaml"
 
@@ -27,13 +26,6 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     write_clips_folder(root / "train", ShapesVideoConfig(n=8), split="train")
     write_clips_folder(root / "test", ShapesVideoConfig(), split="test")
     return root / "train", root / "test"
-
-
-def _frames(path: Path) -> tuple[np.ndarray, float, str]:
-    with av.open(str(path)) as c:
-        stream = c.streams.video[0]
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-        return frames, float(stream.average_rate), stream.codec_context.name
 
 
 def test_shapes_t2v_recipe_trains_resumes_and_samples_mp4s(clips: tuple[Path, Path], tmp_path: Path,
@@ -59,7 +51,7 @@ def test_shapes_t2v_recipe_trains_resumes_and_samples_mp4s(clips: tuple[Path, Pa
         out_dir = tmp_path / name
         assert main(["sample", str(run), "--prompt", prompt, "--out", str(out_dir), "num_samples=1", "steps=2",
                      *extra]) == 0
-        pixels, fps, codec = _frames(out_dir / "sample_0000.mp4")
+        pixels, fps, codec = mp4_frames(out_dir / "sample_0000.mp4")
         assert pixels.shape == (frames, 64, 64, 3) and fps == 8.0 and codec == "h264"
         assert pixels.std() > 0
     capsys.readouterr()
@@ -71,7 +63,7 @@ def test_shapes_t2v_recipe_trains_resumes_and_samples_mp4s(clips: tuple[Path, Pa
                  "num_samples=1", "steps=2"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["samples"] == 1
-    pixels, _, _ = _frames(out_dir / "sample_0000.mp4")
+    pixels, _, _ = mp4_frames(out_dir / "sample_0000.mp4")
     assert abs(float(pixels[0].mean()) - 250) < 12  # frame 0 is the given (near-white) image, through the tokenizer
     assert main(["sample", str(run), "--prompt", prompt, "--num-frames", "10", "--out", str(tmp_path / "bad")]) == 2
     assert "the nearest: 9 or 13" in capsys.readouterr().err

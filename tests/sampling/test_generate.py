@@ -91,7 +91,18 @@ def test_a_non_finite_decode_is_refused_even_when_clamped() -> None:
     assert isinstance(info.value, UserError)
 
 
-def test_seeded_noise_continues_the_generator() -> None:
-    x0, g = seeded_noise((2, 3), 7)
-    both = torch.randn(4, 3, generator=torch.Generator().manual_seed(7))
-    assert torch.equal(x0, both[:2]) and torch.equal(torch.randn(2, 3, generator=g), both[2:])
+def test_seeded_noise_draws_each_row_from_its_own_seed() -> None:
+    """The pipeline's rule: row i from seed + i, so a batch split any way draws the same noise."""
+    x0, g = seeded_noise((3, 2, 2), 7)
+    assert torch.equal(x0[1], torch.randn(2, 2, generator=torch.Generator().manual_seed(8)))
+    assert torch.equal(seeded_noise((2, 2, 2), 8)[0], x0[1:])
+    # the generator for what follows (labels, SDE noise) is none of the rows' streams
+    after = torch.randn(2, 2, generator=g)
+    assert not any(torch.equal(after, torch.randn(2, 2, generator=torch.Generator().manual_seed(s))) for s in (7, 8, 9))
+
+
+def test_validation_noise_is_the_pipelines() -> None:
+    from mmflow.sampling.generate import row_noise
+
+    assert torch.equal(row_noise((4,), [5, 6]), seeded_noise((2, 4), 5)[0])
+    assert not torch.equal(row_noise((4,), [5, 6])[1], row_noise((4,), [5, 5])[1])

@@ -323,7 +323,7 @@ def test_prepare_on_two_processes_writes_the_same_cache_as_one(tmp_path, vae_dir
             torch.testing.assert_close(a[field_name], b[field_name], atol=1e-5, rtol=1e-5, msg=field_name)
 
 
-def test_a_trained_model_folder_carries_its_tokenizer_and_text_encoder(tmp_path, vae_dir, fresh_accelerate):
+def test_a_trained_model_folder_carries_its_tokenizer_and_text_encoder_and_samples_as_validation_did(tmp_path, vae_dir, fresh_accelerate):
     import shutil
 
     from test_encoders import tiny_bert
@@ -355,8 +355,16 @@ def test_a_trained_model_folder_carries_its_tokenizer_and_text_encoder(tmp_path,
     assert again.model.tokenizer == str(moved / "models" / "tokenizer")
     task = TextToMediaTask(again)
     velocity = load_model(moved / "models" / "velocity").eval()
-    media = task.sample_media(velocity, ["a red square"], torch.device("cpu"), again.sample)
-    assert media.shape == (1, 3, 16, 16) and torch.isfinite(media).all()
+    prompts = ["a red square", "a blue circle", "a red square"]
+    media = task.sample_media(velocity, prompts, torch.device("cpu"), again.sample)
+    assert media.shape == (3, 3, 16, 16) and torch.isfinite(media).all()
+    # validation draws the pipeline's noise (row i from seed + i), so `mmflow eval` of the export reads the
+    # same samples as the run's own prompt check
+    from mmflow.pipeline import FlowPipeline
+
+    piped = FlowPipeline.from_pretrained(moved)(prompts, seed=again.sample.seed, batch_size=2).media
+    torch.testing.assert_close(piped, media, atol=1e-5, rtol=0)
+    assert not torch.allclose(media[0], media[2], atol=1e-3)  # one prompt, two rows: two noises
 
 
 def test_the_run_summary_is_the_prompt_check_table_then_the_quality_line(tmp_path):
