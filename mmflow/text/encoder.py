@@ -6,8 +6,10 @@ Kinds (from config.json's model_type unless `kind` says):
         architectures say so (pooled = pooler_output, the EOS token's final state).
   bert  any other AutoModel encoder; pooled = mask mean of the last hidden state, what
         sentence-transformers models such as all-MiniLM-L6-v2 use (or CLS / the model's pooler).
-Token embeddings come from the last hidden state or the penultimate layer (`hidden_states[-2]`,
-SD3's choice for CLIP); the pooled vector always comes from the final layer, as in SD3 and
+Token embeddings come from the last hidden state, the penultimate layer (`hidden_states[-2]`,
+SD3's choice for CLIP) or any layer k (`hidden_states[k]`: a sentence encoder's middle layers keep word order
+and roles that its last layer, trained for mean-pooled similarity, blurs); the pooled vector always comes
+from the final layer, as in SD3 and
 sentence-transformers. Prompts are padded to `max_length` so batches and caches are rectangular;
 longer ones are truncated to it (`truncation_warnings` says which, for sampling logs).
 
@@ -114,6 +116,7 @@ class EncoderInfo:
     max_positions: int | None  # longest input it takes (None: relative positions, any length)
     st_pooling: Literal["mean", "cls"] | None  # sentence-transformers pooling mode, if the folder says
     st_normalize: bool  # sentence-transformers Normalize module present
+    num_layers: int | None = None  # transformer layers: hidden_states holds num_layers + 1 states (None: unknown)
 
 
 @functools.lru_cache(maxsize=64)
@@ -132,7 +135,8 @@ def _encoder_info(path: str, mtime_ns: int, kind: str) -> EncoderInfo:
     if kind == "t5":
         if model_type not in _T5_TYPES:
             raise TextEncoderNotFound(f"{folder}: kind 't5' needs a T5/MT5/UMT5 model, config.json says {model_type!r}")
-        return EncoderInfo("t5", _T5_TYPES[model_type], cfg.d_model, None, None, None, False)
+        return EncoderInfo("t5", _T5_TYPES[model_type], cfg.d_model, None, None, None, False,
+                           getattr(cfg, "num_layers", None))
     if kind == "clip":
         if model_type not in _CLIP_TYPES:
             raise TextEncoderNotFound(f"{folder}: kind 'clip' needs a CLIP model, config.json says {model_type!r}")
@@ -141,13 +145,14 @@ def _encoder_info(path: str, mtime_ns: int, kind: str) -> EncoderInfo:
         plain = "CLIPTextModel" in (getattr(cfg, "architectures", None) or [])
         cls = "CLIPTextModel" if plain else "CLIPTextModelWithProjection"
         proj = text.hidden_size if plain else getattr(cfg, "projection_dim", None) or text.projection_dim
-        return EncoderInfo("clip", cls, text.hidden_size, proj, text.max_position_embeddings, None, False)
+        return EncoderInfo("clip", cls, text.hidden_size, proj, text.max_position_embeddings, None, False,
+                           getattr(text, "num_hidden_layers", None))
     width = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None)
     if not width:
         raise TextEncoderNotFound(f"{folder}: config.json ({model_type!r}) has no hidden_size; not a text encoder?")
     pooling, normalize = _sentence_transformers_head(folder)
     return EncoderInfo("bert", "AutoModel", width, width, getattr(cfg, "max_position_embeddings", None), pooling,
-                       normalize)
+                       normalize, getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "num_layers", None))
 
 
 def _sentence_transformers_head(folder: Path) -> tuple[Literal["mean", "cls"] | None, bool]:
@@ -185,8 +190,9 @@ class TextEncoderConfig:
     tokenizer: str = field(default="", metadata={"help": "tokenizer folder; '' = the model folder"})
     kind: Literal["auto", "t5", "clip", "bert"] = field(default="auto", metadata={"help": "auto = from config.json"})
     max_length: int = field(default=77, metadata={"min": 1, "help": "tokens per prompt: padded and truncated to it"})
-    layer: Literal["last", "penultimate"] = field(default="last", metadata={
-        "help": "hidden state used for tokens; SD3 takes penultimate for CLIP"})
+    layer: Literal["last", "penultimate"] | int = field(default="last", metadata={
+        "help": "hidden state used for tokens; SD3 takes penultimate for CLIP; an int k is hidden_states[k] "
+                "(0 = the embeddings, -1 = the last layer's output: for CLIP before its final norm)"})
     pooled: Literal["auto", "mean", "cls", "projection", "none"] = field(default="auto", metadata={
         "help": "auto: clip->projection, else the folder's sentence-transformers pooling or mean; none = width 0"})
     normalize_pooled: bool | None = field(default=None, metadata={
@@ -216,6 +222,9 @@ class TextEncoderConfig:
         check("." not in self.key and self.key, "name", f"{self.key!r} is not a usable encoder name (non-empty, no '.')")
         check(info.kind != "t5" or self.pooled not in ("cls", "projection"), "pooled",
               f"{self.pooled!r} needs a CLS token or a pooler, which T5 ({model}) has not; use 'mean' or 'none'")
+        n = info.num_layers
+        check(not isinstance(self.layer, int) or n is None or -(n + 1) <= self.layer <= n, "layer",
+              f"{self.layer} is not a hidden state of {model}: it has {n} layers, so -{n + 1}..{n}")
         check(info.max_positions is None or self.max_length <= info.max_positions, "max_length",
               f"{self.max_length} exceeds the {info.max_positions} positions of {model}")
 
@@ -379,7 +388,8 @@ class TextEncoder(nn.Module):
         out = self.model(input_ids=ids, attention_mask=mask.long() if masked else None,
                          output_hidden_states=self.config.layer != "last")
         last = out.last_hidden_state  # (B, S, D), after any final norm
-        tokens = last if self.config.layer == "last" else out.hidden_states[-2]  # (B, S, D)
+        layer = self.config.layer
+        tokens = last if layer == "last" else out.hidden_states[-2 if layer == "penultimate" else layer]  # (B, S, D)
         if self.pooled_mode == "mean":
             pooled = _mean_pool(last, mask)  # (B, D)
         elif self.pooled_mode == "cls":

@@ -70,6 +70,21 @@ def test_penultimate_layer_is_hidden_states_minus_two(tiny_models):
         assert not torch.equal(emb.tokens, out.last_hidden_state)
 
 
+def test_any_layer_by_index(tiny_models):
+    # the tiny models have 2 layers: hidden_states holds the embeddings and 2 layer outputs
+    for name, cls in (("bert", AutoModel), ("t5", T5EncoderModel), ("clip", CLIPTextModelWithProjection)):
+        _, out = reference(cls, tiny_models[name], PROMPTS, 8)
+        for k in (0, 1, -2):
+            emb = encoder(tiny_models[name], max_length=8, layer=k)(PROMPTS)
+            assert torch.equal(emb.tokens, out.hidden_states[k]), (name, k)
+        assert not torch.equal(out.hidden_states[1], out.hidden_states[0])
+        # the pooled vector stays the final layer's, whatever the tokens' layer
+        torch.testing.assert_close(encoder(tiny_models[name], max_length=8, layer=1)(PROMPTS).pooled,
+                                   encoder(tiny_models[name], max_length=8)(PROMPTS).pooled)
+    a = TextEncoderConfig(path=str(tiny_models["bert"]), max_length=8, layer=1)
+    assert a.fingerprint() != TextEncoderConfig(path=str(tiny_models["bert"]), max_length=8).fingerprint()
+
+
 def test_t5_encoder(tiny_models):
     enc = encoder(tiny_models["t5"], max_length=8)
     emb = enc(PROMPTS)
@@ -163,6 +178,10 @@ def test_config_errors(tiny_models, tmp_path):
         from_dict(TextEncoderConfig, {"path": bert, "dropout": 1.5})
     with pytest.raises(ConfigError, match="layer"):
         from_dict(TextEncoderConfig, {"path": bert, "layer": "middle"})
+    with pytest.raises(ConfigError, match=r"layer: 3 is not a hidden state of .*2 layers, so -3\.\.2"):
+        from_dict(TextEncoderConfig, {"path": bert, "layer": 3})
+    with pytest.raises(ConfigError, match=r"layer: -4 is not a hidden state"):
+        from_dict(TextEncoderConfig, {"path": bert, "layer": -4})
     with pytest.raises(ConfigError, match="name"):
         from_dict(TextEncoderConfig, {"path": bert, "name": "a.b"})
 
