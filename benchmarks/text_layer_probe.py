@@ -52,7 +52,6 @@ def main() -> None:
     ap.add_argument("--encoder", default="minilm", help="text encoder folder, or minilm")
     ap.add_argument("--items", type=int, default=2000, help="two-object captions to use")
     args = ap.parse_args()
-    torch.manual_seed(0)
 
     rows = [json.loads(line) for line in (args.data / "metadata.jsonl").read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("relation") in SIDES][: args.items]
