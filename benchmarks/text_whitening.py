@@ -7,10 +7,14 @@ before their order. Whitening the token states over the training captions, x -> 
 W = (C + eps I)^(-1/2) (C their covariance, eps = a fraction of its mean eigenvalue; rescaled to keep the tokens'
 overall size), makes that direction 5x stronger relative to the colours (13%) and keeps it readable (99.6%).
 
-This is an out-of-tree experiment, not a framework option yet: it transforms a `mmflow prepare` cache's token
-fields in a copy (training then reads them as usual) and patches the text encoder when measuring, so the
-model sees the same transform in training and in measurement (the empty prompt used for CFG dropout during
-training stays unwhitened).
+The framework option is `model.mmdit.text_whitening: true` (mmflow/text/whitening.py; the model measures and
+keeps the statistics). This script is the experiment that came first (runs E14e/E14f): it transforms a
+`mmflow prepare` cache's token fields in a copy (training then reads them as usual) and patches the text encoder
+when measuring (the empty prompt used for CFG dropout during training stays unwhitened). `adopt` turns a model
+trained that way into a text_whitening one with the same statistics, to go on in-tree:
+
+    python benchmarks/text_whitening.py adopt runs/whiten_l3.safetensors RUN/model/models/velocity_ema \
+        --cache data/shapes/cache_f4_l3 --out runs/E14e_adopted
 
     python benchmarks/text_whitening.py fit data/shapes/cache_f4_l3 --out runs/whiten_l3.safetensors
     python benchmarks/text_whitening.py apply data/shapes/cache_f4_l3 data/shapes/cache_f4_l3w \
@@ -95,6 +99,30 @@ def patch_encoder(stats_path: Path) -> None:
     enc.TextEncoder.forward = whitened  # type: ignore[method-assign]
 
 
+def adopt(src: Path, stats_path: Path, cache: Path, key: str, out: Path) -> None:
+    """A model trained on a whitened cache as one that whitens its own text tokens (model.mmdit.text_whitening)
+    with the same statistics, written as one model folder: `train.init_from` it to go on in-tree (the raw cache;
+    the empty prompt of CFG is then whitened too)."""
+    from dataclasses import replace
+
+    from mmflow.model_io import load_model, save_model
+    from mmflow.models.mmdit import MMDiT
+    from mmflow.text.whitening import Whitening
+
+    old = load_model(src)
+    model = MMDiT(replace(old.config, text_whitening=True))
+    state, _ = model.adapt_init_state(old.state_dict())
+    model.load_state_dict(state)
+    stats = load_file(str(stats_path))
+    count = 0  # the token states fit() measured (max_length per caption, padding included)
+    for f in sorted(cache.glob("shard-*.safetensors")):
+        shard = load_file(f)
+        count += sum(shard[k].shape[0] for k in token_keys(shard, key))
+    model.set_text_whitening(Whitening(stats["mean"], stats["matrix"], count))
+    save_model(model, out)
+    print(f"{out}: {src} reading its own whitened tokens ({count} token states)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -114,8 +142,16 @@ def main() -> None:
     e = sub.add_parser("eval", help="`mmflow eval` with whitened tokens")
     e.add_argument("stats", type=Path)
     e.add_argument("rest", nargs=argparse.REMAINDER, help="mmflow eval's arguments")
+    d = sub.add_parser("adopt", help="a model trained on a whitened cache as a text_whitening model")
+    d.add_argument("stats", type=Path)
+    d.add_argument("model", type=Path, help="its model folder (e.g. RUN/model/models/velocity_ema)")
+    d.add_argument("--cache", type=Path, required=True, help="the cache the statistics were fitted on")
+    d.add_argument("--key", default="minilm")
+    d.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    if args.cmd == "fit":
+    if args.cmd == "adopt":
+        adopt(args.model, args.stats, args.cache, args.key, args.out)
+    elif args.cmd == "fit":
         fit(args.cache, args.key, args.eps, args.out)
     elif args.cmd == "apply":
         apply(args.cache, args.out, args.stats, args.key)

@@ -31,7 +31,9 @@ the last block only supplies keys and values from the text stream (SD3's context
 conditioning vector is c = time embedding + pooled-text projection (+ label embedding) (+ interval embedding).
 Text tokens carry no positions of their own (SD3: order is whatever the encoder's states hold); with
 text_positions a learned vector per token index is added after the context projection, so word order
-("a red star left of a blue circle" vs "a blue circle left of a red star") need not be read out of them.
+("a red star left of a blue circle" vs "a blue circle left of a red star") need not be read out of them. With
+text_whitening the tokens are whitened over the training captions first (buffers text_mean, text_whiten), so the
+faint direction in which the encoder's states do hold the order is as strong as the words' own.
 
 Run-time settings, not saved with the model: `MMDiT(config, attention_backend=..., gradient_checkpointing=...)`
 or later `model.set_attention_backend("math")` / `model.set_gradient_checkpointing(True)`.
@@ -58,6 +60,7 @@ from mmflow.models.embeddings import LabelEmbedder, adopt_missing_weights, inter
 from mmflow.models.patchify import check_latent, patchify, unpatchify
 from mmflow.model_io import register_model
 from mmflow.models.rope import apply_rope, crop_sincos_table, rope_angles, sincos_2d_table
+from mmflow.text.whitening import Whitening
 
 __all__ = ["MMDiTConfig", "MMDiT", "MMDiTBlock", "MMDIT_PRESETS", "mmdit_config"]
 
@@ -108,6 +111,11 @@ class MMDiTConfig:
                                   "alone, modulated by t and the pooled text, so what a word means in its caption "
                                   "(which object is left of which) is worked out before the latents read it; they "
                                   "start as the identity, so a model gaining them starts unchanged", min=0)
+    text_whitening: bool = _field(False, "whiten the text tokens before the context embedder, x -> (x - mean) W over "
+                                         "the training captions' token states (mmflow/text/whitening.py): word "
+                                         "order becomes as strong an input direction as the words; the statistics "
+                                         "are buffers, measured at a run's start and saved with the weights; a "
+                                         "model gaining it starts unchanged (the context embedder absorbs W^-1)")
     abs_positions: bool = _field(False, "rope: also add a fixed sinusoidal table of each latent token's grid "
                                         "coordinates (the rope angles' sin and cos at the model's width): RoPE is "
                                         "relative only, and a token far from both ends cannot tell where in the "
@@ -145,6 +153,8 @@ class MMDiTConfig:
               f"names must be distinct and not {sorted(taken)}, got {list(self.scalar_conditions)}")
         check(not self.text_positions or self.context_dim, "text_positions",
               f"{self.text_positions} positions, but the model has no text stream (context_dim 0)")
+        check(not self.text_whitening or self.context_dim, "text_whitening",
+              "whitens the text tokens, but the model has no text stream (context_dim 0)")
         check(not self.text_refiner or self.context_dim, "text_refiner",
               f"{self.text_refiner} refiner blocks, but the model has no text stream (context_dim 0)")
         bad = [i for i in self.dual_attention_layers if i >= self.depth]
@@ -400,7 +410,7 @@ class MMDiT(nn.Module):
     # run-time settings that older exports saved in config.json: dropped on load (mmflow.model_io)
     legacy_config_keys = ("attention_backend", "gradient_checkpointing")
     # train.init_from: adapt_init_state widens these
-    init_adaptable_fields = ("concat_channels", "interval_embed", "text_positions", "text_refiner")
+    init_adaptable_fields = ("concat_channels", "interval_embed", "text_positions", "text_refiner", "text_whitening")
 
     def __init__(self, config: MMDiTConfig, attention_backend: AttentionBackend = "auto",
                  gradient_checkpointing: bool = False) -> None:
@@ -424,6 +434,11 @@ class MMDiT(nn.Module):
         self.context_embedder = nn.Linear(config.context_dim, h) if config.context_dim else None
         # (S_max, D): zero-init in initialize_weights; added after context_embedder, so any encoder width fits
         self.text_pos = nn.Parameter(torch.zeros(config.text_positions, h)) if config.text_positions else None
+        if config.text_whitening:  # the identity until measured (set_text_whitening); count 0 = not measured
+            d = config.context_dim
+            self.register_buffer("text_mean", torch.zeros(d))  # (D_ctx,)
+            self.register_buffer("text_whiten", torch.eye(d))  # (D_ctx, D_ctx)
+            self.register_buffer("text_whiten_count", torch.zeros((), dtype=torch.long))
         learned = config.null_text == "learned"
         self.null_tokens = (nn.Parameter(torch.zeros(config.null_text_length, config.context_dim))
                           if learned and config.context_dim else None)
@@ -544,6 +559,13 @@ class MMDiT(nn.Module):
         changes: list[str] = []
         if self.interval_embedder is not None:
             state, changes = adopt_missing_weights(state, self.interval_embedder, "interval_embedder")
+        whitening = ("text_mean", "text_whiten", "text_whiten_count")
+        if self.config.text_whitening and "text_mean" not in state:
+            state = {**state, **{k: getattr(self, k).detach().clone() for k in whitening}}
+            changes.append("text_whitening: new, measured before the first step (the model starts as the one loaded)")
+        elif not self.config.text_whitening and "text_mean" in state:
+            raise ValueError("those weights read whitened text tokens (text_whitening: true there); this model would "
+                             "feed them raw ones: set model.mmdit.text_whitening: true")
         if len(self.text_refiner):
             state, new = adopt_missing_weights(state, self.text_refiner, "text_refiner")
             changes += [f"text_refiner: {len(self.text_refiner)} new blocks, start as the identity (the model starts "
@@ -564,6 +586,35 @@ class MMDiT(nn.Module):
         wide[:, :, :c_old] = w.view(w.shape[0], p, c_old).to(own.dtype)
         return ({**state, "x_embedder.weight": wide.view_as(own)},
                 [*changes, f"x_embedder: {c_old} -> {c_new} input channels per patch position (new ones start at zero)"])
+
+    @property
+    def text_whitening_measured(self) -> bool:
+        """Whether the text whitening statistics are set (False: none, or the identity a fresh model starts with)."""
+        return self.config.text_whitening and int(self.text_whiten_count) > 0
+
+    @torch.no_grad()
+    def set_text_whitening(self, whitening: Whitening, keep_function: bool = False) -> None:
+        """Set the text whitening statistics; keep_function: first fold the inverse of the change into the context
+        embedder, so the model computes what it did on the same text (a trained model gaining whitening)."""
+        if not self.config.text_whitening:
+            raise ValueError("this MM-DiT has no text whitening (MMDiTConfig.text_whitening false)")
+        d = self.config.context_dim
+        if tuple(whitening.mean.shape) != (d,) or tuple(whitening.matrix.shape) != (d, d):
+            raise ValueError(f"whitening statistics for width {tuple(whitening.mean.shape)}, this model's text tokens "
+                             f"are {d} wide")
+        assert self.context_embedder is not None
+        if keep_function:
+            old = (self.text_mean.double(), self.text_whiten.double())
+            new = (whitening.mean.double(), whitening.matrix.double())
+            weight, bias = self.context_embedder.weight.double(), self.context_embedder.bias.double()
+            # y = weight M_o^T (x - m_o) + bias; the new input u = M_n^T (x - m_n) gives x - m_o = M_n^-T u + m_n - m_o
+            a = weight @ old[1].T @ torch.linalg.inv(new[1].T)  # (D, D_ctx)
+            b = bias + weight @ old[1].T @ (new[0] - old[0])  # (D,)
+            self.context_embedder.weight.copy_(a.to(self.context_embedder.weight.dtype))
+            self.context_embedder.bias.copy_(b.to(self.context_embedder.bias.dtype))
+        self.text_mean.copy_(whitening.mean)
+        self.text_whiten.copy_(whitening.matrix)
+        self.text_whiten_count.fill_(whitening.count)
 
     def _text_positions(self, length: int) -> Tensor:
         """The first `length` learned text positions (1, S, D); more tokens than the model has positions is an error."""
@@ -666,6 +717,8 @@ class MMDiT(nn.Module):
         latent_keys = None if cond.get("frames") is None else frame_token_mask(cond["frames"], grid, cfg.patch_size[0])
         if self.context_embedder is not None:
             text, mask = cond["text"], cond.get("text_mask")
+            if cfg.text_whitening:
+                text = (text - self.text_mean.to(text.dtype)) @ self.text_whiten.to(text.dtype)  # (B, S, context_dim)
             if mask is not None:  # padded tokens: zero input (NaN-safe) and invisible as keys
                 text = torch.where(mask[..., None], text, torch.zeros_like(text))  # (B, S, context_dim)
             if mask is not None or latent_keys is not None:

@@ -47,10 +47,13 @@ from mmflow.tasks.media_accounting import MediaAccounting
 from mmflow.tasks.media_cache import cache_describe
 from mmflow.tasks.prior import PriorConfig, make_class_media, prior_row_weights
 from mmflow.text.combine import TextConditionerConfig
+from mmflow.text.whitening import fit_whitening
 from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, format_metric
 
 logger = logging.getLogger("mmflow.tasks")
+
+WHITENING_CAPTIONS = 8192  # model.mmdit.text_whitening: captions whose token states are measured (~100k states)
 
 @dataclass
 class MediaDataConfig(MediaFolderConfig):
@@ -121,6 +124,10 @@ class MMDiTSection:
         "min": 0, "help": "text-only blocks over the words before the joint blocks (Lumina-Image 2's context refiner; "
                           "0: none, as SD3); they start as the identity, so train.init_from a model without them "
                           "starts unchanged"})
+    text_whitening: bool = field(default=False, metadata={
+        "help": "whiten the text tokens over the training captions before the context embedder (the statistics are "
+                "measured at the run's start and saved with the weights): the word order the encoder's states hold "
+                "faintly becomes as strong as the words; a model gaining it by train.init_from starts unchanged"})
     abs_positions: bool = field(default=False, metadata={
         "help": "rope: also add a fixed sinusoidal table of each latent token's position (RoPE alone is relative: "
                 "far from both ends a token cannot tell where in the clip it sits); no weights"})
@@ -248,6 +255,31 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
                              context_dim=self.encoders.context_dim, pooled_dim=self.encoders.pooled_dim,
                              scalar_conditions=TIMING if self.recipe.model.timing else (),
                              interval_embed=self.meanflow)
+
+    def start_models(self, models: dict[str, nn.Module], device: torch.device) -> None:
+        """model.mmdit.text_whitening: measure the whitening of the training captions' token states (up to
+        WHITENING_CAPTIONS of them, drawn with the recipe's seed) unless the model brought its own (init_from)."""
+        velocity = models[VELOCITY]
+        if not isinstance(velocity, MMDiT) or not velocity.config.text_whitening:
+            return
+        if velocity.text_whitening_measured:
+            logger.info("text whitening: kept from train.init_from (%d token states)", int(velocity.text_whiten_count))
+            return
+        entries = [e.text for e in self.raw_dataset().entries if not e.problem]
+        order = torch.randperm(len(entries), generator=torch.Generator().manual_seed(self.recipe.seed))
+        captions = [entries[i] for i in order[:WHITENING_CAPTIONS].tolist()]
+        self.encoders.text.to(device)
+        states = []
+        with torch.no_grad():
+            for i in range(0, len(captions), 256):
+                emb = self.encoders.encode_prompts(captions[i:i + 256])
+                states.append(emb.tokens[emb.mask].float().cpu())  # (real tokens, D_ctx): padding never reaches it
+        whitening = fit_whitening(torch.cat(states))
+        # a trained model gaining whitening keeps computing what it did (its context embedder absorbs the change)
+        velocity.set_text_whitening(whitening, keep_function=self.recipe.train.init_from is not None)
+        logger.info("text whitening: measured on %d token states of %d training captions%s", whitening.count,
+                    len(captions), " (the context embedder keeps init_from's function)" if self.recipe.train.init_from
+                    else "")
 
     @property
     def run_dir(self) -> Path:

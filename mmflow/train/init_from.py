@@ -107,7 +107,10 @@ def init_from(models: dict[str, nn.Module], path: Path) -> None:
         state = load_state_dict(src)
         changes: list[str] = []
         if hasattr(model, "adapt_init_state"):
-            state, changes = model.adapt_init_state(state)
+            try:
+                state, changes = model.adapt_init_state(state)
+            except ValueError as e:  # weights the recipe's model cannot take as they are
+                raise ConfigError(f"{src}: {e}", "train.init_from") from None
         try:
             load_weights_strict(model, state, str(src))
         except CorruptModel as e:

@@ -154,6 +154,11 @@ class Task(ABC):
         """Sample and measure with `models` (EMA weights where kept, eval mode); write files to out_dir."""
         return {}
 
+    def start_models(self, models: dict[str, nn.Module], device: torch.device) -> None:
+        """Called on every process before the first step of a run that does not continue its own checkpoint,
+        after train.init_from: set what a model measures from data before it trains (an MM-DiT's text
+        whitening). Every process must reach the same values from the same data. Default: nothing."""
+
     def finish_models(self, models: dict[str, nn.Module], dataset: Dataset, device: torch.device) -> None:
         """Called once on the main process after the last step, before the final checkpoint and export:
         change exported models in place (a tokenizer stores its measured latent statistics here)."""

@@ -192,8 +192,10 @@ class Trainer:
         set_seed(self.recipe.seed)  # identical initial weights on every rank
         models = self.task.build_models()
         # a resumed run loads its own checkpoint, except a LoRA run's base weights: its checkpoints hold none
-        if self.cfg.init_from and (not self.resume or self.lora is not None):
-            init_from(models, Path(self.cfg.init_from))
+        if not self.resume or self.lora is not None:
+            if self.cfg.init_from:
+                init_from(models, Path(self.cfg.init_from))
+            self.task.start_models(models, acc.device)  # a checkpoint being resumed holds what it measures
         self.groups = self.task.optimizer_groups(models)
         trained = list(dict.fromkeys(n for names in self.groups.values() for n in names))
         unknown = set(trained) - set(models)

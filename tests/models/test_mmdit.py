@@ -522,3 +522,62 @@ def test_text_refiner_starts_as_the_identity_and_reads_the_words_together() -> N
 def test_text_refiner_needs_a_text_stream() -> None:
     with pytest.raises(ConfigError, match="text_refiner: 2 refiner blocks, but the model has no text stream"):
         _config(context_dim=0, text_refiner=2).validate()
+
+
+def _whitening_inputs(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    x, t = torch.randn(2, 3, 4, 4, generator=g), torch.rand(2, generator=g)
+    scale = torch.linspace(0.1, 5.0, TEXT)  # token states far from white: some directions 50x others
+    text = torch.randn(2, 5, TEXT, generator=g) * scale + 2.0
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    return x, t, {"text": text, "text_mask": mask, "pooled": torch.randn(2, POOLED, generator=g),
+                  "label": torch.tensor([1, 2])}
+
+
+def test_text_whitening_starts_as_the_identity_and_a_model_gaining_it_keeps_its_function() -> None:
+    from mmflow.text.whitening import fit_whitening
+
+    g = torch.Generator().manual_seed(0)
+    old = _model()
+    new = MMDiT(_config(text_whitening=True))
+    state, changes = new.adapt_init_state(old.state_dict())  # init_from a model without whitening
+    new.load_state_dict(state)
+    assert changes == ["text_whitening: new, measured before the first step (the model starts as the one loaded)"]
+    assert not new.text_whitening_measured
+    x, t, cond = _whitening_inputs(g)
+    states = torch.randn(400, TEXT, generator=g) * torch.linspace(0.1, 5.0, TEXT) + 2.0
+    w = fit_whitening(states)
+    with torch.no_grad():
+        assert torch.equal(new.eval()(x, t, cond), old.eval()(x, t, cond))  # unmeasured: the identity
+        new.set_text_whitening(w, keep_function=True)
+        assert new.text_whitening_measured and int(new.text_whiten_count) == 400
+        assert torch.allclose(new(x, t, cond), old(x, t, cond), atol=1e-5)
+        # what the context embedder now reads is the whitened tokens: their scales equal within eps's floor
+        seen = {}
+        new.context_embedder.register_forward_pre_hook(lambda m, args: seen.__setitem__("in", args[0]))
+        new(x, t, cond)
+        assert torch.allclose(seen["in"][0], w.apply(cond["text"][0]), atol=1e-5)
+        # without keep_function a fresh model just reads the whitened tokens
+        fresh = MMDiT(_config(text_whitening=True)).eval()
+        weight = fresh.context_embedder.weight.clone()
+        fresh.set_text_whitening(w)
+        assert torch.equal(fresh.context_embedder.weight, weight)
+    # the statistics are saved with the weights and come back
+    again = MMDiT(_config(text_whitening=True))
+    again.load_state_dict(new.state_dict())
+    assert again.text_whitening_measured and torch.equal(again.text_whiten, new.text_whiten)
+
+
+def test_text_whitening_refuses_what_it_cannot_take() -> None:
+    from mmflow.text.whitening import fit_whitening
+
+    with pytest.raises(ConfigError, match="text_whitening: whitens the text tokens, but the model has no text stream"):
+        _config(context_dim=0, text_whitening=True).validate()
+    plain = _model()
+    with pytest.raises(ValueError, match="has no text whitening"):
+        plain.set_text_whitening(fit_whitening(torch.randn(50, TEXT)))
+    whitened = MMDiT(_config(text_whitening=True))
+    with pytest.raises(ValueError, match=f"this model's text tokens are {TEXT} wide"):
+        whitened.set_text_whitening(fit_whitening(torch.randn(50, TEXT + 1)))
+    # weights that read whitened tokens, loaded into a model that would feed them raw ones
+    with pytest.raises(ValueError, match="set model.mmdit.text_whitening: true"):
+        plain.adapt_init_state(whitened.state_dict())

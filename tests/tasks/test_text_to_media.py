@@ -448,3 +448,69 @@ def test_a_task_that_cannot_carry_reflow_pairs_refuses_them(tmp_path):
     with pytest.raises(ConfigError, match="the digits_image task does not train on reflow pairs") as info:
         load_recipe(REPO / "recipes" / "digits_image.yaml", [f"flow.reflow.teacher={tmp_path}"])
     assert info.value.key == "flow.reflow" and info.value.source.endswith("digits_image.yaml")
+
+
+def test_text_whitening_is_measured_at_the_start_kept_on_resume_and_sampled_with(tmp_path, fresh_accelerate, caplog,
+                                                                                  monkeypatch):
+    import logging
+
+    from mmflow.model_io import load_model
+    from mmflow.pipeline import FlowPipeline
+    from mmflow.tasks.flow_task import VELOCITY
+    from mmflow.text.whitening import fit_whitening
+    from mmflow.train.init_from import init_from
+
+    folder = _folder(tmp_path / "media")
+    plain = _recipe(tmp_path, folder, None, use_cache="off")
+    _train(plain, tmp_path / "plain")
+    raw = _raw_recipe(tmp_path, folder, None, use_cache="off")
+    raw["model"]["mmdit"]["text_whitening"] = True
+    raw["train"].update(init_from=str(tmp_path / "plain"), checkpoint_every=2, max_steps=4)
+    recipe = recipe_from_dict(raw, source="test")
+
+    # the statistics are those of the training captions' real tokens (8 items: each caption twice)
+    task = TextToMediaTask(recipe)
+    emb = task.encoders.encode_prompts([CAPTIONS[i % 4] for i in range(8)])
+    want = fit_whitening(emb.tokens[emb.mask])
+    models = task.build_models()
+    init_from(models, tmp_path / "plain")
+    monkeypatch.setattr(logging.getLogger("mmflow"), "propagate", True)  # the trainer keeps it to its own handler
+    with caplog.at_level(logging.INFO, logger="mmflow.tasks"):
+        task.start_models(models, torch.device("cpu"))
+    assert f"text whitening: measured on {want.count} token states of 8 training captions (the context embedder " \
+           "keeps init_from's function)" in caplog.text
+    velocity, before = models[VELOCITY].eval(), load_model(tmp_path / "plain" / "model" / "models" / "velocity").eval()
+    torch.testing.assert_close(velocity.text_whiten, want.matrix)
+    torch.testing.assert_close(velocity.text_mean, want.mean)
+    g = torch.Generator().manual_seed(0)
+    cond = {**emb.as_condition(), "text": emb.tokens}
+    x, t = torch.randn(8, 3, 16, 16, generator=g), torch.rand(8, generator=g)
+    with torch.no_grad():  # init_from a model without whitening: it starts as the one loaded
+        torch.testing.assert_close(velocity(x, t, cond), before(x, t, cond), atol=1e-5, rtol=1e-4)
+
+    # through the trainer: saved with the checkpoint and the export, kept (not measured again) on --resume
+    run = tmp_path / "whitened"
+    _train(recipe, run)
+    first = load_file(str(run / "model" / "models" / "velocity" / "model.safetensors"))
+    torch.testing.assert_close(first["text_whiten"], want.matrix)
+    assert int(first["text_whiten_count"]) == want.count
+    import shutil
+
+    shutil.rmtree(run / "model")
+    shutil.rmtree(run / "checkpoints" / "step_00000004")
+    task = TextToMediaTask(recipe)
+    task.start_models = lambda *a: pytest.fail("a resumed run measured its whitening again")  # type: ignore[method-assign]
+    Trainer(recipe, task, run, resume=True, accelerator=make_accelerator(recipe.train, run)).train()
+    again = load_file(str(run / "model" / "models" / "velocity" / "model.safetensors"))
+    assert torch.equal(again["text_whiten"], first["text_whiten"])
+    for k in first:
+        torch.testing.assert_close(again[k], first[k], msg=k)  # resumed at step 2: the same weights at step 4
+
+    # sampling applies them: the context embedder reads the prompt's tokens whitened (padding zeroed after)
+    pipe = FlowPipeline.from_pretrained(run / "model")
+    seen: list[torch.Tensor] = []
+    pipe.velocity.context_embedder.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    pipe([CAPTIONS[0]], seed=0)
+    one = task.encoders.encode_prompts([CAPTIONS[0]])
+    expected = torch.where(one.mask[..., None], want.apply(one.tokens), 0.0)  # (1, S, D)
+    assert seen and all(any(torch.allclose(row, expected[0], atol=1e-4) for row in batch) for batch in seen)

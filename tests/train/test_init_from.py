@@ -65,6 +65,16 @@ def test_a_source_that_does_not_fit_is_named(tmp_path, make_toy_recipe) -> None:
         init_from(task.build_models(), tmp_path)
 
 
+def test_weights_that_read_whitened_text_are_refused_by_a_model_without_whitening(tmp_path) -> None:
+    from mmflow.model_io import save_model
+
+    base = dict(in_channels=4, patch_size=(2, 2), hidden_size=32, depth=2, num_heads=2, context_dim=8)
+    src = save_model(MMDiT(MMDiTConfig(**base, text_whitening=True)), tmp_path / "whitened")
+    with pytest.raises(ConfigError, match=r"train\.init_from: .*whitened: those weights read whitened text tokens "
+                                          r"\(text_whitening: true there\)"):
+        init_from({"velocity": MMDiT(MMDiTConfig(**base))}, src)
+
+
 def test_a_tokenizer_with_measured_latent_statistics_initialises_a_fresh_one(tmp_path) -> None:
     """Latent statistics are measured after training, not architecture: a recipe's fresh tokenizer (None)
     starts from a finished one (measured), and its other fields are still compared."""
