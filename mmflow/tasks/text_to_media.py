@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, default_collate
 
-from mmflow.config import ConfigError, check, from_dict
+from mmflow.config import ConfigError, check, from_dict, to_dict
 from mmflow.data.buckets import make_buckets
 from mmflow.data.cache import CachedDataset, CacheOrder, StaleCacheError, cache_problem
 from mmflow.data.joint import (FRAMES, SOURCE, ImagesAsClips, JointBatchSampler, JointDataset, JointImagesConfig,
@@ -36,6 +36,7 @@ from mmflow.data.joint import (FRAMES, SOURCE, ImagesAsClips, JointBatchSampler,
 from mmflow.data.media_folder import MediaFolderConfig, MediaFolderDataset, collate
 from mmflow.evaluation.evaluate import Evaluator
 from mmflow.evaluation.media_sets import MediaSet, load_media_set
+from mmflow.model_io import CorruptModel, read_json_object
 from mmflow.models.mmdit import MMDIT_PRESETS, MMDiT, MMDiTConfig
 from mmflow.sampling.generate import seeded_noise
 from mmflow.sampling.layout import SampleLayout, WrongOutputRequest, describe_media
@@ -47,7 +48,9 @@ from mmflow.tasks.media_accounting import MediaAccounting
 from mmflow.tasks.media_cache import cache_describe
 from mmflow.tasks.prior import PriorConfig, make_class_media, prior_row_weights
 from mmflow.text.combine import TextConditionerConfig
+from mmflow.text.encoder import NON_EMBEDDING_FIELDS, TextEncoderConfig
 from mmflow.text.whitening import fit_whitening
+from mmflow.train.init_from import source_folder
 from mmflow.train.random import BatchRandom
 from mmflow.train.task import LossOutput, format_metric
 
@@ -259,6 +262,8 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
     def start_models(self, models: dict[str, nn.Module], device: torch.device) -> None:
         """model.mmdit.text_whitening: measure the whitening of the training captions' token states (up to
         WHITENING_CAPTIONS of them, drawn with the recipe's seed) unless the model brought its own (init_from)."""
+        if self.recipe.train.init_from:
+            self._check_init_text(Path(self.recipe.train.init_from))
         velocity = models[VELOCITY]
         if not isinstance(velocity, MMDiT) or not velocity.config.text_whitening:
             return
@@ -280,6 +285,29 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
         logger.info("text whitening: measured on %d token states of %d training captions%s", whitening.count,
                     len(captions), " (the context embedder keeps init_from's function)" if self.recipe.train.init_from
                     else "")
+
+    def _check_init_text(self, path: Path) -> None:
+        """Warn when the init_from model learnt on other text tokens than the recipe's encoders give (another
+        layer, length, pooling): it would start on inputs it has never seen. A model folder without a pipeline.json
+        records none; nothing to compare."""
+        try:
+            info = read_json_object(source_folder(path) / "pipeline.json")
+        except (ConfigError, CorruptModel):  # one model's folder, or a source without (a readable) pipeline.json
+            return
+        theirs = info.get("recipe", {}).get("model", {}).get("text", {}).get("encoders")
+        if not isinstance(theirs, list):
+            return
+        defaults = {f.name: f.default for f in dataclasses.fields(TextEncoderConfig)}
+        ours = self.recipe.model.text.encoders
+        diffs = [f"{len(theirs)} encoder(s) there, {len(ours)} here"] if len(theirs) != len(ours) else []
+        for i, (t, o) in enumerate(zip(theirs, ours)):
+            t = {**defaults, **t}
+            diffs += [f"encoders[{i}].{k}: {t[k]!r} there, {v!r} here" for k, v in to_dict(o).items()
+                      if k not in NON_EMBEDDING_FIELDS and k in t and t[k] != v]
+        if diffs:
+            logger.warning("train.init_from %s learnt on other text tokens than model.text gives (%s): it starts on "
+                           "inputs it has not seen; set model.text as its pipeline.json says unless the change is "
+                           "meant", path, "; ".join(diffs))
 
     @property
     def run_dir(self) -> Path:

@@ -49,7 +49,7 @@ from mmflow.text.default import (
 from mmflow.text.truncation import truncation_warnings
 from mmflow.utils.hashing import file_sha256
 
-__all__ = ["DTYPES", "EncoderInfo", "TextEmbedding", "TextEncoder", "TextEncoderConfig", "config_summary", "encoder_info"]
+__all__ = ["DTYPES", "NON_EMBEDDING_FIELDS", "EncoderInfo", "TextEmbedding", "TextEncoder", "TextEncoderConfig", "config_summary", "encoder_info"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _T5_TYPES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
@@ -103,6 +103,10 @@ class TextEmbedding:
 # --------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------
+
+
+# settings that change no embedding (folders are compared by their files, not their paths)
+NON_EMBEDDING_FIELDS = ("dropout", "group", "name", "export", "path", "tokenizer")
 
 
 @dataclass(frozen=True)
@@ -272,11 +276,10 @@ class TextEncoderConfig:
     def fingerprint(self) -> str:
         """sha256 of what decides this encoder's embeddings: resolved settings, config, tokenizer and weight files.
 
-        `dropout`, `group`, `name` and `export` change no embedding and are left out, so a cache survives them.
+        NON_EMBEDDING_FIELDS change no embedding and are left out, so a cache survives them.
         """
         model, tok = self.model_path(), self.tokenizer_path()
-        settings = {k: v for k, v in to_dict(self).items()
-                    if k not in ("dropout", "group", "name", "export", "path", "tokenizer")}
+        settings = {k: v for k, v in to_dict(self).items() if k not in NON_EMBEDDING_FIELDS}
         settings.update(kind=self.info().kind, pooled=self.pooled_mode(), normalize_pooled=self.normalize())
         if self.attention_mask:  # the default is left out, so fingerprints from before the setting still hold
             del settings["attention_mask"]

@@ -514,3 +514,27 @@ def test_text_whitening_is_measured_at_the_start_kept_on_resume_and_sampled_with
     one = task.encoders.encode_prompts([CAPTIONS[0]])
     expected = torch.where(one.mask[..., None], want.apply(one.tokens), 0.0)  # (1, S, D)
     assert seen and all(any(torch.allclose(row, expected[0], atol=1e-4) for row in batch) for batch in seen)
+
+
+def test_init_from_a_model_that_learnt_on_other_text_tokens_is_warned_about(tmp_path, fresh_accelerate, caplog,
+                                                                          monkeypatch):
+    import logging
+
+    folder = _folder(tmp_path / "media", n=4)
+    _train(_recipe(tmp_path, folder, None, use_cache="off"), tmp_path / "plain")
+    monkeypatch.setattr(logging.getLogger("mmflow"), "propagate", True)  # the trainer keeps it to its own handler
+
+    def start(**encoder) -> str:
+        raw = _raw_recipe(tmp_path, folder, None, use_cache="off")
+        raw["model"]["text"]["encoders"][0].update(encoder)
+        raw["train"]["init_from"] = str(tmp_path / "plain")
+        task = TextToMediaTask(recipe_from_dict(raw, source="test"))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mmflow.tasks"):
+            task.start_models(task.build_models(), torch.device("cpu"))
+        return caplog.text
+
+    assert "other text tokens" not in start(dropout=0.5)  # dropout changes no embedding
+    text = start(layer=3, max_length=12)
+    assert f"train.init_from {tmp_path / 'plain'} learnt on other text tokens than model.text gives (encoders[0]." \
+           "max_length: 8 there, 12 here; encoders[0].layer: 'last' there, 3 here)" in text
