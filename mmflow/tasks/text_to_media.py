@@ -58,6 +58,7 @@ logger = logging.getLogger("mmflow.tasks")
 
 WHITENING_CAPTIONS = 8192  # model.mmdit.text_whitening: captions whose token states are measured (~100k states)
 
+
 @dataclass
 class MediaDataConfig(MediaFolderConfig):
     cache: str | None = field(default=None, metadata={"help": "folder of `mmflow prepare`; null: <run folder>/cache"})
@@ -281,7 +282,7 @@ class TextToMediaTask(MediaAccounting, FlowMatchingTask):
                 states.append(emb.tokens[emb.mask].float().cpu())  # (real tokens, D_ctx): padding never reaches it
         whitening = fit_whitening(torch.cat(states))
         # a trained model gaining whitening keeps computing what it did (its context embedder absorbs the change)
-        velocity.set_text_whitening(whitening, keep_function=self.recipe.train.init_from is not None)
+        velocity.set_text_whitening(whitening, keep_function=bool(self.recipe.train.init_from))
         logger.info("text whitening: measured on %d token states of %d training captions%s", whitening.count,
                     len(captions), " (the context embedder keeps init_from's function)" if self.recipe.train.init_from
                     else "")

@@ -49,7 +49,8 @@ from mmflow.text.default import (
 from mmflow.text.truncation import truncation_warnings
 from mmflow.utils.hashing import file_sha256
 
-__all__ = ["DTYPES", "NON_EMBEDDING_FIELDS", "EncoderInfo", "TextEmbedding", "TextEncoder", "TextEncoderConfig", "config_summary", "encoder_info"]
+__all__ = ["DTYPES", "NON_EMBEDDING_FIELDS", "EncoderInfo", "TextEmbedding", "TextEncoder", "TextEncoderConfig",
+           "config_summary", "encoder_info"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _T5_TYPES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
