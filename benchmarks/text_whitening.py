@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmflow.text.whitening import Whitening, fit_whitening
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 
@@ -54,19 +56,15 @@ def fit(cache: Path, key: str, eps: float, out: Path) -> None:
         rows += [shard[k] for k in token_keys(shard, key)]
     if not rows:
         raise SystemExit(f"{cache}: no 'text.{key}.tokens' fields; is it a `mmflow prepare` cache of that encoder?")
-    x = torch.stack(rows).reshape(-1, rows[0].shape[-1]).double()  # (N * S, D)
-    mean = x.mean(0)  # (D,)
-    lam, u = torch.linalg.eigh(torch.cov((x - mean).T))  # (D,), (D, D)
-    w = u @ torch.diag((lam.clamp_min(0) + eps * lam.mean()).rsqrt()) @ u.T  # (D, D)
-    w = w * (x - mean).norm(dim=1).pow(2).mean().sqrt() / ((x - mean) @ w).norm(dim=1).pow(2).mean().sqrt()
-    save_file({"mean": mean.float(), "matrix": w.float().contiguous()}, str(out))
-    print(f"{out}: {x.shape[0]} token states of width {x.shape[1]}; eigenvalues {lam[-1]:.3g} .. {lam[0]:.3g}, "
-          f"eps {eps} x mean {lam.mean():.3g}")
+    x = torch.stack(rows).reshape(-1, rows[0].shape[-1])  # (N * S, D)
+    w = fit_whitening(x, eps)  # the model option's own fit (mmflow/text/whitening.py), here over every position
+    save_file({"mean": w.mean, "matrix": w.matrix}, str(out))
+    print(f"{out}: {w.count} token states of width {x.shape[1]}, eps {eps}")
 
 
 def whiten(tokens: torch.Tensor, stats: dict[str, torch.Tensor]) -> torch.Tensor:
     """(..., D) -> (..., D)."""
-    return (tokens - stats["mean"]) @ stats["matrix"]
+    return Whitening(stats["mean"], stats["matrix"], 0).apply(tokens)
 
 
 def apply(cache: Path, out: Path, stats_path: Path, key: str) -> None:
@@ -107,8 +105,6 @@ def adopt(src: Path, stats_path: Path, cache: Path, key: str, out: Path) -> None
 
     from mmflow.model_io import load_model, save_model
     from mmflow.models.mmdit import MMDiT
-    from mmflow.text.whitening import Whitening
-
     old = load_model(src)
     model = MMDiT(replace(old.config, text_whitening=True))
     state, _ = model.adapt_init_state(old.state_dict())
