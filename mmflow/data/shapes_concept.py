@@ -44,7 +44,7 @@ class ConceptConfig:
     colour: str = "cyan"  # an EXTRA_COLOURS name: a colour the default splits never draw
     n_concept: int = 40  # one-object train images of the new colour (of 6 shapes x 9 positions x 2 sizes = 108)
     # the prior share keeps the base's own half-and-half mix: with 150 / 50 a LoRA on the shipped model lost
-    # 5-11 points of two-object prompts (BENCHMARKS.md, "Fine-tuning: a new concept on shapes_t2i")
+    # up to 9 points of two-object prompts (BENCHMARKS.md, "The concept on the new base")
     n_prior_one: int = 100  # one-object images of the original train split (prior preservation)
     n_prior_two: int = 100  # two-object images of it
     seed: int = 0
