@@ -102,3 +102,17 @@ def test_a_tokenizer_with_measured_latent_statistics_initialises_a_fresh_one(tmp
     with pytest.raises(ConfigError, match="model type: 'mmdit' here, 'audio_vae' there"):
         init_from({"velocity": MMDiT(MMDiTConfig(patch_size=(2,), hidden_size=32, depth=1, num_heads=2))},
                   tmp_path / "src" / "models" / "tokenizer")
+
+
+def test_a_model_of_another_modality_is_refused_naming_its_patches(tmp_path) -> None:
+    """An audio MM-DiT (1-D patches) cannot start from an image one (2-D): refused before any weight is read."""
+    from mmflow.model_io import save_model
+
+    image = MMDiT(MMDiTConfig(patch_size=(2, 2), in_channels=4, hidden_size=32, depth=1, num_heads=2))
+    save_model(image, tmp_path / "src" / "models" / "velocity")
+    audio = MMDiT(MMDiTConfig(patch_size=(2,), in_channels=4, hidden_size=32, depth=1, num_heads=2))
+    before = {k: v.clone() for k, v in audio.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"train\.init_from: .*'velocity' .*patch_size: \(2,\) here, \(2, 2\) there"):
+        init_from({"velocity": audio}, tmp_path / "src")
+    for name, value in audio.state_dict().items():
+        torch.testing.assert_close(value, before[name], atol=0, rtol=0, msg=name)
