@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mmflow.config import ConfigError
-from mmflow.model_io import load_model
+from mmflow.model_io import load_model, save_model
 from mmflow.models import MMDiT, MMDiTConfig
 from mmflow.tasks.toy2d import Toy2DTask
 from mmflow.train.init_from import init_from
@@ -66,8 +66,6 @@ def test_a_source_that_does_not_fit_is_named(tmp_path, make_toy_recipe) -> None:
 
 
 def test_weights_that_read_whitened_text_are_refused_by_a_model_without_whitening(tmp_path) -> None:
-    from mmflow.model_io import save_model
-
     base = dict(in_channels=4, patch_size=(2, 2), hidden_size=32, depth=2, num_heads=2, context_dim=8)
     src = save_model(MMDiT(MMDiTConfig(**base, text_whitening=True)), tmp_path / "whitened")
     with pytest.raises(ConfigError, match=r"train\.init_from: .*whitened: those weights read whitened text tokens "
@@ -80,7 +78,6 @@ def test_a_tokenizer_with_measured_latent_statistics_initialises_a_fresh_one(tmp
     starts from a finished one (measured), and its other fields are still compared."""
     from dataclasses import replace
 
-    from mmflow.model_io import save_model
     from mmflow.tokenizers import AudioVAE
     from mmflow.tokenizers.audio_vae import audio_vae_config
 
@@ -106,8 +103,6 @@ def test_a_tokenizer_with_measured_latent_statistics_initialises_a_fresh_one(tmp
 
 def test_a_model_of_another_modality_is_refused_naming_its_patches(tmp_path) -> None:
     """An audio MM-DiT (1-D patches) cannot start from an image one (2-D): refused before any weight is read."""
-    from mmflow.model_io import save_model
-
     image = MMDiT(MMDiTConfig(patch_size=(2, 2), in_channels=4, hidden_size=32, depth=1, num_heads=2))
     save_model(image, tmp_path / "src" / "models" / "velocity")
     audio = MMDiT(MMDiTConfig(patch_size=(2,), in_channels=4, hidden_size=32, depth=1, num_heads=2))
