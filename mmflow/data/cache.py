@@ -8,7 +8,9 @@ Folder layout:
 `describe` is a JSON mapping of everything the cached values depend on (the tokenizer's and text
 encoder's fingerprints, the preprocessing settings, the list of media files with sizes and mtimes);
 the fingerprint is its hash. A reader compares fingerprints and, when they differ, names the keys of
-`describe` that changed, so "stale" always comes with a reason.
+`describe` that changed, so "stale" always comes with a reason. Keys the writer found the items do not
+depend on (`CacheWriter.independent_of`: the seed where no item's read drew from it) are left out of both
+sides ("independent_of" in index.json).
 
 Writing is atomic and data-parallel: every rank writes its own shards into one temporary folder, then
 rank 0 merges the per-rank manifests into index.json and renames the folder into place. A crash at
@@ -82,6 +84,7 @@ class CacheWriter:
     _fields: dict[str, list[str]] = field(default_factory=dict, init=False)
     _skipped: list[list[str]] = field(default_factory=list, init=False)
     _shards: int = field(default=0, init=False)
+    _independent: list[str] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder)
@@ -110,6 +113,12 @@ class CacheWriter:
     def add_skipped(self, path: str, reason: str) -> None:
         self._skipped.append([path, reason])
 
+    def independent_of(self, keys: list[str]) -> None:
+        """Top-level `describe` keys this rank's items turned out not to depend on (a seed no read drew from).
+        Keys every rank names are left out of the published description, so the cache holds whatever their
+        values; ranks that never call this name none."""
+        self._independent = list(keys)
+
     def _flush(self) -> None:
         if not self._pending:
             return
@@ -124,13 +133,15 @@ class CacheWriter:
         """Write this rank's last shard and its manifest (every rank)."""
         self._flush()
         write_json_atomic(self.tmp / f"rank-{self.rank:03d}.json",
-                          {"items": self._items, "fields": self._fields, "skipped": self._skipped})
+                          {"items": self._items, "fields": self._fields, "skipped": self._skipped,
+                           "independent": self._independent or []})
 
     def finalize(self) -> Path:
         """Rank 0: merge the rank manifests into index.json and move the cache into place."""
         items: dict[str, str] = {}
         fields: dict[str, list[str]] = {}
         skipped: list[list[str]] = []
+        independent = set(self.describe)
         for r in range(self.world_size):
             path = self.tmp / f"rank-{r:03d}.json"
             if not path.exists():
@@ -139,8 +150,11 @@ class CacheWriter:
             items.update(part["items"])
             fields.update(part["fields"])
             skipped += part["skipped"]
+            independent &= set(part.get("independent", []))
             path.unlink()
-        index = {"format": FORMAT_VERSION, "fingerprint": fingerprint_of(self.describe), "describe": self.describe,
+        describe = _without(self.describe, independent)
+        index = {"format": FORMAT_VERSION, "fingerprint": fingerprint_of(describe), "describe": describe,
+                 "independent_of": sorted(independent),
                  "num_items": len(items), "fields": fields, "items": dict(sorted(items.items(), key=lambda kv: int(kv[0]))),
                  "skipped": skipped}
         write_json_atomic(self.tmp / INDEX_NAME, index)  # written last: a folder without it is partial
@@ -159,6 +173,10 @@ class CacheWriter:
         return self.folder
 
 
+def _without(describe: dict[str, Any], keys: Any) -> dict[str, Any]:
+    return {k: v for k, v in describe.items() if k not in keys}
+
+
 def read_index(folder: str | os.PathLike) -> dict[str, Any] | None:
     """The cache's index.json, or None when the folder holds no finished cache."""
     path = Path(folder) / INDEX_NAME
@@ -168,12 +186,14 @@ def read_index(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def cache_problem(folder: str | os.PathLike, describe: dict[str, Any]) -> str | None:
-    """None when the cache in `folder` was built from exactly `describe`; otherwise why it is unusable."""
+    """None when the cache in `folder` was built from exactly `describe` (less the keys its items turned out
+    not to depend on: the index's "independent_of"); otherwise why it is unusable."""
     index = read_index(folder)
     if index is None:
         return f"no cache in {folder} (no {INDEX_NAME}; run `mmflow prepare` first)"
     if index.get("format") != FORMAT_VERSION:
         return f"{folder}: cache format {index.get('format')} is not {FORMAT_VERSION}; rebuild it"
+    describe = _without(describe, index.get("independent_of", []))
     if index["fingerprint"] != fingerprint_of(describe):
         changed = _changed_keys(index.get("describe", {}), describe)
         shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")

@@ -198,6 +198,9 @@ class MediaFolderDataset(Dataset):
         for i, b in enumerate(self.bucket_of):
             self._members.setdefault(b, []).append(i)
         self._bad_cache: dict[str, str] = {}  # path -> reason, files known bad in this process
+        # items whose read drew from their generator (a crop or clip start with a choice), counted by `load` in
+        # this process: 0 after reading every item means what was read does not depend on the seed
+        self.random_draws = 0
 
     def _header_size(self, e: MediaEntry) -> tuple[int, int]:
         if e.problem is None:
@@ -267,6 +270,7 @@ class MediaFolderDataset(Dataset):
         hw = size or self.buckets[self.bucket_of[index]]
         frames = frames or self.bucket_frames[self.bucket_of[index]]
         g = item_generator(self.seed, index, epoch)
+        before = g.get_state()
         try:
             media, extras = call_with_timeout(lambda: self._read(e.path, hw, g, thorough, frames),
                                               self.config.decode_timeout_s, path)
@@ -277,6 +281,8 @@ class MediaFolderDataset(Dataset):
         except Exception as exc:  # a reader library failing in a way we did not foresee is still one bad file
             self._bad_cache[path] = f"decode error: {type(exc).__name__}: {exc}"
             raise _split_reason(self._bad_cache[path]) from exc
+        if not torch.equal(g.get_state(), before):  # readers draw only where there is a choice (rand_below)
+            self.random_draws += 1
         return {"media": media, "text": e.text, "index": index, "path": path, "bad": [], "meta": e.extra, **extras}
 
     def __getitem__(self, key: int | tuple[int, int] | Sequence[int]) -> dict[str, Any]:

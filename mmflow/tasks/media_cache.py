@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from mmflow.data.bad_items import BadDataError, BadMedia
-from mmflow.data.cache import CacheWriter
+from mmflow.data.cache import CacheWriter, read_index
 from mmflow.data.media_folder import MediaFolderDataset
 from mmflow.tasks.encoders import MediaEncoders
 
@@ -52,7 +52,8 @@ def cache_describe(recipe: Any, dataset: MediaFolderDataset, encoders: MediaEnco
         "format": "text_to_media/1",
         **({"extras": list(CACHED_EXTRAS)} if d.modality == "audio" else {}),  # caches from before lack timing
         # random crops and clip starts of epoch 0 are frozen into the cache; deterministic reads do not depend on
-        # the seed, so a second seed of a recipe trains from the same cache
+        # the seed, so a second seed of a recipe trains from the same cache (as it does where prepare_cache
+        # found that no item had a choice: the cache is then independent of "seed")
         **({"seed": recipe.seed} if d.reads_randomly else {}),
         **encoders.describe(),
         "data": {k: getattr(d, k) for k in PREPROCESSING_KEYS},
@@ -73,7 +74,7 @@ def prepare_cache(task: Any, accelerator: Any, batch_size: int = 16) -> PrepareR
     raw = task.raw_dataset()
     if task.recipe.data.reads_randomly:
         logger.warning("data.crop or data.clip_start is random: the cache freezes each item's epoch-0 crop and "
-                       "clip start (no augmentation) and holds for this seed only")
+                       "clip start (no augmentation) and holds for this seed only, unless no item has a choice")
     writer = CacheWriter(task.cache_dir(), task.describe(raw), rank=acc.process_index, world_size=acc.num_processes)
     if acc.is_main_process:
         writer.begin()
@@ -99,6 +100,9 @@ def prepare_cache(task: Any, accelerator: Any, batch_size: int = 16) -> PrepareR
         for k, it in enumerate(items):
             writer.add(it["index"], {name: t[k] for name, t in fields.items()})
             cached += 1
+    if task.recipe.data.reads_randomly and raw.random_draws == 0:
+        # every item was exactly the recipe's size and length: no crop or clip start had a choice
+        writer.independent_of(["seed"])
     writer.close()
     totals = acc.reduce(torch.tensor([cached, len(skipped)], device=acc.device), "sum").tolist()
     acc.wait_for_everyone()
@@ -108,4 +112,7 @@ def prepare_cache(task: Any, accelerator: Any, batch_size: int = 16) -> PrepareR
                            f"data.max_bad_fraction = {limit:g}; first: {skipped[:5]} (the cache was not written)")
     folder = writer.finalize() if acc.is_main_process else writer.folder
     acc.wait_for_everyone()
+    if task.recipe.data.reads_randomly and "seed" in (read_index(folder) or {}).get("independent_of", []):
+        logger.info("no item had a choice of crop or clip start (each is the recipe's size and length): the "
+                    "cache %s holds for every seed", folder)
     return PrepareResult(folder, int(totals[0]), skipped)

@@ -56,6 +56,26 @@ def test_a_changed_input_makes_the_cache_stale_and_names_what_changed(tmp_path):
     assert "files.b.png" in cache_problem(folder, more_files)
 
 
+def test_keys_every_rank_is_independent_of_are_left_out_of_the_comparison(tmp_path):
+    seeded = {**DESCRIBE, "seed": 0}
+    for named_by, independent in (((0, 1), True), ((0,), False)):  # a rank that names nothing keeps the key
+        folder = tmp_path / str(len(named_by))
+        writers = [CacheWriter(folder, seeded, rank=r, world_size=2) for r in range(2)]
+        writers[0].begin()
+        for i, tensors in _items(4).items():
+            writers[i % 2].add(i, tensors)
+        for r in named_by:
+            writers[r].independent_of(["seed"])
+        for w in writers:
+            w.close()
+        writers[0].finalize()
+        problem = cache_problem(folder, {**DESCRIBE, "seed": 1})
+        assert (problem is None) if independent else ("changed: seed" in problem), (named_by, problem)
+        assert read_index(folder)["independent_of"] == (["seed"] if independent else [])
+        # the other keys still count
+        assert "changed: tokenizer" in cache_problem(folder, {**seeded, "tokenizer": "xyz"})
+
+
 def test_missing_and_partial_caches_are_refused(tmp_path):
     assert "run `mmflow prepare`" in cache_problem(tmp_path / "nothing", DESCRIBE)
     w = CacheWriter(tmp_path / "cache", DESCRIBE, shard_bytes=1)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
@@ -112,12 +113,25 @@ def test_a_changed_caption_makes_the_cache_stale(tmp_path, fresh_accelerate):
         TextToMediaTask(recipe).build_dataset()
 
 
-def test_another_seed_reuses_a_deterministic_cache_but_not_a_random_crop_one(tmp_path, fresh_accelerate):
-    folder = _folder(tmp_path / "media", n=4)
-    for crop, stale in (("center", False), ("random", True)):
-        raw = _raw_recipe(tmp_path, folder, None, use_cache="require", crop=crop, cache=str(tmp_path / crop))
+def test_another_seed_reuses_a_cache_unless_a_random_crop_had_a_choice(tmp_path, fresh_accelerate, caplog):
+    exact = _folder(tmp_path / "exact", n=4)  # 16 x 16 images at size 16: a random crop has no choice
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    for f in exact.iterdir():  # the same images 4 pixels wider: a random crop draws its offset
+        if f.suffix == ".png":
+            img = np.asarray(Image.open(f).convert("RGB"))
+            write_image(wide / f.name, np.concatenate([img, img[:, :4]], axis=1))
+        else:
+            (wide / f.name).write_text(f.read_text())
+    for folder, crop, stale in ((exact, "center", False), (exact, "random", False), (wide, "random", True)):
+        raw = _raw_recipe(tmp_path, folder, None, use_cache="require", crop=crop,
+                          cache=str(tmp_path / f"{folder.name}-{crop}"))
         recipe = recipe_from_dict(raw, source="test")
-        prepare_cache(TextToMediaTask(recipe), make_accelerator(recipe.train, tmp_path / "run"))
+        with caplog.at_level("INFO", logger="mmflow"):
+            prepare_cache(TextToMediaTask(recipe), make_accelerator(recipe.train, tmp_path / "run"))
+        said = "holds for every seed" in caplog.text
+        caplog.clear()
+        assert said == (crop == "random" and not stale), (folder.name, crop)
         other = TextToMediaTask(recipe_from_dict({**raw, "seed": 1}, source="test"))
         problem = cache_problem(other.cache_dir(), other.describe(other.raw_dataset()))
         assert (problem is not None and "changed: seed" in problem) if stale else problem is None, (crop, problem)

@@ -19,6 +19,7 @@ from media_factory import noisy_frames, pattern_rgb, write_image, write_jsonl, w
 
 from torch import Tensor  # noqa: E402
 
+from mmflow.data.cache import read_index  # noqa: E402
 from mmflow.config import ConfigError  # noqa: E402
 from mmflow.model_io import save_model  # noqa: E402
 from mmflow.pipeline import FlowPipeline  # noqa: E402
@@ -173,6 +174,10 @@ def test_joint_recipes_cache_their_images_as_one_frame_latents_and_train_from_bo
     assert [p.cache_dir() for p in parts] == [tmp_path / "cache", tmp_path / "cache-images"]
     accelerator = make_accelerator(recipe.train, tmp_path / "run")
     assert [prepare_cache(p, accelerator).cached for p in parts] == [4, 3]
+    # 9-frame clips at data.frames 9: a random clip start has no choice, so the clips' cache serves every seed
+    # (the images' never depended on it: centre crops)
+    clips, images = (read_index(p.cache_dir()) for p in parts)
+    assert clips["independent_of"] == ["seed"] and "seed" not in clips["describe"] and "seed" not in images["describe"]
     batch = _first_batch(task)
     assert batch["latent_mean"].shape == (4, 4, 3, 4, 4) and batch["frames"].tolist() == [3, 3, 1, 1]
     image = _image_as_clip(raw["data"]["images"]["path"], batch["index"][2])
