@@ -270,7 +270,7 @@ class MediaFolderDataset(Dataset):
         hw = size or self.buckets[self.bucket_of[index]]
         frames = frames or self.bucket_frames[self.bucket_of[index]]
         g = item_generator(self.seed, index, epoch)
-        before = g.get_state()
+        before = g.get_state() if self.config.reads_randomly else None
         try:
             media, extras = call_with_timeout(lambda: self._read(e.path, hw, g, thorough, frames),
                                               self.config.decode_timeout_s, path)
@@ -281,7 +281,7 @@ class MediaFolderDataset(Dataset):
         except Exception as exc:  # a reader library failing in a way we did not foresee is still one bad file
             self._bad_cache[path] = f"decode error: {type(exc).__name__}: {exc}"
             raise _split_reason(self._bad_cache[path]) from exc
-        if not torch.equal(g.get_state(), before):  # readers draw only where there is a choice (rand_below)
+        if before is not None and not torch.equal(g.get_state(), before):  # readers draw only where there is a choice
             self.random_draws += 1
         return {"media": media, "text": e.text, "index": index, "path": path, "bad": [], "meta": e.extra, **extras}
 
