@@ -14,7 +14,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
-__all__ = ["Condition", "condition_dropout_mask", "broadcast_null", "apply_condition_dropout"]
+__all__ = ["Condition", "condition_dropout_mask", "broadcast_null", "apply_condition_dropout", "take_rows"]
 
 Condition = Union[Tensor, dict[str, Tensor]]
 
@@ -81,3 +81,15 @@ def apply_condition_dropout(cond: Condition, null: Condition, mask: Tensor) -> C
     if isinstance(cond, Tensor):
         return select(cond, full_null)
     return {k: select(v, full_null[k]) for k, v in cond.items()}
+
+
+def take_rows(cond: Condition, rows: Tensor) -> Condition:
+    """cond's rows `rows` (K,) long, in that order: each entry (B, ...) -> (K, ...); same structure as cond."""
+    if isinstance(cond, Tensor):
+        return cond[rows.to(cond.device)]
+    if not isinstance(cond, dict):
+        raise TypeError(f"a condition must be a Tensor or a dict of Tensors, got {type(cond).__name__}")
+    batch = {v.shape[0] for v in cond.values()}
+    if len(batch) > 1:
+        raise ValueError(f"condition entries disagree on the batch size: { {k: tuple(v.shape) for k, v in cond.items()} }")
+    return {k: v[rows.to(v.device)] for k, v in cond.items()}

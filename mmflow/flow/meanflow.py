@@ -25,7 +25,8 @@ them the smaller of both draws, as the paper's sampler does (sorted pair, then r
 
 Cost: forward-mode AD has no formula for torch's fused attention kernels (nor for the MM-DiT's fused
 GELU-linear), so the JVP runs inside `plain_kernels()`: "math" attention, which stores the (B, H, N, N)
-scores (flash: O(N)), and the tangent roughly doubles the forward's work.
+scores (flash: O(N)), and the tangent roughly doubles the forward's work. The JVP runs without gradient on
+the jumping rows only, and the gradient flows through one plain forward of every row (`meanflow_target`).
 
 Guidance (`guided_velocity`, the paper's Sec. 4.2 and its kappa variant): with flow.meanflow.guidance omega > 1
 the path's velocity v in the identity is replaced by omega v + kappa u(z, t, 0 | c) + (1 - omega - kappa)
@@ -82,18 +83,32 @@ class MeanFlowTarget:
     du_dt: Tensor
 
 
-def meanflow_target(u_fn: AverageVelocityFn, z: Tensor, t: Tensor, h: Tensor, v: Tensor) -> MeanFlowTarget:
+def meanflow_target(u_fn: AverageVelocityFn, z: Tensor, t: Tensor, h: Tensor, v: Tensor,
+                    rows_fn: Callable[[Tensor], AverageVelocityFn] | None = None) -> MeanFlowTarget:
     """The network's average velocity at (z (B, ...), t (B,), h (B,)) and its MeanFlow target v + h du/dt, with
-    v (B, ...) the path's velocity at (z, t) and du/dt = (d_z u) v + d_t u - d_h u by one torch.func.jvp (inside
-    plain_kernels(): attention on the math backend). Gradients flow into u only."""
+    v (B, ...) the path's velocity at (z, t) and du/dt = (d_z u) v + d_t u - d_h u by torch.func.jvp (inside
+    plain_kernels(): attention on the math backend). Gradients flow into u only.
+
+    u comes from one plain forward of u_fn (the network as trained: fused kernels, compiled or DDP-wrapped);
+    du/dt, which the target takes without gradient, from a JVP under no_grad (no graph kept). rows_fn: given
+    row indices (K,), the same network restricted to those rows (their condition's rows), unwrapped and eager
+    (forward-mode AD runs through neither a compiled graph nor DDP's forward: pytorch#182661); with it the JVP
+    runs on the jumping rows (h > 0) only, as a row with h = 0 has target v whatever du/dt is. Without it the
+    JVP runs u_fn on every row."""
     if v.shape != z.shape:
         raise ValueError(f"v {tuple(v.shape)} and z {tuple(z.shape)} differ in shape")
     if t.shape != z.shape[:1] or h.shape != t.shape:
         raise ValueError(f"t and h must be shaped ({z.shape[0]},), got {tuple(t.shape)} and {tuple(h.shape)}")
     v = v.to(z.dtype)
-    ones = torch.ones_like(t)
-    with plain_kernels():
-        u, du_dt = torch.func.jvp(u_fn, (z, t, h), (v, ones, -ones))
+    u = u_fn(z, t, h)  # (B, ...): the only pass the gradient flows through
+    du_dt = torch.zeros_like(u)
+    jump = h > 0  # (B,)
+    if bool(jump.any()):
+        rows = jump.nonzero().squeeze(1) if rows_fn is not None else torch.arange(len(h), device=h.device)  # (J,)
+        fn = rows_fn(rows) if rows_fn is not None else u_fn
+        ones = torch.ones_like(t[rows])
+        with torch.no_grad(), plain_kernels():
+            _, du = torch.func.jvp(fn, (z[rows], t[rows], h[rows]), (v[rows], ones, -ones))
+        du_dt[rows] = du.to(du_dt.dtype)
     hb = h.view(-1, *([1] * (z.ndim - 1))).to(du_dt.dtype)  # (B, 1, ...)
-    du_dt = du_dt.detach()
     return MeanFlowTarget(u=u, target=(v.to(du_dt.dtype) + hb * du_dt).detach(), du_dt=du_dt)

@@ -46,7 +46,7 @@ def compile_decision(setting: CompileSetting, device: torch.device, model: nn.Mo
                      blocker: str | None = None) -> tuple[bool, str]:
     """(compile or not, why, for the log line) for `setting` of config key `key` and `model` on `device`.
 
-    blocker: why compiling cannot apply to this run (e.g. MeanFlow's JVP): a plain `true` is then refused with
+    blocker: why compiling cannot apply to this run (e.g. fsdp2 sharding): a plain `true` is then refused with
     a ConfigError naming `key`; "auto" stays off and says why.
     """
     if setting not in (True, False, "auto"):

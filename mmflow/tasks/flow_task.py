@@ -16,10 +16,11 @@ from typing import Any, Callable, ClassVar, Literal, Sequence
 import torch
 
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from mmflow.config import ConfigError
-from mmflow.flow.cfg import Condition, apply_condition_dropout, condition_dropout_mask
+from mmflow.flow.cfg import Condition, apply_condition_dropout, condition_dropout_mask, take_rows
 from mmflow.flow.config import ReflowConfig
 from mmflow.flow.loss import cfm_loss
 from mmflow.flow.meanflow import guided_velocity, jump_times, meanflow_target
@@ -211,7 +212,14 @@ class FlowMatchingTask(Task):
                     u_null = model(ps.x_t, t, null_cond, h=zero, **null_extra)
                     u_cond = model(ps.x_t, t, cond, h=zero, **extra) if mfc.guidance_kappa else None
                 v = guided_velocity(v, u_null, mfc.guidance, u_cond, mfc.guidance_kappa)
-            mf = meanflow_target(lambda x_, t_, h_: model(x_, t_, cond, h=h_, **extra), ps.x_t, t, h, v)
+            bare = model.module if isinstance(model, DistributedDataParallel) else model
+
+            def rows_fn(rows: Tensor) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+                # .forward: eager even where the module is compiled in place (the JVP cannot run a graph)
+                c, e = (None if cond is None else take_rows(cond, rows)), take_rows(extra, rows)
+                return lambda x_, t_, h_: bare.forward(x_, t_, c, h=h_, **e)
+
+            mf = meanflow_target(lambda x_, t_, h_: model(x_, t_, cond, h=h_, **extra), ps.x_t, t, h, v, rows_fn)
             pred, target = mf.u, mf.target
             adaptive = {"adaptive_p": flow.meanflow.adaptive_p, "adaptive_c": flow.meanflow.adaptive_c}
         else:

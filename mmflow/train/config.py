@@ -75,7 +75,7 @@ class TrainConfig:
     fsdp2: Fsdp2Config | None = field(default=None, metadata={"help": "sharding fsdp2's options; null = defaults"})
     compile: bool | Literal["auto"] = field(default="auto", metadata={
         "help": "torch.compile the velocity model's forward (mmflow/models/compile.py): auto = on for an MM-DiT on "
-                "CUDA, off on CPU (its compile outlasts short CPU runs) and under MeanFlow's JVP or sharding fsdp2"})
+                "CUDA, off on CPU (its compile outlasts short CPU runs) and under sharding fsdp2"})
 
     def validate(self) -> None:
         check(self.warmup_steps <= self.max_steps, "warmup_steps", f"{self.warmup_steps} exceeds max_steps {self.max_steps}")

@@ -78,8 +78,8 @@ class Task(ABC):
         return None
 
     def jvp_training(self) -> str | None:
-        """Why the loss differentiates a model forward-mode (torch.func.jvp), which compile and sharding are not
-        tested with; None when it does not."""
+        """Why the loss differentiates a model forward-mode (torch.func.jvp), which sharding is not tested with;
+        None when it does not."""
         return None
 
     def frozen_models(self) -> dict[str, nn.Module]:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmflow.flow.cfg import apply_condition_dropout, broadcast_null, condition_dropout_mask
+from mmflow.flow.cfg import apply_condition_dropout, broadcast_null, condition_dropout_mask, take_rows
 
 
 def test_mask_rate_and_extremes():
@@ -62,3 +62,18 @@ def test_shape_and_structure_errors():
         apply_condition_dropout({"a": cond, "b": cond}, {"a": torch.zeros(3)}, no_drop)
     with pytest.raises(TypeError):
         broadcast_null(torch.zeros(3), {"a": cond})
+
+
+def test_take_rows_keeps_the_structure_and_the_order():
+    cond = {"text": torch.arange(12.0).view(3, 2, 2), "mask": torch.tensor([[True, False], [True, True], [False, False]])}
+    rows = torch.tensor([2, 0])
+    got = take_rows(cond, rows)
+    assert set(got) == {"text", "mask"}
+    torch.testing.assert_close(got["text"], cond["text"][[2, 0]])
+    assert got["mask"].tolist() == [[False, False], [True, False]]
+    torch.testing.assert_close(take_rows(torch.tensor([5, 6, 7]), rows), torch.tensor([7, 5]))
+    assert take_rows({}, rows) == {}
+    with pytest.raises(ValueError, match="disagree on the batch size"):
+        take_rows({"a": torch.zeros(3, 1), "b": torch.zeros(2, 1)}, rows)
+    with pytest.raises(TypeError, match="Tensor or a dict"):
+        take_rows([torch.zeros(3)], rows)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mmflow.config import ConfigError
+from mmflow.flow.cfg import take_rows
 from mmflow.flow.loss import cfm_loss
 from mmflow.flow.meanflow import guided_velocity, jump_times, meanflow_target
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
@@ -66,6 +67,46 @@ def test_jvp_of_the_mmdit_matches_central_finite_differences(backend: str) -> No
     out = meanflow_target(lambda z_, t_, h_: model(z_, t_, cond, h=h_), z, t, h, torch.randn_like(z))
     (out.u - out.target).pow(2).mean().backward()  # the gradient reaches the weights, the new embedder's too
     assert model.interval_embedder.mlp[2].weight.grad.abs().sum() > 0
+
+
+def test_the_jvp_on_the_jumping_rows_alone_gives_every_rows_target_and_gradient() -> None:
+    # rows_fn: the JVP runs on the rows with h > 0 only; the h = 0 rows' du/dt is 0 (their target is v), and
+    # the target, u and the weights' gradient equal the JVP over every row
+    cfg = MMDiTConfig(in_channels=3, patch_size=(2, 2), hidden_size=32, depth=2, num_heads=2, context_dim=8,
+                      pooled_dim=4, qk_norm="rms_norm", interval_embed=True)
+    torch.manual_seed(0)
+    model = _perturbed(MMDiT(cfg), 0.05).train()
+    g = torch.Generator().manual_seed(1)
+    z, v = torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64), torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64)
+    t = torch.tensor([0.2, 0.6, 0.1, 0.4, 0.3], dtype=torch.float64)
+    h = torch.tensor([0.5, 0.0, 0.3, 0.0, 0.0], dtype=torch.float64)
+    cond = {"text": torch.randn(5, 5, 8, generator=g, dtype=torch.float64),
+            "text_mask": torch.ones(5, 5, dtype=torch.bool), "pooled": torch.randn(5, 4, generator=g, dtype=torch.float64)}
+    seen: list[list[int]] = []
+
+    def rows_fn(rows: torch.Tensor):
+        seen.append(rows.tolist())
+        c = take_rows(cond, rows)
+        return lambda z_, t_, h_: model(z_, t_, c, h=h_)
+
+    grads = []
+    for fn in (None, rows_fn):
+        model.zero_grad()
+        out = meanflow_target(lambda z_, t_, h_: model(z_, t_, cond, h=h_), z, t, h, v, fn)
+        (out.u - out.target).pow(2).sum().backward()
+        grads.append([torch.zeros(()) if p.grad is None else p.grad.clone() for p in model.parameters()])
+        if fn is None:
+            every = out
+    assert seen == [[0, 2]]  # the JVP saw the two jumping rows, nothing else
+    torch.testing.assert_close(out.u, every.u)
+    torch.testing.assert_close(out.target, every.target)
+    assert out.du_dt[[1, 3, 4]].abs().max() == 0 and every.du_dt[[1, 3, 4]].abs().max() > 0
+    torch.testing.assert_close(out.target[[1, 3, 4]], v[[1, 3, 4]])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    model.zero_grad()  # no jumping row: no JVP at all
+    meanflow_target(lambda z_, t_, h_: model(z_, t_, cond, h=h_), z, t, torch.zeros_like(h), v, rows_fn)
+    assert seen == [[0, 2]]
 
 
 def test_the_true_average_velocity_is_a_fixed_point_of_the_target() -> None:
