@@ -31,17 +31,14 @@ DATA: dict[str, Callable[[Path], None]] = {
     "tones_t2m": lambda root: (write_tones_folder(root / "train", TonesConfig(n_train=4), split="train"),
                                write_tones_folder(root / "test", TonesConfig(test_tempi_per_key=1), split="test")),
 }
-DATA["reflow_shapes_t2i"] = DATA["shapes_t2i"]
+DATA["reflow_shapes_t2i"] = DATA["meanflow_shapes_t2i"] = DATA["shapes_t2i"]
 # recipe name -> overrides that shrink what it makes before training (a reflow student's pairs: a few, short)
 EXTRA: dict[str, list[str]] = {
     "reflow_shapes_t2i": ["flow.reflow.pairs=4", "flow.reflow.batch_size=4", "flow.reflow.sample.steps=2"],
 }
 
 # shipped model -> overrides it needs because its recipe has moved on since it was made
-EARLIER: dict[str, list[str]] = {
-    # a student of the earlier, last-layer shapes_t2i (checkpoints/README.md): its own text input
-    "shapes_t2i_reflow": ["model.text.encoders.0.layer=last", "model.mmdit.text_whitening=false"],
-}
+EARLIER: dict[str, list[str]] = {}
 
 def _recipe_name(name: str) -> str:
     return json.loads((CHECKPOINTS / name / "pipeline.json").read_text())["recipe"]["name"]
