@@ -1,4 +1,4 @@
-"""A shipped tokenizer's held-out reconstruction with its weights as stored and rounded through float16.
+"""A shipped image or video tokenizer's held-out reconstruction, its weights as stored and rounded through float16.
 
 Shipping weights in float16 halves their size; this checks that it costs nothing. It loads a tokenizer
 folder (`load_model` casts float16 storage back to float32), reconstructs the tokenizer recipe's held-out
