@@ -39,13 +39,6 @@ class MeanFlowConfig:
         "min": 0.0, "help": "adaptive loss weight 1 / (mse + c)^p per row (stop-gradient); 0 = plain MSE"})
     adaptive_c: float = field(default=1e-3, metadata={
         "min": 0.0, "min_exclusive": True, "help": "its c; note mse is a mean over elements here (the paper's sum)"})
-    grid_jumps: float = field(default=0.0, metadata={
-        "min": 0.0, "max": 1.0,
-        "help": "fraction of the jumping rows whose (t, h) is one of the sampler's own jumps (the recipe's "
-                "sample.grid and sample.shift at each of grid_steps jumps) instead of a pair of drawn times: the "
-                "few jumps sampling takes are trained directly (a drawn pair rarely spans most of [0, 1]); 0 = off"})
-    grid_steps: list[int] = field(default_factory=list, metadata={
-        "help": "the jump counts whose grids grid_jumps trains, e.g. [1, 2, 4]; empty: sample.steps"})
     guidance: float = field(default=1.0, metadata={
         "min": 1.0, "help": "the paper's omega: classifier-free guidance folded into the target (its Sec. 4.2), so the "
                             "model learns the guided field and samples with sample.guidance 1 (one row per jump); "
@@ -104,10 +97,6 @@ class FlowConfig:
         check(self.objective == "meanflow" or (self.meanflow.guidance == 1.0 and self.meanflow.guidance_kappa == 0.0),
               "meanflow.guidance", "guidance in the target is MeanFlow's (objective meanflow); a flow-matching model "
               "is guided at sampling (sample.guidance)")
-        check(self.objective == "meanflow" or self.meanflow.grid_jumps == 0.0, "meanflow.grid_jumps",
-              "trains a MeanFlow model's jumps (objective meanflow); a flow-matching model has none")
-        check(all(n >= 1 for n in self.meanflow.grid_steps), "meanflow.grid_steps",
-              f"jump counts must be >= 1, got {self.meanflow.grid_steps}")
         check(self.objective == "fm" or self.loss == "l2", "loss",
               f"{self.loss} with objective meanflow: MeanFlow's robustness is its adaptive weight "
               f"(flow.meanflow.adaptive_p); use loss: l2")

@@ -19,9 +19,7 @@ u_p = v_p - (t_p - r_p)(v_p d_z u_p + d_{t_p} u_p) is the one above.
 
 Times (`jump_times`): every row draws t from the recipe's time sampler, exactly as flow matching does; a
 fraction `ratio_r_neq_t` of rows (the paper's 25%) draws a second time from it and jumps between the two,
-t = min, h = max - min (the paper's sorted pair; its sampler is logit_normal m = -0.4, s = 1). With `grid_jumps`
-a share of the jumping rows instead takes one of the sampler's own jumps (`grid_jump_table`, `place_on_grid`):
-a pair of drawn times rarely spans most of [0, 1], yet a 2-jump sampler takes exactly such jumps. Rows with
+t = min, h = max - min (the paper's sorted pair; its sampler is logit_normal m = -0.4, s = 1). Rows with
 h = 0 have target v: with fm_rows_time "first" (the default) their loss is flow matching's exactly; "min" gives
 them the smaller of both draws, as the paper's sampler does (sorted pair, then r := t), i.e. more noise.
 
@@ -48,8 +46,7 @@ from torch import Tensor
 
 from mmflow.models.attention import plain_kernels
 
-__all__ = ["AverageVelocityFn", "MeanFlowTarget", "grid_jump_table", "guided_velocity", "jump_times", "meanflow_target",
-           "place_on_grid"]
+__all__ = ["AverageVelocityFn", "MeanFlowTarget", "guided_velocity", "jump_times", "meanflow_target"]
 
 AverageVelocityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 """(z (B, ...), t (B,), h (B,)) -> u (B, ...), the average velocity over [t, t + h]."""
@@ -63,27 +60,6 @@ def jump_times(t: Tensor, other: Tensor, jump: Tensor, fm_rows_time: str = "firs
     lo = torch.minimum(t, other)
     return (torch.where(jump, lo, t) if fm_rows_time == "first" else lo,
             torch.where(jump, torch.maximum(t, other) - lo, torch.zeros_like(t)))
-
-
-def grid_jump_table(grids: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Every jump of the given sampling grids (each (n_k + 1,) increasing times from 0 to 1) as (starts (J,),
-    lengths (J,)), J = sum n_k; a jump shared by two grids (the first of 1 and 2 jumps on a uniform grid is not)
-    is listed once per grid, so each grid's jumps are drawn as often as its count says."""
-    if not grids:
-        raise ValueError("grid_jump_table needs at least one grid")
-    starts = torch.cat([g[:-1] for g in grids])
-    return starts, torch.cat([g[1:] for g in grids]) - starts
-
-
-def place_on_grid(t: Tensor, h: Tensor, on_grid: Tensor, pick: Tensor, starts: Tensor, lengths: Tensor
-                  ) -> tuple[Tensor, Tensor]:
-    """(t, h), each (B,): rows where on_grid (B,) bool take the sampler's jump pick (B,) (indices into starts /
-    lengths (J,), `grid_jump_table`); the others keep their (t, h)."""
-    if on_grid.shape != t.shape or pick.shape != t.shape:
-        raise ValueError(f"on_grid {tuple(on_grid.shape)} and pick {tuple(pick.shape)} must be shaped like t "
-                         f"{tuple(t.shape)}")
-    s, ln = starts.to(t)[pick], lengths.to(h)[pick]  # (B,)
-    return torch.where(on_grid, s, t), torch.where(on_grid, ln, h)
 
 
 def guided_velocity(v: Tensor, u_null: Tensor, omega: float, u_cond: Tensor | None = None, kappa: float = 0.0

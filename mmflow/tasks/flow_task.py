@@ -23,14 +23,13 @@ from mmflow.config import ConfigError
 from mmflow.flow.cfg import Condition, apply_condition_dropout, condition_dropout_mask, take_rows
 from mmflow.flow.config import ReflowConfig
 from mmflow.flow.loss import cfm_loss
-from mmflow.flow.meanflow import grid_jump_table, guided_velocity, jump_times, meanflow_target, place_on_grid
+from mmflow.flow.meanflow import guided_velocity, jump_times, meanflow_target
 from mmflow.flow.paths import GaussianPath
 from mmflow.flow.reflow import ReflowPairs, pairs_problem, write_pairs
 from mmflow.flow.schedules import get_schedule
 from mmflow.flow.time_samplers import get_time_sampler
 from mmflow.metrics.stability import noise_stability
 from mmflow.sampling.generate import generate, seeded_noise
-from mmflow.sampling.grids import make_grid
 from mmflow.sampling.layout import SampleLayout, WrongOutputRequest
 from mmflow.sampling.solvers import SampleOutput
 from mmflow.train.random import BatchRandom
@@ -205,11 +204,6 @@ class FlowMatchingTask(Task):
             other = rng.draw(lambda n, g: self.time_sampler.sample(n, generator=g)).to(z.dtype)  # (B,)
             jump = rng.draw(lambda n, g: torch.rand(n, generator=g) < flow.meanflow.ratio_r_neq_t)  # (B,) bool
             t, h = jump_times(t, other, jump, flow.meanflow.fm_rows_time)
-            if flow.meanflow.grid_jumps > 0:  # drawn last: without it the draws above are unchanged
-                starts, lengths = self.sampler_jumps()
-                pick = rng.draw(lambda n, g: torch.randint(len(starts), (n,), generator=g))  # (B,)
-                on = jump & rng.draw(lambda n, g: torch.rand(n, generator=g) < flow.meanflow.grid_jumps)  # (B,)
-                t, h = place_on_grid(t, h, on.to(t.device), pick.to(t.device), starts, lengths)
             ps = self.path.sample(z, t, eps)
             v = ps.target
             if guided:
@@ -236,12 +230,6 @@ class FlowMatchingTask(Task):
         # MeanFlow's adaptive loss sits near 1 whatever the fit (mse / (mse + c)): log the plain mse beside it
         logs = {"mse": out.per_example.detach().mean().item()} if self.meanflow else {}
         return LossOutput(out.loss, logs, out.per_example.detach(), t.detach())
-
-    def sampler_jumps(self) -> tuple[Tensor, Tensor]:
-        """(starts (J,), lengths (J,)): the jumps of the recipe's sampling grid (sample.grid, sample.shift) at
-        each of flow.meanflow.grid_steps jump counts (empty: sample.steps), for MeanFlow's grid_jumps rows."""
-        cfg, mf = self.recipe.sample, self.recipe.flow.meanflow
-        return grid_jump_table([make_grid(cfg.grid, n, cfg.shift) for n in (mf.grid_steps or [cfg.steps])])
 
     def sample(self, model: nn.Module, x0: Tensor, cond: Condition | None, sample_cfg: Any, **kwargs: Any) -> SampleOutput:
         """`generate` (mmflow/sampling/generate.py) with this task's path and null condition: noise x0

@@ -9,8 +9,7 @@ import torch
 from mmflow.config import ConfigError
 from mmflow.flow.cfg import take_rows
 from mmflow.flow.loss import cfm_loss
-from mmflow.flow.meanflow import grid_jump_table, guided_velocity, jump_times, meanflow_target, place_on_grid
-from mmflow.sampling.grids import shifted_grid, uniform_grid
+from mmflow.flow.meanflow import guided_velocity, jump_times, meanflow_target
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
 from mmflow.models.toy_mlp import MLPVelocity, MLPVelocityConfig
 from mmflow.tasks.toy2d import Toy2DTask
@@ -136,43 +135,6 @@ def test_jump_times_sort_the_pair_only_where_asked() -> None:
         jump_times(a, b, torch.tensor([True, True, False]), fm_rows_time="max")
 
 
-def test_the_grid_table_lists_every_jump_of_every_grid_and_places_only_the_chosen_rows() -> None:
-    starts, lengths = grid_jump_table([shifted_grid(2, 2.0), uniform_grid(1)])
-    torch.testing.assert_close(starts, torch.tensor([0.0, 1 / 3, 0.0]))  # shift 2: the first jump ends at 1/3
-    torch.testing.assert_close(lengths, torch.tensor([1 / 3, 2 / 3, 1.0]))
-    t, h = torch.tensor([0.2, 0.5, 0.7]), torch.tensor([0.1, 0.0, 0.3])
-    t2, h2 = place_on_grid(t, h, torch.tensor([True, False, True]), torch.tensor([1, 0, 2]), starts, lengths)
-    torch.testing.assert_close(t2, torch.tensor([1 / 3, 0.5, 0.0]))
-    torch.testing.assert_close(h2, torch.tensor([2 / 3, 0.0, 1.0]))
-    with pytest.raises(ValueError, match="at least one grid"):
-        grid_jump_table([])
-    with pytest.raises(ValueError, match="shaped like t"):
-        place_on_grid(t, h, torch.tensor([True]), torch.tensor([1, 0, 2]), starts, lengths)
-
-
-def test_grid_jumps_train_the_samplers_own_jumps_and_leave_the_other_draws_alone(make_toy_recipe) -> None:
-    base = ("flow.objective=meanflow", "flow.meanflow.ratio_r_neq_t=0.5", "sample.solver=meanflow", "sample.steps=2",
-            "sample.grid=shifted", "sample.shift=2")
-    rng = lambda: BatchRandom(seed=1, step=3, group=0, slot=0, local_batch=256, num_slots=1)  # noqa: E731
-    z, labels = torch.randn(256, 2), torch.randint(0, 8, (256,))
-    runs = {}
-    for share in (0.0, 0.5, 1.0):
-        task = Toy2DTask(make_toy_recipe(*base, f"flow.meanflow.grid_jumps={share}"))
-        runs[share] = task.flow_loss(task.build_models()["velocity"], z, labels, rng()).t
-    on_grid = lambda t: torch.isclose(t, torch.tensor(0.0)) | torch.isclose(t, torch.tensor(1 / 3))  # noqa: E731
-    moved = runs[0.5] != runs[0.0]  # (B,)
-    assert on_grid(runs[0.5][moved]).all() and 0.05 * 256 < int(moved.sum()) < 0.45 * 256
-    jumping = runs[1.0] != runs[0.0]
-    assert (moved & ~jumping).sum() == 0 and int(jumping.sum()) > int(moved.sum())  # a share of the same rows
-    # every jumping row at share 1 is on the grid: the 2 jumps (0 -> 1/3, 1/3 -> 1), both drawn
-    assert on_grid(runs[1.0][jumping]).all() and len(torch.unique(runs[1.0][jumping])) == 2
-    # the grid is the recipe's: jump counts from grid_steps
-    task = Toy2DTask(make_toy_recipe(*base, "flow.meanflow.grid_jumps=1", "flow.meanflow.grid_steps=[1,4]"))
-    starts, lengths = task.sampler_jumps()
-    torch.testing.assert_close(lengths.sum(), torch.tensor(2.0))
-    assert len(starts) == 5
-
-
 def test_with_no_jumps_the_meanflow_loss_is_the_fm_loss(make_toy_recipe) -> None:
     fm = make_toy_recipe()
     mf = make_toy_recipe("flow.objective=meanflow", "flow.meanflow.ratio_r_neq_t=0", "flow.meanflow.adaptive_p=0")
@@ -248,7 +210,3 @@ def test_recipes_refuse_what_meanflow_cannot_do(make_toy_recipe) -> None:
         make_toy_recipe("flow.objective=meanflow", "flow.loss=l1")
     with pytest.raises(ConfigError, match="flow.meanflow.guidance.*objective meanflow"):
         make_toy_recipe("flow.meanflow.guidance=2")
-    with pytest.raises(ConfigError, match="flow.meanflow.grid_jumps.*objective meanflow"):
-        make_toy_recipe("flow.meanflow.grid_jumps=0.5")
-    with pytest.raises(ConfigError, match="flow.meanflow.grid_steps.*>= 1"):
-        make_toy_recipe("flow.objective=meanflow", "flow.meanflow.grid_steps=[2,0]")
