@@ -39,6 +39,10 @@ class MeanFlowConfig:
         "min": 0.0, "help": "adaptive loss weight 1 / (mse + c)^p per row (stop-gradient); 0 = plain MSE"})
     adaptive_c: float = field(default=1e-3, metadata={
         "min": 0.0, "min_exclusive": True, "help": "its c; note mse is a mean over elements here (the paper's sum)"})
+    tangent: Literal["path", "model"] = field(default="path", metadata={
+        "help": "the velocity along which the target's du/dt is taken: path = the pair's conditional velocity (the "
+                "paper); model = the network's own u(z, t, 0), no gradient (improved MeanFlow, arXiv 2512.02012: "
+                "the marginal velocity, free of the pair's noise; one more no-grad forward of the jumping rows)"})
     guidance: float = field(default=1.0, metadata={
         "min": 1.0, "help": "the paper's omega: classifier-free guidance folded into the target (its Sec. 4.2), so the "
                             "model learns the guided field and samples with sample.guidance 1 (one row per jump); "

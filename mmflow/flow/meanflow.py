@@ -23,6 +23,9 @@ t = min, h = max - min (the paper's sorted pair; its sampler is logit_normal m =
 h = 0 have target v: with fm_rows_time "first" (the default) their loss is flow matching's exactly; "min" gives
 them the smaller of both draws, as the paper's sampler does (sorted pair, then r := t), i.e. more noise.
 
+The JVP's tangent on z is the path's conditional velocity v, as the paper's; `tangent="model"` takes the network's
+own velocity u(z, t, 0) instead (improved MeanFlow, Geng, Lu et al. 2025), the trajectory's marginal velocity.
+
 Cost: forward-mode AD has no formula for torch's fused attention kernels (nor for the MM-DiT's fused
 GELU-linear), so the JVP runs inside `plain_kernels()`: "math" attention, which stores the (B, H, N, N)
 scores (flash: O(N)), and the tangent roughly doubles the forward's work. The JVP runs without gradient on
@@ -84,7 +87,8 @@ class MeanFlowTarget:
 
 
 def meanflow_target(u_fn: AverageVelocityFn, z: Tensor, t: Tensor, h: Tensor, v: Tensor,
-                    rows_fn: Callable[[Tensor], AverageVelocityFn] | None = None) -> MeanFlowTarget:
+                    rows_fn: Callable[[Tensor], AverageVelocityFn] | None = None,
+                    tangent: str = "path") -> MeanFlowTarget:
     """The network's average velocity at (z (B, ...), t (B,), h (B,)) and its MeanFlow target v + h du/dt, with
     v (B, ...) the path's velocity at (z, t) and du/dt = (d_z u) v + d_t u - d_h u by torch.func.jvp (inside
     plain_kernels(): attention on the math backend). Gradients flow into u only.
@@ -94,7 +98,14 @@ def meanflow_target(u_fn: AverageVelocityFn, z: Tensor, t: Tensor, h: Tensor, v:
     row indices (K,), the same network restricted to those rows (their condition's rows), unwrapped and eager
     (forward-mode AD runs through neither a compiled graph nor DDP's forward: pytorch#182661); with it the JVP
     runs on the jumping rows (h > 0) only, as a row with h = 0 has target v whatever du/dt is. Without it the
-    JVP runs u_fn on every row."""
+    JVP runs u_fn on every row.
+
+    tangent: the velocity along which du/dt is taken. "path": v, the paper's. "model": the network's own
+    velocity u(z, t, 0) on the jumping rows, without gradient (improved MeanFlow, Geng, Lu et al. 2025, arXiv
+    2512.02012): the marginal velocity the trajectory really follows rather than one pair's conditional one, so
+    the target's du/dt no longer carries the pair's noise; costs one more no-grad forward of the jumping rows."""
+    if tangent not in ("path", "model"):
+        raise ValueError(f"tangent must be 'path' or 'model', got {tangent!r}")
     if v.shape != z.shape:
         raise ValueError(f"v {tuple(v.shape)} and z {tuple(z.shape)} differ in shape")
     if t.shape != z.shape[:1] or h.shape != t.shape:
@@ -107,8 +118,10 @@ def meanflow_target(u_fn: AverageVelocityFn, z: Tensor, t: Tensor, h: Tensor, v:
         rows = jump.nonzero().squeeze(1) if rows_fn is not None else torch.arange(len(h), device=h.device)  # (J,)
         fn = rows_fn(rows) if rows_fn is not None else u_fn
         ones = torch.ones_like(t[rows])
-        with torch.no_grad(), plain_kernels():
-            _, du = torch.func.jvp(fn, (z[rows], t[rows], h[rows]), (v[rows], ones, -ones))
+        with torch.no_grad():
+            dz = v[rows] if tangent == "path" else fn(z[rows], t[rows], torch.zeros_like(t[rows])).to(v.dtype)
+            with plain_kernels():
+                _, du = torch.func.jvp(fn, (z[rows], t[rows], h[rows]), (dz, ones, -ones))
         du_dt[rows] = du.to(du_dt.dtype)
     hb = h.view(-1, *([1] * (z.ndim - 1))).to(du_dt.dtype)  # (B, 1, ...)
     return MeanFlowTarget(u=u, target=(v.to(du_dt.dtype) + hb * du_dt).detach(), du_dt=du_dt)

@@ -219,7 +219,8 @@ class FlowMatchingTask(Task):
                 c, e = (None if cond is None else take_rows(cond, rows)), take_rows(extra, rows)
                 return lambda x_, t_, h_: bare.forward(x_, t_, c, h=h_, **e)
 
-            mf = meanflow_target(lambda x_, t_, h_: model(x_, t_, cond, h=h_, **extra), ps.x_t, t, h, v, rows_fn)
+            mf = meanflow_target(lambda x_, t_, h_: model(x_, t_, cond, h=h_, **extra), ps.x_t, t, h, v, rows_fn,
+                                 flow.meanflow.tangent)
             pred, target = mf.u, mf.target
             adaptive = {"adaptive_p": flow.meanflow.adaptive_p, "adaptive_c": flow.meanflow.adaptive_c}
         else:

@@ -49,6 +49,32 @@ def test_jvp_of_the_toy_mlp_matches_central_finite_differences() -> None:
     assert err < 1e-5, err
 
 
+def test_the_model_tangent_takes_du_dt_along_the_networks_own_velocity() -> None:
+    # improved MeanFlow: du/dt along u(z, t, 0), the marginal velocity, instead of the pair's v; central FD along it
+    cfg = MLPVelocityConfig(dim=2, hidden=32, depth=2, num_classes=4, time_frequency_dim=16, interval_embed=True)
+    torch.manual_seed(0)
+    model = _perturbed(MLPVelocity(cfg), 0.1)
+    g = torch.Generator().manual_seed(1)
+    z, t = torch.randn(6, 2, generator=g, dtype=torch.float64), 0.5 * torch.rand(6, generator=g, dtype=torch.float64)
+    h, y = 0.4 * torch.rand(6, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0, 1])
+    h[2] = 0.0  # a flow-matching row: no JVP, target v
+    u_fn = lambda z_, t_, h_: model(z_, t_, y, h=h_)  # noqa: E731
+    v = torch.randn(z.shape, generator=g, dtype=z.dtype)
+    own = meanflow_target(u_fn, z, t, h, v, tangent="model")
+    path = meanflow_target(u_fn, z, t, h, v)
+    e = 1e-6
+    with torch.no_grad():
+        w = u_fn(z, t, torch.zeros_like(t))  # (6, 2): the model's own velocity
+        fd = (u_fn(z + e * w, t + e, h - e) - u_fn(z - e * w, t - e, h + e)) / (2 * e)
+    jumping = h > 0
+    torch.testing.assert_close(own.du_dt[jumping], fd[jumping], rtol=1e-5, atol=1e-7)
+    assert (own.target[~jumping] == v[~jumping]).all()
+    assert (own.du_dt[jumping] - path.du_dt[jumping]).abs().max() > 1e-3  # not the path's tangent
+    torch.testing.assert_close(own.u, path.u)
+    with pytest.raises(ValueError, match="tangent must be"):
+        meanflow_target(u_fn, z, t, h, v, tangent="marginal")
+
+
 @pytest.mark.parametrize("backend", ["sdpa", "math"])
 def test_jvp_of_the_mmdit_matches_central_finite_differences(backend: str) -> None:
     # sdpa's CPU flash kernel has no forward-mode formula: the JVP must run it as math (plain_kernels)
@@ -154,6 +180,22 @@ def test_with_no_jumps_the_meanflow_loss_is_the_fm_loss(make_toy_recipe) -> None
     torch.testing.assert_close(b.t, a.t)
     # MeanFlow logs the plain mse beside its loss (here equal: no adaptive weight, no jumps)
     assert a.logs == {} and b.logs["mse"] == pytest.approx(b.loss.item(), rel=1e-6)
+
+
+def test_the_recipes_tangent_reaches_the_target(make_toy_recipe) -> None:
+    base = ("flow.objective=meanflow", "flow.meanflow.ratio_r_neq_t=1", "flow.meanflow.adaptive_p=0")
+    rng = lambda: BatchRandom(seed=1, step=3, group=0, slot=0, local_batch=16, num_slots=1)  # noqa: E731
+    z, labels = torch.randn(16, 2), torch.randint(0, 8, (16,))
+    losses = {}
+    for tangent in ("path", "model"):
+        task = Toy2DTask(make_toy_recipe(*base, f"flow.meanflow.tangent={tangent}"))
+        torch.manual_seed(0)
+        model = task.build_models()["velocity"]
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        losses[tangent] = task.flow_loss(model, z, labels, rng()).loss
+    assert torch.isfinite(losses["model"]) and abs(losses["model"].item() - losses["path"].item()) > 1e-4
 
 
 def test_the_guided_velocitys_fixed_point_is_the_cfg_field() -> None:
