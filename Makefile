@@ -64,7 +64,7 @@ demo-toy: $(STAMP)
 # One pytest-xdist worker per core (at most 4), whole test files per worker so module fixtures are built once;
 # tests/conftest.py splits the cores' threads between the workers.
 test: $(STAMP)
-	$(PY) -m pytest -q -ra -n auto --maxprocesses 4 --dist loadfile
+	$(PY) -m pytest -q -ra -n auto --maxprocesses 4 --dist loadfile --durations=15
 
 clean:
 	rm -rf $(VENV) runs
