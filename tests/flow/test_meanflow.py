@@ -38,27 +38,27 @@ def _check_against_finite_differences(u_fn, z: torch.Tensor, t: torch.Tensor, h:
     return float((out.du_dt - fd).abs().max() / fd.abs().max())
 
 
-def test_jvp_of_the_toy_mlp_matches_central_finite_differences() -> None:
+def _toy_mlp_case():
+    """(u_fn, z (6, 2), t (6,), h (6,), generator): a perturbed float64 toy MLP under 6 labels (4 = the null)."""
     cfg = MLPVelocityConfig(dim=2, hidden=32, depth=2, num_classes=4, time_frequency_dim=16, interval_embed=True)
     torch.manual_seed(0)
     model = _perturbed(MLPVelocity(cfg), 0.1)
     g = torch.Generator().manual_seed(1)
     z, t = torch.randn(6, 2, generator=g, dtype=torch.float64), 0.5 * torch.rand(6, generator=g, dtype=torch.float64)
     h, y = 0.4 * torch.rand(6, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 0])
-    err = _check_against_finite_differences(lambda z_, t_, h_: model(z_, t_, y, h=h_), z, t, h)
+    return (lambda z_, t_, h_: model(z_, t_, y, h=h_)), z, t, h, g
+
+
+def test_jvp_of_the_toy_mlp_matches_central_finite_differences() -> None:
+    u_fn, z, t, h, _ = _toy_mlp_case()
+    err = _check_against_finite_differences(u_fn, z, t, h)
     assert err < 1e-5, err
 
 
 def test_the_model_tangent_takes_du_dt_along_the_networks_own_velocity() -> None:
     # improved MeanFlow: du/dt along u(z, t, 0), the marginal velocity, instead of the pair's v; central FD along it
-    cfg = MLPVelocityConfig(dim=2, hidden=32, depth=2, num_classes=4, time_frequency_dim=16, interval_embed=True)
-    torch.manual_seed(0)
-    model = _perturbed(MLPVelocity(cfg), 0.1)
-    g = torch.Generator().manual_seed(1)
-    z, t = torch.randn(6, 2, generator=g, dtype=torch.float64), 0.5 * torch.rand(6, generator=g, dtype=torch.float64)
-    h, y = 0.4 * torch.rand(6, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 0, 1])
-    h[2] = 0.0  # a flow-matching row: no JVP, target v
-    u_fn = lambda z_, t_, h_: model(z_, t_, y, h=h_)  # noqa: E731
+    u_fn, z, t, h, g = _toy_mlp_case()
+    h[2] = 0.0  # a flow-matching row: target v
     v = torch.randn(z.shape, generator=g, dtype=z.dtype)
     own = meanflow_target(u_fn, z, t, h, v, tangent="model")
     path = meanflow_target(u_fn, z, t, h, v)
