@@ -42,7 +42,7 @@ velocity. Without it, CFG is applied at sampling, on the average velocities (2B 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import Tensor
@@ -88,7 +88,7 @@ class MeanFlowTarget:
 
 def meanflow_target(u_fn: AverageVelocityFn, z: Tensor, t: Tensor, h: Tensor, v: Tensor,
                     rows_fn: Callable[[Tensor], AverageVelocityFn] | None = None,
-                    tangent: str = "path") -> MeanFlowTarget:
+                    tangent: Literal["path", "model"] = "path") -> MeanFlowTarget:
     """The network's average velocity at (z (B, ...), t (B,), h (B,)) and its MeanFlow target v + h du/dt, with
     v (B, ...) the path's velocity at (z, t) and du/dt = (d_z u) v + d_t u - d_h u by torch.func.jvp (inside
     plain_kernels(): attention on the math backend). Gradients flow into u only.
