@@ -16,13 +16,13 @@ from mmflow.tasks.toy2d import Toy2DTask
 from mmflow.train.random import BatchRandom
 
 
-def _perturbed(model: torch.nn.Module, std: float, seed: int = 0) -> torch.nn.Module:
-    """model in float64 with every weight moved off its (zero) init, so every path, h's included, is live."""
+def _perturbed(model: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.nn.Module:
+    """model with every weight moved off its (zero) init, so every path, h's included, is live."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return model.double()
+    return model
 
 
 def _check_against_finite_differences(u_fn, z: torch.Tensor, t: torch.Tensor, h: torch.Tensor) -> float:
@@ -42,7 +42,7 @@ def _toy_mlp_case():
     """(u_fn, z (6, 2), t (6,), h (6,), generator): a perturbed float64 toy MLP under 6 labels (4 = the null)."""
     cfg = MLPVelocityConfig(dim=2, hidden=32, depth=2, num_classes=4, time_frequency_dim=16, interval_embed=True)
     torch.manual_seed(0)
-    model = _perturbed(MLPVelocity(cfg), 0.1)
+    model = _perturbed(MLPVelocity(cfg)).double()
     g = torch.Generator().manual_seed(1)
     z, t = torch.randn(6, 2, generator=g, dtype=torch.float64), 0.5 * torch.rand(6, generator=g, dtype=torch.float64)
     h, y = 0.4 * torch.rand(6, generator=g, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 0])
@@ -81,7 +81,7 @@ def test_jvp_of_the_mmdit_matches_central_finite_differences(backend: str) -> No
     cfg = MMDiTConfig(in_channels=3, patch_size=(2, 2), hidden_size=32, depth=2, num_heads=2, context_dim=8,
                       pooled_dim=4, qk_norm="rms_norm", interval_embed=True)
     torch.manual_seed(0)
-    model = _perturbed(MMDiT(cfg, attention_backend=backend), 0.05).train()  # train(): the fused GELU path too
+    model = _perturbed(MMDiT(cfg, attention_backend=backend), 0.05).double().train()  # train(): the fused GELU path too
     g = torch.Generator().manual_seed(1)
     z = torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64)
     t, h = torch.tensor([0.2, 0.6], dtype=torch.float64), torch.tensor([0.5, 0.1], dtype=torch.float64)
@@ -101,7 +101,7 @@ def test_the_jvp_on_the_jumping_rows_alone_gives_every_rows_target_and_gradient(
     cfg = MMDiTConfig(in_channels=3, patch_size=(2, 2), hidden_size=32, depth=2, num_heads=2, context_dim=8,
                       pooled_dim=4, qk_norm="rms_norm", interval_embed=True)
     torch.manual_seed(0)
-    model = _perturbed(MMDiT(cfg), 0.05).train()
+    model = _perturbed(MMDiT(cfg), 0.05).double().train()
     g = torch.Generator().manual_seed(1)
     z, v = torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64), torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64)
     t = torch.tensor([0.2, 0.6, 0.1, 0.4, 0.3], dtype=torch.float64)
@@ -166,9 +166,7 @@ def test_with_no_jumps_the_meanflow_loss_is_the_fm_loss(make_toy_recipe) -> None
     mf = make_toy_recipe("flow.objective=meanflow", "flow.meanflow.ratio_r_neq_t=0", "flow.meanflow.adaptive_p=0")
     fm_task, mf_task = Toy2DTask(fm), Toy2DTask(mf)
     fm_model, mf_model = fm_task.build_models()["velocity"], mf_task.build_models()["velocity"]
-    with torch.no_grad():
-        for p in fm_model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    _perturbed(fm_model)
     state, changes = mf_model.adapt_init_state(fm_model.state_dict())  # init_from an FM model
     mf_model.load_state_dict(state)
     assert changes and "interval" in changes[0]
@@ -191,9 +189,7 @@ def test_the_recipes_tangent_reaches_the_target(make_toy_recipe) -> None:
         task = Toy2DTask(make_toy_recipe(*base, f"flow.meanflow.tangent={tangent}"))
         torch.manual_seed(0)
         model = task.build_models()["velocity"]
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.1 * torch.randn_like(p))
+        _perturbed(model)
         losses[tangent] = task.flow_loss(model, z, labels, rng()).loss
     assert torch.isfinite(losses["model"]) and abs(losses["model"].item() - losses["path"].item()) > 1e-4
 
@@ -218,9 +214,7 @@ def test_guidance_in_the_target_mixes_in_the_models_own_null_velocity(make_toy_r
                              "flow.cfg_dropout=0", f"flow.meanflow.guidance={omega}")
     task = Toy2DTask(recipe)
     model = task.build_models()["velocity"]
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    _perturbed(model)
     z, labels = torch.randn(16, 2), torch.randint(0, 8, (16,))
     rng = lambda: BatchRandom(seed=1, step=3, group=0, slot=0, local_batch=16, num_slots=1)  # noqa: E731
     got = task.flow_loss(model, z, labels, rng())
