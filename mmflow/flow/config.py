@@ -43,6 +43,12 @@ class MeanFlowConfig:
         "help": "the velocity along which the target's du/dt is taken: path = the pair's conditional velocity (the "
                 "paper); model = the network's own u(z, t, 0), no gradient (improved MeanFlow, arXiv 2512.02012: "
                 "the marginal velocity, free of the pair's noise; one more no-grad forward of the jumping rows)"})
+    teacher: str | None = field(default=None, metadata={
+        "exists": "dir", "help": "a trained flow model (run, checkpoint or export; usually train.init_from too) whose "
+                                 "velocity, frozen, replaces the pair's conditional velocity in the target and the "
+                                 "JVP's tangent (and gives guidance's null velocity): the marginal field the jumps "
+                                 "integrate, without the pair's noise. One or two no-grad forwards of it per step; "
+                                 "null: none, the paper's teacher-free MeanFlow"})
     guidance: float = field(default=1.0, metadata={
         "min": 1.0, "help": "the paper's omega: classifier-free guidance folded into the target (its Sec. 4.2), so the "
                             "model learns the guided field and samples with sample.guidance 1 (one row per jump); "
@@ -101,6 +107,11 @@ class FlowConfig:
         check(self.objective == "meanflow" or (self.meanflow.guidance == 1.0 and self.meanflow.guidance_kappa == 0.0),
               "meanflow.guidance", "guidance in the target is MeanFlow's (objective meanflow); a flow-matching model "
               "is guided at sampling (sample.guidance)")
+        check(self.objective == "meanflow" or self.meanflow.teacher is None, "meanflow.teacher",
+              "a teacher in the target is MeanFlow's (objective meanflow); flow matching from a teacher is reflow")
+        check(self.meanflow.teacher is None or self.meanflow.guidance_kappa == 0.0, "meanflow.guidance_kappa",
+              "kappa mixes in the student's own conditional velocity; with meanflow.teacher the guided field is the "
+              "teacher's: set it to 0")
         check(self.objective == "fm" or self.loss == "l2", "loss",
               f"{self.loss} with objective meanflow: MeanFlow's robustness is its adaptive weight "
               f"(flow.meanflow.adaptive_p); use loss: l2")

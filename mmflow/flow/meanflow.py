@@ -26,6 +26,11 @@ them the smaller of both draws, as the paper's sampler does (sorted pair, then r
 The JVP's tangent on z is the path's conditional velocity v, as the paper's; `tangent="model"` takes the network's
 own velocity u(z, t, 0) instead (improved MeanFlow, Geng, Lu et al. 2025), the trajectory's marginal velocity.
 
+A teacher (flow.meanflow.teacher, a trained flow model, frozen): its velocity at x_t replaces the pair's
+conditional v in the target and as the JVP's tangent (its null velocity in guidance's mix), so the target's v is
+the marginal field the jumps integrate rather than one pair's noisy draw of it: MeanFlow as distillation of the
+model it was fine-tuned from (still one network and one phase, and no pairs to make, unlike reflow).
+
 Cost: forward-mode AD has no formula for torch's fused attention kernels (nor for the MM-DiT's fused
 GELU-linear), so the JVP runs inside `plain_kernels()`: "math" attention, which stores the (B, H, N, N)
 scores (flash: O(N)), and the tangent roughly doubles the forward's work. The JVP runs without gradient on

@@ -132,6 +132,25 @@ class FlowMatchingTask(Task):
     def prepare_data(self, device: torch.device) -> None:
         if self.reflow is not None:
             self.make_reflow_pairs(device)
+        if self.meanflow:
+            self.meanflow_teacher(device)  # a teacher that cannot serve fails here, before the models are built
+
+    def meanflow_teacher(self, device: torch.device) -> nn.Module | None:
+        """flow.meanflow.teacher's velocity model, frozen, on `device` (loaded once per process); None without one."""
+        path = self.recipe.flow.meanflow.teacher
+        if path is None:
+            return None
+        cached = getattr(self, "_meanflow_teacher", None)
+        if cached is None:
+            from mmflow.pipeline import FlowPipeline
+
+            teacher = FlowPipeline.from_pretrained(path, device=device, compile=False)
+            mismatch = self.reflow_mismatch(teacher.task)
+            if mismatch:
+                raise ConfigError(f"{path} cannot be this recipe's teacher: {mismatch}", "flow.meanflow.teacher")
+            cached = teacher.velocity.eval().requires_grad_(False)
+            self._meanflow_teacher = cached
+        return cached.to(device)
 
     def reflow_dataset(self) -> Dataset:
         return ReflowPairs(self.reflow_folder())
@@ -206,10 +225,15 @@ class FlowMatchingTask(Task):
             t, h = jump_times(t, other, jump, flow.meanflow.fm_rows_time)
             ps = self.path.sample(z, t, eps)
             v = ps.target
+            teacher = self.meanflow_teacher(z.device)
+            if teacher is not None:  # the marginal velocity at x_t for the pair's v (dropped rows: the null's)
+                with torch.no_grad():
+                    v = teacher(ps.x_t, t, cond, **extra).to(v.dtype)
             if guided:
                 mfc, zero = flow.meanflow, torch.zeros_like(t)
                 with torch.no_grad():
-                    u_null = model(ps.x_t, t, null_cond, h=zero, **null_extra)
+                    u_null = (model(ps.x_t, t, null_cond, h=zero, **null_extra) if teacher is None
+                              else teacher(ps.x_t, t, null_cond, **null_extra))
                     u_cond = model(ps.x_t, t, cond, h=zero, **extra) if mfc.guidance_kappa else None
                 v = guided_velocity(v, u_null, mfc.guidance, u_cond, mfc.guidance_kappa)
             bare = model.module if isinstance(model, DistributedDataParallel) else model

@@ -12,6 +12,7 @@ from mmflow.flow.loss import cfm_loss
 from mmflow.flow.meanflow import guided_velocity, jump_times, meanflow_target
 from mmflow.models.mmdit import MMDiT, MMDiTConfig
 from mmflow.models.toy_mlp import MLPVelocity, MLPVelocityConfig
+from mmflow.recipe import check_before_work
 from mmflow.tasks.toy2d import Toy2DTask
 from mmflow.train.random import BatchRandom
 
@@ -229,6 +230,86 @@ def test_guidance_in_the_target_mixes_in_the_models_own_null_velocity(make_toy_r
     plain = make_toy_recipe("flow.objective=meanflow", "flow.meanflow.ratio_r_neq_t=0", "flow.meanflow.adaptive_p=0",
                             "flow.cfg_dropout=0")
     assert abs(Toy2DTask(plain).flow_loss(model, z, labels, rng()).loss.item() - got.loss.item()) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def toy_teacher(tmp_path_factory):
+    """A small toy flow model's run folder (a few steps: the tests need its velocity, not its quality)."""
+    from tests.toy_recipes import reset_accelerate, toy_recipe
+    from mmflow.train.trainer import Trainer
+
+    reset_accelerate()
+    run = tmp_path_factory.mktemp("teacher")
+    recipe = toy_recipe("train.max_steps=4", "train.checkpoint_every=4", "train.validate_every=0")
+    Trainer(recipe, Toy2DTask(recipe), run).train()
+    return run
+
+
+@pytest.mark.parametrize("omega", [1.0, 3.0])
+def test_a_teacher_gives_the_target_its_velocity_and_its_null(make_toy_recipe, toy_teacher, omega) -> None:
+    # no jumps and no adaptive weight: the loss is the MSE of u(z_t, t, 0 | c) against the teacher's guided
+    # velocity omega v_T(c) + (1 - omega) v_T(null) at the same x_t, whatever the pair's own velocity
+    from mmflow.pipeline import FlowPipeline
+
+    recipe = make_toy_recipe("flow.objective=meanflow", "flow.meanflow.ratio_r_neq_t=0", "flow.meanflow.adaptive_p=0",
+                             "flow.cfg_dropout=0", f"flow.meanflow.guidance={omega}",
+                             f"flow.meanflow.teacher={toy_teacher}")
+    task = Toy2DTask(recipe)
+    model = _perturbed(task.build_models()["velocity"])
+    z, labels = torch.randn(16, 2), torch.randint(0, 8, (16,))
+    rng = lambda: BatchRandom(seed=1, step=3, group=0, slot=0, local_batch=16, num_slots=1)  # noqa: E731
+    got = task.flow_loss(model, z, labels, rng())
+    r = rng()
+    t = r.draw(lambda n, g: task.time_sampler.sample(n, generator=g))
+    ps = task.path.sample(z, t, r.randn(*z.shape[1:]))
+    teacher = FlowPipeline.from_pretrained(toy_teacher).velocity
+    everyone = torch.ones(16, dtype=torch.bool)
+    with torch.no_grad():
+        pred = model(ps.x_t, t, labels, h=torch.zeros(16))
+        target = omega * teacher(ps.x_t, t, labels) + (1 - omega) * teacher(ps.x_t, t, labels, drop=everyone)
+    torch.testing.assert_close(got.loss, cfm_loss(pred, target, t).loss, rtol=1e-5, atol=0)
+    assert (target - ps.target).abs().max() > 0.1  # not the pair's velocity
+
+
+def test_a_teacher_jump_takes_du_dt_along_the_teachers_velocity(make_toy_recipe, toy_teacher) -> None:
+    # every row jumps: the target is v_T + h du/dt with the JVP's z-tangent v_T, the teacher's velocity
+    from mmflow.pipeline import FlowPipeline
+
+    recipe = make_toy_recipe("flow.objective=meanflow", "flow.meanflow.ratio_r_neq_t=1", "flow.meanflow.adaptive_p=0",
+                             "flow.cfg_dropout=0", f"flow.meanflow.teacher={toy_teacher}")
+    task = Toy2DTask(recipe)
+    model = _perturbed(task.build_models()["velocity"])
+    z, labels = torch.randn(16, 2), torch.randint(0, 8, (16,))
+    rng = lambda: BatchRandom(seed=1, step=3, group=0, slot=0, local_batch=16, num_slots=1)  # noqa: E731
+    got = task.flow_loss(model, z, labels, rng())
+    r = rng()  # FM's draws (t, noise), then the second time and the jumping rows
+    t = r.draw(lambda n, g: task.time_sampler.sample(n, generator=g))
+    eps = r.randn(*z.shape[1:])
+    other = r.draw(lambda n, g: task.time_sampler.sample(n, generator=g))
+    jump = r.draw(lambda n, g: torch.rand(n, generator=g) < 1.0)
+    t, h = jump_times(t, other, jump)
+    ps = task.path.sample(z, t, eps)
+    with torch.no_grad():
+        v = FlowPipeline.from_pretrained(toy_teacher).velocity(ps.x_t, t, labels)
+    want = meanflow_target(lambda x_, t_, h_: model(x_, t_, labels, h=h_), ps.x_t, t, h, v)
+    torch.testing.assert_close(got.loss, cfm_loss(want.u, want.target, t).loss, rtol=1e-5, atol=0)
+    pair = meanflow_target(lambda x_, t_, h_: model(x_, t_, labels, h=h_), ps.x_t, t, h, ps.target)
+    assert abs(cfm_loss(pair.u, pair.target, t).loss.item() - got.loss.item()) > 1e-3
+
+
+def test_a_teacher_must_fit_the_recipe(make_toy_recipe, toy_teacher, monkeypatch) -> None:
+    with pytest.raises(ConfigError, match="flow.meanflow.teacher.*objective meanflow"):
+        make_toy_recipe(f"flow.meanflow.teacher={toy_teacher}")
+    with pytest.raises(ConfigError, match="flow.meanflow.guidance_kappa.*teacher"):
+        make_toy_recipe("flow.objective=meanflow", "flow.meanflow.guidance=2", "flow.meanflow.guidance_kappa=0.5",
+                        f"flow.meanflow.teacher={toy_teacher}")
+    missing = make_toy_recipe("flow.objective=meanflow", f"flow.meanflow.teacher={toy_teacher / 'missing'}")
+    with pytest.raises(ConfigError, match="flow.meanflow.teacher"):
+        check_before_work(missing, "recipe.yaml", run_dir=str(toy_teacher.parent / "student"))
+    task = Toy2DTask(make_toy_recipe("flow.objective=meanflow", f"flow.meanflow.teacher={toy_teacher}"))
+    monkeypatch.setattr(Toy2DTask, "reflow_mismatch", lambda self, teacher: "it samples [3], this recipe trains on [2]")
+    with pytest.raises(ConfigError, match="cannot be this recipe's teacher: it samples"):
+        task.prepare_data(torch.device("cpu"))
 
 
 def test_adaptive_weight_is_a_stop_gradient_weight() -> None:
