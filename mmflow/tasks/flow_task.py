@@ -149,6 +149,8 @@ class FlowMatchingTask(Task):
             if mismatch:
                 raise ConfigError(f"{path} cannot be this recipe's teacher: {mismatch}", "flow.meanflow.teacher")
             cached = teacher.velocity.eval().requires_grad_(False)
+            logger.info("flow.meanflow.teacher: the target's velocity from %s (%s, frozen)", path,
+                        type(cached).__name__)
             self._meanflow_teacher = cached
         return cached.to(device)
 

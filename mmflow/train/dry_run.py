@@ -333,6 +333,11 @@ def dry_run(recipe_path: str, overrides: Sequence[str] = (), distribution: Distr
     count = {n: meta_parameters(m) for n, m in models.items()}
     lines = [ModelLine(n, count[n], ("trained (+EMA)" if n in ema else "trained") if n in trained else "frozen")
              for n in models]
+    flow = getattr(recipe, "flow", None)
+    if flow is not None and flow.objective == "meanflow" and flow.meanflow.teacher and "velocity" in count:
+        # the teacher is the trained model's flow-matching self (its interval embedding aside), loaded float32
+        frozen.append(ModelLine("meanflow teacher", count["velocity"], "frozen", f"float32, {flow.meanflow.teacher}"))
+        frozen_bytes += 4 * count["velocity"]
     base_bytes = 0
     if recipe.train.lora is not None:
         count, lines, base_bytes = _lora_setup(recipe.train, models, trained, count, lines)

@@ -226,3 +226,14 @@ def test_sd35_lora_recipe_fits_one_24gb_gpu(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(Exception, match="pos_embed_max_size: 192 here, 384 there"):
         dry_run(str(REPO / "recipes" / "finetune_sd35_lora.yaml"), ("model.mmdit.pos_embed_max_size=192",),
                 Distribution())
+
+
+def test_a_meanflow_teacher_is_counted_as_frozen_float32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    plain = dry_run(str(EMOJI), ("flow.objective=meanflow",), Distribution())
+    taught = dry_run(str(EMOJI), ("flow.objective=meanflow", "flow.meanflow.teacher=nowhere/teacher"), Distribution())
+    velocity = {m.name: m.parameters for m in plain.models}["velocity"]
+    lines = {m.name: (m.parameters, m.role) for m in taught.models}
+    assert lines["meanflow teacher"] == (velocity, "frozen") and "meanflow teacher" not in {m.name for m in plain.models}
+    assert taught.memory.frozen == plain.memory.frozen + 4 * velocity
+    assert any("flow.meanflow.teacher nowhere/teacher is not here" in n for n in taught.notes)
