@@ -136,7 +136,8 @@ class FlowMatchingTask(Task):
             self.meanflow_teacher(device)  # a teacher that cannot serve fails here, before the models are built
 
     def meanflow_teacher(self, device: torch.device) -> nn.Module | None:
-        """flow.meanflow.teacher's velocity model, frozen, on `device` (loaded once per process); None without one."""
+        """flow.meanflow.teacher's velocity model, frozen, loaded once per process onto `device` (the training
+        device: every call passes it); None without one."""
         path = self.recipe.flow.meanflow.teacher
         if path is None:
             return None
@@ -152,7 +153,7 @@ class FlowMatchingTask(Task):
             logger.info("flow.meanflow.teacher: the target's velocity from %s (%s, frozen)", path,
                         type(cached).__name__)
             self._meanflow_teacher = cached
-        return cached.to(device)
+        return cached
 
     def reflow_dataset(self) -> Dataset:
         return ReflowPairs(self.reflow_folder())
