@@ -26,6 +26,11 @@ def _perturbed(model: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch
     return model
 
 
+def _rng() -> BatchRandom:
+    """The same 16-row batch's random stream each call: a test replays the loss's draws in its order."""
+    return BatchRandom(seed=1, step=3, group=0, slot=0, local_batch=16, num_slots=1)
+
+
 def _check_against_finite_differences(u_fn, z: torch.Tensor, t: torch.Tensor, h: torch.Tensor) -> float:
     """max |JVP - central FD| / max |FD| along the tangent (v, 1, -1), and the target's assembly."""
     v = torch.randn(z.shape, generator=torch.Generator().manual_seed(3), dtype=z.dtype)
@@ -172,9 +177,8 @@ def test_with_no_jumps_the_meanflow_loss_is_the_fm_loss(make_toy_recipe) -> None
     mf_model.load_state_dict(state)
     assert changes and "interval" in changes[0]
     z, labels = torch.randn(16, 2), torch.randint(0, 8, (16,))
-    rng = lambda: BatchRandom(seed=1, step=3, group=0, slot=0, local_batch=16, num_slots=1)  # noqa: E731
-    a = fm_task.flow_loss(fm_model, z, labels, rng())
-    b = mf_task.flow_loss(mf_model, z, labels, rng())
+    a = fm_task.flow_loss(fm_model, z, labels, _rng())
+    b = mf_task.flow_loss(mf_model, z, labels, _rng())
     torch.testing.assert_close(b.loss, a.loss, rtol=1e-6, atol=0)
     torch.testing.assert_close(b.t, a.t)
     # MeanFlow logs the plain mse beside its loss (here equal: no adaptive weight, no jumps)
@@ -183,7 +187,6 @@ def test_with_no_jumps_the_meanflow_loss_is_the_fm_loss(make_toy_recipe) -> None
 
 def test_the_recipes_tangent_reaches_the_target(make_toy_recipe) -> None:
     base = ("flow.objective=meanflow", "flow.meanflow.ratio_r_neq_t=1", "flow.meanflow.adaptive_p=0")
-    rng = lambda: BatchRandom(seed=1, step=3, group=0, slot=0, local_batch=16, num_slots=1)  # noqa: E731
     z, labels = torch.randn(16, 2), torch.randint(0, 8, (16,))
     losses = {}
     for tangent in ("path", "model"):
@@ -191,7 +194,7 @@ def test_the_recipes_tangent_reaches_the_target(make_toy_recipe) -> None:
         torch.manual_seed(0)
         model = task.build_models()["velocity"]
         _perturbed(model)
-        losses[tangent] = task.flow_loss(model, z, labels, rng()).loss
+        losses[tangent] = task.flow_loss(model, z, labels, _rng()).loss
     assert torch.isfinite(losses["model"]) and abs(losses["model"].item() - losses["path"].item()) > 1e-4
 
 
@@ -217,9 +220,8 @@ def test_guidance_in_the_target_mixes_in_the_models_own_null_velocity(make_toy_r
     model = task.build_models()["velocity"]
     _perturbed(model)
     z, labels = torch.randn(16, 2), torch.randint(0, 8, (16,))
-    rng = lambda: BatchRandom(seed=1, step=3, group=0, slot=0, local_batch=16, num_slots=1)  # noqa: E731
-    got = task.flow_loss(model, z, labels, rng())
-    r = rng()  # the same draws in the same order: t, then the noise
+    got = task.flow_loss(model, z, labels, _rng())
+    r = _rng()  # the same draws in the same order: t, then the noise
     t = r.draw(lambda n, g: task.time_sampler.sample(n, generator=g))
     ps = task.path.sample(z, t, r.randn(*z.shape[1:]))
     zero, everyone = torch.zeros(16), torch.ones(16, dtype=torch.bool)
@@ -229,7 +231,7 @@ def test_guidance_in_the_target_mixes_in_the_models_own_null_velocity(make_toy_r
     torch.testing.assert_close(got.loss, cfm_loss(pred, target, t).loss, rtol=1e-5, atol=0)
     plain = make_toy_recipe("flow.objective=meanflow", "flow.meanflow.ratio_r_neq_t=0", "flow.meanflow.adaptive_p=0",
                             "flow.cfg_dropout=0")
-    assert abs(Toy2DTask(plain).flow_loss(model, z, labels, rng()).loss.item() - got.loss.item()) > 1e-3
+    assert abs(Toy2DTask(plain).flow_loss(model, z, labels, _rng()).loss.item() - got.loss.item()) > 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -257,9 +259,8 @@ def test_a_teacher_gives_the_target_its_velocity_and_its_null(make_toy_recipe, t
     task = Toy2DTask(recipe)
     model = _perturbed(task.build_models()["velocity"])
     z, labels = torch.randn(16, 2), torch.randint(0, 8, (16,))
-    rng = lambda: BatchRandom(seed=1, step=3, group=0, slot=0, local_batch=16, num_slots=1)  # noqa: E731
-    got = task.flow_loss(model, z, labels, rng())
-    r = rng()
+    got = task.flow_loss(model, z, labels, _rng())
+    r = _rng()
     t = r.draw(lambda n, g: task.time_sampler.sample(n, generator=g))
     ps = task.path.sample(z, t, r.randn(*z.shape[1:]))
     teacher = FlowPipeline.from_pretrained(toy_teacher).velocity
@@ -280,9 +281,8 @@ def test_a_teacher_jump_takes_du_dt_along_the_teachers_velocity(make_toy_recipe,
     task = Toy2DTask(recipe)
     model = _perturbed(task.build_models()["velocity"])
     z, labels = torch.randn(16, 2), torch.randint(0, 8, (16,))
-    rng = lambda: BatchRandom(seed=1, step=3, group=0, slot=0, local_batch=16, num_slots=1)  # noqa: E731
-    got = task.flow_loss(model, z, labels, rng())
-    r = rng()  # FM's draws (t, noise), then the second time and the jumping rows
+    got = task.flow_loss(model, z, labels, _rng())
+    r = _rng()  # FM's draws (t, noise), then the second time and the jumping rows
     t = r.draw(lambda n, g: task.time_sampler.sample(n, generator=g))
     eps = r.randn(*z.shape[1:])
     other = r.draw(lambda n, g: task.time_sampler.sample(n, generator=g))
